@@ -1,0 +1,100 @@
+"""`python -m devstack up|down|status`: the local Kafka broker and S3 server for `make up`/`make run`.
+
+Ports and names match the dataflows' defaults (dataflows/settings.py), so the jobs
+run against this stack with no configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from devstack.kafka import KafkaBroker, create_topics
+from devstack.processes import stop_pid
+from devstack.s3 import LOCAL_CREDENTIALS, S3Server, create_bucket
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+STATE = CACHE / "stack"
+
+KAFKA_PORT, CONTROLLER_PORT, S3_PORT = 19092, 19093, 4566
+BUCKET = "movie-impressions"
+TOPICS = [
+    "movie-impressions", "movie-impressions-dead-letter", "movie-impressions-late",
+    "booking-created", "booking-events", "booking-alerts", "booking-unmatched", "booking-dead-letter",
+]
+
+
+def _pid(name: str) -> int | None:
+    path = STATE / f"{name}.pid"
+    if not path.exists():
+        return None
+    pid = int(path.read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        path.unlink()
+        return None
+    return pid
+
+
+def up() -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
+    if _pid("kafka") is None:
+        broker = KafkaBroker(KAFKA_PORT, CONTROLLER_PORT, STATE / "kafka", CACHE)
+        broker.start()
+        assert broker._process is not None
+        (STATE / "kafka.pid").write_text(str(broker._process.pid))
+    print(f"kafka  ready at 127.0.0.1:{KAFKA_PORT} (log: {STATE / 'kafka' / 'broker.log'})")
+    if _pid("s3") is None:
+        os.environ.update(LOCAL_CREDENTIALS)
+        s3 = S3Server(S3_PORT, STATE / "s3.log")
+        s3.start()
+        assert s3._process is not None
+        (STATE / "s3.pid").write_text(str(s3._process.pid))
+    create_bucket(f"http://127.0.0.1:{S3_PORT}", BUCKET)
+    print(f"s3     ready at http://127.0.0.1:{S3_PORT} (bucket: {BUCKET})")
+    create_topics(f"127.0.0.1:{KAFKA_PORT}", TOPICS, partitions=2)
+    print(f"topics ready: {', '.join(TOPICS)}")
+
+
+def down() -> None:
+    for name in ("s3", "kafka"):
+        pid = _pid(name)
+        if pid is not None:
+            stop_pid(pid)
+            print(f"{name} stopped")
+        (STATE / f"{name}.pid").unlink(missing_ok=True)
+
+
+def status() -> int:
+    running = {name: _pid(name) for name in ("kafka", "s3")}
+    for name, pid in running.items():
+        print(f"{name}: {'running (pid %d)' % pid if pid else 'stopped'}")
+    return 0 if all(running.values()) else 1
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "reset"])
+    args = parser.parse_args()
+    if args.command == "up":
+        up()
+    elif args.command == "down":
+        down()
+    elif args.command == "reset":  # a clean broker and bucket
+        down()
+        import shutil
+
+        shutil.rmtree(STATE, ignore_errors=True)
+    else:
+        return status()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
