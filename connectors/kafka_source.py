@@ -1,0 +1,96 @@
+"""bytewax's built-in KafkaSource with a per-partition stateful step inside the source.
+
+Like a Flink Kafka source with a per-partition watermark strategy: each consumed batch
+is handed, in offset order, to a function that also gets and returns that partition's
+state, and that state is snapshotted together with the partition's offset. So after a
+resume, the state and the offset always describe the same point of the partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Generic, Optional, TypeVar
+
+from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+log = logging.getLogger(__name__)
+
+X = TypeVar("X")
+S = TypeVar("S")
+
+# (partition id, messages in offset order, partition state) -> (items to emit, new state)
+BatchStep = Callable[[str, list[KafkaSourceMessage], S], tuple[list[X], S]]
+
+
+class _Partition(StatefulSourcePartition[X, tuple[Optional[int], S]], Generic[X, S]):
+    def __init__(self, kafka_part: Any, part_id: str, step: BatchStep, state: S) -> None:
+        self._kafka_part = kafka_part
+        self._part_id = part_id
+        self._step = step
+        self._state = state
+
+    def next_batch(self) -> list[X]:
+        messages = []
+        for msg in self._kafka_part.next_batch():  # StopIteration at EOF passes through
+            if isinstance(msg, KafkaError):
+                # A consumer-level error (e.g. broker unreachable), not an event:
+                # librdkafka keeps retrying, so it is reported, not routed anywhere.
+                log.warning("Kafka consumer error on %s: %s", self._part_id, msg.err)
+            else:
+                messages.append(msg)
+        if not messages:
+            return []
+        items, self._state = self._step(self._part_id, messages, self._state)
+        return items
+
+    def next_awake(self) -> Optional[datetime]:
+        return self._kafka_part.next_awake()
+
+    def snapshot(self) -> tuple[Optional[int], S]:
+        return self._kafka_part.snapshot(), self._state
+
+    def close(self) -> None:
+        self._kafka_part.close()
+
+
+class StatefulKafkaSource(FixedPartitionedSource[X, tuple[Optional[int], S]], Generic[X, S]):
+    """Reads `kafka` and runs `step` on every batch of every partition, keeping its state."""
+
+    def __init__(self, kafka: KafkaSource, step: BatchStep, initial_state: S) -> None:
+        self._kafka = kafka
+        self._step = step
+        self._initial_state = initial_state
+
+    def list_parts(self) -> list[str]:
+        return self._kafka.list_parts()
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: Optional[tuple[Optional[int], S]]
+    ) -> _Partition[X, S]:
+        offset, state = resume_state if resume_state is not None else (None, self._initial_state)
+        kafka_part = self._kafka.build_part(step_id, for_part, offset)
+        return _Partition(kafka_part, for_part, self._step, state)
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker cannot be reached or a topic is missing; the message names the fix."""
+
+
+def check_topics(brokers: list[str], client_config: dict[str, str], topics: list[str], timeout: float = 10.0) -> None:
+    """Fail fast at start with one clear line instead of a consumer that waits forever."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": ",".join(brokers), **client_config, "log_level": 0})
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException:
+        msg = f"cannot reach Kafka at {','.join(brokers)}: start it (make up) or fix KAFKA_BROKERS"
+        raise KafkaUnavailable(msg) from None
+    missing = [t for t in topics if t not in existing]
+    if missing:
+        msg = f"Kafka topic(s) {', '.join(missing)} do not exist on {','.join(brokers)}: create them or fix the topic settings"
+        raise KafkaUnavailable(msg)

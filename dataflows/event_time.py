@@ -1,0 +1,166 @@
+"""Event-time watermarks with Flink's contract, for bytewax's windowing operators.
+
+Two halves (DESIGN §4):
+
+* Per input partition, in offset order (inside the source, so it is snapshotted
+  with the offsets): the partition watermark is the newest event time seen minus the
+  allowed disorder. An event is late only if its whole window ended at or before that
+  watermark. This decision depends only on the partition's own order, so it is the
+  same whatever the processing speed, lag, restarts or downtime.
+
+* Per worker, at the window operator: the watermark that closes windows is the
+  minimum over all input partitions of the watermarks carried by the items, taken
+  only from items of *earlier* epochs (bytewax processes an epoch's items grouped by
+  key, so within an epoch a later item may be seen before an earlier one). It lives
+  outside the per-key state, so a key whose windows all closed (and whose state
+  bytewax dropped) cannot re-open an emitted window. Partitions silent for the idle
+  timeout stop holding it back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any, Generic, Optional, TypeVar
+
+from bytewax.operators.windowing import UTC_MAX, UTC_MIN, Clock, ClockLogic
+
+V = TypeVar("V")
+
+NO_WATERMARK = -(2**62)  # "nothing seen yet", below any epoch-ms timestamp
+
+
+def to_datetime(epoch_ms: int) -> datetime:
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+
+
+def to_epoch_ms(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
+
+
+def partition_watermark(max_timestamp: int, max_out_of_orderness_ms: int) -> int:
+    return max_timestamp - max_out_of_orderness_ms if max_timestamp > NO_WATERMARK else NO_WATERMARK
+
+
+def is_late(timestamp_ms: int, watermark_ms: int, window_ms: int) -> bool:
+    """Flink's rule: late only when the event's window [start, end) ended at or before the watermark."""
+    window_end = timestamp_ms - timestamp_ms % window_ms + window_ms
+    return window_end <= watermark_ms
+
+
+def align_down(watermark_ms: int, window_ms: int) -> int:
+    """The last window boundary at or before the watermark.
+
+    bytewax judges an item late when `timestamp < watermark` and closes windows whose
+    end <= watermark. Handing it the boundary-aligned watermark makes both rules
+    equal to Flink's (late iff the item's window has ended).
+    """
+    return watermark_ms - watermark_ms % window_ms
+
+
+class WatermarkView:
+    """One worker's view of every input partition's watermark (not thread-safe: one per worker)."""
+
+    def __init__(self, sources: Iterable[str], idle_timeout_s: float, now: float) -> None:
+        self._idle_timeout_s = idle_timeout_s
+        # source -> (watermark, monotonic time it last advanced or reported)
+        self._committed: dict[str, tuple[int, float]] = {s: (NO_WATERMARK, now) for s in sources}
+        self._pending: dict[str, int] = {}
+        self._floor = NO_WATERMARK
+
+    def observe(self, source: str, watermark_ms: int) -> None:
+        """Record a watermark carried by an item; used only after `commit`."""
+        if watermark_ms > self._pending.get(source, NO_WATERMARK):
+            self._pending[source] = watermark_ms
+
+    def commit(self, now: float) -> None:
+        """Make what was observed so far count; call at an epoch boundary."""
+        for source, watermark in self._pending.items():
+            previous = self._committed.get(source, (NO_WATERMARK, now))[0]
+            self._committed[source] = (max(previous, watermark), now)
+        self._pending.clear()
+
+    def watermark(self, now: float) -> int:
+        """Minimum over active partitions; never goes backwards."""
+        active = [wm for wm, seen in self._committed.values() if now - seen < self._idle_timeout_s]
+        if active:
+            candidate = min(active)
+        else:  # every partition idle: let what was seen close its windows
+            candidate = max((wm for wm, _ in self._committed.values()), default=NO_WATERMARK)
+        self._floor = max(self._floor, candidate)
+        return self._floor
+
+
+class _EventTimeClockLogic(ClockLogic[V, None], Generic[V]):
+    def __init__(self, clock: EventTimeClock[V], view: WatermarkView) -> None:
+        self._clock = clock
+        self._view = view
+
+    def _watermark(self) -> datetime:
+        wm = self._view.watermark(time.monotonic())
+        if wm == NO_WATERMARK:
+            return UTC_MIN
+        return to_datetime(align_down(wm, self._clock.window_ms))
+
+    def before_batch(self) -> None:
+        pass
+
+    def on_item(self, value: V) -> tuple[datetime, datetime]:
+        source, source_watermark = self._clock.source_watermark_getter(value)
+        self._view.observe(source, source_watermark)
+        return self._clock.ts_getter(value), self._watermark()
+
+    def on_notify(self) -> datetime:
+        return self._watermark()
+
+    def on_eof(self) -> datetime:
+        return UTC_MAX
+
+    def to_system_utc(self, timestamp: datetime) -> Optional[datetime]:
+        # The watermark follows event time, not the wall clock, so the moment it passes
+        # `timestamp` is unknown: check again after `recheck` rather than busy-waking.
+        now = datetime.now(timezone.utc)
+        return now if timestamp <= self._watermark() else now + self._clock.recheck
+
+    def snapshot(self) -> None:
+        # bytewax snapshots every key it touched once the epoch is closed, after all of
+        # the epoch's items were processed: that is the epoch boundary the view needs.
+        self._view.commit(time.monotonic())
+        return None
+
+
+class EventTimeClock(Clock[V, None], Generic[V]):
+    """A `Clock` whose watermark is driven by event time carried in the items.
+
+    `ts_getter` gives an item's event time; `source_watermark_getter` the input
+    partition it came from and that partition's watermark (epoch ms) at the time.
+    """
+
+    def __init__(
+        self,
+        ts_getter: Callable[[V], datetime],
+        source_watermark_getter: Callable[[V], tuple[str, int]],
+        sources: Iterable[str],
+        window: timedelta,
+        idle_timeout: timedelta,
+        recheck: timedelta = timedelta(milliseconds=500),
+    ) -> None:
+        self.ts_getter = ts_getter
+        self.source_watermark_getter = source_watermark_getter
+        self.sources = list(sources)
+        self.window_ms = int(window / timedelta(milliseconds=1))
+        self.idle_timeout_s = idle_timeout.total_seconds()
+        self.recheck = recheck
+        self._per_worker = threading.local()  # bytewax runs each worker on its own thread
+
+    def view(self) -> WatermarkView:
+        view = getattr(self._per_worker, "view", None)
+        if view is None:
+            view = WatermarkView(self.sources, self.idle_timeout_s, time.monotonic())
+            self._per_worker.view = view
+        return view
+
+    def build(self, resume_state: Any) -> _EventTimeClockLogic[V]:
+        return _EventTimeClockLogic(self, self.view())

@@ -1,0 +1,218 @@
+"""Movie impressions: the event, its validation, window and bucket arithmetic, output rows.
+
+Pure functions only; the dataflow module wires them, connectors do the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+import polars as pl
+
+from dataflows.dead_letters import DeadLetter, LateEvent, SourcePosition
+from dataflows.event_time import is_late, partition_watermark, to_datetime
+
+# Events outside [2000-01-01, 2100-01-01) are treated as corrupt: they would open
+# windows decades away from everything else and hold state forever.
+MIN_TIMESTAMP_MS = 946_684_800_000
+MAX_TIMESTAMP_MS = 4_102_444_800_000
+MAX_EVENT_BYTES = 64 * 1024
+
+# Column order of every output file (the first four as the Flink job wrote them).
+OUTPUT_SCHEMA = pl.Schema(
+    {
+        "movieId": pl.String,
+        "userId": pl.String,
+        "impressions": pl.Int64,
+        "latestImpression": pl.Int64,
+        "windowStart": pl.Int64,
+        "windowEnd": pl.Int64,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MovieImpression:
+    movie_id: str
+    user_id: str
+    timestamp: int  # epoch milliseconds, UTC
+
+
+class InvalidEvent(ValueError):
+    """An input message that is not a movie impression; the message says why."""
+
+
+_json = msgspec.json.Decoder()
+
+
+def _id_field(obj: dict[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise InvalidEvent(f"missing {name}")
+    # bool is an int subclass, but true/false is never an id.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{name} must be a string or integer, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidEvent(f"{name} is empty")
+    return value
+
+
+def decode_impression(raw: bytes | None) -> MovieImpression:
+    """Parse and validate one Kafka message value; raises InvalidEvent with the reason."""
+    if not raw:
+        raise InvalidEvent("empty message")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"message of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
+    try:
+        obj = _json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"not a JSON object but {type(obj).__name__}")
+    movie_id = _id_field(obj, "movieId")
+    user_id = _id_field(obj, "userId")
+    ts = obj.get("timestamp")
+    if ts is None:
+        raise InvalidEvent("missing timestamp")
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        raise InvalidEvent(f"timestamp must be integer epoch milliseconds, got {type(ts).__name__}")
+    if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
+        raise InvalidEvent(f"timestamp {ts} outside 2000-01-01..2100-01-01")
+    return MovieImpression(movie_id, user_id, ts)
+
+
+def window_start(timestamp_ms: int, length_ms: int) -> int:
+    """Start of the epoch-aligned tumbling window [start, start + length) holding the timestamp."""
+    return timestamp_ms - timestamp_ms % length_ms
+
+
+def window_bounds(timestamp_ms: int, length_ms: int) -> tuple[int, int]:
+    start = window_start(timestamp_ms, length_ms)
+    return start, start + length_ms
+
+
+def hour_bucket(epoch_ms: int) -> str:
+    """Flink's default bucket name `yyyy-MM-dd--HH` of an instant, in UTC."""
+    return to_datetime(epoch_ms).strftime("%Y-%m-%d--%H")
+
+
+def bucket_dir(prefix: str, window_start_ms: int, movie_id: str) -> str:
+    """Object folder of a window's rows: `<prefix>/<yyyy-MM-dd--HH of window start>/<movieId>`.
+
+    The id is percent-encoded so that '/' or '..' in an id cannot escape its folder.
+    """
+    parts = [prefix.strip("/")] if prefix.strip("/") else []
+    return "/".join([*parts, hour_bucket(window_start_ms), quote(movie_id, safe="")])
+
+
+class UserTallies(dict[str, tuple[int, int]]):
+    """Per-user (impressions, latestImpression) of one movie in one window.
+
+    Values are immutable tuples, so a shallow copy is a safe snapshot; bytewax
+    deep-copies window state at every snapshot, which for large dicts dominates.
+    """
+
+    def __deepcopy__(self, memo: dict) -> UserTallies:
+        return UserTallies(self)
+
+    def add(self, user_id: str, count: int, latest: int) -> None:
+        seen = self.get(user_id)
+        if seen is None:
+            self[user_id] = (count, latest)
+        else:
+            self[user_id] = (seen[0] + count, max(seen[1], latest))
+
+    def merge(self, other: dict[str, tuple[int, int]]) -> UserTallies:
+        for user_id, (count, latest) in other.items():
+            self.add(user_id, count, latest)
+        return self
+
+
+def window_rows(movie_id: str, window_start_ms: int, length_ms: int, tallies: UserTallies) -> dict[str, list]:
+    """Output columns (OUTPUT_SCHEMA order) of one closed window of one movie, sorted by user."""
+    users = sorted(tallies)
+    return {
+        "movieId": [movie_id] * len(users),
+        "userId": users,
+        "impressions": [tallies[u][0] for u in users],
+        "latestImpression": [tallies[u][1] for u in users],
+        "windowStart": [window_start_ms] * len(users),
+        "windowEnd": [window_start_ms + length_ms] * len(users),
+    }
+
+
+@dataclass(slots=True)
+class WindowSlice:
+    """One input batch's valid, on-time impressions of one movie in one window, per user.
+
+    Pre-aggregating each batch keeps per-event work out of the window operator
+    (DESIGN §9). `source_watermark` is the input partition's watermark after the batch.
+    """
+
+    movie_id: str
+    window_start: int
+    latest: int
+    tallies: UserTallies
+    source: str
+    source_watermark: int
+
+
+def slice_batch(
+    source: str,
+    messages: list,
+    max_timestamp: int,
+    *,
+    window_ms: int,
+    max_out_of_orderness_ms: int,
+) -> tuple[list[WindowSlice | DeadLetter | LateEvent], int]:
+    """Decode, judge lateness and pre-aggregate one input partition's batch, in offset order.
+
+    Takes and returns the partition's newest event time (its watermark state).
+    """
+    out: list[WindowSlice | DeadLetter | LateEvent] = []
+    slices: dict[tuple[str, int], WindowSlice] = {}
+    for msg in messages:
+        try:
+            event = decode_impression(msg.value)
+        except InvalidEvent as exc:
+            out.append(DeadLetter(str(exc), SourcePosition(msg.topic, msg.partition, msg.offset), msg.value))
+            continue
+        watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
+        start = window_start(event.timestamp, window_ms)
+        if is_late(event.timestamp, watermark, window_ms):
+            position = SourcePosition(msg.topic, msg.partition, msg.offset)
+            out.append(LateEvent(position, msg.value, event.timestamp, watermark, start, start + window_ms))
+            continue
+        max_timestamp = max(max_timestamp, event.timestamp)
+        key = (event.movie_id, start)
+        piece = slices.get(key)
+        if piece is None:
+            piece = slices[key] = WindowSlice(event.movie_id, start, event.timestamp, UserTallies(), source, 0)
+        elif event.timestamp > piece.latest:
+            piece.latest = event.timestamp
+        piece.tallies.add(event.user_id, 1, event.timestamp)
+    watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
+    for piece in slices.values():
+        piece.source_watermark = watermark
+        out.append(piece)
+    return out, max_timestamp
+
+
+def late_slice_record(piece: WindowSlice) -> bytes:
+    """Late-topic record for impressions the window operator found late (already aggregated)."""
+    return json.dumps(
+        {
+            "reason": f"window starting {piece.window_start} closed before these impressions arrived "
+            "(an idle input partition let the watermark pass)",
+            "movieId": piece.movie_id,
+            "windowStart": piece.window_start,
+            "source": piece.source,
+            "impressions": {user: list(tally) for user, tally in piece.tallies.items()},
+        }
+    ).encode()

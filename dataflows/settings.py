@@ -1,0 +1,134 @@
+"""Typed, validated configuration, read once from the environment at start (DESIGN §7).
+
+Defaults point at the local stack of `make up`. Secrets are never read here except
+Kafka SASL credentials, which go straight into the client config and are never logged;
+AWS credentials come from boto3's standard chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Optional
+
+LOCAL_KAFKA = "127.0.0.1:19092"
+LOCAL_S3 = "http://127.0.0.1:4566"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names it and the fix."""
+
+
+class _Env:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str) -> str:
+        value = self._env.get(name, default).strip()
+        if not value:
+            raise ConfigError(f"{name} is empty: set it or unset it to use the default {default!r}")
+        return value
+
+    def optional(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        value = self._env.get(name, default if default is not None else "")
+        return value.strip() or None
+
+    def number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
+        raw = self._env.get(name, str(default)).strip()
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            raise ConfigError(f"{name}={raw!r} is not {kind}: set it to e.g. {default}") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={raw} is below the minimum {minimum}: set it to e.g. {default}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._env.get(name, "true" if default else "false").strip().lower()
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} is not a boolean: set it to true or false")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} is not supported: use one of {', '.join(choices)}")
+        return value
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    brokers: list[str]
+    # librdkafka properties for security (SASL/SSL); may hold a password: never log.
+    client_config: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> KafkaSettings:
+        e = _Env(env)
+        brokers = [b.strip() for b in e.text("KAFKA_BROKERS", LOCAL_KAFKA).split(",") if b.strip()]
+        for broker in brokers:
+            host, _, port = broker.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"KAFKA_BROKERS entry {broker!r} is not host:port: e.g. {LOCAL_KAFKA}")
+        config = {}
+        for name, prop in (
+            ("KAFKA_SECURITY_PROTOCOL", "security.protocol"),
+            ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
+            ("KAFKA_SASL_USERNAME", "sasl.username"),
+            ("KAFKA_SASL_PASSWORD", "sasl.password"),
+            ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
+        ):
+            value = e.optional(name)
+            if value is not None:
+                config[prop] = value
+        return cls(brokers, config)
+
+
+@dataclass(frozen=True)
+class MovieImpressionsSettings:
+    kafka: KafkaSettings
+    input_topic: str
+    dead_letter_topic: str
+    late_topic: str
+    s3_bucket: str
+    s3_prefix: str
+    s3_endpoint_url: Optional[str]
+    s3_region: Optional[str]
+    output_format: str
+    window: timedelta
+    max_out_of_orderness: timedelta
+    idle_timeout: timedelta
+    bounded: bool
+    sink_partitions: int
+    kafka_batch_size: int
+    s3_give_up_after: timedelta
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> MovieImpressionsSettings:
+        e = _Env(env)
+        window_minutes = e.number("WINDOW_MINUTES", 15, minimum=1, integer=True)
+        if (24 * 60) % window_minutes:
+            raise ConfigError(f"WINDOW_MINUTES={window_minutes} does not divide a day: use e.g. 5, 15, 30 or 60")
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            input_topic=e.text("IMPRESSIONS_TOPIC", "movie-impressions"),
+            dead_letter_topic=e.text("DEAD_LETTER_TOPIC", "movie-impressions-dead-letter"),
+            late_topic=e.text("LATE_TOPIC", "movie-impressions-late"),
+            s3_bucket=e.text("S3_BUCKET", "movie-impressions"),
+            s3_prefix=e.text("S3_PREFIX", "impressions").strip("/"),
+            # Empty means AWS's own endpoint for the region.
+            s3_endpoint_url=env.get("S3_ENDPOINT_URL", LOCAL_S3).strip() or None,
+            s3_region=e.optional("AWS_REGION") or e.optional("AWS_DEFAULT_REGION") or "us-east-1",
+            output_format=e.choice("OUTPUT_FORMAT", "parquet", ("parquet", "csv")),
+            window=timedelta(minutes=window_minutes),
+            max_out_of_orderness=timedelta(seconds=e.number("MAX_OUT_OF_ORDERNESS_SECONDS", 30, minimum=0)),
+            idle_timeout=timedelta(seconds=e.number("IDLE_TIMEOUT_SECONDS", 60, minimum=1)),
+            bounded=e.flag("BOUNDED", False),
+            sink_partitions=int(e.number("SINK_PARTITIONS", 4, minimum=1, integer=True)),
+            kafka_batch_size=int(e.number("KAFKA_BATCH_SIZE", 5000, minimum=1, integer=True)),
+            s3_give_up_after=timedelta(seconds=e.number("S3_RETRY_SECONDS", 300, minimum=0)),
+        )
