@@ -1,0 +1,58 @@
+# Run `make help` for the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN_DIR := .cache/run
+# The local stack (devstack) accepts any AWS credentials; real ones come from your AWS chain.
+LOCAL_AWS := AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
+
+.PHONY: help install up down run test test-unit bench lint fmt deploy clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv with the project and its dev tools
+
+up: install ## Start the local Kafka broker and S3 server (idempotent)
+	$(PY) -m devstack up
+
+down: ## Stop the local stack
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; fi
+
+run: install ## Fresh local stack, 5,000 generated events over 2 h of event time, the job, its output
+	$(PY) -m devstack reset
+	$(PY) -m devstack up
+	$(PY) -m producers.movie_impressions --count 5000 --rate 0 --start-minutes-ago 150 --step-ms 1440 \
+		--movies 12 --users 40 --invalid-fraction 0.02 --late-fraction 0.01 --seed 7
+	rm -rf $(RUN_DIR) && mkdir -p $(RUN_DIR)
+	$(PY) -m bytewax.recovery $(RUN_DIR)/recovery 1
+	$(LOCAL_AWS) BOUNDED=true $(PY) -m bytewax.run dataflows.movie_impressions:flow -r $(RUN_DIR)/recovery -s 2 -b 0
+	$(LOCAL_AWS) $(PY) -m devstack.report
+	@echo "The local stack is still up: 'make down' stops it."
+
+test: install ## Run every test (unit, integration, e2e); starts and stops its own services
+	$(PY) -m pytest
+
+test-unit: install ## Only the tests that need no services
+	$(PY) -m pytest tests/unit
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy dataflows connectors
+
+fmt: install ## Format and auto-fix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean: down ## Remove caches, the venv and local stack data
+	rm -rf .cache $(VENV)

@@ -1,0 +1,48 @@
+"""`python -m devstack.report`: what the movie-impressions job wrote to the local stack."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import polars as pl
+from confluent_kafka import Consumer, TopicPartition
+
+from dataflows.settings import MovieImpressionsSettings
+
+
+def topic_size(brokers: str, topic: str) -> int:
+    """Messages in a topic: the sum of its partitions' high watermarks (nothing is compacted)."""
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "devstack-report"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
+    finally:
+        consumer.close()
+
+
+def main() -> int:
+    settings = MovieImpressionsSettings.from_env(os.environ)
+    brokers = ",".join(settings.kafka.brokers)
+    root = f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
+    options = {
+        "aws_endpoint_url": settings.s3_endpoint_url or "",
+        "aws_region": settings.s3_region or "us-east-1",
+        "aws_allow_http": "true",
+    }
+    pattern = f"{root}/**/*.{settings.output_format}"
+    scan = pl.scan_parquet if settings.output_format == "parquet" else pl.scan_csv
+    rows = scan(pattern, storage_options=options, include_file_paths="object").collect()  # type: ignore[operator]
+    print(f"\nS3 output under {root}/ (endpoint {settings.s3_endpoint_url}):")
+    print(f"  {rows['object'].n_unique()} objects, {rows.height} rows, {rows['impressions'].sum()} impressions")
+    print(rows.group_by(pl.col("object").str.extract(r"/(\d{4}-\d\d-\d\d--\d\d)/")).len().sort("object"))
+    print(rows.drop("object").sort("windowStart", "movieId", "userId").head(8))
+    for label, topic in (("input", settings.input_topic), ("dead-letter", settings.dead_letter_topic),
+                         ("late", settings.late_topic)):
+        print(f"  {label:12s} topic {topic}: {topic_size(brokers, topic)} messages")
+    print(f"\nRead it yourself:\n  polars.scan_parquet('{pattern}', storage_options={options!r})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+from datetime import datetime, timedelta, timezone
+
+import bytewax.operators as op
+import bytewax.operators.windowing as win
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from dataflows.event_time import NO_WATERMARK, EventTimeClock, WatermarkView, align_down, is_late, to_datetime
+from dataflows.impressions import UserTallies, WindowSlice
+
+W = 15 * 60 * 1000
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "watermark", "late"),
+    [
+        (0, W - 1, False),  # window [0, W) still open one ms before its end
+        (0, W, True),  # ...closed exactly at its end
+        (W - 1, W, True),  # the last ms of a window is late once the end is reached
+        (W, W, False),  # the first ms of the next window is not
+        (W, 2 * W - 1, False),  # older than the watermark, window still open: not late (Flink's rule)
+        (5, NO_WATERMARK, False),
+    ],
+)
+def test_late_only_when_window_ended(timestamp: int, watermark: int, late: bool) -> None:
+    assert is_late(timestamp, watermark, W) is late
+
+
+@pytest.mark.parametrize(("watermark", "aligned"), [(0, 0), (W - 1, 0), (W, W), (2 * W + 5, 2 * W)])
+def test_align_down_to_window_boundary(watermark: int, aligned: int) -> None:
+    assert align_down(watermark, W) == aligned
+
+
+def test_view_uses_only_committed_observations() -> None:
+    view = WatermarkView(["a"], idle_timeout_s=60, now=0)
+    view.observe("a", 1000)
+    assert view.watermark(now=1) == NO_WATERMARK  # same epoch: not yet
+    view.commit(now=1)
+    assert view.watermark(now=1) == 1000
+
+
+def test_view_is_min_over_partitions_and_waits_for_silent_ones() -> None:
+    view = WatermarkView(["a", "b"], idle_timeout_s=60, now=0)
+    view.observe("a", 5000)
+    view.commit(now=1)
+    assert view.watermark(now=1) == NO_WATERMARK  # b has said nothing yet
+    view.observe("b", 2000)
+    view.commit(now=2)
+    assert view.watermark(now=2) == 2000  # a fast partition cannot make a slow one late
+
+
+def test_view_skips_idle_partitions_and_never_goes_back() -> None:
+    view = WatermarkView(["a", "b"], idle_timeout_s=10, now=0)
+    view.observe("a", 1000)
+    view.observe("b", 9000)
+    view.commit(now=0)
+    assert view.watermark(now=5) == 1000
+    view.observe("b", 20_000)
+    view.commit(now=8)
+    assert view.watermark(now=12) == 20_000  # a silent for 12 s > 10 s idle timeout
+    view.observe("a", 1500)
+    view.commit(now=13)
+    assert view.watermark(now=13) == 20_000  # a is back, lower, but the watermark holds
+
+
+def _slice(movie: str, ts: int, user: str, source_watermark: int) -> WindowSlice:
+    return WindowSlice(movie, ts - ts % W, ts, UserTallies({user: (1, ts)}), "s", source_watermark)
+
+
+def test_closed_window_never_reopens_for_a_key_whose_state_was_dropped() -> None:
+    """The re-open pitfall of DESIGN §4, through bytewax's own fold_window."""
+    t0 = 1_546_844_400_000  # a window start
+    items = [
+        _slice("quiet", t0 + 1, "u1", NO_WATERMARK),
+        _slice("busy", t0 + W + 1, "u2", t0 + W + 1),  # partition watermark passes the first window's end
+        _slice("busy", t0 + W + 2, "u2", t0 + W + 2),
+        _slice("busy", t0 + W + 3, "u2", t0 + W + 3),
+        _slice("quiet", t0 + 2, "u3", t0 + W + 3),  # "quiet" has no open window any more
+    ]
+    clock = EventTimeClock(
+        ts_getter=lambda s: to_datetime(s.latest),
+        source_watermark_getter=lambda s: (s.source, s.source_watermark),
+        sources=["s"],
+        window=timedelta(milliseconds=W),
+        idle_timeout=timedelta(hours=1),
+        recheck=timedelta(milliseconds=10),
+    )
+    flow = Dataflow("reopen")
+    keyed = op.key_on("key", op.input("in", flow, TestingSource(items, batch_size=1)), lambda s: s.movie_id)
+    out = win.fold_window(
+        "w", keyed, clock, win.TumblingWindower(timedelta(milliseconds=W), datetime(1970, 1, 1, tzinfo=timezone.utc)),
+        UserTallies, lambda acc, s: acc.merge(s.tallies), UserTallies.merge, ordered=False,
+    )
+    down: list = []
+    late: list = []
+    op.output("down", out.down, TestingSink(down))
+    op.output("late", out.late, TestingSink(late))
+    run_main(flow, epoch_interval=timedelta(0))
+
+    first_window = t0 // W
+    assert ("quiet", (first_window, {"u1": (1, t0 + 1)})) in down
+    assert [(k, wid, s.tallies) for k, (wid, s) in late] == [("quiet", first_window, {"u3": (1, t0 + 2)})]
+    assert sum(1 for k, (wid, _) in down if k == "quiet") == 1

@@ -1,0 +1,179 @@
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from dataflows.dead_letters import DeadLetter, LateEvent
+from dataflows.event_time import NO_WATERMARK
+from dataflows.impressions import (
+    InvalidEvent,
+    MovieImpression,
+    UserTallies,
+    WindowSlice,
+    bucket_dir,
+    decode_impression,
+    hour_bucket,
+    slice_batch,
+    window_bounds,
+    window_rows,
+)
+from tests.factories import kafka_message
+
+MIN15 = 15 * 60 * 1000
+
+
+def ms(*args: int) -> int:
+    return int(datetime(*args, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"movieId": "2000", "userId": "1000", "timestamp": 1546845718557}', MovieImpression("2000", "1000", 1546845718557)),
+        (b'{"movieId": 2000, "userId": 1000, "timestamp": 1546845718557}', MovieImpression("2000", "1000", 1546845718557)),
+        (b'{"movieId": "a/b", "userId": "u", "timestamp": 1546845718557, "extra": [1]}', MovieImpression("a/b", "u", 1546845718557)),
+    ],
+)
+def test_decode_accepts_valid_impressions(raw: bytes, expected: MovieImpression) -> None:
+    assert decode_impression(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "empty message"),
+        (b"", "empty message"),
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'"2000"', "not a JSON object"),
+        (b'{"userId": "1", "timestamp": 1546845718557}', "missing movieId"),
+        (b'{"movieId": "", "userId": "1", "timestamp": 1546845718557}', "movieId is empty"),
+        (b'{"movieId": "  ", "userId": "1", "timestamp": 1546845718557}', "movieId is empty"),
+        (b'{"movieId": "1", "userId": null, "timestamp": 1546845718557}', "missing userId"),
+        (b'{"movieId": true, "userId": "1", "timestamp": 1546845718557}', "movieId must be a string or integer"),
+        (b'{"movieId": {"a": 1}, "userId": "1", "timestamp": 1546845718557}', "movieId must be a string or integer"),
+        (b'{"movieId": "1", "userId": "1"}', "missing timestamp"),
+        (b'{"movieId": "1", "userId": "1", "timestamp": "1546845718557"}', "timestamp must be integer"),
+        (b'{"movieId": "1", "userId": "1", "timestamp": 1546845718557.5}', "timestamp must be integer"),
+        (b'{"movieId": "1", "userId": "1", "timestamp": true}', "timestamp must be integer"),
+        (b'{"movieId": "1", "userId": "1", "timestamp": 42}', "outside 2000-01-01"),
+        (b'{"movieId": "1", "userId": "1", "timestamp": 4102444800000}', "outside 2000-01-01"),
+        (b'{"movieId": "1", "userId": "1", "timestamp": 1, "pad": "' + b"x" * 70000 + b'"}', "exceeds"),
+    ],
+)
+def test_decode_rejects_with_reason(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidEvent, match=reason):
+        decode_impression(raw)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "bounds"),
+    [
+        (ms(2019, 1, 7, 7, 0), (ms(2019, 1, 7, 7, 0), ms(2019, 1, 7, 7, 15))),  # exactly a start
+        (ms(2019, 1, 7, 7, 15) - 1, (ms(2019, 1, 7, 7, 0), ms(2019, 1, 7, 7, 15))),  # last ms inside
+        (ms(2019, 1, 7, 7, 15), (ms(2019, 1, 7, 7, 15), ms(2019, 1, 7, 7, 30))),  # exactly `end`: next window
+        (ms(2019, 1, 7, 23, 59, 59), (ms(2019, 1, 7, 23, 45), ms(2019, 1, 8, 0, 0))),  # ends at midnight
+        (0, (0, MIN15)),
+    ],
+)
+def test_window_bounds_at_edges(timestamp: int, bounds: tuple[int, int]) -> None:
+    assert window_bounds(timestamp, MIN15) == bounds
+
+
+@pytest.mark.parametrize(
+    ("prefix", "start", "movie", "expected"),
+    [
+        ("out", ms(2019, 1, 7, 7, 45), "2000", "out/2019-01-07--07/2000"),
+        ("out/", ms(2019, 1, 7, 23, 45), "2000", "out/2019-01-07--23/2000"),  # last window of a day
+        ("a/b", ms(2019, 1, 8, 0, 0), "2000", "a/b/2019-01-08--00/2000"),  # first of the next day
+        ("out", ms(2020, 2, 29, 12, 0), "x", "out/2020-02-29--12/x"),  # leap day
+        ("out", ms(2019, 12, 31, 23, 45), "7", "out/2019-12-31--23/7"),  # year end
+        ("", ms(2019, 1, 7, 7, 0), "2000", "2019-01-07--07/2000"),
+        ("out", ms(2019, 1, 7, 7, 0), "../etc", "out/2019-01-07--07/..%2Fetc"),  # cannot escape its folder
+    ],
+)
+def test_bucket_dir(prefix: str, start: int, movie: str, expected: str) -> None:
+    assert bucket_dir(prefix, start, movie) == expected
+
+
+def test_hour_bucket_is_utc_regardless_of_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "America/Los_Angeles")
+    time.tzset()
+    try:
+        assert hour_bucket(ms(2019, 1, 7, 7, 30)) == "2019-01-07--07"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_window_rows_in_schema_order_sorted_by_user() -> None:
+    tallies = UserTallies({"u2": (3, 30), "u1": (1, 10)})
+    assert window_rows("m", 900_000, MIN15, tallies) == {
+        "movieId": ["m", "m"],
+        "userId": ["u1", "u2"],
+        "impressions": [1, 3],
+        "latestImpression": [10, 30],
+        "windowStart": [900_000, 900_000],
+        "windowEnd": [1_800_000, 1_800_000],
+    }
+
+
+def test_tallies_merge_adds_counts_and_keeps_latest() -> None:
+    merged = UserTallies({"a": (2, 50)}).merge({"a": (1, 40), "b": (1, 7)})
+    assert merged == {"a": (3, 50), "b": (1, 7)}
+
+
+def event(movie: str, user: str, ts: int) -> bytes:
+    return json.dumps({"movieId": movie, "userId": user, "timestamp": ts}).encode()
+
+
+def test_slice_batch_preaggregates_and_routes_bad_and_late_in_offset_order() -> None:
+    base = ms(2019, 1, 7, 7, 0)
+    bound = 10_000
+    messages = [
+        kafka_message(event("m1", "u1", base + 1000), offset=0),
+        kafka_message(b"{oops", offset=1),
+        kafka_message(event("m1", "u1", base + 3000), offset=2),
+        kafka_message(event("m1", "u2", base + MIN15 + 20_000), offset=3),  # next window; wm -> end + 10 s
+        # window [base, base+15m) ended at/before the watermark now: late, even though
+        # its timestamp is within the bound of the previous event's...
+        kafka_message(event("m2", "u9", base + MIN15 - 1), offset=4),
+        # ...while this one is older than the watermark but its window is still open: not late.
+        kafka_message(event("m1", "u3", base + MIN15 + 1), offset=5),
+    ]
+    items, newest = slice_batch("0-t", messages, NO_WATERMARK, window_ms=MIN15, max_out_of_orderness_ms=bound)
+    assert newest == base + MIN15 + 20_000
+    dead = [i for i in items if isinstance(i, DeadLetter)]
+    late = [i for i in items if isinstance(i, LateEvent)]
+    slices = {(s.movie_id, s.window_start): s for s in items if isinstance(s, WindowSlice)}
+    assert [(d.position.offset, d.raw) for d in dead] == [(1, b"{oops")]
+    assert dead[0].error.startswith("not valid JSON")
+    assert [(e.position.offset, e.window_end, e.watermark) for e in late] == [(4, base + MIN15, base + MIN15 + 10_000)]
+    assert slices[("m1", base)].tallies == {"u1": (2, base + 3000)}
+    assert slices[("m1", base + MIN15)].tallies == {"u2": (1, base + MIN15 + 20_000), "u3": (1, base + MIN15 + 1)}
+    assert all(s.source_watermark == newest - bound and s.source == "0-t" for s in slices.values())
+
+
+def test_slice_batch_continues_from_partition_state() -> None:
+    base = ms(2019, 1, 7, 7, 0)
+    # Newest event seen before this batch is 2 windows ahead: this event's window has closed.
+    items, newest = slice_batch(
+        "0-t", [kafka_message(event("m", "u", base))], base + 2 * MIN15, window_ms=MIN15, max_out_of_orderness_ms=0
+    )
+    assert newest == base + 2 * MIN15
+    assert [type(i) for i in items] == [LateEvent]
+
+
+def test_dead_letter_record_keeps_binary_raw_as_base64() -> None:
+    import base64
+
+    [dead], _ = slice_batch("0-t", [kafka_message(b"\xff\x00", offset=9)], NO_WATERMARK, window_ms=MIN15,
+                            max_out_of_orderness_ms=0)
+    record = json.loads(dead.to_json())
+    assert record["rawEncoding"] == "base64"
+    assert base64.b64decode(record["raw"]) == b"\xff\x00"
+    assert (record["topic"], record["partition"], record["offset"]) == ("t", 0, 9)
+    assert record["error"]
