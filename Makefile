@@ -39,7 +39,7 @@ run: install ## Fresh local stack, 5,000 generated events over 2 h of event time
 	$(LOCAL_AWS) $(PY) -m devstack.report
 	@echo "The local stack is still up: 'make down' stops it."
 
-test: install ## Run every test (unit, integration, e2e); starts and stops its own services
+test: lint ## Lint, then every test (unit, integration, e2e); starts and stops its own services
 	$(PY) -m pytest
 
 test-unit: install ## Only the tests that need no services

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Generic, TypeVar
 
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -25,7 +25,7 @@ S = TypeVar("S")
 BatchStep = Callable[[str, list[KafkaSourceMessage], S], tuple[list[X], S]]
 
 
-class _Partition(StatefulSourcePartition[X, tuple[Optional[int], S]], Generic[X, S]):
+class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]):
     def __init__(self, kafka_part: Any, part_id: str, step: BatchStep, state: S) -> None:
         self._kafka_part = kafka_part
         self._part_id = part_id
@@ -46,17 +46,17 @@ class _Partition(StatefulSourcePartition[X, tuple[Optional[int], S]], Generic[X,
         items, self._state = self._step(self._part_id, messages, self._state)
         return items
 
-    def next_awake(self) -> Optional[datetime]:
+    def next_awake(self) -> datetime | None:
         return self._kafka_part.next_awake()
 
-    def snapshot(self) -> tuple[Optional[int], S]:
+    def snapshot(self) -> tuple[int | None, S]:
         return self._kafka_part.snapshot(), self._state
 
     def close(self) -> None:
         self._kafka_part.close()
 
 
-class StatefulKafkaSource(FixedPartitionedSource[X, tuple[Optional[int], S]], Generic[X, S]):
+class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Generic[X, S]):
     """Reads `kafka` and runs `step` on every batch of every partition, keeping its state."""
 
     def __init__(self, kafka: KafkaSource, step: BatchStep, initial_state: S) -> None:
@@ -67,9 +67,7 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[Optional[int], S]], Ge
     def list_parts(self) -> list[str]:
         return self._kafka.list_parts()
 
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: Optional[tuple[Optional[int], S]]
-    ) -> _Partition[X, S]:
+    def build_part(self, step_id: str, for_part: str, resume_state: tuple[int | None, S] | None) -> _Partition[X, S]:
         offset, state = resume_state if resume_state is not None else (None, self._initial_state)
         kafka_part = self._kafka.build_part(step_id, for_part, offset)
         return _Partition(kafka_part, for_part, self._step, state)
@@ -92,5 +90,8 @@ def check_topics(brokers: list[str], client_config: dict[str, str], topics: list
         raise KafkaUnavailable(msg) from None
     missing = [t for t in topics if t not in existing]
     if missing:
-        msg = f"Kafka topic(s) {', '.join(missing)} do not exist on {','.join(brokers)}: create them or fix the topic settings"
+        msg = (
+            f"Kafka topic(s) {', '.join(missing)} do not exist on {','.join(brokers)}: "
+            "create them or fix the topic settings"
+        )
         raise KafkaUnavailable(msg)

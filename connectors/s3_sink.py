@@ -20,7 +20,8 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from functools import partial
+from typing import Any
 
 import boto3
 import polars as pl
@@ -58,8 +59,8 @@ class ObjectRows:
 class S3Location:
     bucket: str
     prefix: str
-    endpoint_url: Optional[str] = None
-    region: Optional[str] = None
+    endpoint_url: str | None = None
+    region: str | None = None
 
     def client(self) -> Any:
         # Credentials come from boto3's standard chain (env, profile, IRSA, instance role).
@@ -72,7 +73,7 @@ class S3Location:
         return f"{self.prefix.strip('/')}/_sink/{partition}/".lstrip("/")
 
 
-def describe_s3_error(exc: Exception, location: S3Location) -> Optional[str]:
+def describe_s3_error(exc: Exception, location: S3Location) -> str | None:
     """One-line reason with the fix for errors retrying cannot cure, None for transient ones."""
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -95,7 +96,9 @@ def with_retries(call: Callable[[], Any], what: str, location: S3Location, give_
             if terminal is not None:
                 raise S3SinkError(terminal) from None
             if time.monotonic() + delay > deadline:
-                msg = f"S3 {what} still failing after {give_up_after:.0f}s ({exc}); check S3_ENDPOINT_URL and the network"
+                msg = (
+                    f"S3 {what} still failing after {give_up_after:.0f}s ({exc}); check S3_ENDPOINT_URL and the network"
+                )
                 raise S3SinkError(msg) from None
             log.warning("S3 %s failed (%s); retrying in %.1fs", what, type(exc).__name__, delay)
             time.sleep(delay)
@@ -155,11 +158,11 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
                 seq = int(entry["Key"].rsplit("/", 1)[-1].split(".")[0])
                 if seq < self._next_seq:
                     continue
-                body = self._call("read manifest", lambda k=entry["Key"]: self._client.get_object(Bucket=bucket, Key=k))
+                body = self._call("read manifest", partial(self._client.get_object, Bucket=bucket, Key=entry["Key"]))
                 keys = json.loads(body["Body"].read())["objects"]
                 for key in keys:
-                    self._call("delete object", lambda k=key: self._client.delete_object(Bucket=bucket, Key=k))
-                self._call("delete manifest", lambda k=entry["Key"]: self._client.delete_object(Bucket=bucket, Key=k))
+                    self._call("delete object", partial(self._client.delete_object, Bucket=bucket, Key=key))
+                self._call("delete manifest", partial(self._client.delete_object, Bucket=bucket, Key=entry["Key"]))
                 log.info("rolled back %d uncommitted objects of %s seq %d", len(keys), self._partition, seq)
 
     def write_batch(self, items: list[ObjectRows]) -> None:
@@ -176,11 +179,11 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
         }
         manifest = json.dumps({"seq": seq, "objects": list(objects.values())}).encode()
         manifest_key = f"{self._location.manifest_dir(self._partition)}{seq:012d}.json"
-        self._call("write manifest", lambda: self._client.put_object(Bucket=bucket, Key=manifest_key, Body=manifest))
+        self._call("write manifest", partial(self._client.put_object, Bucket=bucket, Key=manifest_key, Body=manifest))
         for directory, key in objects.items():
             frame = pl.concat([pl.DataFrame(c, schema=self._sink.schema) for c in self._buffer[directory]])
             body = encode(frame, fmt)
-            self._call("write object", lambda k=key, b=body: self._client.put_object(Bucket=bucket, Key=k, Body=b))
+            self._call("write object", partial(self._client.put_object, Bucket=bucket, Key=key, Body=body))
         self._next_seq = seq + 1
         self._buffer.clear()
         self._sink.on_written(len(objects))
@@ -223,5 +226,5 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, int]):
     def part_fn(self, item_key: str) -> int:
         return stable_partition(item_key)
 
-    def build_part(self, step_id: str, for_part: str, resume_state: Optional[int]) -> _S3SinkPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _S3SinkPartition:
         return _S3SinkPartition(self, for_part, resume_state or 0)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
-from typing import Any, Generic, Optional, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
 
 from bytewax.operators.windowing import UTC_MAX, UTC_MIN, Clock, ClockLogic
 
@@ -33,7 +33,7 @@ NO_WATERMARK = -(2**62)  # "nothing seen yet", below any epoch-ms timestamp
 
 
 def to_datetime(epoch_ms: int) -> datetime:
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
 
 
 def to_epoch_ms(moment: datetime) -> int:
@@ -118,10 +118,10 @@ class _EventTimeClockLogic(ClockLogic[V, None], Generic[V]):
     def on_eof(self) -> datetime:
         return UTC_MAX
 
-    def to_system_utc(self, timestamp: datetime) -> Optional[datetime]:
+    def to_system_utc(self, timestamp: datetime) -> datetime | None:
         # The watermark follows event time, not the wall clock, so the moment it passes
         # `timestamp` is unknown: check again after `recheck` rather than busy-waking.
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return now if timestamp <= self._watermark() else now + self._clock.recheck
 
     def snapshot(self) -> None:

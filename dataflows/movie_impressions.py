@@ -13,13 +13,13 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import bytewax.operators as op
 import bytewax.operators.windowing as win
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from prometheus_client import Counter
 
 from connectors.kafka_source import KafkaUnavailable, StatefulKafkaSource, check_topics
@@ -39,7 +39,7 @@ from dataflows.settings import ConfigError, MovieImpressionsSettings
 
 log = logging.getLogger(__name__)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EVENTS = Counter("movie_impressions_events_total", "Input messages by outcome", ["outcome"])
 OBJECTS = Counter("movie_impressions_objects_written_total", "Objects written to S3")
 
@@ -82,11 +82,13 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
     )
 
     flow = Dataflow("movie_impressions")
-    items = op.input("kafka_in", flow, StatefulKafkaSource(source, assess, NO_WATERMARK))
+    items: Stream[Any] = op.input(
+        "kafka_in", flow, StatefulKafkaSource(source, assess, NO_WATERMARK)
+    )
     invalid = op.branch("split_invalid", items, lambda i: isinstance(i, DeadLetter))
     late = op.branch("split_late", invalid.falses, lambda i: isinstance(i, LateEvent))
 
-    clock = EventTimeClock(
+    clock: EventTimeClock[WindowSlice] = EventTimeClock(
         ts_getter=lambda s: to_datetime(s.latest),
         source_watermark_getter=lambda s: (s.source, s.source_watermark),
         sources=source.list_parts(),
@@ -125,7 +127,9 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
     op.output("dead_letter_out", dead, KafkaSink(kafka.brokers, settings.dead_letter_topic, kafka.client_config))
     late_events = op.map("late_event", late.trues, lambda e: KafkaSinkMessage(e.position.key(), e.to_json()))
     # Only reachable when an idle partition let the watermark pass (DESIGN §4).
-    late_slices = op.map("late_slice", windows.late, lambda kv: KafkaSinkMessage(kv[0].encode(), late_slice_record(kv[1][1])))
+    late_slices = op.map(
+        "late_slice", windows.late, lambda kv: KafkaSinkMessage(kv[0].encode(), late_slice_record(kv[1][1]))
+    )
     op.output(
         "late_out",
         op.merge("all_late", late_events, late_slices),
@@ -139,6 +143,7 @@ def flow_from_env() -> Dataflow:
     import os
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         return build_flow(MovieImpressionsSettings.from_env(os.environ))
     except (ConfigError, KafkaUnavailable, S3SinkError) as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Optional
 
 LOCAL_KAFKA = "127.0.0.1:19092"
 LOCAL_S3 = "http://127.0.0.1:4566"
@@ -30,7 +29,7 @@ class _Env:
             raise ConfigError(f"{name} is empty: set it or unset it to use the default {default!r}")
         return value
 
-    def optional(self, name: str, default: Optional[str] = None) -> Optional[str]:
+    def optional(self, name: str, default: str | None = None) -> str | None:
         value = self._env.get(name, default if default is not None else "")
         return value.strip() or None
 
@@ -96,8 +95,8 @@ class MovieImpressionsSettings:
     late_topic: str
     s3_bucket: str
     s3_prefix: str
-    s3_endpoint_url: Optional[str]
-    s3_region: Optional[str]
+    s3_endpoint_url: str | None
+    s3_region: str | None
     output_format: str
     window: timedelta
     max_out_of_orderness: timedelta

@@ -23,8 +23,14 @@ STATE = CACHE / "stack"
 KAFKA_PORT, CONTROLLER_PORT, S3_PORT = 19092, 19093, 4566
 BUCKET = "movie-impressions"
 TOPICS = [
-    "movie-impressions", "movie-impressions-dead-letter", "movie-impressions-late",
-    "booking-created", "booking-events", "booking-alerts", "booking-unmatched", "booking-dead-letter",
+    "movie-impressions",
+    "movie-impressions-dead-letter",
+    "movie-impressions-late",
+    "booking-created",
+    "booking-events",
+    "booking-alerts",
+    "booking-unmatched",
+    "booking-dead-letter",
 ]
 
 
@@ -73,7 +79,7 @@ def down() -> None:
 def status() -> int:
     running = {name: _pid(name) for name in ("kafka", "s3")}
     for name, pid in running.items():
-        print(f"{name}: {'running (pid %d)' % pid if pid else 'stopped'}")
+        print(f"{name}: {f'running (pid {pid})' if pid else 'stopped'}")
     return 0 if all(running.values()) else 1
 
 

@@ -37,8 +37,14 @@ def broker_classpath(cache_dir: Path) -> str:
         log.info("resolving Kafka jars from Maven Central into %s", lib)
         subprocess.run(
             [
-                "mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-                f"-DoutputDirectory={lib}", "-DincludeScope=runtime",
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={lib}",
+                "-DincludeScope=runtime",
             ],
             check=True,
         )
@@ -93,8 +99,13 @@ class KafkaBroker:
         classpath = broker_classpath(self.cache_dir)
         config = self._write_config()
         java = [
-            "java", f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
-            f"-Dlog4j.configuration=file:{LOG4J}", "-cp", classpath,
+            "java",
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            "-XX:+UseG1GC",
+            f"-Dlog4j.configuration=file:{LOG4J}",
+            "-cp",
+            classpath,
         ]
         if not (self.data_dir / "logs" / "meta.properties").exists():
             subprocess.run(
@@ -102,9 +113,7 @@ class KafkaBroker:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-        self._process = ManagedProcess.spawn(
-            [*java, "kafka.Kafka", str(config)], self.data_dir / "broker.log"
-        )
+        self._process = ManagedProcess.spawn([*java, "kafka.Kafka", str(config)], self.data_dir / "broker.log")
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:

@@ -37,8 +37,11 @@ def main() -> int:
     print(f"  {rows['object'].n_unique()} objects, {rows.height} rows, {rows['impressions'].sum()} impressions")
     print(rows.group_by(pl.col("object").str.extract(r"/(\d{4}-\d\d-\d\d--\d\d)/")).len().sort("object"))
     print(rows.drop("object").sort("windowStart", "movieId", "userId").head(8))
-    for label, topic in (("input", settings.input_topic), ("dead-letter", settings.dead_letter_topic),
-                         ("late", settings.late_topic)):
+    for label, topic in (
+        ("input", settings.input_topic),
+        ("dead-letter", settings.dead_letter_topic),
+        ("late", settings.late_topic),
+    ):
         print(f"  {label:12s} topic {topic}: {topic_size(brokers, topic)} messages")
     print(f"\nRead it yourself:\n  polars.scan_parquet('{pattern}', storage_options={options!r})")
     return 0

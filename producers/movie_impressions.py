@@ -94,7 +94,9 @@ def generate(shape: TrafficShape) -> Iterator[GeneratedEvent]:
         yield GeneratedEvent(movie.encode(), value, kind, movie, user, ts)
 
 
-def produce(events: Iterator[GeneratedEvent], brokers: str, topic: str, rate: float = 0.0, progress: bool = False) -> int:
+def produce(
+    events: Iterator[GeneratedEvent], brokers: str, topic: str, rate: float = 0.0, progress: bool = False
+) -> int:
     """Send events keyed by movieId; `rate` events/s (0 = as fast as the broker takes them)."""
     from confluent_kafka import Producer
 
@@ -125,17 +127,24 @@ def produce(events: Iterator[GeneratedEvent], brokers: str, topic: str, rate: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m producers.movie_impressions", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m producers.movie_impressions",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--brokers", default="127.0.0.1:19092")
     parser.add_argument("--topic", default="movie-impressions")
     parser.add_argument("--rate", type=float, default=100.0, help="events per second; 0 = as fast as possible")
-    parser.add_argument("--count", type=int, help="events to send (default: --duration × --rate, else 1000)")
+    parser.add_argument("--count", type=int, help="events to send (default: --duration * --rate, else 1000)")
     parser.add_argument("--duration", type=float, help="seconds to run at --rate")
     parser.add_argument("--movies", type=int, default=20)
     parser.add_argument("--users", type=int, default=100)
-    parser.add_argument("--start-minutes-ago", type=float, default=0.0,
-                        help="start the event-time clock this far in the past (default: now)")
+    parser.add_argument(
+        "--start-minutes-ago",
+        type=float,
+        default=0.0,
+        help="start the event-time clock this far in the past (default: now)",
+    )
     parser.add_argument("--step-ms", type=int, help="event time between consecutive events (default: 1000 / rate)")
     parser.add_argument("--jitter-ms", type=int, default=2000, help="bound on out-of-order jitter")
     parser.add_argument("--invalid-fraction", type=float, default=0.0)
@@ -151,9 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         count = 1000
     step = args.step_ms if args.step_ms is not None else (int(1000 / args.rate) if args.rate > 0 else 10)
     shape = TrafficShape(
-        count=count, movies=args.movies, users=args.users,
-        start_ms=int((time.time() - args.start_minutes_ago * 60) * 1000), step_ms=step,
-        jitter_ms=args.jitter_ms, invalid_fraction=args.invalid_fraction, late_fraction=args.late_fraction,
+        count=count,
+        movies=args.movies,
+        users=args.users,
+        start_ms=int((time.time() - args.start_minutes_ago * 60) * 1000),
+        step_ms=step,
+        jitter_ms=args.jitter_ms,
+        invalid_fraction=args.invalid_fraction,
+        late_fraction=args.late_fraction,
         seed=args.seed,
     )
     sent = produce(generate(shape), args.brokers, args.topic, args.rate, progress=True)

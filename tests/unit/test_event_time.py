@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 import bytewax.operators.windowing as win
@@ -89,8 +89,14 @@ def test_closed_window_never_reopens_for_a_key_whose_state_was_dropped() -> None
     flow = Dataflow("reopen")
     keyed = op.key_on("key", op.input("in", flow, TestingSource(items, batch_size=1)), lambda s: s.movie_id)
     out = win.fold_window(
-        "w", keyed, clock, win.TumblingWindower(timedelta(milliseconds=W), datetime(1970, 1, 1, tzinfo=timezone.utc)),
-        UserTallies, lambda acc, s: acc.merge(s.tallies), UserTallies.merge, ordered=False,
+        "w",
+        keyed,
+        clock,
+        win.TumblingWindower(timedelta(milliseconds=W), datetime(1970, 1, 1, tzinfo=UTC)),
+        UserTallies,
+        lambda acc, s: acc.merge(s.tallies),
+        UserTallies.merge,
+        ordered=False,
     )
     down: list = []
     late: list = []

@@ -1,5 +1,5 @@
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -23,15 +23,24 @@ MIN15 = 15 * 60 * 1000
 
 
 def ms(*args: int) -> int:
-    return int(datetime(*args, tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)
 
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        (b'{"movieId": "2000", "userId": "1000", "timestamp": 1546845718557}', MovieImpression("2000", "1000", 1546845718557)),
-        (b'{"movieId": 2000, "userId": 1000, "timestamp": 1546845718557}', MovieImpression("2000", "1000", 1546845718557)),
-        (b'{"movieId": "a/b", "userId": "u", "timestamp": 1546845718557, "extra": [1]}', MovieImpression("a/b", "u", 1546845718557)),
+        (
+            b'{"movieId": "2000", "userId": "1000", "timestamp": 1546845718557}',
+            MovieImpression("2000", "1000", 1546845718557),
+        ),
+        (
+            b'{"movieId": 2000, "userId": 1000, "timestamp": 1546845718557}',
+            MovieImpression("2000", "1000", 1546845718557),
+        ),
+        (
+            b'{"movieId": "a/b", "userId": "u", "timestamp": 1546845718557, "extra": [1]}',
+            MovieImpression("a/b", "u", 1546845718557),
+        ),
     ],
 )
 def test_decode_accepts_valid_impressions(raw: bytes, expected: MovieImpression) -> None:
@@ -170,8 +179,9 @@ def test_slice_batch_continues_from_partition_state() -> None:
 def test_dead_letter_record_keeps_binary_raw_as_base64() -> None:
     import base64
 
-    [dead], _ = slice_batch("0-t", [kafka_message(b"\xff\x00", offset=9)], NO_WATERMARK, window_ms=MIN15,
-                            max_out_of_orderness_ms=0)
+    [dead], _ = slice_batch(
+        "0-t", [kafka_message(b"\xff\x00", offset=9)], NO_WATERMARK, window_ms=MIN15, max_out_of_orderness_ms=0
+    )
     record = json.loads(dead.to_json())
     assert record["rawEncoding"] == "base64"
     assert base64.b64decode(record["raw"]) == b"\xff\x00"

@@ -1,0 +1,115 @@
+"""Session services: a real Kafka broker and a real S3 server on free loopback ports."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from devstack.kafka import KafkaBroker, create_topics
+from devstack.processes import free_port
+from devstack.s3 import LOCAL_CREDENTIALS, S3Server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    broker = KafkaBroker(free_port(), free_port(), tmp_path_factory.mktemp("kafka"), ROOT / ".cache")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(free_port(), tmp_path_factory.mktemp("s3") / "s3.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def local_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in LOCAL_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def make_topics(kafka: KafkaBroker, *names: str, partitions: int = 2) -> None:
+    create_topics(kafka.bootstrap, list(names), partitions)
+
+
+def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) in a topic, read from the beginning to the current end."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}", "enable.auto.commit": False}
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        remaining = {p for p, end in ends.items() if end > 0}
+        out: list[tuple[bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + 60
+        while remaining and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 1.0):
+                if msg.error() is None:
+                    out.append((msg.key(), msg.value()))
+                    if msg.offset() + 1 >= ends[msg.partition()]:
+                        remaining.discard(msg.partition())
+        assert not remaining, f"could not read {topic} to its end"
+        return out
+    finally:
+        consumer.close()
+
+
+def read_s3_rows(server: S3Server, bucket: str, prefix: str, fmt: str = "parquet") -> pl.DataFrame:
+    """Every data object under prefix (not the sink's manifests), with an `object` column."""
+    client = server.client()
+    frames = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+        for entry in page.get("Contents", []):
+            key = entry["Key"]
+            if "/_sink/" in key:
+                continue
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            frame = (
+                pl.read_parquet(io.BytesIO(body))
+                if fmt == "parquet"
+                else pl.read_csv(io.BytesIO(body), schema_overrides={"movieId": pl.String, "userId": pl.String})
+            )
+            frames.append(frame.with_columns(object=pl.lit(key)))
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def run_dataflow(
+    target: str, env: dict[str, str], *, workers: int = 1, recovery: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run a dataflow the way a user does: `python -m bytewax.run`, in its own process."""
+    argv = [sys.executable, "-m", "bytewax.run", target, "-w", str(workers)]
+    if recovery is not None:
+        argv += ["-r", str(recovery), "-s", "1", "-b", "0"]
+    result = subprocess.run(
+        argv, env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    return result
+
+
+def init_recovery(path: Path, partitions: int = 1) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(partitions)], check=True)
+    return path

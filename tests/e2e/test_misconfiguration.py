@@ -1,0 +1,67 @@
+"""Errors a user can cause end in one line that names the setting and the fix (no traceback)."""
+
+import pytest
+
+from devstack.processes import free_port
+from tests.conftest import make_topics, run_dataflow
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def good_env(kafka, s3, unique) -> dict[str, str]:
+    topics = [f"in-{unique}", f"dead-{unique}", f"late-{unique}"]
+    make_topics(kafka, *topics)
+    s3.create_bucket(f"b-{unique}")
+    return {
+        "KAFKA_BROKERS": kafka.bootstrap,
+        "IMPRESSIONS_TOPIC": topics[0],
+        "DEAD_LETTER_TOPIC": topics[1],
+        "LATE_TOPIC": topics[2],
+        "S3_ENDPOINT_URL": s3.endpoint_url,
+        "S3_BUCKET": f"b-{unique}",
+        "BOUNDED": "true",
+    }
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"KAFKA_BROKERS": "127.0.0.1:{port}"},
+            "cannot reach Kafka at 127.0.0.1:{port}: start it (make up) or fix KAFKA_BROKERS",
+        ),
+        ({"KAFKA_BROKERS": "nonsense"}, "KAFKA_BROKERS entry 'nonsense' is not host:port"),
+        ({"IMPRESSIONS_TOPIC": "no-such-topic"}, "topic(s) no-such-topic do not exist"),
+        (
+            {"S3_BUCKET": "no-such-bucket"},
+            "S3 bucket 'no-such-bucket': the bucket does not exist: create it or fix S3_BUCKET",
+        ),
+        (
+            {"S3_ENDPOINT_URL": "http://127.0.0.1:{port}"},
+            "cannot reach S3 at http://127.0.0.1:{port}: start it or fix S3_ENDPOINT_URL",
+        ),
+        ({"WINDOW_MINUTES": "0"}, "WINDOW_MINUTES=0 is below the minimum 1"),
+        ({"WINDOW_MINUTES": "fifteen"}, "WINDOW_MINUTES='fifteen' is not a whole number"),
+        ({"WINDOW_MINUTES": "7"}, "WINDOW_MINUTES=7 does not divide a day"),
+        ({"OUTPUT_FORMAT": "avro"}, "OUTPUT_FORMAT='avro' is not supported: use one of parquet, csv"),
+        ({"BOUNDED": "maybe"}, "BOUNDED='maybe' is not a boolean"),
+        (
+            {
+                "AWS_ACCESS_KEY_ID": "",
+                "AWS_SECRET_ACCESS_KEY": "",
+                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                "AWS_CONFIG_FILE": "/nonexistent",
+            },
+            "no AWS credentials found",
+        ),
+    ],
+)
+def test_misconfiguration_is_one_clear_line(good_env, override: dict[str, str], message: str) -> None:
+    port = str(free_port())
+    env = {**good_env, **{k: v.format(port=port) for k, v in override.items()}}
+    result = run_dataflow("dataflows.movie_impressions:flow", env, timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("movie_impressions: ") and message.format(port=port) in last_line
