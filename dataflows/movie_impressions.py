@@ -82,9 +82,7 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
     )
 
     flow = Dataflow("movie_impressions")
-    items: Stream[Any] = op.input(
-        "kafka_in", flow, StatefulKafkaSource(source, assess, NO_WATERMARK)
-    )
+    items: Stream[Any] = op.input("kafka_in", flow, StatefulKafkaSource(source, assess, NO_WATERMARK))
     invalid = op.branch("split_invalid", items, lambda i: isinstance(i, DeadLetter))
     late = op.branch("split_late", invalid.falses, lambda i: isinstance(i, LateEvent))
 
