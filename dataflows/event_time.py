@@ -93,6 +93,33 @@ class WatermarkView:
         return self._floor
 
 
+class WorkerWatermarks:
+    """A `WatermarkView` per bytewax worker; bytewax runs each worker on its own thread."""
+
+    def __init__(self, sources: Iterable[str], idle_timeout: timedelta) -> None:
+        self.sources = list(sources)
+        self.idle_timeout_s = idle_timeout.total_seconds()
+        self._per_worker = threading.local()
+
+    def view(self) -> WatermarkView:
+        view = getattr(self._per_worker, "view", None)
+        if view is None:
+            view = WatermarkView(self.sources, self.idle_timeout_s, time.monotonic())
+            self._per_worker.view = view
+        return view
+
+
+def wake_time(passed: bool, recheck: timedelta) -> datetime:
+    """When bytewax should wake a key waiting for the watermark to pass some event time.
+
+    The watermark follows event time, not the wall clock, so the moment it will pass
+    is unknown: wake now if it has, else look again after `recheck` rather than
+    busy-waking (DESIGN §4).
+    """
+    now = datetime.now(timezone.utc)
+    return now if passed else now + recheck
+
+
 class _EventTimeClockLogic(ClockLogic[V, None], Generic[V]):
     def __init__(self, clock: EventTimeClock[V], view: WatermarkView) -> None:
         self._clock = clock
@@ -149,18 +176,9 @@ class EventTimeClock(Clock[V, None], Generic[V]):
     ) -> None:
         self.ts_getter = ts_getter
         self.source_watermark_getter = source_watermark_getter
-        self.sources = list(sources)
         self.window_ms = int(window / timedelta(milliseconds=1))
-        self.idle_timeout_s = idle_timeout.total_seconds()
         self.recheck = recheck
-        self._per_worker = threading.local()  # bytewax runs each worker on its own thread
-
-    def view(self) -> WatermarkView:
-        view = getattr(self._per_worker, "view", None)
-        if view is None:
-            view = WatermarkView(self.sources, self.idle_timeout_s, time.monotonic())
-            self._per_worker.view = view
-        return view
+        self.watermarks = WorkerWatermarks(sources, idle_timeout)
 
     def build(self, resume_state: Any) -> _EventTimeClockLogic[V]:
-        return _EventTimeClockLogic(self, self.view())
+        return _EventTimeClockLogic(self, self.watermarks.view())

@@ -1,0 +1,202 @@
+"""Booking correlation: records, their decoding, and the correlation rules (pure).
+
+Rules, all in event time, so results do not depend on arrival order or speed:
+- a booking matches when both sides are seen and their timestamps are at most
+  `timeout` apart: one alert, whichever side came first;
+- a side whose counterpart is not seen by then is unmatched: reported once, when
+  the watermark passes its timestamp + timeout (or at once if the counterpart
+  arrives beyond the timeout; the later record is then dropped);
+- after a booking is settled (alerted or unmatched) its id is remembered for one
+  more timeout: repeats with timestamps inside that horizon are dropped; later
+  records with the same id start afresh; then the state is gone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgspec
+from jsonpath_ng import JSONPath
+from jsonpath_ng import parse as parse_jsonpath
+from jsonpath_ng.exceptions import JsonPathParserError
+
+from dataflows.impressions import MAX_EVENT_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, InvalidEvent
+
+CREATED, EVENT = "created", "event"
+
+
+@dataclass(frozen=True)
+class SideSchema:
+    """Where a side's id, event time and carried values are, as JSONPath expressions."""
+
+    side: str
+    id_path: str
+    time_path: str
+    fields: dict[str, str]  # output name -> JSONPath
+    _compiled: dict[str, JSONPath] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        compiled = {}
+        for name, expression in {"@id": self.id_path, "@time": self.time_path, **self.fields}.items():
+            try:
+                compiled[name] = parse_jsonpath(expression)
+            except (JsonPathParserError, Exception) as exc:
+                msg = f"invalid JSONPath {expression!r} for {self.side} {name.lstrip('@')}: {exc}"
+                raise ValueError(msg) from None
+        object.__setattr__(self, "_compiled", compiled)
+
+    def extract(self, obj: Any, name: str) -> Any:
+        matches = self._compiled[name].find(obj)
+        if not matches:
+            path = {"@id": self.id_path, "@time": self.time_path}.get(name) or self.fields[name]
+            raise InvalidEvent(f"missing {name.lstrip('@')} ({path})")
+        return matches[0].value
+
+
+def parse_field_spec(spec: str) -> dict[str, str]:
+    """`name=$.path,name2=$.path2` -> {name: path}."""
+    fields = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, path = part.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            msg = f"{part!r} is not name=JSONPath"
+            raise ValueError(msg)
+        fields[name.strip()] = path.strip()
+    return fields
+
+
+DEFAULT_CREATED = SideSchema(
+    CREATED, "$.bookingId", "$.createdAt",
+    parse_field_spec("customerId=$.customerId,amount=$.amount,currency=$.currency,createdAt=$.createdAt"),
+)
+DEFAULT_EVENT = SideSchema(EVENT, "$.bookingId", "$.timestamp", parse_field_spec("eventType=$.eventType,timestamp=$.timestamp"))
+
+
+@dataclass(frozen=True, slots=True)
+class BookingRecord:
+    booking_id: str
+    side: str
+    timestamp: int  # epoch ms
+    fields: dict[str, Any]
+    source: str = ""  # input partition, and its watermark after the batch (see event_time.py)
+    source_watermark: int = 0
+
+
+_json = msgspec.json.Decoder()
+
+
+def decode_booking(raw: bytes | None, schema: SideSchema) -> BookingRecord:
+    if not raw:
+        raise InvalidEvent("empty message")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"message of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
+    try:
+        obj = _json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"not a JSON object but {type(obj).__name__}")
+    booking_id = schema.extract(obj, "@id")
+    if isinstance(booking_id, int) and not isinstance(booking_id, bool):
+        booking_id = str(booking_id)
+    if not isinstance(booking_id, str) or not booking_id.strip():
+        raise InvalidEvent(f"booking id ({schema.id_path}) must be a non-empty string")
+    ts = schema.extract(obj, "@time")
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        raise InvalidEvent(f"time ({schema.time_path}) must be integer epoch milliseconds")
+    if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
+        raise InvalidEvent(f"time {ts} outside 2000-01-01..2100-01-01")
+    values = {name: schema.extract(obj, name) for name in schema.fields}
+    return BookingRecord(booking_id, schema.side, ts, values)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    created: BookingRecord
+    event: BookingRecord
+
+    def to_json(self) -> bytes:
+        record = {
+            "bookingId": self.created.booking_id,
+            **self.created.fields,
+            **self.event.fields,
+            "gapMs": self.event.timestamp - self.created.timestamp,
+        }
+        return json.dumps(record, sort_keys=True).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Unmatched:
+    record: BookingRecord
+    reason: str
+
+    def to_json(self) -> bytes:
+        r = self.record
+        body = {"bookingId": r.booking_id, "seen": r.side, "timestamp": r.timestamp, "fields": r.fields,
+                "reason": self.reason}
+        return json.dumps(body, sort_keys=True).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    record: BookingRecord
+    reason: str
+
+
+Outcome = Alert | Unmatched | Dropped
+
+
+@dataclass(frozen=True, slots=True)
+class BookingState:
+    pending: BookingRecord | None = None
+    settled_until: int | None = None  # event time up to which repeats are dropped
+
+    def is_empty(self) -> bool:
+        return self.pending is None and self.settled_until is None
+
+
+EMPTY = BookingState()
+
+
+def correlate(state: BookingState, record: BookingRecord, timeout_ms: int) -> tuple[list[Outcome], BookingState]:
+    """Apply one arriving record to a booking's state."""
+    if state.settled_until is not None:
+        if record.timestamp <= state.settled_until:
+            return [Dropped(record, "booking already settled")], state
+        state = EMPTY  # the id is used again, long after: a new booking
+    pending = state.pending
+    if pending is None:
+        return [], BookingState(pending=record)
+    if pending.side == record.side:
+        return [Dropped(record, f"repeated {record.side} record")], state
+    earlier, later = sorted((pending, record), key=lambda r: (r.timestamp, r.side))
+    if later.timestamp - earlier.timestamp <= timeout_ms:
+        created, event = (pending, record) if pending.side == CREATED else (record, pending)
+        return [Alert(created, event)], BookingState(settled_until=later.timestamp + timeout_ms)
+    reason = f"counterpart arrived {later.timestamp - earlier.timestamp} ms apart, beyond the {timeout_ms} ms timeout"
+    outcomes: list[Outcome] = [Unmatched(earlier, reason)]
+    horizon = earlier.timestamp + 2 * timeout_ms
+    if later.timestamp <= horizon:
+        outcomes.append(Dropped(later, "counterpart beyond the timeout"))
+        return outcomes, BookingState(settled_until=horizon)
+    return outcomes, BookingState(pending=later)
+
+
+def advance(state: BookingState, watermark: int, timeout_ms: int) -> tuple[list[Outcome], BookingState]:
+    """Apply the watermark: time out a pending side, forget a settled id."""
+    outcomes: list[Outcome] = []
+    if state.pending is not None and watermark > state.pending.timestamp + timeout_ms:
+        outcomes.append(Unmatched(state.pending, f"no counterpart within {timeout_ms} ms"))
+        state = BookingState(settled_until=state.pending.timestamp + 2 * timeout_ms)
+    if state.settled_until is not None and watermark > state.settled_until:
+        state = replace(state, settled_until=None)
+    return outcomes, state
+
+
+def next_deadline(state: BookingState, timeout_ms: int) -> int | None:
+    """The event time the watermark must pass for `advance` to change the state."""
+    if state.pending is not None:
+        return state.pending.timestamp + timeout_ms
+    return state.settled_until
