@@ -22,6 +22,8 @@ from jsonpath_ng import JSONPath
 from jsonpath_ng import parse as parse_jsonpath
 from jsonpath_ng.exceptions import JsonPathParserError
 
+from dataflows.dead_letters import DeadLetter, SourcePosition
+from dataflows.event_time import partition_watermark
 from dataflows.impressions import MAX_EVENT_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, InvalidEvent
 
 CREATED, EVENT = "created", "event"
@@ -68,10 +70,14 @@ def parse_field_spec(spec: str) -> dict[str, str]:
 
 
 DEFAULT_CREATED = SideSchema(
-    CREATED, "$.bookingId", "$.createdAt",
+    CREATED,
+    "$.bookingId",
+    "$.createdAt",
     parse_field_spec("customerId=$.customerId,amount=$.amount,currency=$.currency,createdAt=$.createdAt"),
 )
-DEFAULT_EVENT = SideSchema(EVENT, "$.bookingId", "$.timestamp", parse_field_spec("eventType=$.eventType,timestamp=$.timestamp"))
+DEFAULT_EVENT = SideSchema(
+    EVENT, "$.bookingId", "$.timestamp", parse_field_spec("eventType=$.eventType,timestamp=$.timestamp")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +140,13 @@ class Unmatched:
 
     def to_json(self) -> bytes:
         r = self.record
-        body = {"bookingId": r.booking_id, "seen": r.side, "timestamp": r.timestamp, "fields": r.fields,
-                "reason": self.reason}
+        body = {
+            "bookingId": r.booking_id,
+            "seen": r.side,
+            "timestamp": r.timestamp,
+            "fields": r.fields,
+            "reason": self.reason,
+        }
         return json.dumps(body, sort_keys=True).encode()
 
 
@@ -200,3 +211,27 @@ def next_deadline(state: BookingState, timeout_ms: int) -> int | None:
     if state.pending is not None:
         return state.pending.timestamp + timeout_ms
     return state.settled_until
+
+
+def read_booking_batch(
+    source: str,
+    messages: list,
+    max_timestamp: int,
+    *,
+    schemas: dict[str, SideSchema],
+    max_out_of_orderness_ms: int,
+) -> tuple[list[BookingRecord | DeadLetter], int]:
+    """Decode one input partition's batch (schema chosen by topic) and stamp its watermark."""
+    out: list[BookingRecord | DeadLetter] = []
+    records = []
+    for msg in messages:
+        try:
+            record = decode_booking(msg.value, schemas[msg.topic])
+        except InvalidEvent as exc:
+            out.append(DeadLetter(str(exc), SourcePosition(msg.topic, msg.partition, msg.offset), msg.value))
+            continue
+        max_timestamp = max(max_timestamp, record.timestamp)
+        records.append(record)
+    watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
+    out.extend(replace(r, source=source, source_watermark=watermark) for r in records)
+    return out, max_timestamp

@@ -116,7 +116,7 @@ def wake_time(passed: bool, recheck: timedelta) -> datetime:
     is unknown: wake now if it has, else look again after `recheck` rather than
     busy-waking (DESIGN §4).
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now if passed else now + recheck
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from dataflows.bookings import CREATED, DEFAULT_CREATED, DEFAULT_EVENT, EVENT, SideSchema, parse_field_spec
+
 LOCAL_KAFKA = "127.0.0.1:19092"
 LOCAL_S3 = "http://127.0.0.1:4566"
 
@@ -131,3 +133,67 @@ class MovieImpressionsSettings:
             kafka_batch_size=int(e.number("KAFKA_BATCH_SIZE", 5000, minimum=1, integer=True)),
             s3_give_up_after=timedelta(seconds=e.number("S3_RETRY_SECONDS", 300, minimum=0)),
         )
+
+
+@dataclass(frozen=True)
+class BookingSettings:
+    kafka: KafkaSettings
+    created_topic: str
+    events_topic: str
+    alerts_topic: str
+    unmatched_topic: str
+    dead_letter_topic: str
+    created_schema: SideSchema
+    event_schema: SideSchema
+    timeout: timedelta
+    max_out_of_orderness: timedelta
+    idle_timeout: timedelta
+    bounded: bool
+    kafka_batch_size: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> BookingSettings:
+        e = _Env(env)
+
+        def schema(side: str, prefix: str, default: SideSchema) -> SideSchema:
+            try:
+                fields = parse_field_spec(e.text(f"{prefix}_FIELDS", _spec(default.fields)))
+                return SideSchema(
+                    side,
+                    e.text(f"{prefix}_ID_PATH", default.id_path),
+                    e.text(f"{prefix}_TIME_PATH", default.time_path),
+                    fields,
+                )
+            except ValueError as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                raise ConfigError(f"{prefix}_FIELDS/_ID_PATH/_TIME_PATH: {exc}") from None
+
+        created = schema(CREATED, "CREATED", DEFAULT_CREATED)
+        event = schema(EVENT, "EVENT", DEFAULT_EVENT)
+        clash = (set(created.fields) & set(event.fields)) | (
+            {"bookingId", "gapMs"} & (set(created.fields) | set(event.fields))
+        )
+        if clash:
+            raise ConfigError(
+                f"CREATED_FIELDS and EVENT_FIELDS both name {', '.join(sorted(clash))}: rename one side's"
+            )
+        return cls(
+            kafka=KafkaSettings.from_env(env),
+            created_topic=e.text("CREATED_TOPIC", "booking-created"),
+            events_topic=e.text("EVENTS_TOPIC", "booking-events"),
+            alerts_topic=e.text("ALERTS_TOPIC", "booking-alerts"),
+            unmatched_topic=e.text("UNMATCHED_TOPIC", "booking-unmatched"),
+            dead_letter_topic=e.text("DEAD_LETTER_TOPIC", "booking-dead-letter"),
+            created_schema=created,
+            event_schema=event,
+            timeout=timedelta(seconds=e.number("BOOKING_TIMEOUT_SECONDS", 900, minimum=1)),
+            max_out_of_orderness=timedelta(seconds=e.number("MAX_OUT_OF_ORDERNESS_SECONDS", 30, minimum=0)),
+            idle_timeout=timedelta(seconds=e.number("IDLE_TIMEOUT_SECONDS", 60, minimum=1)),
+            bounded=e.flag("BOUNDED", False),
+            kafka_batch_size=int(e.number("KAFKA_BATCH_SIZE", 5000, minimum=1, integer=True)),
+        )
+
+
+def _spec(fields: dict[str, str]) -> str:
+    return ",".join(f"{name}={path}" for name, path in fields.items())

@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from producers.kafka_producer import produce_messages
+
 WINDOW_MS = 15 * 60 * 1000
 
 
@@ -98,32 +100,7 @@ def produce(
     events: Iterator[GeneratedEvent], brokers: str, topic: str, rate: float = 0.0, progress: bool = False
 ) -> int:
     """Send events keyed by movieId; `rate` events/s (0 = as fast as the broker takes them)."""
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "enable.idempotence": True})
-    started = last_report = time.monotonic()
-    sent = 0
-    for event in events:
-        if rate > 0:
-            lag = started + sent / rate - time.monotonic()
-            if lag > 0:
-                time.sleep(lag)
-        while True:
-            try:
-                producer.produce(topic, key=event.key, value=event.value)
-                break
-            except BufferError:  # local queue full: let it drain
-                producer.poll(0.1)
-        producer.poll(0)
-        sent += 1
-        if progress and time.monotonic() - last_report >= 5:
-            last_report = time.monotonic()
-            print(f"produced {sent} events ({sent / (last_report - started):.0f}/s)", file=sys.stderr)
-    remaining = producer.flush(60)
-    if remaining:
-        msg = f"{remaining} events were not acknowledged by Kafka at {brokers}"
-        raise RuntimeError(msg)
-    return sent
+    return produce_messages(((topic, e.key, e.value) for e in events), brokers, rate, progress)
 
 
 def main(argv: list[str] | None = None) -> int:

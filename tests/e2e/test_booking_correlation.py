@@ -1,0 +1,167 @@
+"""Booking correlation end to end through the real broker, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings, messages_for
+from producers.kafka_producer import produce_messages
+from tests.conftest import ROOT, init_recovery, make_topics, read_topic, run_dataflow
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT_MS = 300_000
+TRAFFIC = BookingTraffic(
+    count=10_000,
+    step_ms=200,
+    max_delay_ms=120_000,
+    event_first_fraction=0.3,
+    missing_fraction=0.08,
+    duplicate_fraction=0.05,
+    invalid_fraction=0.02,
+    seed=11,
+)
+
+
+def expected(messages: list[GeneratedBooking]) -> tuple[dict[str, dict], dict[str, str], Counter]:
+    """Oracle from the generated traffic: alerts by booking, unmatched side by booking, invalid raws."""
+    sides: dict[str, dict[str, dict]] = {}
+    for m in messages:
+        if m.kind == "valid":
+            sides.setdefault(m.booking_id, {})[m.side] = m.record
+    alerts, unmatched = {}, {}
+    for booking_id, seen in sides.items():
+        if len(seen) == 2:
+            c, e = seen["created"], seen["event"]
+            alerts[booking_id] = {
+                "bookingId": booking_id,
+                "customerId": c["customerId"],
+                "amount": c["amount"],
+                "currency": c["currency"],
+                "createdAt": c["createdAt"],
+                "eventType": e["eventType"],
+                "timestamp": e["timestamp"],
+                "gapMs": e["timestamp"] - c["createdAt"],
+            }
+        else:
+            [(side, _)] = seen.items()
+            unmatched[booking_id] = side
+    return alerts, unmatched, Counter(m.value for m in messages if m.kind == "invalid")
+
+
+@pytest.fixture(scope="module")
+def bookings(kafka) -> tuple[dict[str, str], list[GeneratedBooking]]:
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"CREATED_TOPIC": f"created-{suffix}", "EVENTS_TOPIC": f"events-{suffix}"}
+    make_topics(kafka, *topics.values(), partitions=3)
+    messages = generate_bookings(TRAFFIC)
+    produce_messages(messages_for(messages, topics["CREATED_TOPIC"], topics["EVENTS_TOPIC"]), kafka.bootstrap)
+    return topics, messages
+
+
+def output_env(kafka, run_id: str) -> dict[str, str]:
+    env = {
+        "ALERTS_TOPIC": f"alerts-{run_id}",
+        "UNMATCHED_TOPIC": f"unmatched-{run_id}",
+        "DEAD_LETTER_TOPIC": f"dead-{run_id}",
+    }
+    make_topics(kafka, *env.values())
+    return {**env, "KAFKA_BROKERS": kafka.bootstrap, "BOOKING_TIMEOUT_SECONDS": str(TIMEOUT_MS // 1000)}
+
+
+def check_outputs(
+    kafka, env: dict[str, str], messages: list[GeneratedBooking], *, allow_identical_repeats: bool
+) -> None:
+    want_alerts, want_unmatched, want_invalid = expected(messages)
+    alerts = read_topic(kafka.bootstrap, env["ALERTS_TOPIC"])
+    by_id: dict[str, set[bytes]] = {}
+    for key, value in alerts:
+        by_id.setdefault(key.decode(), set()).add(value)
+    assert all(len(values) == 1 for values in by_id.values()), "an alert differs from its repeat"
+    if not allow_identical_repeats:
+        assert len(alerts) == len(by_id)
+    assert {k: json.loads(next(iter(v))) for k, v in by_id.items()} == want_alerts
+
+    unmatched = {k.decode(): json.loads(v) for k, v in read_topic(kafka.bootstrap, env["UNMATCHED_TOPIC"])}
+    assert {k: v["seen"] for k, v in unmatched.items()} == want_unmatched
+
+    dead = [json.loads(v) for _, v in read_topic(kafka.bootstrap, env["DEAD_LETTER_TOPIC"])]
+    assert Counter(d["raw"].encode() if d["rawEncoding"] == "utf-8" else b"" for d in dead) == want_invalid
+
+
+def test_traffic_has_every_case(bookings) -> None:
+    _, messages = bookings
+    alerts, unmatched, invalid = expected(messages)
+    ids = {m.booking_id for m in messages if m.kind == "valid"}
+    assert len(ids) >= 10_000 and len(alerts) > 8_000
+    assert {"created", "event"} == set(unmatched.values())
+    assert sum(m.kind == "duplicate" for m in messages) > 300 and sum(invalid.values()) > 100
+    assert sum(1 for a in alerts.values() if a["gapMs"] < 0) > 2000  # event first, in event time too
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_alerts_unmatched_and_dead_letters_equal_the_oracle(kafka, bookings, tmp_path: Path, workers: int) -> None:
+    topics, messages = bookings
+    env = {**topics, **output_env(kafka, f"w{workers}-{uuid.uuid4().hex[:6]}"), "BOUNDED": "true"}
+    result = run_dataflow(
+        "dataflows.booking_correlation:flow", env, workers=workers, recovery=init_recovery(tmp_path / "recovery")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_outputs(kafka, env, messages, allow_identical_repeats=False)
+
+
+def test_kill_and_resume_from_the_recovery_store_keeps_every_alert(kafka, tmp_path: Path) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"CREATED_TOPIC": f"created-k{suffix}", "EVENTS_TOPIC": f"events-k{suffix}"}
+    make_topics(kafka, *topics.values(), partitions=2)
+    messages = generate_bookings(BookingTraffic(count=4000, step_ms=200, seed=5, invalid_fraction=0.01))
+    half = len(messages) // 2
+    produce_messages(messages_for(messages[:half], topics["CREATED_TOPIC"], topics["EVENTS_TOPIC"]), kafka.bootstrap)
+    env = {**topics, **output_env(kafka, f"kill-{suffix}")}
+    recovery = init_recovery(tmp_path / "recovery")
+
+    # First run follows the topics (not bounded) and is killed with SIGKILL once alerts flow.
+    argv = [
+        sys.executable,
+        "-m",
+        "bytewax.run",
+        "dataflows.booking_correlation:flow",
+        "-r",
+        str(recovery),
+        "-s",
+        "1",
+        "-b",
+        "0",
+    ]
+    job = subprocess.Popen(
+        argv,
+        env={**os.environ, **env, "BOUNDED": "false"},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(read_topic(kafka.bootstrap, env["ALERTS_TOPIC"])) < 500:
+            assert time.monotonic() < deadline, "no alerts from the first run"
+            time.sleep(0.5)
+        time.sleep(1.5)  # past at least one snapshot
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    produce_messages(messages_for(messages[half:], topics["CREATED_TOPIC"], topics["EVENTS_TOPIC"]), kafka.bootstrap)
+
+    result = run_dataflow("dataflows.booking_correlation:flow", {**env, "BOUNDED": "true"}, recovery=recovery)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_outputs(kafka, env, messages, allow_identical_repeats=True)

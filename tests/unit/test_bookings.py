@@ -1,0 +1,174 @@
+import json
+
+import pytest
+
+from dataflows.bookings import (
+    CREATED,
+    DEFAULT_CREATED,
+    DEFAULT_EVENT,
+    EMPTY,
+    EVENT,
+    Alert,
+    BookingRecord,
+    BookingState,
+    Dropped,
+    SideSchema,
+    Unmatched,
+    advance,
+    correlate,
+    decode_booking,
+    next_deadline,
+    parse_field_spec,
+    read_booking_batch,
+)
+from dataflows.dead_letters import DeadLetter
+from dataflows.event_time import NO_WATERMARK
+from dataflows.impressions import InvalidEvent
+from tests.factories import kafka_message
+
+T = 60_000  # timeout
+t0 = 1_546_845_718_557
+
+
+def created(ts: int = t0, booking: str = "b-1") -> BookingRecord:
+    return BookingRecord(
+        booking, CREATED, ts, {"customerId": "c-7", "amount": 120.5, "currency": "EUR", "createdAt": ts}
+    )
+
+
+def event(ts: int = t0 + 443, booking: str = "b-1") -> BookingRecord:
+    return BookingRecord(booking, EVENT, ts, {"eventType": "PAYMENT_CONFIRMED", "timestamp": ts})
+
+
+def run(records: list[BookingRecord], watermark_after: int | None = None) -> tuple[list, BookingState]:
+    state, outcomes = EMPTY, []
+    for record in records:
+        out, state = correlate(state, record, T)
+        outcomes += out
+    if watermark_after is not None:
+        out, state = advance(state, watermark_after, T)
+        outcomes += out
+    return outcomes, state
+
+
+@pytest.mark.parametrize("order", [[created(), event()], [event(), created()]])
+def test_either_order_gives_one_identical_alert(order: list[BookingRecord]) -> None:
+    outcomes, state = run(order)
+    assert outcomes == [Alert(created(), event())]
+    assert json.loads(outcomes[0].to_json()) == {
+        "bookingId": "b-1",
+        "customerId": "c-7",
+        "amount": 120.5,
+        "currency": "EUR",
+        "createdAt": t0,
+        "eventType": "PAYMENT_CONFIRMED",
+        "timestamp": t0 + 443,
+        "gapMs": 443,
+    }
+    assert state.pending is None and state.settled_until == t0 + 443 + T
+
+
+def test_repeats_after_correlation_are_dropped_and_state_ends_after_one_timeout() -> None:
+    outcomes, state = run([created(), event(), event(), created()])
+    assert [type(o) for o in outcomes] == [Alert, Dropped, Dropped]
+    out, state = advance(state, t0 + 443 + T, T)  # exactly at the horizon: still remembered
+    assert out == [] and not state.is_empty()
+    out, state = advance(state, t0 + 443 + T + 1, T)
+    assert out == [] and state.is_empty()  # gone: bounded memory
+
+
+def test_repeat_of_the_pending_side_is_dropped() -> None:
+    outcomes, state = run([created(), created()])
+    assert [type(o) for o in outcomes] == [Dropped] and state.pending == created()
+
+
+@pytest.mark.parametrize(("gap", "matches"), [(T, True), (T + 1, False), (-T, True), (-T - 1, False)])
+def test_timeout_boundary_in_either_order(gap: int, matches: bool) -> None:
+    for order in ([created(), event(t0 + gap)], [event(t0 + gap), created()]):
+        outcomes, _ = run(order)
+        if matches:
+            assert outcomes == [Alert(created(), event(t0 + gap))]
+        else:
+            earlier = min(order, key=lambda r: r.timestamp)
+            assert [(type(o), o.record) for o in outcomes] == [
+                (Unmatched, earlier),
+                (Dropped, max(order, key=lambda r: r.timestamp)),
+            ]
+
+
+@pytest.mark.parametrize("side", [created(), event()])
+def test_one_sided_booking_times_out_exactly_after_the_timeout(side: BookingRecord) -> None:
+    _, state = run([side])
+    assert next_deadline(state, T) == side.timestamp + T
+    out, state = advance(state, side.timestamp + T, T)  # watermark at the deadline: still waiting
+    assert out == []
+    out, state = advance(state, side.timestamp + T + 1, T)
+    assert out == [Unmatched(side, f"no counterpart within {T} ms")]
+    assert json.loads(out[0].to_json())["seen"] == side.side
+    late_counterpart = event(side.timestamp + T + 5) if side.side == CREATED else created(side.timestamp + T + 5)
+    dropped, state = correlate(state, late_counterpart, T)  # after the timeout: no alert
+    assert [type(o) for o in dropped] == [Dropped]
+
+
+def test_arrival_order_does_not_change_the_outcome_beyond_the_timeout() -> None:
+    """Timed out by the watermark first, or seen together: same records out."""
+    late_event = event(t0 + T + 10)
+    via_timeout, _ = run([created()], watermark_after=t0 + T + 1)
+    rest, _ = correlate(advance(run([created()])[1], t0 + T + 1, T)[1], late_event, T)
+    together, _ = run([late_event, created()])
+    assert [o.record for o in via_timeout + rest] == [o.record for o in together]
+
+
+def test_id_reused_long_after_settlement_is_a_new_booking() -> None:
+    outcomes, _ = run([created(), event(), created(t0 + 10 * T), event(t0 + 10 * T + 1)])
+    assert [type(o) for o in outcomes] == [Alert, Alert]
+
+
+def test_decode_with_default_and_custom_jsonpath() -> None:
+    raw = b'{"bookingId": "b-1", "customerId": "c-7", "amount": 120.50, "currency": "EUR", "createdAt": 1546845718557}'
+    assert decode_booking(raw, DEFAULT_CREATED) == created()
+    nested = SideSchema(EVENT, "$.booking.id", "$.meta.ts", parse_field_spec("eventType=$.type,source=$.meta.src"))
+    record = decode_booking(b'{"booking": {"id": 7}, "type": "X", "meta": {"ts": 1546845718557, "src": "web"}}', nested)
+    assert record == BookingRecord("7", EVENT, 1546845718557, {"eventType": "X", "source": "web"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", "empty message"),
+        (b"{", "not valid JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"eventType": "X", "timestamp": 1546845718557}', r"missing id \(\$.bookingId\)"),
+        (b'{"bookingId": "", "eventType": "X", "timestamp": 1546845718557}', "must be a non-empty string"),
+        (b'{"bookingId": "b", "eventType": "X"}', r"missing time \(\$.timestamp\)"),
+        (b'{"bookingId": "b", "eventType": "X", "timestamp": "soon"}', "integer epoch milliseconds"),
+        (b'{"bookingId": "b", "timestamp": 1546845718557}', r"missing eventType \(\$.eventType\)"),
+    ],
+)
+def test_decode_rejects_with_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidEvent, match=reason):
+        decode_booking(raw, DEFAULT_EVENT)
+
+
+@pytest.mark.parametrize("spec", ["a", "=$.x", "a=", "a=$.[["])
+def test_bad_field_spec_is_rejected(spec: str) -> None:
+    with pytest.raises(ValueError, match=r"name=JSONPath|invalid JSONPath"):
+        SideSchema(EVENT, "$.id", "$.ts", parse_field_spec(spec))
+
+
+def test_batch_reading_picks_schema_by_topic_and_stamps_the_partition_watermark() -> None:
+    messages = [
+        kafka_message(json.dumps({"bookingId": "b", "eventType": "X", "timestamp": t0}).encode(), topic="ev"),
+        kafka_message(b"nope", offset=1, topic="ev"),
+        kafka_message(json.dumps({"bookingId": "b", "eventType": "Y", "timestamp": t0 + 5000}).encode(), 2, topic="ev"),
+    ]
+    items, newest = read_booking_batch(
+        "0-ev",
+        messages,
+        NO_WATERMARK,
+        schemas={"ev": DEFAULT_EVENT, "cr": DEFAULT_CREATED},
+        max_out_of_orderness_ms=1000,
+    )
+    assert newest == t0 + 5000
+    assert [type(i) for i in items] == [DeadLetter, BookingRecord, BookingRecord]
+    assert {(i.source, i.source_watermark) for i in items[1:]} == {("0-ev", t0 + 4000)}
