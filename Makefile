@@ -9,7 +9,7 @@ RUN_DIR := .cache/run
 # The local stack (devstack) accepts any AWS credentials; real ones come from your AWS chain.
 LOCAL_AWS := AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
 
-.PHONY: help install up down run test test-unit bench lint fmt deploy clean
+.PHONY: help install up down run run-bookings test test-unit bench lint fmt deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,11 +33,18 @@ run: install ## Fresh local stack, 5,000 generated events over 2 h of event time
 	$(PY) -m devstack up
 	$(PY) -m producers.movie_impressions --count 5000 --rate 0 --start-minutes-ago 150 --step-ms 1440 \
 		--movies 12 --users 40 --invalid-fraction 0.02 --late-fraction 0.01 --seed 7
-	rm -rf $(RUN_DIR) && mkdir -p $(RUN_DIR)
+	rm -rf $(RUN_DIR)/recovery && mkdir -p $(RUN_DIR)/recovery
 	$(PY) -m bytewax.recovery $(RUN_DIR)/recovery 1
 	$(LOCAL_AWS) BOUNDED=true $(PY) -m bytewax.run dataflows.movie_impressions:flow -r $(RUN_DIR)/recovery -s 2 -b 0
 	$(LOCAL_AWS) $(PY) -m devstack.report
 	@echo "The local stack is still up: 'make down' stops it."
+
+run-bookings: up ## 2,000 generated bookings through the booking-correlation job on the local stack
+	$(PY) -m producers.bookings --count 2000 --rate 0 --start-minutes-ago 60 --step-ms 1000 --invalid-fraction 0.01
+	rm -rf $(RUN_DIR)/bookings && mkdir -p $(RUN_DIR)/bookings
+	$(PY) -m bytewax.recovery $(RUN_DIR)/bookings 1
+	BOUNDED=true $(PY) -m bytewax.run dataflows.booking_correlation:flow -r $(RUN_DIR)/bookings -s 2 -b 0
+	$(PY) -m devstack.report bookings
 
 test: lint ## Lint, then every test (unit, integration, e2e); starts and stops its own services
 	$(PY) -m pytest

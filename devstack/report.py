@@ -1,4 +1,4 @@
-"""`python -m devstack.report`: what the movie-impressions job wrote to the local stack."""
+"""`python -m devstack.report [bookings]`: what a job wrote to the local stack."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
-from dataflows.settings import MovieImpressionsSettings
+from dataflows.settings import BookingSettings, MovieImpressionsSettings
 
 
 def topic_size(brokers: str, topic: str) -> int:
@@ -21,7 +21,25 @@ def topic_size(brokers: str, topic: str) -> int:
         consumer.close()
 
 
+def bookings_report() -> int:
+    settings = BookingSettings.from_env(os.environ)
+    brokers = ",".join(settings.kafka.brokers)
+    for label, topic in (("created", settings.created_topic), ("events", settings.events_topic),
+                         ("alerts", settings.alerts_topic), ("unmatched", settings.unmatched_topic),
+                         ("dead-letter", settings.dead_letter_topic)):
+        print(f"  {label:12s} topic {topic}: {topic_size(brokers, topic)} messages")
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "devstack-report", "auto.offset.reset": "earliest"})
+    consumer.subscribe([settings.alerts_topic])
+    msg = consumer.poll(10)
+    if msg is not None and msg.error() is None:
+        print(f"\nan alert: {msg.value().decode()}")
+    consumer.close()
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:] == ["bookings"]:
+        return bookings_report()
     settings = MovieImpressionsSettings.from_env(os.environ)
     brokers = ",".join(settings.kafka.brokers)
     root = f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
@@ -35,7 +53,8 @@ def main() -> int:
     rows = scan(pattern, storage_options=options, include_file_paths="object").collect()  # type: ignore[operator]
     print(f"\nS3 output under {root}/ (endpoint {settings.s3_endpoint_url}):")
     print(f"  {rows['object'].n_unique()} objects, {rows.height} rows, {rows['impressions'].sum()} impressions")
-    print(rows.group_by(pl.col("object").str.extract(r"/(\d{4}-\d\d-\d\d--\d\d)/")).len().sort("object"))
+    hours = rows.group_by(pl.col("object").str.extract(r"/(\d{4}-\d\d-\d\d--\d\d)/").alias("hour"))
+    print(hours.agg(objects=pl.col("object").n_unique(), rows=pl.len()).sort("hour"))
     print(rows.drop("object").sort("windowStart", "movieId", "userId").head(8))
     for label, topic in (
         ("input", settings.input_topic),
