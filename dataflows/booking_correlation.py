@@ -38,7 +38,15 @@ from dataflows.bookings import (
     read_booking_batch,
 )
 from dataflows.dead_letters import DeadLetter
-from dataflows.event_time import NO_WATERMARK, WatermarkView, WorkerWatermarks, wake_time
+from dataflows.event_time import (
+    NO_WATERMARK,
+    Heartbeat,
+    HeartbeatSchedule,
+    WatermarkView,
+    WorkerWatermarks,
+    partition_watermark,
+    wake_time,
+)
 from dataflows.settings import BookingSettings, ConfigError
 
 log = logging.getLogger(__name__)
@@ -46,7 +54,7 @@ log = logging.getLogger(__name__)
 OUTCOMES = Counter("booking_correlation_outcomes_total", "Records by outcome", ["outcome"])
 
 
-class CorrelationLogic(StatefulBatchLogic[BookingRecord, Outcome, BookingState]):
+class CorrelationLogic(StatefulBatchLogic[BookingRecord | Heartbeat, Outcome, BookingState]):
     """bytewax glue around the pure rules: feeds records and the watermark, schedules wake-ups."""
 
     def __init__(self, state: BookingState, view: WatermarkView, timeout_ms: int, recheck: timedelta) -> None:
@@ -62,10 +70,12 @@ class CorrelationLogic(StatefulBatchLogic[BookingRecord, Outcome, BookingState])
         more, self.state = advance(self.state, self.view.watermark(time.monotonic()), self.timeout_ms)
         return self._retain(outcomes + more)
 
-    def on_batch(self, values: list[BookingRecord]) -> tuple[list[Outcome], bool]:
+    def on_batch(self, values: list[BookingRecord | Heartbeat]) -> tuple[list[Outcome], bool]:
         outcomes: list[Outcome] = []
         for record in values:
             self.view.observe(record.source, record.source_watermark)
+            if isinstance(record, Heartbeat):
+                continue
             more, self.state = correlate(self.state, record, self.timeout_ms)
             outcomes += more
         return self._advance(outcomes)
@@ -92,6 +102,13 @@ class CorrelationLogic(StatefulBatchLogic[BookingRecord, Outcome, BookingState])
         return self.state  # immutable
 
 
+def _read_batch(source: str, messages: list, max_timestamp: int, *, heartbeats: HeartbeatSchedule, **rules: Any):
+    items: list[Any]
+    items, max_timestamp = read_booking_batch(source, messages, max_timestamp, **rules)
+    bound_ms = rules["max_out_of_orderness_ms"]
+    return items + heartbeats.due(source, partition_watermark(max_timestamp, bound_ms)), max_timestamp
+
+
 def _count(outcome: Outcome) -> Outcome:
     OUTCOMES.labels(type(outcome).__name__.lower()).inc()
     return outcome
@@ -114,7 +131,8 @@ def build_flow(settings: BookingSettings, recheck: timedelta = timedelta(millise
         raise_on_errors=False,
     )
     read = functools.partial(
-        read_booking_batch,
+        _read_batch,
+        heartbeats=HeartbeatSchedule(),
         schemas={settings.created_topic: settings.created_schema, settings.events_topic: settings.event_schema},
         max_out_of_orderness_ms=int(settings.max_out_of_orderness.total_seconds() * 1000),
     )
@@ -127,7 +145,7 @@ def build_flow(settings: BookingSettings, recheck: timedelta = timedelta(millise
     flow = Dataflow("booking_correlation")
     items: Stream[Any] = op.input("kafka_in", flow, StatefulKafkaSource(source, read, NO_WATERMARK))
     invalid = op.branch("split_invalid", items, lambda i: isinstance(i, DeadLetter))
-    keyed = op.key_on("by_booking", invalid.falses, lambda r: r.booking_id)
+    keyed = op.key_on("by_booking", invalid.falses, lambda r: r.key if isinstance(r, Heartbeat) else r.booking_id)
     outcomes: Stream[Any] = op.map(
         "count", op.stateful_batch("correlate", keyed, build_logic), lambda kv: _count(kv[1])
     )

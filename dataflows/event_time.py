@@ -22,10 +22,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from bytewax.operators.windowing import UTC_MAX, UTC_MIN, Clock, ClockLogic
+from bytewax.operators.windowing import UTC_MAX, UTC_MIN, Clock, ClockLogic, Windower, WindowerLogic, WindowMetadata
 
 V = TypeVar("V")
 
@@ -93,6 +94,41 @@ class WatermarkView:
         return self._floor
 
 
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """An input partition's watermark, sent to every worker's keyed operator.
+
+    Flink broadcasts watermarks to all downstream tasks; bytewax routes items only by
+    key. A worker that holds no key fed by some partition would otherwise never hear
+    of that partition's progress and hold its windows open until the idle timeout.
+    Heartbeats carry rotating keys, so across rounds every worker gets them; keyed
+    operators observe them and otherwise ignore them.
+    """
+
+    key: str
+    source: str
+    source_watermark: int
+
+
+class HeartbeatSchedule:
+    """Emits a round of heartbeats per input partition at most every `interval`."""
+
+    KEYS_PER_ROUND = 16
+
+    def __init__(self, interval: timedelta = timedelta(milliseconds=200)) -> None:
+        self._interval_s = interval.total_seconds()
+        self._last: dict[str, float] = {}
+        self._round = 0
+
+    def due(self, source: str, watermark_ms: int) -> list[Heartbeat]:
+        now = time.monotonic()
+        if watermark_ms == NO_WATERMARK or now - self._last.get(source, -1e9) < self._interval_s:
+            return []
+        self._last[source] = now
+        self._round += 1
+        return [Heartbeat(f"\x00heartbeat/{self._round}/{i}", source, watermark_ms) for i in range(self.KEYS_PER_ROUND)]
+
+
 class WorkerWatermarks:
     """A `WatermarkView` per bytewax worker; bytewax runs each worker on its own thread."""
 
@@ -156,6 +192,44 @@ class _EventTimeClockLogic(ClockLogic[V, None], Generic[V]):
         # the epoch's items were processed: that is the epoch boundary the view needs.
         self._view.commit(time.monotonic())
         return None
+
+
+class _IgnoreHeartbeats(WindowerLogic[Any]):
+    """Delegates to the real windower but never opens or reports a window for a heartbeat."""
+
+    def __init__(self, inner: WindowerLogic[Any]) -> None:
+        self._inner = inner
+
+    def open_for(self, timestamp: datetime) -> Iterable[int]:
+        return () if timestamp == UTC_MIN else self._inner.open_for(timestamp)
+
+    def late_for(self, timestamp: datetime) -> Iterable[int]:
+        return () if timestamp == UTC_MIN else self._inner.late_for(timestamp)
+
+    def merged(self) -> Iterable[tuple[int, int]]:
+        return self._inner.merged()
+
+    def close_for(self, watermark: datetime) -> Iterable[tuple[int, WindowMetadata]]:
+        return self._inner.close_for(watermark)
+
+    def notify_at(self) -> datetime | None:
+        return self._inner.notify_at()
+
+    def is_empty(self) -> bool:
+        return self._inner.is_empty()
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+
+class HeartbeatAwareWindower(Windower[Any]):
+    """Wraps a windower for streams that carry `Heartbeat`s (their timestamp is UTC_MIN)."""
+
+    def __init__(self, inner: Windower[Any]) -> None:
+        self._inner = inner
+
+    def build(self, resume_state: Any) -> _IgnoreHeartbeats:
+        return _IgnoreHeartbeats(self._inner.build(resume_state))
 
 
 class EventTimeClock(Clock[V, None], Generic[V]):

@@ -20,12 +20,21 @@ import bytewax.operators as op
 import bytewax.operators.windowing as win
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Dataflow, Stream
+from bytewax.operators.windowing import UTC_MIN
 from prometheus_client import Counter
 
 from connectors.kafka_source import KafkaUnavailable, StatefulKafkaSource, check_topics
 from connectors.s3_sink import ObjectRows, PartitionedS3Sink, S3Location, S3SinkError, check_bucket
 from dataflows.dead_letters import DeadLetter, LateEvent
-from dataflows.event_time import NO_WATERMARK, EventTimeClock, to_datetime
+from dataflows.event_time import (
+    NO_WATERMARK,
+    EventTimeClock,
+    Heartbeat,
+    HeartbeatAwareWindower,
+    HeartbeatSchedule,
+    partition_watermark,
+    to_datetime,
+)
 from dataflows.impressions import (
     OUTPUT_SCHEMA,
     UserTallies,
@@ -44,7 +53,10 @@ EVENTS = Counter("movie_impressions_events_total", "Input messages by outcome", 
 OBJECTS = Counter("movie_impressions_objects_written_total", "Objects written to S3")
 
 
-def _assess_batch(source: str, messages: list, max_timestamp: int, *, window_ms: int, bound_ms: int):
+def _assess_batch(
+    source: str, messages: list, max_timestamp: int, *, window_ms: int, bound_ms: int, heartbeats: HeartbeatSchedule
+):
+    items: list[Any]
     items, max_timestamp = slice_batch(
         source, messages, max_timestamp, window_ms=window_ms, max_out_of_orderness_ms=bound_ms
     )
@@ -53,7 +65,7 @@ def _assess_batch(source: str, messages: list, max_timestamp: int, *, window_ms:
     EVENTS.labels("invalid").inc(invalid)
     EVENTS.labels("late").inc(late)
     EVENTS.labels("valid").inc(len(messages) - invalid - late)
-    return items, max_timestamp
+    return items + heartbeats.due(source, partition_watermark(max_timestamp, bound_ms)), max_timestamp
 
 
 def _fold(tallies: UserTallies, piece: WindowSlice) -> UserTallies:
@@ -78,7 +90,10 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
         raise_on_errors=False,
     )
     assess = functools.partial(
-        _assess_batch, window_ms=window_ms, bound_ms=int(settings.max_out_of_orderness.total_seconds() * 1000)
+        _assess_batch,
+        window_ms=window_ms,
+        bound_ms=int(settings.max_out_of_orderness.total_seconds() * 1000),
+        heartbeats=HeartbeatSchedule(),
     )
 
     flow = Dataflow("movie_impressions")
@@ -87,7 +102,7 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
     late = op.branch("split_late", invalid.falses, lambda i: isinstance(i, LateEvent))
 
     clock: EventTimeClock[WindowSlice] = EventTimeClock(
-        ts_getter=lambda s: to_datetime(s.latest),
+        ts_getter=lambda s: UTC_MIN if isinstance(s, Heartbeat) else to_datetime(s.latest),
         source_watermark_getter=lambda s: (s.source, s.source_watermark),
         sources=source.list_parts(),
         window=settings.window,
@@ -95,9 +110,9 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
     )
     windows = win.fold_window(
         "impressions",
-        op.key_on("by_movie", late.falses, lambda s: s.movie_id),
+        op.key_on("by_movie", late.falses, lambda s: s.key if isinstance(s, Heartbeat) else s.movie_id),
         clock,
-        win.TumblingWindower(length=settings.window, align_to=EPOCH),
+        HeartbeatAwareWindower(win.TumblingWindower(length=settings.window, align_to=EPOCH)),
         UserTallies,
         _fold,
         UserTallies.merge,

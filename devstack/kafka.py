@@ -109,7 +109,8 @@ class KafkaBroker:
         ]
         if not (self.data_dir / "logs" / "meta.properties").exists():
             subprocess.run(
-                [*java, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
+                # "=" form: an id may start with "-", which argparse would take for an option.
+                [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(config)],
                 check=True,
                 stdout=subprocess.DEVNULL,
             )

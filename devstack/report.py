@@ -24,9 +24,13 @@ def topic_size(brokers: str, topic: str) -> int:
 def bookings_report() -> int:
     settings = BookingSettings.from_env(os.environ)
     brokers = ",".join(settings.kafka.brokers)
-    for label, topic in (("created", settings.created_topic), ("events", settings.events_topic),
-                         ("alerts", settings.alerts_topic), ("unmatched", settings.unmatched_topic),
-                         ("dead-letter", settings.dead_letter_topic)):
+    for label, topic in (
+        ("created", settings.created_topic),
+        ("events", settings.events_topic),
+        ("alerts", settings.alerts_topic),
+        ("unmatched", settings.unmatched_topic),
+        ("dead-letter", settings.dead_letter_topic),
+    ):
         print(f"  {label:12s} topic {topic}: {topic_size(brokers, topic)} messages")
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": "devstack-report", "auto.offset.reset": "earliest"})
     consumer.subscribe([settings.alerts_topic])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 from collections import Counter
@@ -14,10 +13,10 @@ from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
 from tests.conftest import init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
+from tests.oracles import WINDOW_MS, expected_rows, raw_of
 
 pytestmark = pytest.mark.e2e
 
-WINDOW_MS = 15 * 60 * 1000
 # 24,000 events, one every 360 ms of event time: 2.4 h, ten 15-minute windows.
 SHAPE = TrafficShape(
     count=24_000,
@@ -45,29 +44,6 @@ def unique() -> str:  # module-wide: the produced topic is shared by the runs be
     import uuid
 
     return uuid.uuid4().hex[:8]
-
-
-def expected_rows(events: list[GeneratedEvent]) -> pl.DataFrame:
-    """The oracle: polars over the valid, on-time generated events."""
-    valid = pl.DataFrame(
-        [(e.movie_id, e.user_id, e.timestamp) for e in events if e.kind == "valid"],
-        schema={"movieId": pl.String, "userId": pl.String, "ts": pl.Int64},
-        orient="row",
-    )
-    return (
-        valid.with_columns(windowStart=pl.col("ts") - pl.col("ts") % WINDOW_MS)
-        .group_by("movieId", "userId", "windowStart")
-        .agg(impressions=pl.len().cast(pl.Int64), latestImpression=pl.col("ts").max())
-        .with_columns(windowEnd=pl.col("windowStart") + WINDOW_MS)
-        .select("movieId", "userId", "impressions", "latestImpression", "windowStart", "windowEnd")
-        .sort("movieId", "userId", "windowStart")
-    )
-
-
-def raw_of(record: dict) -> bytes:
-    if record["rawEncoding"] == "base64":
-        return base64.b64decode(record["raw"])
-    return (record["raw"] or "").encode()
 
 
 def test_traffic_exercises_the_hard_cases(produced) -> None:

@@ -1,0 +1,154 @@
+"""Fault injection for the guarantee tests: a flaky TCP proxy and a killable job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from devstack.processes import free_port
+from tests.conftest import ROOT
+
+
+class FlakyProxy:
+    """A loopback TCP proxy in front of a server that can refuse or stall connections.
+
+    Modes: "pass" forwards; "refuse" closes new connections at once (and drops open
+    ones); "stall" accepts and never answers (and drops open ones).
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._target = target_port
+        self._mode = "pass"
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._running = True
+        self.stalled = 0  # connections accepted and left hanging
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set_mode(self, mode: str) -> None:
+        with self._lock:
+            self._mode = mode
+            if mode != "pass":
+                for conn in self._open:
+                    _close(conn)
+                self._open.clear()
+
+    def close(self) -> None:
+        self._running = False
+        self.set_mode("refuse")
+        _close(self._listener)
+
+    def _accept(self) -> None:
+        while self._running:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                mode = self._mode
+                if mode == "refuse":
+                    _close(client)
+                    continue
+                self._open.append(client)
+                if mode == "stall":
+                    self.stalled += 1
+            if mode == "pass":
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+                except OSError:
+                    _close(client)
+                    continue
+                with self._lock:
+                    self._open.append(upstream)
+                threading.Thread(target=_pump, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _close(src)
+        _close(dst)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class Job:
+    """A dataflow run in the background as `python -m bytewax.run`, killable like a crashed pod."""
+
+    def __init__(
+        self,
+        target: str,
+        env: dict[str, str],
+        log: Path,
+        *,
+        workers: int = 1,
+        recovery: Path | None = None,
+        snapshot_s: int = 1,
+    ) -> None:
+        argv = [sys.executable, "-m", "bytewax.run", target, "-w", str(workers)]
+        if recovery is not None:
+            argv += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                argv, env={**os.environ, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye: what a crash or an OOM kill looks like."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def pause(self) -> None:
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_for(condition, timeout: float, what: str, job: Job | None = None, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if job is not None and job.process.poll() is not None:
+            msg = f"the job exited ({job.process.returncode}) while waiting for {what}:\n{job.output()[-3000:]}"
+            raise AssertionError(msg)
+        if time.monotonic() > deadline:
+            msg = f"timed out waiting for {what}"
+            raise AssertionError(msg)
+        time.sleep(interval)

@@ -1,0 +1,171 @@
+"""Nothing lost, nothing doubled: SIGKILL at chosen points, downtime, lag and backfill."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from polars.testing import assert_frame_equal
+
+from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
+from tests.chaos import FlakyProxy, Job, wait_for
+from tests.conftest import init_recovery, make_topics, read_s3_rows, run_dataflow
+from tests.oracles import expected_rows
+
+pytestmark = pytest.mark.guarantees
+
+BOUND_S = 2  # MAX_OUT_OF_ORDERNESS_SECONDS of these runs; every outage lasts longer
+FLOW = "dataflows.movie_impressions:flow"
+
+
+class ImpressionsRun:
+    """One job's topics, bucket and recovery store, plus what was produced into them."""
+
+    def __init__(self, kafka, s3, tmp_path: Path, s3_endpoint: str | None = None, partitions: int = 3) -> None:
+        run_id = uuid.uuid4().hex[:8]
+        self.kafka, self.s3, self.tmp_path = kafka, s3, tmp_path
+        self.bucket, self.prefix = f"g-{run_id}", "impressions"
+        topics = {
+            "IMPRESSIONS_TOPIC": f"in-{run_id}",
+            "DEAD_LETTER_TOPIC": f"dead-{run_id}",
+            "LATE_TOPIC": f"late-{run_id}",
+        }
+        make_topics(kafka, *topics.values(), partitions=partitions)
+        s3.create_bucket(self.bucket)
+        self.env = {
+            **topics,
+            "KAFKA_BROKERS": kafka.bootstrap,
+            "S3_ENDPOINT_URL": s3_endpoint or s3.endpoint_url,
+            "S3_BUCKET": self.bucket,
+            "S3_PREFIX": self.prefix,
+            "MAX_OUT_OF_ORDERNESS_SECONDS": str(BOUND_S),
+            "KAFKA_BATCH_SIZE": "300",
+            "BOUNDED": "false",
+        }
+        self.recovery = init_recovery(tmp_path / "recovery")
+        self.produced: list[GeneratedEvent] = []
+        self.runs = 0
+
+    def produce(self, events: list[GeneratedEvent], rate: float = 0.0) -> None:
+        produce(iter(events), self.kafka.bootstrap, self.env["IMPRESSIONS_TOPIC"], rate)
+        self.produced += events
+
+    def start(self, workers: int = 1, **overrides: str) -> Job:
+        self.runs += 1
+        log = self.tmp_path / f"run-{self.runs}.log"
+        return Job(FLOW, {**self.env, **overrides}, log, workers=workers, recovery=self.recovery)
+
+    def finish(self, workers: int = 1) -> None:
+        """A last, bounded run from the recovery store up to the end of the topic."""
+        result = run_dataflow(FLOW, {**self.env, "BOUNDED": "true"}, workers=workers, recovery=self.recovery)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    def data_objects(self) -> set[str]:
+        client = self.s3.client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/")
+        return {o["Key"] for p in pages for o in p.get("Contents", []) if "/_sink/" not in o["Key"]}
+
+    def manifest_objects(self) -> set[str]:
+        client = self.s3.client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/_sink/")
+        keys = [o["Key"] for p in pages for o in p.get("Contents", [])]
+        return {
+            k for m in keys for k in json.loads(client.get_object(Bucket=self.bucket, Key=m)["Body"].read())["objects"]
+        }
+
+    def assert_exact(self) -> None:
+        rows = read_s3_rows(self.s3, self.bucket, self.prefix)
+        assert_frame_equal(rows.drop("object").sort("movieId", "userId", "windowStart"), expected_rows(self.produced))
+        assert self.data_objects() == self.manifest_objects(), "stray objects, or a manifest pointing at nothing"
+
+    def recovery_mtime(self) -> int:
+        return max(p.stat().st_mtime_ns for p in self.recovery.iterdir())
+
+
+def traffic(count: int, seed: int) -> list[GeneratedEvent]:
+    # 2+ hours of event time, disorder (1.5 s) inside the 2 s bound, invalid and late events.
+    return list(
+        generate(
+            TrafficShape(
+                count=count,
+                movies=10,
+                users=40,
+                step_ms=7_500_000 // count,
+                jitter_ms=1_500,
+                invalid_fraction=0.02,
+                late_fraction=0.005,
+                seed=seed,
+            )
+        )
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_mid_window_after_snapshot_and_during_s3_write(kafka, s3, tmp_path: Path, workers: int) -> None:
+    proxy = FlakyProxy(s3.port)
+    run = ImpressionsRun(kafka, s3, tmp_path, s3_endpoint=proxy.url)
+    events = traffic(30_000, seed=workers)
+    try:
+        # 1. Mid-window: windows have closed and been written, others are open.
+        run.produce(events[:12_000])
+        job = run.start(workers)
+        wait_for(lambda: len(run.data_objects()) > 0, 60, "first objects", job)
+        job.kill()
+        time.sleep(BOUND_S + 1)  # down longer than the lateness bound
+
+        # 2. Right after a snapshot was stored.
+        run.produce(events[12_000:20_000])
+        job = run.start(workers)
+        before = run.recovery_mtime()
+        wait_for(lambda: run.recovery_mtime() != before, 60, "a snapshot", job)
+        job.kill()
+        time.sleep(BOUND_S + 1)
+
+        # 3. During an S3 write: S3 stops answering while input keeps arriving, then the kill.
+        job = run.start(workers)
+        feeder = threading.Thread(target=run.produce, args=(events[20_000:], 3000.0))
+        feeder.start()
+        time.sleep(1.5)
+        proxy.set_mode("stall")
+        wait_for(lambda: proxy.stalled > 0, 30, "an S3 request to hang", job)
+        time.sleep(0.5)
+        job.kill()
+        feeder.join()
+        proxy.set_mode("pass")
+        time.sleep(BOUND_S + 1)
+
+        run.finish(workers)
+    finally:
+        proxy.close()
+    run.assert_exact()
+
+
+def test_large_backlog_then_catch_up(kafka, s3, tmp_path: Path) -> None:
+    """The job starts far behind and runs at full speed: nothing in-order is judged late."""
+    run = ImpressionsRun(kafka, s3, tmp_path)
+    run.produce(traffic(100_000, seed=7))
+    run.finish(workers=2)
+    run.assert_exact()
+
+
+def test_artificially_slowed_job_keeps_up_with_nothing_late(kafka, s3, tmp_path: Path) -> None:
+    """SIGSTOP/SIGCONT throttles the job to a fraction of its speed while traffic flows."""
+    run = ImpressionsRun(kafka, s3, tmp_path)
+    events = traffic(20_000, seed=8)
+    job = run.start()
+    feeder = threading.Thread(target=run.produce, args=(events, 4000.0))
+    feeder.start()
+    while feeder.is_alive():  # 20% duty cycle
+        job.pause()
+        time.sleep(0.4)
+        job.resume()
+        time.sleep(0.1)
+    feeder.join()
+    time.sleep(2)
+    job.kill()
+    run.finish()
+    run.assert_exact()
