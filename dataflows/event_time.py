@@ -130,19 +130,26 @@ class HeartbeatSchedule:
 
 
 class WorkerWatermarks:
-    """A `WatermarkView` per bytewax worker; bytewax runs each worker on its own thread."""
+    """A `WatermarkView` per bytewax worker; bytewax runs each worker on its own OS thread.
+
+    Keyed by OS thread id, not `threading.local`: bytewax calls into Python from Rust
+    threads, and each re-entry may get a fresh Python thread state, which empties
+    thread-locals (observed: views silently reset several times a second).
+    """
 
     def __init__(self, sources: Iterable[str], idle_timeout: timedelta) -> None:
         self.sources = list(sources)
         self.idle_timeout_s = idle_timeout.total_seconds()
-        self._per_worker = threading.local()
+        self._views: dict[int, WatermarkView] = {}
+        self._lock = threading.Lock()
 
     def view(self) -> WatermarkView:
-        view = getattr(self._per_worker, "view", None)
-        if view is None:
-            view = WatermarkView(self.sources, self.idle_timeout_s, time.monotonic())
-            self._per_worker.view = view
-        return view
+        worker = threading.get_ident()
+        with self._lock:
+            view = self._views.get(worker)
+            if view is None:
+                view = self._views[worker] = WatermarkView(self.sources, self.idle_timeout_s, time.monotonic())
+            return view
 
 
 def wake_time(passed: bool, recheck: timedelta) -> datetime:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from devstack.processes import free_port
@@ -30,17 +32,34 @@ class FlakyProxy:
         self._open: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._running = True
-        self.stalled = 0  # connections accepted and left hanging
+        self.stalled = 0  # connections or requests left hanging
+        self._stall_request: Callable[[str, str], bool] | None = None
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def stall_when(self, predicate: Callable[[str, str], bool]) -> None:
+        """Hang any request whose (method, path) satisfies the predicate, and all after it."""
+        self._stall_request = predicate
+
+    def _should_stall(self, chunk: bytes) -> bool:
+        predicate = self._stall_request
+        if predicate is None:
+            return False
+        for match in _REQUEST_LINE.finditer(chunk):
+            if predicate(match.group(1).decode(), match.group(2).decode()):
+                self._stall_request = lambda method, path: True
+                return True
+        return False
+
     def set_mode(self, mode: str) -> None:
         with self._lock:
             self._mode = mode
-            if mode != "pass":
+            if mode == "pass":
+                self._stall_request = None
+            else:
                 for conn in self._open:
                     _close(conn)
                 self._open.clear()
@@ -72,8 +91,26 @@ class FlakyProxy:
                     continue
                 with self._lock:
                     self._open.append(upstream)
-                threading.Thread(target=_pump, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=self._pump_requests, args=(client, upstream), daemon=True).start()
                 threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+
+    def _pump_requests(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if self._should_stall(data):
+                    self.stalled += 1
+                    while self._stall_request is not None and self._running:  # hang until reset
+                        time.sleep(0.1)
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(src)
+            _close(dst)
+
+
+_REQUEST_LINE = re.compile(rb"(PUT|GET|DELETE|HEAD|POST) (\S+) HTTP/1\.1")
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -48,16 +49,20 @@ class ImpressionsRun:
         }
         self.recovery = init_recovery(tmp_path / "recovery")
         self.produced: list[GeneratedEvent] = []
-        self.runs = 0
+        self.jobs: list[Job] = []
 
     def produce(self, events: list[GeneratedEvent], rate: float = 0.0) -> None:
         produce(iter(events), self.kafka.bootstrap, self.env["IMPRESSIONS_TOPIC"], rate)
         self.produced += events
 
     def start(self, workers: int = 1, **overrides: str) -> Job:
-        self.runs += 1
-        log = self.tmp_path / f"run-{self.runs}.log"
-        return Job(FLOW, {**self.env, **overrides}, log, workers=workers, recovery=self.recovery)
+        log = self.tmp_path / f"run-{len(self.jobs) + 1}.log"
+        self.jobs.append(Job(FLOW, {**self.env, **overrides}, log, workers=workers, recovery=self.recovery))
+        return self.jobs[-1]
+
+    def stop_all(self) -> None:
+        for job in self.jobs:
+            job.kill()
 
     def finish(self, workers: int = 1) -> None:
         """A last, bounded run from the recovery store up to the end of the topic."""
@@ -86,6 +91,36 @@ class ImpressionsRun:
         return max(p.stat().st_mtime_ns for p in self.recovery.iterdir())
 
 
+class SecondObjectOfAWrite:
+    """Matches the PUT of a data object whose sink write (partition, seq) already put one."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, method: str, path: str) -> bool:
+        match = re.search(r"/(p\d+-\d{10})-[0-9a-f]+\.parquet$", path)
+        if method != "PUT" or match is None:
+            return False
+        if match.group(1) in self.seen:
+            return True
+        self.seen.add(match.group(1))
+        return False
+
+
+@pytest.fixture
+def new_run(kafka, s3, tmp_path: Path):
+    """Makes ImpressionsRuns; whatever they started is killed when the test ends, pass or fail."""
+    runs: list[ImpressionsRun] = []
+
+    def make(s3_endpoint: str | None = None) -> ImpressionsRun:
+        runs.append(ImpressionsRun(kafka, s3, tmp_path, s3_endpoint))
+        return runs[-1]
+
+    yield make
+    for run in runs:
+        run.stop_all()
+
+
 def traffic(count: int, seed: int) -> list[GeneratedEvent]:
     # 2+ hours of event time, disorder (1.5 s) inside the 2 s bound, invalid and late events.
     return list(
@@ -105,9 +140,9 @@ def traffic(count: int, seed: int) -> list[GeneratedEvent]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sigkill_mid_window_after_snapshot_and_during_s3_write(kafka, s3, tmp_path: Path, workers: int) -> None:
+def test_sigkill_mid_window_after_snapshot_and_during_s3_write(s3, new_run, workers: int) -> None:
     proxy = FlakyProxy(s3.port)
-    run = ImpressionsRun(kafka, s3, tmp_path, s3_endpoint=proxy.url)
+    run = new_run(proxy.url)
     events = traffic(30_000, seed=workers)
     try:
         # 1. Mid-window: windows have closed and been written, others are open.
@@ -125,17 +160,17 @@ def test_sigkill_mid_window_after_snapshot_and_during_s3_write(kafka, s3, tmp_pa
         job.kill()
         time.sleep(BOUND_S + 1)
 
-        # 3. During an S3 write: S3 stops answering while input keeps arriving, then the kill.
+        # 3. During an S3 write: the second object of one sink write hangs, the first is in.
+        proxy.stall_when(SecondObjectOfAWrite())
         job = run.start(workers)
         feeder = threading.Thread(target=run.produce, args=(events[20_000:], 3000.0))
         feeder.start()
-        time.sleep(1.5)
-        proxy.set_mode("stall")
-        wait_for(lambda: proxy.stalled > 0, 30, "an S3 request to hang", job)
-        time.sleep(0.5)
+        wait_for(lambda: proxy.stalled > 0, 60, "an S3 write to hang half-way", job)
         job.kill()
         feeder.join()
         proxy.set_mode("pass")
+        assert run.data_objects() - run.manifest_objects() == set()
+        assert run.manifest_objects() - run.data_objects(), "the kill did not interrupt a write"
         time.sleep(BOUND_S + 1)
 
         run.finish(workers)
@@ -144,17 +179,17 @@ def test_sigkill_mid_window_after_snapshot_and_during_s3_write(kafka, s3, tmp_pa
     run.assert_exact()
 
 
-def test_large_backlog_then_catch_up(kafka, s3, tmp_path: Path) -> None:
+def test_large_backlog_then_catch_up(new_run) -> None:
     """The job starts far behind and runs at full speed: nothing in-order is judged late."""
-    run = ImpressionsRun(kafka, s3, tmp_path)
+    run = new_run()
     run.produce(traffic(100_000, seed=7))
     run.finish(workers=2)
     run.assert_exact()
 
 
-def test_artificially_slowed_job_keeps_up_with_nothing_late(kafka, s3, tmp_path: Path) -> None:
+def test_artificially_slowed_job_keeps_up_with_nothing_late(new_run) -> None:
     """SIGSTOP/SIGCONT throttles the job to a fraction of its speed while traffic flows."""
-    run = ImpressionsRun(kafka, s3, tmp_path)
+    run = new_run()
     events = traffic(20_000, seed=8)
     job = run.start()
     feeder = threading.Thread(target=run.produce, args=(events, 4000.0))
