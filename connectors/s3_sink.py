@@ -92,13 +92,14 @@ def with_retries(call: Callable[[], Any], what: str, location: S3Location, give_
         try:
             return call()
         except (ClientError, BotoCoreError) as exc:
-            terminal = describe_s3_error(exc, location)
-            if terminal is not None:
-                raise S3SinkError(terminal) from None
-            if time.monotonic() + delay > deadline:
+            msg = describe_s3_error(exc, location)
+            if msg is None and time.monotonic() + delay > deadline:
                 msg = (
                     f"S3 {what} still failing after {give_up_after:.0f}s ({exc}); check S3_ENDPOINT_URL and the network"
                 )
+            if msg is not None:
+                # Logged here too: bytewax may abort on a sink exception without printing it.
+                log.error("%s; stopping: rows not yet in S3 are replayed from the last snapshot on restart", msg)
                 raise S3SinkError(msg) from None
             log.warning("S3 %s failed (%s); retrying in %.1fs", what, type(exc).__name__, delay)
             time.sleep(delay)
@@ -140,6 +141,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
         self._client = self._location.client()
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
         self._buffer: dict[str, list[dict[str, list]]] = defaultdict(list)
+        self._failed = False
         self._roll_back_uncommitted()
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
@@ -189,11 +191,16 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
         self._sink.on_written(len(objects))
 
     def snapshot(self) -> int:
-        self._flush()
+        try:
+            self._flush()
+        except S3SinkError:
+            self._failed = True
+            raise
         return self._next_seq
 
     def close(self) -> None:
-        self._flush()
+        if not self._failed:  # after a failed write, leave the rows to the replay
+            self._flush()
 
 
 class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, int]):

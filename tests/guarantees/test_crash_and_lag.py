@@ -2,141 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 import time
-import uuid
-from pathlib import Path
 
 import pytest
-from polars.testing import assert_frame_equal
 
-from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
-from tests.chaos import FlakyProxy, Job, wait_for
-from tests.conftest import init_recovery, make_topics, read_s3_rows, run_dataflow
-from tests.oracles import expected_rows
+from tests.chaos import FlakyProxy, wait_for
+from tests.guarantees.conftest import BOUND_S, SecondObjectOfAWrite, traffic
 
 pytestmark = pytest.mark.guarantees
-
-BOUND_S = 2  # MAX_OUT_OF_ORDERNESS_SECONDS of these runs; every outage lasts longer
-FLOW = "dataflows.movie_impressions:flow"
-
-
-class ImpressionsRun:
-    """One job's topics, bucket and recovery store, plus what was produced into them."""
-
-    def __init__(self, kafka, s3, tmp_path: Path, s3_endpoint: str | None = None, partitions: int = 3) -> None:
-        run_id = uuid.uuid4().hex[:8]
-        self.kafka, self.s3, self.tmp_path = kafka, s3, tmp_path
-        self.bucket, self.prefix = f"g-{run_id}", "impressions"
-        topics = {
-            "IMPRESSIONS_TOPIC": f"in-{run_id}",
-            "DEAD_LETTER_TOPIC": f"dead-{run_id}",
-            "LATE_TOPIC": f"late-{run_id}",
-        }
-        make_topics(kafka, *topics.values(), partitions=partitions)
-        s3.create_bucket(self.bucket)
-        self.env = {
-            **topics,
-            "KAFKA_BROKERS": kafka.bootstrap,
-            "S3_ENDPOINT_URL": s3_endpoint or s3.endpoint_url,
-            "S3_BUCKET": self.bucket,
-            "S3_PREFIX": self.prefix,
-            "MAX_OUT_OF_ORDERNESS_SECONDS": str(BOUND_S),
-            "KAFKA_BATCH_SIZE": "300",
-            "BOUNDED": "false",
-        }
-        self.recovery = init_recovery(tmp_path / "recovery")
-        self.produced: list[GeneratedEvent] = []
-        self.jobs: list[Job] = []
-
-    def produce(self, events: list[GeneratedEvent], rate: float = 0.0) -> None:
-        produce(iter(events), self.kafka.bootstrap, self.env["IMPRESSIONS_TOPIC"], rate)
-        self.produced += events
-
-    def start(self, workers: int = 1, **overrides: str) -> Job:
-        log = self.tmp_path / f"run-{len(self.jobs) + 1}.log"
-        self.jobs.append(Job(FLOW, {**self.env, **overrides}, log, workers=workers, recovery=self.recovery))
-        return self.jobs[-1]
-
-    def stop_all(self) -> None:
-        for job in self.jobs:
-            job.kill()
-
-    def finish(self, workers: int = 1) -> None:
-        """A last, bounded run from the recovery store up to the end of the topic."""
-        result = run_dataflow(FLOW, {**self.env, "BOUNDED": "true"}, workers=workers, recovery=self.recovery)
-        assert result.returncode == 0, result.stderr[-3000:]
-
-    def data_objects(self) -> set[str]:
-        client = self.s3.client()
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/")
-        return {o["Key"] for p in pages for o in p.get("Contents", []) if "/_sink/" not in o["Key"]}
-
-    def manifest_objects(self) -> set[str]:
-        client = self.s3.client()
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/_sink/")
-        keys = [o["Key"] for p in pages for o in p.get("Contents", [])]
-        return {
-            k for m in keys for k in json.loads(client.get_object(Bucket=self.bucket, Key=m)["Body"].read())["objects"]
-        }
-
-    def assert_exact(self) -> None:
-        rows = read_s3_rows(self.s3, self.bucket, self.prefix)
-        assert_frame_equal(rows.drop("object").sort("movieId", "userId", "windowStart"), expected_rows(self.produced))
-        assert self.data_objects() == self.manifest_objects(), "stray objects, or a manifest pointing at nothing"
-
-    def recovery_mtime(self) -> int:
-        return max(p.stat().st_mtime_ns for p in self.recovery.iterdir())
-
-
-class SecondObjectOfAWrite:
-    """Matches the PUT of a data object whose sink write (partition, seq) already put one."""
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-
-    def __call__(self, method: str, path: str) -> bool:
-        match = re.search(r"/(p\d+-\d{10})-[0-9a-f]+\.parquet$", path)
-        if method != "PUT" or match is None:
-            return False
-        if match.group(1) in self.seen:
-            return True
-        self.seen.add(match.group(1))
-        return False
-
-
-@pytest.fixture
-def new_run(kafka, s3, tmp_path: Path):
-    """Makes ImpressionsRuns; whatever they started is killed when the test ends, pass or fail."""
-    runs: list[ImpressionsRun] = []
-
-    def make(s3_endpoint: str | None = None) -> ImpressionsRun:
-        runs.append(ImpressionsRun(kafka, s3, tmp_path, s3_endpoint))
-        return runs[-1]
-
-    yield make
-    for run in runs:
-        run.stop_all()
-
-
-def traffic(count: int, seed: int) -> list[GeneratedEvent]:
-    # 2+ hours of event time, disorder (1.5 s) inside the 2 s bound, invalid and late events.
-    return list(
-        generate(
-            TrafficShape(
-                count=count,
-                movies=10,
-                users=40,
-                step_ms=7_500_000 // count,
-                jitter_ms=1_500,
-                invalid_fraction=0.02,
-                late_fraction=0.005,
-                seed=seed,
-            )
-        )
-    )
 
 
 @pytest.mark.parametrize("workers", [1, 2])

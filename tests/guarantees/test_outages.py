@@ -1,0 +1,93 @@
+"""Kafka and S3 outages mid-run: the job rides them out (or fails loudly) and the output is exact."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.kafka import KafkaBroker
+from devstack.processes import free_port
+from tests.chaos import FlakyProxy, wait_for
+from tests.conftest import ROOT
+from tests.guarantees.conftest import traffic
+
+pytestmark = pytest.mark.guarantees
+
+OUTAGE_S = 30
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
+    """A broker of this test's own, since the test stops it."""
+    broker = KafkaBroker(free_port(), free_port(), tmp_path / "kafka", ROOT / ".cache")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_kafka_broker_down_for_30s(own_broker: KafkaBroker, new_run) -> None:
+    run = new_run(broker=own_broker)
+    events = traffic(20_000, seed=21)
+    run.produce(events[:8_000])
+    job = run.start()
+    wait_for(lambda: len(run.data_objects()) > 0, 60, "first objects", job)
+
+    own_broker.stop()
+    time.sleep(OUTAGE_S)
+    own_broker.start()
+
+    run.produce(events[8_000:])
+    objects_before = len(run.data_objects())
+    wait_for(lambda: len(run.data_objects()) > objects_before, 90, "output after the outage", job)
+    assert job.process.poll() is None, "the job did not ride out the broker outage"
+    job.kill()
+    run.finish()
+    run.assert_exact()
+
+
+def test_s3_refusing_connections_for_30s_is_retried(s3, new_run) -> None:
+    proxy = FlakyProxy(s3.port)
+    run = new_run(proxy.url)
+    events = traffic(20_000, seed=22)
+    try:
+        run.produce(events[:8_000])
+        job = run.start()
+        wait_for(lambda: len(run.data_objects()) > 0, 60, "first objects", job)
+        proxy.set_mode("refuse")
+        feeder = threading.Thread(target=run.produce, args=(events[8_000:], 2000.0))
+        feeder.start()  # windows keep closing while S3 is away
+        time.sleep(OUTAGE_S)
+        feeder.join()
+        assert job.process.poll() is None, "the job gave up during a 30 s outage"
+        proxy.set_mode("pass")
+        wait_for(lambda: "S3 write" in job.output() or "S3 " in job.output(), 5, "retry warnings", job)
+        objects_before = len(run.data_objects())
+        wait_for(lambda: len(run.data_objects()) > objects_before, 60, "writes after the outage", job)
+        job.kill()
+        run.finish()
+    finally:
+        proxy.close()
+    run.assert_exact()
+
+
+def test_s3_outage_longer_than_the_retry_budget_fails_loudly_and_a_restart_recovers(s3, new_run) -> None:
+    proxy = FlakyProxy(s3.port)
+    run = new_run(proxy.url)
+    events = traffic(12_000, seed=23)
+    try:
+        run.produce(events[:5_000])
+        job = run.start(S3_RETRY_SECONDS="3")
+        wait_for(lambda: len(run.data_objects()) > 0, 60, "first objects", job)
+        proxy.set_mode("refuse")
+        run.produce(events[5_000:])
+        assert job.wait(timeout=60) != 0
+        assert "still failing after 3s" in job.output() and "check S3_ENDPOINT_URL" in job.output()
+        proxy.set_mode("pass")
+        run.finish()
+    finally:
+        proxy.close()
+    run.assert_exact()
