@@ -9,7 +9,7 @@ RUN_DIR := .cache/run
 # The local stack (devstack) accepts any AWS credentials; real ones come from your AWS chain.
 LOCAL_AWS := AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
 
-.PHONY: help install up down run run-bookings test test-unit bench lint fmt deploy clean
+.PHONY: help install up down run run-bookings test test-guarantees test-unit test-unit bench lint fmt deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ run-bookings: up ## 2,000 generated bookings through the booking-correlation job
 
 test: lint ## Lint, then every test (unit, integration, e2e); starts and stops its own services
 	$(PY) -m pytest
+
+test-guarantees: install ## Only the crash, lag, outage, bad-input and secrets tests
+	$(PY) -m pytest -m guarantees
 
 test-unit: install ## Only the tests that need no services
 	$(PY) -m pytest tests/unit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import urllib.request
@@ -20,6 +21,7 @@ LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "loc
 class S3Server:
     port: int
     log_file: Path
+    env: dict[str, str] = field(default_factory=dict)  # e.g. INITIAL_NO_AUTH_ACTION_COUNT=0 to check credentials
     _process: ManagedProcess | None = field(default=None, init=False)
 
     @property
@@ -28,7 +30,9 @@ class S3Server:
 
     def start(self, timeout: float = 30.0) -> None:
         self._process = ManagedProcess.spawn(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], self.log_file
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            self.log_file,
+            env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + timeout
         while True:

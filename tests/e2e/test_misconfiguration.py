@@ -3,6 +3,7 @@
 import pytest
 
 from devstack.processes import free_port
+from devstack.s3 import S3Server
 from tests.conftest import make_topics, run_dataflow
 
 pytestmark = pytest.mark.e2e
@@ -65,3 +66,25 @@ def test_misconfiguration_is_one_clear_line(good_env, override: dict[str, str], 
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("movie_impressions: ") and message.format(port=port) in last_line
+
+
+@pytest.fixture(scope="module")
+def s3_checking_credentials(tmp_path_factory: pytest.TempPathFactory):
+    """An S3 endpoint that, unlike the default local one, rejects unknown access keys."""
+    server = S3Server(free_port(), tmp_path_factory.mktemp("s3auth") / "s3.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_bad_credentials_are_one_clear_line(good_env, s3_checking_credentials) -> None:
+    env = {
+        **good_env,
+        "S3_ENDPOINT_URL": s3_checking_credentials.endpoint_url,
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEBADKEY000",
+        "AWS_SECRET_ACCESS_KEY": "not-the-secret",
+    }
+    result = run_dataflow("dataflows.movie_impressions:flow", env, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("movie_impressions: S3 bucket") and "check the AWS credentials" in last_line
