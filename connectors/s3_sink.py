@@ -19,6 +19,7 @@ import uuid
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -64,7 +65,9 @@ class S3Location:
 
     def client(self) -> Any:
         # Credentials come from boto3's standard chain (env, profile, IRSA, instance role).
-        config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+        config = Config(
+            retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30, max_pool_connections=16
+        )
         return boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
         )
@@ -142,6 +145,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
         self._buffer: dict[str, list[dict[str, list]]] = defaultdict(list)
         self._failed = False
+        self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"s3-{partition}")
         self._roll_back_uncommitted()
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
@@ -182,10 +186,15 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
         manifest = json.dumps({"seq": seq, "objects": list(objects.values())}).encode()
         manifest_key = f"{self._location.manifest_dir(self._partition)}{seq:012d}.json"
         self._call("write manifest", partial(self._client.put_object, Bucket=bucket, Key=manifest_key, Body=manifest))
-        for directory, key in objects.items():
+
+        def write(directory: str, key: str) -> None:
             frame = pl.concat([pl.DataFrame(c, schema=self._sink.schema) for c in self._buffer[directory]])
             body = encode(frame, fmt)
             self._call("write object", partial(self._client.put_object, Bucket=bucket, Key=key, Body=body))
+
+        # S3 latency, not bandwidth, bounds a write of many small objects: send them at once.
+        for done in [self._uploads.submit(write, d, k) for d, k in objects.items()]:
+            done.result()  # re-raises S3SinkError; the seq only advances when all are in
         self._next_seq = seq + 1
         self._buffer.clear()
         self._sink.on_written(len(objects))
@@ -201,6 +210,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
     def close(self) -> None:
         if not self._failed:  # after a failed write, leave the rows to the replay
             self._flush()
+        self._uploads.shutdown()
 
 
 class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, int]):

@@ -87,6 +87,40 @@ def decode_impression(raw: bytes | None) -> MovieImpression:
     return MovieImpression(movie_id, user_id, ts)
 
 
+class _WireImpression(msgspec.Struct, rename="camel", gc=False):
+    movie_id: str | int
+    user_id: str | int
+    timestamp: int
+
+
+_typed = msgspec.json.Decoder(_WireImpression)
+
+
+def decode_fields(raw: bytes | None) -> tuple[str, str, int]:
+    """(movieId, userId, timestamp) of a message: `decode_impression`, faster on the common case.
+
+    The typed decoder validates in C; anything it rejects or that needs normalising
+    takes the full path, which accepts the same events and explains the rejections.
+    """
+    if raw and len(raw) <= MAX_EVENT_BYTES:
+        try:
+            wire = _typed.decode(raw)
+        except msgspec.MsgspecError:
+            pass
+        else:
+            movie, user, ts = wire.movie_id, wire.user_id, wire.timestamp
+            if (
+                type(movie) is str
+                and type(user) is str
+                and movie.strip()
+                and user.strip()
+                and MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS
+            ):
+                return movie, user, ts
+    event = decode_impression(raw)
+    return event.movie_id, event.user_id, event.timestamp
+
+
 def window_start(timestamp_ms: int, length_ms: int) -> int:
     """Start of the epoch-aligned tumbling window [start, start + length) holding the timestamp."""
     return timestamp_ms - timestamp_ms % length_ms
@@ -177,26 +211,27 @@ def slice_batch(
     """
     out: list[WindowSlice | DeadLetter | LateEvent] = []
     slices: dict[tuple[str, int], WindowSlice] = {}
+    watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
     for msg in messages:
         try:
-            event = decode_impression(msg.value)
+            movie_id, user_id, ts = decode_fields(msg.value)
         except InvalidEvent as exc:
             out.append(DeadLetter(str(exc), SourcePosition(msg.topic, msg.partition, msg.offset), msg.value))
             continue
-        watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
-        start = window_start(event.timestamp, window_ms)
-        if is_late(event.timestamp, watermark, window_ms):
+        start = ts - ts % window_ms
+        if is_late(ts, watermark, window_ms):
             position = SourcePosition(msg.topic, msg.partition, msg.offset)
-            out.append(LateEvent(position, msg.value, event.timestamp, watermark, start, start + window_ms))
+            out.append(LateEvent(position, msg.value, ts, watermark, start, start + window_ms))
             continue
-        max_timestamp = max(max_timestamp, event.timestamp)
-        key = (event.movie_id, start)
-        piece = slices.get(key)
+        if ts > max_timestamp:
+            max_timestamp = ts
+            watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
+        piece = slices.get((movie_id, start))
         if piece is None:
-            piece = slices[key] = WindowSlice(event.movie_id, start, event.timestamp, UserTallies(), source, 0)
-        elif event.timestamp > piece.latest:
-            piece.latest = event.timestamp
-        piece.tallies.add(event.user_id, 1, event.timestamp)
+            piece = slices[(movie_id, start)] = WindowSlice(movie_id, start, ts, UserTallies(), source, 0)
+        elif ts > piece.latest:
+            piece.latest = ts
+        piece.tallies.add(user_id, 1, ts)
     watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
     for piece in slices.values():
         piece.source_watermark = watermark
