@@ -55,6 +55,9 @@ test-guarantees: install ## Only the crash, lag, outage, bad-input and secrets t
 test-unit: install ## Only the tests that need no services
 	$(PY) -m pytest tests/unit
 
+bench: up ## Throughput, memory and latency vs the ceilings and the textbook design (about 15 min)
+	$(PY) -m bench --out bench-results.json
+
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -1,0 +1,343 @@
+"""`make bench`: throughput, memory and latency of the movie-impressions job, with ceilings.
+
+Every figure is measured in this run on this machine, against the local stack
+(`make up`): fixed seeded workloads are loaded into Kafka once, then each
+configuration runs in bounded mode (stop at end of topic) into the local S3 with
+exactly-once on (recovery store, manifests). Figures are medians of --runs runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from confluent_kafka import Consumer, TopicPartition
+
+from devstack.kafka import create_topics
+from devstack.processes import free_port
+from devstack.s3 import LOCAL_CREDENTIALS, create_bucket, s3_client
+from producers.movie_impressions import TrafficShape, generate, produce
+
+BROKERS = "127.0.0.1:19092"
+S3 = "http://127.0.0.1:4566"
+BUCKET = "bench"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    events: int
+    movies: int
+    users: int
+
+    @property
+    def topic(self) -> str:
+        return f"bench-{self.name}-{self.events}"
+
+    def shape(self) -> TrafficShape:
+        # About 4 hours of event time whatever the size: many windows, realistic spacing.
+        return TrafficShape(
+            count=self.events,
+            movies=self.movies,
+            users=self.users,
+            step_ms=max(1, 4 * 3600 * 1000 // self.events),
+            jitter_ms=2_000,
+            seed=1,
+        )
+
+
+def topic_size(topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": BROKERS, "group.id": "bench"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return 0
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions)
+    finally:
+        consumer.close()
+
+
+def load(workload: Workload) -> None:
+    """Produce the workload once; later runs reuse the topic."""
+    if topic_size(workload.topic) == workload.events:
+        return
+    create_topics(BROKERS, [workload.topic], partitions=2)
+    print(f"loading {workload.events:,} events into {workload.topic} ...", file=sys.stderr)
+    produce(generate(workload.shape()), BROKERS, workload.topic)
+
+
+def raw_consume(topic: str) -> float:
+    """The I/O ceiling: confluent-kafka batch consume() of the whole topic, no work."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": BROKERS,
+            "group.id": f"bench-{uuid.uuid4()}",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+        }
+    )
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    started, count, eof = time.perf_counter(), 0, set()
+    while len(eof) < len(parts):
+        for msg in consumer.consume(10_000, 1.0):
+            if msg.error() is None:
+                count += 1
+            else:
+                eof.add(msg.partition())
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return count / elapsed
+
+
+def read_all(topic: str) -> list[bytes]:
+    consumer = Consumer(
+        {"bootstrap.servers": BROKERS, "group.id": f"bench-{uuid.uuid4()}", "enable.partition.eof": True}
+    )
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    values, eof = [], set()
+    while len(eof) < len(parts):
+        for msg in consumer.consume(10_000, 1.0):
+            if msg.error() is None:
+                values.append(msg.value())
+            else:
+                eof.add(msg.partition())
+    consumer.close()
+    return values
+
+
+def polars_ceiling(values: list[bytes]) -> float:
+    """The compute ceiling: polars NDJSON decode + the window group-by, in memory."""
+    payload = b"\n".join(values)
+    started = time.perf_counter()
+    frame = pl.read_ndjson(payload, schema={"movieId": pl.String, "userId": pl.String, "timestamp": pl.Int64})
+    frame.group_by("movieId", "userId", (pl.col("timestamp") // 900_000).alias("window")).agg(
+        pl.len(), pl.col("timestamp").max()
+    )
+    return len(values) / (time.perf_counter() - started)
+
+
+def run_job(target: str, topic: str, processes: int = 1, workers: int = 1, env: dict | None = None) -> dict:
+    """One bounded run; events/s from process start to exit, peak RSS summed over processes."""
+    prefix = f"run-{uuid.uuid4().hex[:8]}"
+    recovery = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), str(max(processes, 1))], check=True)
+    job_env = {
+        **os.environ,
+        **LOCAL_CREDENTIALS,
+        "KAFKA_BROKERS": BROKERS,
+        "S3_ENDPOINT_URL": S3,
+        "S3_BUCKET": BUCKET,
+        "S3_PREFIX": prefix,
+        "IMPRESSIONS_TOPIC": topic,
+        "BOUNDED": "true",
+        "DEAD_LETTER_TOPIC": "movie-impressions-dead-letter",
+        "LATE_TOPIC": "movie-impressions-late",
+        **(env or {}),
+    }
+    argv = [sys.executable, "-m", "bytewax.run", target, "-w", str(workers), "-r", str(recovery), "-s", "5", "-b", "0"]
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["/usr/bin/time", "-f", "%M", *argv, *(["-i", str(i), "-a", addresses] if processes > 1 else [])],
+            env=job_env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    outputs = [p.communicate() for p in procs]
+    elapsed = time.perf_counter() - started
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        if p.returncode != 0:
+            msg = f"{target} failed:\n{err[-3000:]}"
+            raise RuntimeError(msg)
+    peak_kb = sum(int(err.strip().splitlines()[-1]) for _, err in outputs)
+    storage = {
+        "aws_endpoint_url": S3,
+        "aws_region": "us-east-1",
+        "aws_allow_http": "true",
+        "aws_access_key_id": LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    }
+    rows = (
+        pl.scan_parquet(f"s3://{BUCKET}/{prefix}/**/*.parquet", storage_options=storage)
+        .select(pl.col("impressions").sum())
+        .collect()
+        .item()
+    )
+    return {
+        "seconds": elapsed,
+        "events_per_s": topic_size(topic) / elapsed,
+        "peak_mb": peak_kb / 1024,
+        "impressions_out": rows,
+    }
+
+
+def median_of(runs: int, measure) -> dict:
+    results = [measure() for _ in range(runs)]
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def latency(window_minutes: int = 1, rate: float = 1000.0) -> dict:
+    """Window end (event time, = wall time here) -> its first object visible in S3, at a fixed input rate."""
+    topic = f"bench-latency-{uuid.uuid4().hex[:6]}"
+    create_topics(BROKERS, [topic], partitions=2)
+    prefix = f"latency-{uuid.uuid4().hex[:6]}"
+    recovery = Path(tempfile.mkdtemp(prefix="bench-latency-"))
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
+    bound, snapshot = 2, 2
+    env = {
+        **os.environ,
+        **LOCAL_CREDENTIALS,
+        "KAFKA_BROKERS": BROKERS,
+        "S3_ENDPOINT_URL": S3,
+        "S3_BUCKET": BUCKET,
+        "S3_PREFIX": prefix,
+        "IMPRESSIONS_TOPIC": topic,
+        "WINDOW_MINUTES": str(window_minutes),
+        "MAX_OUT_OF_ORDERNESS_SECONDS": str(bound),
+        "KAFKA_BATCH_SIZE": "500",
+    }
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bytewax.run",
+            "dataflows.movie_impressions:flow",
+            "-r",
+            str(recovery),
+            "-s",
+            str(snapshot),
+            "-b",
+            "0",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    window_ms = window_minutes * 60_000
+    now_ms = int(time.time() * 1000)
+    boundary = now_ms - now_ms % window_ms + window_ms  # the window ending here is measured
+    duration = (boundary - now_ms) / 1000 + 8
+    shape = TrafficShape(
+        count=int(duration * rate),
+        movies=20,
+        users=200,
+        start_ms=now_ms,
+        step_ms=int(1000 / rate),
+        jitter_ms=1_000,
+        seed=3,
+    )
+    import threading
+
+    feeder = threading.Thread(target=produce, args=(generate(shape), BROKERS, topic, rate))
+    feeder.start()
+    client = s3_client(S3)
+    first_seen: dict[str, float] = {}
+    deadline = time.time() + duration + 20
+    while time.time() < deadline and len(first_seen) < 20:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/"):
+            for o in page.get("Contents", []):
+                if "/_sink/" not in o["Key"]:
+                    first_seen.setdefault(o["Key"], time.time())
+        time.sleep(0.2)
+    feeder.join()
+    job.kill()
+    job.wait()
+    delays = sorted(t - boundary / 1000 for t in first_seen.values())
+    return {
+        "objects": len(delays),
+        "median_s": statistics.median(delays) if delays else None,
+        "max_s": max(delays) if delays else None,
+        "bound_s": bound,
+        "snapshot_s": snapshot,
+        "budget_s": bound + snapshot + 5,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--high-events", type=int, default=2_000_000)
+    parser.add_argument("--seed-events", type=int, default=1_000_000)
+    parser.add_argument(
+        "--baseline-events",
+        type=int,
+        default=100_000,
+        help="the textbook design is ~100x slower: it runs on a prefix-sized topic of the same shape",
+    )
+    parser.add_argument("--out", default="bench-results.json")
+    args = parser.parse_args()
+    os.environ.update(LOCAL_CREDENTIALS)
+    create_bucket(S3, BUCKET)
+    workloads = [Workload("high", args.high_events, 200, 5_000), Workload("seed", args.seed_events, 20, 100)]
+    baseline = Workload("high", args.baseline_events, 200, 5_000)
+    for w in [*workloads, baseline]:
+        load(w)
+
+    flow = "dataflows.movie_impressions:flow"
+    results: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": args.runs,
+        "workloads": {},
+    }
+    for w in workloads:
+        print(f"== {w.name}: {w.events:,} events, {w.movies} movies x {w.users} users", file=sys.stderr)
+        r = {"raw_consume": median_of(args.runs, lambda w=w: {"events_per_s": raw_consume(w.topic)})}
+        values = read_all(w.topic)
+        r["polars"] = median_of(args.runs, lambda v=values: {"events_per_s": polars_ceiling(v)})
+        del values
+        if w.name == "high":
+            r["textbook_bytewax"] = median_of(args.runs, lambda: run_job("bench.textbook:flow", baseline.topic))
+        r["ours_1_worker"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic))
+        r["ours_2_workers"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic, workers=2))
+        r["ours_2_processes"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic, processes=2))
+        results["workloads"][w.name] = r
+    results["latency"] = latency()
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print_table(results)
+    return 0
+
+
+def print_table(results: dict) -> None:
+    print(f"\nmachine: {results['machine']}; medians of {results['runs']} runs; {results['date']}\n")
+    for name, r in results["workloads"].items():
+        ours = r["ours_1_worker"]["events_per_s"]
+        print(f"workload {name}")
+        print("| configuration | events/s | x raw consume | x textbook | peak MB |")
+        print("|---|---:|---:|---:|---:|")
+        for config, m in r.items():
+            base = r.get("textbook_bytewax", {}).get("events_per_s")
+            print(
+                f"| {config} | {m['events_per_s']:,.0f} | {m['events_per_s'] / r['raw_consume']['events_per_s']:.2f} "
+                f"| {m['events_per_s'] / base if base else float('nan'):.1f} | {m.get('peak_mb', float('nan')):.0f} |"
+            )
+        print(f"2 processes / 1 process: {r['ours_2_processes']['events_per_s'] / ours:.2f}\n")
+    lat = results["latency"]
+    print(
+        f"latency (window end -> object in S3): median {lat['median_s']:.1f} s, max {lat['max_s']:.1f} s over "
+        f"{lat['objects']} objects; budget bound + snapshot + 5 = {lat['budget_s']} s"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
