@@ -58,6 +58,10 @@ test-unit: install ## Only the tests that need no services
 bench: up ## Throughput, memory and latency vs the ceilings and the textbook design (about 15 min)
 	$(PY) -m bench --out bench-results.json
 
+JOB ?= movie-impressions
+deploy: ## Deploy JOB (movie-impressions | booking-correlation) with waxctl if installed, else kubectl -k
+	PYTHON=$(PY) k8s/deploy.sh $(JOB)
+
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import KafkaException, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +27,12 @@ BatchStep = Callable[[str, list[KafkaSourceMessage], S], tuple[list[X], S]]
 
 
 class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]):
-    def __init__(self, kafka_part: Any, part_id: str, step: BatchStep, state: S) -> None:
+    def __init__(self, kafka_part: Any, part_id: str, step: BatchStep, state: S, commit_offsets: bool) -> None:
         self._kafka_part = kafka_part
         self._part_id = part_id
         self._step = step
         self._state = state
+        self._commit_offsets = commit_offsets
 
     def next_batch(self) -> list[X]:
         messages = []
@@ -50,7 +52,18 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
         return self._kafka_part.next_awake()
 
     def snapshot(self) -> tuple[int | None, S]:
-        return self._kafka_part.snapshot(), self._state
+        offset = self._kafka_part.snapshot()
+        if self._commit_offsets and offset is not None and offset >= 0:
+            # Only for monitoring (kafka-consumer-groups, Burrow, KEDA see the lag): resume
+            # always starts from the offsets in bytewax's own snapshot, never from these.
+            # bytewax 0.21.1 keeps the consumer private; the version is pinned.
+            part = self._kafka_part
+            tp = TopicPartition(part._topic, part._part_idx, offset)
+            try:
+                part._consumer.commit(offsets=[tp], asynchronous=True)
+            except KafkaException as exc:
+                log.warning("could not commit offsets of %s for monitoring: %s", self._part_id, exc)
+        return offset, self._state
 
     def close(self) -> None:
         self._kafka_part.close()
@@ -59,10 +72,12 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
 class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Generic[X, S]):
     """Reads `kafka` and runs `step` on every batch of every partition, keeping its state."""
 
-    def __init__(self, kafka: KafkaSource, step: BatchStep, initial_state: S) -> None:
+    def __init__(self, kafka: KafkaSource, step: BatchStep, initial_state: S, commit_offsets: bool = False) -> None:
+        """`commit_offsets`: also commit each snapshot's offsets to the `group.id` of kafka's config."""
         self._kafka = kafka
         self._step = step
         self._initial_state = initial_state
+        self._commit_offsets = commit_offsets
 
     def list_parts(self) -> list[str]:
         return self._kafka.list_parts()
@@ -70,7 +85,7 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
     def build_part(self, step_id: str, for_part: str, resume_state: tuple[int | None, S] | None) -> _Partition[X, S]:
         offset, state = resume_state if resume_state is not None else (None, self._initial_state)
         kafka_part = self._kafka.build_part(step_id, for_part, offset)
-        return _Partition(kafka_part, for_part, self._step, state)
+        return _Partition(kafka_part, for_part, self._step, state, self._commit_offsets)
 
 
 class KafkaUnavailable(RuntimeError):
@@ -79,7 +94,6 @@ class KafkaUnavailable(RuntimeError):
 
 def check_topics(brokers: list[str], client_config: dict[str, str], topics: list[str], timeout: float = 10.0) -> None:
     """Fail fast at start with one clear line instead of a consumer that waits forever."""
-    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": ",".join(brokers), **client_config, "log_level": 0})

@@ -29,8 +29,13 @@ import polars as pl
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
+
+OBJECTS_WRITTEN = Counter("waxstreams_s3_objects_written_total", "Data objects written (committed or not)")
+ROWS_WRITTEN = Counter("waxstreams_s3_rows_written_total", "Rows written (committed or not)")
+S3_RETRIES = Counter("waxstreams_s3_retries_total", "S3 calls retried after a transient failure")
 
 FORMATS = ("parquet", "csv")
 # Client errors that retrying cannot fix; anything else (5xx, throttling, network) is retried.
@@ -105,6 +110,7 @@ def with_retries(call: Callable[[], Any], what: str, location: S3Location, give_
                 log.error("%s; stopping: rows not yet in S3 are replayed from the last snapshot on restart", msg)
                 raise S3SinkError(msg) from None
             log.warning("S3 %s failed (%s); retrying in %.1fs", what, type(exc).__name__, delay)
+            S3_RETRIES.inc()
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -191,13 +197,14 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
             frame = pl.concat([pl.DataFrame(c, schema=self._sink.schema) for c in self._buffer[directory]])
             body = encode(frame, fmt)
             self._call("write object", partial(self._client.put_object, Bucket=bucket, Key=key, Body=body))
+            OBJECTS_WRITTEN.inc()
+            ROWS_WRITTEN.inc(frame.height)
 
         # S3 latency, not bandwidth, bounds a write of many small objects: send them at once.
         for done in [self._uploads.submit(write, d, k) for d, k in objects.items()]:
             done.result()  # re-raises S3SinkError; the seq only advances when all are in
         self._next_seq = seq + 1
         self._buffer.clear()
-        self._sink.on_written(len(objects))
 
     def snapshot(self) -> int:
         try:
@@ -223,7 +230,6 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, int]):
         fmt: str = "parquet",
         partitions: int = 4,
         give_up_after: float = 300.0,
-        on_written: Callable[[int], None] = lambda n: None,
     ) -> None:
         if fmt not in FORMATS:
             msg = f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}"
@@ -233,7 +239,6 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, int]):
         self.fmt = fmt
         self.partitions = partitions
         self.give_up_after = give_up_after
-        self.on_written = on_written
 
     def list_parts(self) -> list[str]:
         # Zero-padded: bytewax routes `part_fn(key) % n` into the names sorted as strings.

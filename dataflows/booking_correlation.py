@@ -21,9 +21,9 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
-from prometheus_client import Counter
 
 from connectors.kafka_source import KafkaUnavailable, StatefulKafkaSource, check_topics
+from dataflows import metrics
 from dataflows.bookings import (
     EMPTY,
     Alert,
@@ -47,11 +47,12 @@ from dataflows.event_time import (
     partition_watermark,
     wake_time,
 )
+from dataflows.metrics import BOOKING_OUTCOMES, EVENTS, KEYS_IN_STATE, WATERMARK_LAG
 from dataflows.settings import BookingSettings, ConfigError
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = Counter("booking_correlation_outcomes_total", "Records by outcome", ["outcome"])
+JOB = "booking_correlation"
 
 
 class CorrelationLogic(StatefulBatchLogic[BookingRecord | Heartbeat, Outcome, BookingState]):
@@ -63,12 +64,15 @@ class CorrelationLogic(StatefulBatchLogic[BookingRecord | Heartbeat, Outcome, Bo
         self.timeout_ms = timeout_ms
         self.recheck = recheck
 
-    def _retain(self, outcomes: list[Outcome]) -> tuple[list[Outcome], bool]:
-        return outcomes, self.state.is_empty()  # True = discard this key's state
+    def _result(self, outcomes: list[Outcome]) -> tuple[list[Outcome], bool]:
+        discard = self.state.is_empty()
+        if discard:
+            KEYS_IN_STATE.labels(JOB).dec()
+        return outcomes, discard
 
     def _advance(self, outcomes: list[Outcome]) -> tuple[list[Outcome], bool]:
         more, self.state = advance(self.state, self.view.watermark(time.monotonic()), self.timeout_ms)
-        return self._retain(outcomes + more)
+        return self._result(outcomes + more)
 
     def on_batch(self, values: list[BookingRecord | Heartbeat]) -> tuple[list[Outcome], bool]:
         outcomes: list[Outcome] = []
@@ -88,8 +92,8 @@ class CorrelationLogic(StatefulBatchLogic[BookingRecord | Heartbeat, Outcome, Bo
         pending = self.state.pending
         self.state = EMPTY
         if pending is None:
-            return [], True
-        return [Unmatched(pending, f"no counterpart within {self.timeout_ms} ms (end of input)")], True
+            return self._result([])
+        return self._result([Unmatched(pending, f"no counterpart within {self.timeout_ms} ms (end of input)")])
 
     def notify_at(self) -> datetime | None:
         deadline = next_deadline(self.state, self.timeout_ms)
@@ -105,12 +109,14 @@ class CorrelationLogic(StatefulBatchLogic[BookingRecord | Heartbeat, Outcome, Bo
 def _read_batch(source: str, messages: list, max_timestamp: int, *, heartbeats: HeartbeatSchedule, **rules: Any):
     items: list[Any]
     items, max_timestamp = read_booking_batch(source, messages, max_timestamp, **rules)
+    EVENTS.labels(JOB, "invalid").inc(sum(isinstance(i, DeadLetter) for i in items))
+    EVENTS.labels(JOB, "valid").inc(sum(not isinstance(i, DeadLetter) for i in items))
     bound_ms = rules["max_out_of_orderness_ms"]
     return items + heartbeats.due(source, partition_watermark(max_timestamp, bound_ms)), max_timestamp
 
 
 def _count(outcome: Outcome) -> Outcome:
-    OUTCOMES.labels(type(outcome).__name__.lower()).inc()
+    BOOKING_OUTCOMES.labels(type(outcome).__name__.lower()).inc()
     return outcome
 
 
@@ -136,14 +142,20 @@ def build_flow(settings: BookingSettings, recheck: timedelta = timedelta(millise
         schemas={settings.created_topic: settings.created_schema, settings.events_topic: settings.event_schema},
         max_out_of_orderness_ms=int(settings.max_out_of_orderness.total_seconds() * 1000),
     )
-    watermarks = WorkerWatermarks(source.list_parts(), settings.idle_timeout)
+
+    def watermark_lag(watermark_ms: int) -> None:
+        if watermark_ms != NO_WATERMARK:
+            WATERMARK_LAG.labels(JOB).set(time.time() - watermark_ms / 1000)
+
+    watermarks = WorkerWatermarks(source.list_parts(), settings.idle_timeout, watermark_lag)
     timeout_ms = int(settings.timeout.total_seconds() * 1000)
 
     def build_logic(resume: BookingState | None) -> CorrelationLogic:
+        KEYS_IN_STATE.labels(JOB).inc()
         return CorrelationLogic(resume or EMPTY, watermarks.view(), timeout_ms, recheck)
 
     flow = Dataflow("booking_correlation")
-    items: Stream[Any] = op.input("kafka_in", flow, StatefulKafkaSource(source, read, NO_WATERMARK))
+    items: Stream[Any] = op.input("kafka_in", flow, StatefulKafkaSource(source, read, NO_WATERMARK, True))
     invalid = op.branch("split_invalid", items, lambda i: isinstance(i, DeadLetter))
     keyed = op.key_on("by_booking", invalid.falses, lambda r: r.key if isinstance(r, Heartbeat) else r.booking_id)
     outcomes: Stream[Any] = op.map(
@@ -179,7 +191,9 @@ def _log_drop(step_id: str, dropped: Dropped) -> None:
 def flow_from_env() -> Dataflow:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return build_flow(BookingSettings.from_env(os.environ))
+        settings = BookingSettings.from_env(os.environ)
+        metrics.serve(settings.metrics_port)
+        return build_flow(settings)
     except (ConfigError, KafkaUnavailable) as exc:
         sys.exit(f"booking_correlation: {exc}")
 

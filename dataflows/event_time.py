@@ -64,8 +64,15 @@ def align_down(watermark_ms: int, window_ms: int) -> int:
 class WatermarkView:
     """One worker's view of every input partition's watermark (not thread-safe: one per worker)."""
 
-    def __init__(self, sources: Iterable[str], idle_timeout_s: float, now: float) -> None:
+    def __init__(
+        self,
+        sources: Iterable[str],
+        idle_timeout_s: float,
+        now: float,
+        on_commit: Callable[[int], None] = lambda wm: None,
+    ) -> None:
         self._idle_timeout_s = idle_timeout_s
+        self._on_commit = on_commit
         # source -> (watermark, monotonic time it last advanced or reported)
         self._committed: dict[str, tuple[int, float]] = {s: (NO_WATERMARK, now) for s in sources}
         self._pending: dict[str, int] = {}
@@ -82,6 +89,7 @@ class WatermarkView:
             previous = self._committed.get(source, (NO_WATERMARK, now))[0]
             self._committed[source] = (max(previous, watermark), now)
         self._pending.clear()
+        self._on_commit(self.watermark(now))
 
     def watermark(self, now: float) -> int:
         """Minimum over active partitions; never goes backwards."""
@@ -137,9 +145,12 @@ class WorkerWatermarks:
     thread-locals (observed: views silently reset several times a second).
     """
 
-    def __init__(self, sources: Iterable[str], idle_timeout: timedelta) -> None:
+    def __init__(
+        self, sources: Iterable[str], idle_timeout: timedelta, on_commit: Callable[[int], None] = lambda wm: None
+    ) -> None:
         self.sources = list(sources)
         self.idle_timeout_s = idle_timeout.total_seconds()
+        self.on_commit = on_commit  # gets the worker's watermark after each commit (for metrics)
         self._views: dict[int, WatermarkView] = {}
         self._lock = threading.Lock()
 
@@ -148,7 +159,9 @@ class WorkerWatermarks:
         with self._lock:
             view = self._views.get(worker)
             if view is None:
-                view = self._views[worker] = WatermarkView(self.sources, self.idle_timeout_s, time.monotonic())
+                view = self._views[worker] = WatermarkView(
+                    self.sources, self.idle_timeout_s, time.monotonic(), self.on_commit
+                )
             return view
 
 
@@ -254,12 +267,13 @@ class EventTimeClock(Clock[V, None], Generic[V]):
         window: timedelta,
         idle_timeout: timedelta,
         recheck: timedelta = timedelta(milliseconds=500),
+        on_commit: Callable[[int], None] = lambda wm: None,
     ) -> None:
         self.ts_getter = ts_getter
         self.source_watermark_getter = source_watermark_getter
         self.window_ms = int(window / timedelta(milliseconds=1))
         self.recheck = recheck
-        self.watermarks = WorkerWatermarks(sources, idle_timeout)
+        self.watermarks = WorkerWatermarks(sources, idle_timeout, on_commit)
 
     def build(self, resume_state: Any) -> _EventTimeClockLogic[V]:
         return _EventTimeClockLogic(self, self.watermarks.view())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,10 +22,10 @@ import bytewax.operators.windowing as win
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators.windowing import UTC_MIN
-from prometheus_client import Counter
 
 from connectors.kafka_source import KafkaUnavailable, StatefulKafkaSource, check_topics
 from connectors.s3_sink import ObjectRows, PartitionedS3Sink, S3Location, S3SinkError, check_bucket
+from dataflows import metrics
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import (
     NO_WATERMARK,
@@ -44,13 +45,13 @@ from dataflows.impressions import (
     slice_batch,
     window_rows,
 )
+from dataflows.metrics import EVENTS, KEYS_IN_STATE, WATERMARK_LAG
 from dataflows.settings import ConfigError, MovieImpressionsSettings
 
 log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-EVENTS = Counter("movie_impressions_events_total", "Input messages by outcome", ["outcome"])
-OBJECTS = Counter("movie_impressions_objects_written_total", "Objects written to S3")
+JOB = "movie_impressions"
 
 
 def _assess_batch(
@@ -62,14 +63,24 @@ def _assess_batch(
     )
     invalid = sum(isinstance(i, DeadLetter) for i in items)
     late = sum(isinstance(i, LateEvent) for i in items)
-    EVENTS.labels("invalid").inc(invalid)
-    EVENTS.labels("late").inc(late)
-    EVENTS.labels("valid").inc(len(messages) - invalid - late)
+    EVENTS.labels(JOB, "invalid").inc(invalid)
+    EVENTS.labels(JOB, "late").inc(late)
+    EVENTS.labels(JOB, "valid").inc(len(messages) - invalid - late)
     return items + heartbeats.due(source, partition_watermark(max_timestamp, bound_ms)), max_timestamp
 
 
 def _fold(tallies: UserTallies, piece: WindowSlice) -> UserTallies:
     return tallies.merge(piece.tallies)
+
+
+def _open_window() -> UserTallies:
+    KEYS_IN_STATE.labels(JOB).inc()
+    return UserTallies()
+
+
+def _watermark_lag(watermark_ms: int) -> None:
+    if watermark_ms != NO_WATERMARK:
+        WATERMARK_LAG.labels(JOB).set(time.time() - watermark_ms / 1000)
 
 
 def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
@@ -85,7 +96,7 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
         kafka.brokers,
         [settings.input_topic],
         tail=not settings.bounded,
-        add_config=kafka.client_config,
+        add_config={**kafka.client_config, "group.id": settings.consumer_group},
         batch_size=settings.kafka_batch_size,
         raise_on_errors=False,
     )
@@ -97,7 +108,7 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
     )
 
     flow = Dataflow("movie_impressions")
-    items: Stream[Any] = op.input("kafka_in", flow, StatefulKafkaSource(source, assess, NO_WATERMARK))
+    items: Stream[Any] = op.input("kafka_in", flow, StatefulKafkaSource(source, assess, NO_WATERMARK, True))
     invalid = op.branch("split_invalid", items, lambda i: isinstance(i, DeadLetter))
     late = op.branch("split_late", invalid.falses, lambda i: isinstance(i, LateEvent))
 
@@ -107,13 +118,14 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
         sources=source.list_parts(),
         window=settings.window,
         idle_timeout=settings.idle_timeout,
+        on_commit=_watermark_lag,
     )
     windows = win.fold_window(
         "impressions",
         op.key_on("by_movie", late.falses, lambda s: s.key if isinstance(s, Heartbeat) else s.movie_id),
         clock,
         HeartbeatAwareWindower(win.TumblingWindower(length=settings.window, align_to=EPOCH)),
-        UserTallies,
+        _open_window,
         _fold,
         UserTallies.merge,
         ordered=False,  # count and max do not depend on order
@@ -121,6 +133,7 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
 
     def to_rows(movie_window: tuple[str, tuple[int, UserTallies]]) -> tuple[str, ObjectRows]:
         movie_id, (window_id, tallies) = movie_window
+        KEYS_IN_STATE.labels(JOB).dec()
         start = window_id * window_ms  # windows are aligned to the epoch
         return movie_id, ObjectRows(
             bucket_dir(settings.s3_prefix, start, movie_id), window_rows(movie_id, start, window_ms, tallies)
@@ -132,7 +145,6 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
         settings.output_format,
         settings.sink_partitions,
         settings.s3_give_up_after.total_seconds(),
-        on_written=OBJECTS.inc,
     )
     op.output("s3_out", op.map("rows", windows.down, to_rows), sink)
 
@@ -158,7 +170,9 @@ def flow_from_env() -> Dataflow:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
-        return build_flow(MovieImpressionsSettings.from_env(os.environ))
+        settings = MovieImpressionsSettings.from_env(os.environ)
+        metrics.serve(settings.metrics_port)
+        return build_flow(settings)
     except (ConfigError, KafkaUnavailable, S3SinkError) as exc:
         sys.exit(f"movie_impressions: {exc}")
 

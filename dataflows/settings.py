@@ -46,6 +46,14 @@ class _Env:
             raise ConfigError(f"{name}={raw} is below the minimum {minimum}: set it to e.g. {default}")
         return value
 
+    def port(self, name: str) -> int | None:
+        if not self._env.get(name, "").strip():
+            return None
+        port = int(self.number(name, 9100, minimum=1, integer=True))
+        if port > 65535:
+            raise ConfigError(f"{name}={port} is not a TCP port: use 1..65535")
+        return port
+
     def flag(self, name: str, default: bool) -> bool:
         raw = self._env.get(name, "true" if default else "false").strip().lower()
         if raw in ("1", "true", "yes", "on"):
@@ -107,6 +115,8 @@ class MovieImpressionsSettings:
     sink_partitions: int
     kafka_batch_size: int
     s3_give_up_after: timedelta
+    consumer_group: str
+    metrics_port: int | None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MovieImpressionsSettings:
@@ -132,6 +142,8 @@ class MovieImpressionsSettings:
             sink_partitions=int(e.number("SINK_PARTITIONS", 4, minimum=1, integer=True)),
             kafka_batch_size=int(e.number("KAFKA_BATCH_SIZE", 5000, minimum=1, integer=True)),
             s3_give_up_after=timedelta(seconds=e.number("S3_RETRY_SECONDS", 300, minimum=0)),
+            consumer_group=e.text("CONSUMER_GROUP", "movie-impressions"),
+            metrics_port=e.port("METRICS_PORT"),
         )
 
 
@@ -150,6 +162,8 @@ class BookingSettings:
     idle_timeout: timedelta
     bounded: bool
     kafka_batch_size: int
+    consumer_group: str
+    metrics_port: int | None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BookingSettings:
@@ -192,6 +206,8 @@ class BookingSettings:
             idle_timeout=timedelta(seconds=e.number("IDLE_TIMEOUT_SECONDS", 60, minimum=1)),
             bounded=e.flag("BOUNDED", False),
             kafka_batch_size=int(e.number("KAFKA_BATCH_SIZE", 5000, minimum=1, integer=True)),
+            consumer_group=e.text("CONSUMER_GROUP", "booking-correlation"),
+            metrics_port=e.port("METRICS_PORT"),
         )
 
 

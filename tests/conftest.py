@@ -20,6 +20,14 @@ from devstack.processes import free_port
 from devstack.s3 import LOCAL_CREDENTIALS, S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
+# What the tests run, per job; the Kubernetes manifests must run the same (tests/deploy).
+FLOWS = {
+    "movie-impressions": "dataflows.movie_impressions:flow",
+    "booking-correlation": "dataflows.booking_correlation:flow",
+}
+
+
+pytest_plugins = ["tests.guarantees.conftest"]
 
 
 @pytest.fixture(scope="session")
@@ -113,3 +121,32 @@ def init_recovery(path: Path, partitions: int = 1) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(partitions)], check=True)
     return path
+
+
+def run_cluster(
+    target: str, env: dict[str, str], *, processes: int, recovery: Path, timeout: float = 300
+) -> list[subprocess.CompletedProcess]:
+    """Run a dataflow as `processes` processes of 1 worker on loopback, the way pods run it."""
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    argv = [sys.executable, "-m", "bytewax.run", target, "-r", str(recovery), "-s", "1", "-b", "0", "-a", addresses]
+    procs = [
+        subprocess.Popen(
+            [*argv, "-i", str(i)],
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    results = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return results

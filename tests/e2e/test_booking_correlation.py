@@ -16,7 +16,7 @@ import pytest
 
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
-from tests.conftest import ROOT, init_recovery, make_topics, read_topic, run_dataflow
+from tests.conftest import FLOWS, ROOT, init_recovery, make_topics, read_topic, run_dataflow
 
 pytestmark = pytest.mark.e2e
 
@@ -114,7 +114,7 @@ def test_alerts_unmatched_and_dead_letters_equal_the_oracle(kafka, bookings, tmp
     topics, messages = bookings
     env = {**topics, **output_env(kafka, f"w{workers}-{uuid.uuid4().hex[:6]}"), "BOUNDED": "true"}
     result = run_dataflow(
-        "dataflows.booking_correlation:flow", env, workers=workers, recovery=init_recovery(tmp_path / "recovery")
+        FLOWS["booking-correlation"], env, workers=workers, recovery=init_recovery(tmp_path / "recovery")
     )
     assert result.returncode == 0, result.stderr[-3000:]
     check_outputs(kafka, env, messages, allow_identical_repeats=False)
@@ -135,7 +135,7 @@ def test_kill_and_resume_from_the_recovery_store_keeps_every_alert(kafka, tmp_pa
         sys.executable,
         "-m",
         "bytewax.run",
-        "dataflows.booking_correlation:flow",
+        FLOWS["booking-correlation"],
         "-r",
         str(recovery),
         "-s",
@@ -162,6 +162,6 @@ def test_kill_and_resume_from_the_recovery_store_keeps_every_alert(kafka, tmp_pa
         job.wait()
     produce_messages(messages_for(messages[half:], topics["CREATED_TOPIC"], topics["EVENTS_TOPIC"]), kafka.bootstrap)
 
-    result = run_dataflow("dataflows.booking_correlation:flow", {**env, "BOUNDED": "true"}, recovery=recovery)
+    result = run_dataflow(FLOWS["booking-correlation"], {**env, "BOUNDED": "true"}, recovery=recovery)
     assert result.returncode == 0, result.stderr[-3000:]
     check_outputs(kafka, env, messages, allow_identical_repeats=True)

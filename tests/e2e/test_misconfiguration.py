@@ -4,7 +4,7 @@ import pytest
 
 from devstack.processes import free_port
 from devstack.s3 import S3Server
-from tests.conftest import make_topics, run_dataflow
+from tests.conftest import FLOWS, make_topics, run_dataflow
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +61,7 @@ def good_env(kafka, s3, unique) -> dict[str, str]:
 def test_misconfiguration_is_one_clear_line(good_env, override: dict[str, str], message: str) -> None:
     port = str(free_port())
     env = {**good_env, **{k: v.format(port=port) for k, v in override.items()}}
-    result = run_dataflow("dataflows.movie_impressions:flow", env, timeout=60)
+    result = run_dataflow(FLOWS["movie-impressions"], env, timeout=60)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
@@ -84,7 +84,7 @@ def test_bad_credentials_are_one_clear_line(good_env, s3_checking_credentials) -
         "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEBADKEY000",
         "AWS_SECRET_ACCESS_KEY": "not-the-secret",
     }
-    result = run_dataflow("dataflows.movie_impressions:flow", env, timeout=60)
+    result = run_dataflow(FLOWS["movie-impressions"], env, timeout=60)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("movie_impressions: S3 bucket") and "check the AWS credentials" in last_line

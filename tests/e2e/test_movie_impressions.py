@@ -12,7 +12,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
-from tests.conftest import init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
+from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
 from tests.oracles import WINDOW_MS, expected_rows, raw_of
 
 pytestmark = pytest.mark.e2e
@@ -87,7 +87,7 @@ def test_output_equals_independent_computation(kafka, s3, produced, tmp_path: Pa
         "KAFKA_BATCH_SIZE": "500",
     }
     result = run_dataflow(
-        "dataflows.movie_impressions:flow", env, workers=workers, recovery=init_recovery(tmp_path / "recovery")
+        FLOWS["movie-impressions"], env, workers=workers, recovery=init_recovery(tmp_path / "recovery")
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -139,7 +139,7 @@ def test_csv_output(kafka, s3, tmp_path: Path, unique: str) -> None:
         "BOUNDED": "true",
         "OUTPUT_FORMAT": "csv",
     }
-    result = run_dataflow("dataflows.movie_impressions:flow", env)
+    result = run_dataflow(FLOWS["movie-impressions"], env)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_s3_rows(s3, bucket, "csv", fmt="csv")
     assert rows["object"].str.ends_with(".csv").all()

@@ -12,11 +12,11 @@ from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
 from tests.chaos import Job
-from tests.conftest import init_recovery, make_topics, read_s3_rows, run_dataflow
+from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, run_dataflow
 from tests.oracles import expected_rows
 
 BOUND_S = 2  # MAX_OUT_OF_ORDERNESS_SECONDS of these runs; every outage lasts longer
-FLOW = "dataflows.movie_impressions:flow"
+FLOW = FLOWS["movie-impressions"]
 
 
 class ImpressionsRun:

@@ -16,7 +16,7 @@ from dataflows.event_time import NO_WATERMARK
 from dataflows.impressions import InvalidEvent, MovieImpression, WindowSlice, decode_impression, slice_batch
 from producers.kafka_producer import produce_messages
 from producers.movie_impressions import TrafficShape, generate
-from tests.conftest import init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
+from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
 from tests.factories import kafka_message
 from tests.oracles import expected_rows, raw_of
 
@@ -125,7 +125,7 @@ def test_running_job_routes_every_bad_message_and_counts_the_good(kafka, s3, tmp
         "S3_BUCKET": f"bad-{run_id}",
         "BOUNDED": "true",
     }
-    result = run_dataflow("dataflows.movie_impressions:flow", env, recovery=init_recovery(tmp_path / run_id))
+    result = run_dataflow(FLOWS["movie-impressions"], env, recovery=init_recovery(tmp_path / run_id))
     assert result.returncode == 0, result.stderr[-2000:]
     dead = [json.loads(v) for _, v in read_topic(kafka.bootstrap, topics["DEAD_LETTER_TOPIC"])]
     assert Counter(raw_of(d) for d in dead) == Counter(bad)

@@ -10,7 +10,7 @@ import pytest
 
 from producers.movie_impressions import TrafficShape, generate, produce
 from tests.chaos import FlakyProxy
-from tests.conftest import init_recovery, make_topics, read_topic, run_dataflow
+from tests.conftest import FLOWS, init_recovery, make_topics, read_topic, run_dataflow
 
 pytestmark = pytest.mark.guarantees
 
@@ -43,18 +43,18 @@ def test_no_output_of_runs_with_failures_contains_a_credential(kafka, s3, tmp_pa
     }
 
     outputs = []
-    ok = run_dataflow("dataflows.movie_impressions:flow", env, recovery=init_recovery(tmp_path / "ok"))
+    ok = run_dataflow(FLOWS["movie-impressions"], env, recovery=init_recovery(tmp_path / "ok"))
     assert ok.returncode == 0, ok.stderr[-2000:]
     outputs += [ok.stdout, ok.stderr]
     for failing in ({"S3_BUCKET": "no-such-bucket"}, {"KAFKA_BROKERS": "127.0.0.1:1"}, {"WINDOW_MINUTES": "7"}):
-        result = run_dataflow("dataflows.movie_impressions:flow", {**env, **failing}, timeout=60)
+        result = run_dataflow(FLOWS["movie-impressions"], {**env, **failing}, timeout=60)
         assert result.returncode != 0
         outputs += [result.stdout, result.stderr]
     proxy = FlakyProxy(s3.port)  # an S3 outage past the retry budget: the job stops with an error
     try:
         proxy.set_mode("refuse")
         result = run_dataflow(
-            "dataflows.movie_impressions:flow",
+            FLOWS["movie-impressions"],
             {**env, "S3_ENDPOINT_URL": proxy.url, "S3_RETRY_SECONDS": "1"},
             timeout=60,
         )

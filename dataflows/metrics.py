@@ -1,0 +1,26 @@
+"""Prometheus metrics of the jobs, beside bytewax's own on its `/metrics` endpoint.
+
+The S3 sink's own (objects, rows, retries) are in connectors/s3_sink.py.
+
+In a pod, bytewax's API server (BYTEWAX_DATAFLOW_API_ENABLED=true, port 3030) serves
+these with the engine's; locally, METRICS_PORT starts a loopback-only server for them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, start_http_server
+
+log = logging.getLogger(__name__)
+
+EVENTS = Counter("waxstreams_events_total", "Input messages by job and outcome", ["job", "outcome"])
+BOOKING_OUTCOMES = Counter("waxstreams_booking_outcomes_total", "Correlation results", ["outcome"])
+KEYS_IN_STATE = Gauge("waxstreams_keys_in_state", "Bookings, or open movie windows, holding state", ["job"])
+WATERMARK_LAG = Gauge("waxstreams_watermark_lag_seconds", "Wall clock minus the event-time watermark", ["job"])
+
+
+def serve(port: int | None) -> None:
+    if port:
+        start_http_server(port, addr="127.0.0.1")
+        log.info("metrics on http://127.0.0.1:%d/metrics", port)
