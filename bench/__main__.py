@@ -281,7 +281,7 @@ def main() -> int:
     parser.add_argument(
         "--baseline-events",
         type=int,
-        default=100_000,
+        default=20_000,
         help="the textbook design is ~100x slower: it runs on a prefix-sized topic of the same shape",
     )
     parser.add_argument("--out", default="bench-results.json")
