@@ -226,9 +226,9 @@ def read_booking_batch(
     records = []
     for msg in messages:
         try:
-            record = decode_booking(msg.value, schemas[msg.topic])
+            record = decode_booking(msg.value(), schemas[msg.topic()])
         except InvalidEvent as exc:
-            out.append(DeadLetter(str(exc), SourcePosition(msg.topic, msg.partition, msg.offset), msg.value))
+            out.append(DeadLetter(str(exc), SourcePosition(msg.topic(), msg.partition(), msg.offset()), msg.value()))
             continue
         max_timestamp = max(max_timestamp, record.timestamp)
         records.append(record)

@@ -214,14 +214,14 @@ def slice_batch(
     watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
     for msg in messages:
         try:
-            movie_id, user_id, ts = decode_fields(msg.value)
+            movie_id, user_id, ts = decode_fields(msg.value())
         except InvalidEvent as exc:
-            out.append(DeadLetter(str(exc), SourcePosition(msg.topic, msg.partition, msg.offset), msg.value))
+            out.append(DeadLetter(str(exc), SourcePosition(msg.topic(), msg.partition(), msg.offset()), msg.value()))
             continue
         start = ts - ts % window_ms
         if is_late(ts, watermark, window_ms):
-            position = SourcePosition(msg.topic, msg.partition, msg.offset)
-            out.append(LateEvent(position, msg.value, ts, watermark, start, start + window_ms))
+            position = SourcePosition(msg.topic(), msg.partition(), msg.offset())
+            out.append(LateEvent(position, msg.value(), ts, watermark, start, start + window_ms))
             continue
         if ts > max_timestamp:
             max_timestamp = ts

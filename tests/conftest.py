@@ -27,7 +27,7 @@ FLOWS = {
 }
 
 
-pytest_plugins = ["tests.guarantees.conftest"]
+pytest_plugins = ["tests.runs"]
 
 
 @pytest.fixture(scope="session")
@@ -150,3 +150,9 @@ def run_cluster(
             raise
         results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
     return results
+
+
+pytest.register_assert_rewrite("tests.runs")
+from tests.runs import new_run  # noqa: E402  (fixture shared by tests/guarantees and tests/deploy)
+
+__all__ = ["new_run"]

@@ -1,7 +1,31 @@
 """Builders of test inputs."""
 
-from bytewax.connectors.kafka import KafkaSourceMessage
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 
-def kafka_message(value: bytes | None, offset: int = 0, partition: int = 0, topic: str = "t") -> KafkaSourceMessage:
-    return KafkaSourceMessage(key=None, value=value, topic=topic, offset=offset, partition=partition)
+@dataclass(frozen=True)
+class FakeMessage:
+    """What the source hands the batch steps: confluent_kafka.Message's accessors."""
+
+    _value: bytes | None
+    _offset: int
+    _partition: int
+    _topic: str
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def offset(self) -> int:
+        return self._offset
+
+    def partition(self) -> int:
+        return self._partition
+
+    def topic(self) -> str:
+        return self._topic
+
+
+def kafka_message(value: bytes | None, offset: int = 0, partition: int = 0, topic: str = "t") -> FakeMessage:
+    return FakeMessage(value, offset, partition, topic)

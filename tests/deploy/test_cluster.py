@@ -18,7 +18,7 @@ from producers.kafka_producer import produce_messages
 from tests.chaos import wait_for
 from tests.conftest import FLOWS, init_recovery, make_topics, run_cluster
 from tests.e2e.test_booking_correlation import check_outputs, output_env
-from tests.guarantees.conftest import traffic
+from tests.runs import traffic
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.chaos import FlakyProxy, wait_for
-from tests.guarantees.conftest import BOUND_S, SecondObjectOfAWrite, traffic
+from tests.runs import BOUND_S, SecondObjectOfAWrite, traffic
 
 pytestmark = pytest.mark.guarantees
 

@@ -13,7 +13,7 @@ from devstack.kafka import KafkaBroker
 from devstack.processes import free_port
 from tests.chaos import FlakyProxy, wait_for
 from tests.conftest import ROOT
-from tests.guarantees.conftest import traffic
+from tests.runs import traffic
 
 pytestmark = pytest.mark.guarantees
 

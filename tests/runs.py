@@ -1,4 +1,4 @@
-"""Shared pieces of the guarantee tests: a movie-impressions job's world and its oracle check."""
+"""A movie-impressions job's world for the guarantee and deploy tests: topics, bucket, recovery, oracle."""
 
 from __future__ import annotations
 
