@@ -68,21 +68,26 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
     def next_awake(self) -> datetime | None:
         return self._kafka_part.next_awake()
 
+    def _commit(self, offset: int | None, asynchronous: bool) -> None:
+        if not self._commit_offsets or offset is None or offset < 0:
+            return
+        # Only for monitoring (kafka-consumer-groups, Burrow, KEDA see the lag): resume
+        # always starts from the offsets in bytewax's own snapshot, never from these.
+        part = self._kafka_part
+        try:
+            part._consumer.commit(
+                offsets=[TopicPartition(part._topic, part._part_idx, offset)], asynchronous=asynchronous
+            )
+        except KafkaException as exc:
+            log.warning("could not commit offsets of %s for monitoring: %s", self._part_id, exc)
+
     def snapshot(self) -> tuple[int | None, S]:
         offset = self._kafka_part.snapshot()
-        if self._commit_offsets and offset is not None and offset >= 0:
-            # Only for monitoring (kafka-consumer-groups, Burrow, KEDA see the lag): resume
-            # always starts from the offsets in bytewax's own snapshot, never from these.
-            # bytewax 0.21.1 keeps the consumer private; the version is pinned.
-            part = self._kafka_part
-            tp = TopicPartition(part._topic, part._part_idx, offset)
-            try:
-                part._consumer.commit(offsets=[tp], asynchronous=True)
-            except KafkaException as exc:
-                log.warning("could not commit offsets of %s for monitoring: %s", self._part_id, exc)
+        self._commit(offset, asynchronous=True)
         return offset, self._state
 
     def close(self) -> None:
+        self._commit(self._kafka_part.snapshot(), asynchronous=False)  # an async one may not be sent yet
         self._kafka_part.close()
 
 
