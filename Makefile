@@ -9,7 +9,7 @@ RUN_DIR := .cache/run
 # The local stack (devstack) accepts any AWS credentials; real ones come from your AWS chain.
 LOCAL_AWS := AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
 
-.PHONY: help install up down run run-bookings test test-guarantees test-unit bench lint fmt deploy clean
+.PHONY: help install up down run run-bookings test test-guarantees test-unit bench bench-peers lint fmt deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,12 @@ bench: up ## Throughput, memory and latency vs the ceilings and the textbook des
 JOB ?= movie-impressions
 deploy: ## Deploy JOB (movie-impressions | booking-correlation) with waxctl if installed, else kubectl -k
 	PYTHON=$(PY) k8s/deploy.sh $(JOB)
+
+PEERS := .cache/peers
+bench-peers: up ## The same aggregation in Quix Streams on the same topic (own venv: heavy install)
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q quixstreams==3.28.1  # not the project: Quix pins an older confluent-kafka
+	PYTHONPATH=. $(PEERS)/bin/python -m bench.peers
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -17,14 +17,13 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import msgspec
 from jsonpath_ng import JSONPath
 from jsonpath_ng import parse as parse_jsonpath
 from jsonpath_ng.exceptions import JsonPathParserError
 
 from dataflows.dead_letters import DeadLetter, SourcePosition
 from dataflows.event_time import partition_watermark
-from dataflows.impressions import MAX_EVENT_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, InvalidEvent
+from dataflows.impressions import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, InvalidEvent, decode_json_object
 
 CREATED, EVENT = "created", "event"
 
@@ -90,20 +89,8 @@ class BookingRecord:
     source_watermark: int = 0
 
 
-_json = msgspec.json.Decoder()
-
-
 def decode_booking(raw: bytes | None, schema: SideSchema) -> BookingRecord:
-    if not raw:
-        raise InvalidEvent("empty message")
-    if len(raw) > MAX_EVENT_BYTES:
-        raise InvalidEvent(f"message of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
-    try:
-        obj = _json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise InvalidEvent(f"not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidEvent(f"not a JSON object but {type(obj).__name__}")
+    obj = decode_json_object(raw)
     booking_id = schema.extract(obj, "@id")
     if isinstance(booking_id, int) and not isinstance(booking_id, bool):
         booking_id = str(booking_id)

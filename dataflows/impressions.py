@@ -63,8 +63,8 @@ def _id_field(obj: dict[str, Any], name: str) -> str:
     return value
 
 
-def decode_impression(raw: bytes | None) -> MovieImpression:
-    """Parse and validate one Kafka message value; raises InvalidEvent with the reason."""
+def decode_json_object(raw: bytes | None) -> dict[str, Any]:
+    """A message value as a JSON object, or InvalidEvent saying why it is not one."""
     if not raw:
         raise InvalidEvent("empty message")
     if len(raw) > MAX_EVENT_BYTES:
@@ -75,6 +75,12 @@ def decode_impression(raw: bytes | None) -> MovieImpression:
         raise InvalidEvent(f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise InvalidEvent(f"not a JSON object but {type(obj).__name__}")
+    return obj
+
+
+def decode_impression(raw: bytes | None) -> MovieImpression:
+    """Parse and validate one Kafka message value; raises InvalidEvent with the reason."""
+    obj = decode_json_object(raw)
     movie_id = _id_field(obj, "movieId")
     user_id = _id_field(obj, "userId")
     ts = obj.get("timestamp")
