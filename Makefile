@@ -63,10 +63,17 @@ deploy: ## Deploy JOB (movie-impressions | booking-correlation) with waxctl if i
 	PYTHON=$(PY) k8s/deploy.sh $(JOB)
 
 PEERS := .cache/peers
-bench-peers: up ## The same aggregation in Quix Streams on the same topic (own venv: heavy install)
+FLINK := .cache/pyflink
+FLINK_KAFKA_JAR := .cache/peer-jars/flink-sql-connector-kafka-5.0.0-2.2.jar
+bench-peers: up ## Quix Streams and PyFlink SQL on the same topic as `make bench` (own venvs: heavy installs)
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/pip install -q quixstreams==3.28.1  # not the project: Quix pins an older confluent-kafka
 	PYTHONPATH=. $(PEERS)/bin/python -m bench.peers
+	test -x $(FLINK)/bin/python || $(PYTHON) -m venv $(FLINK)
+	$(FLINK)/bin/pip install -q apache-flink==2.3.0
+	test -f $(FLINK_KAFKA_JAR) || mvn -q -B dependency:copy -Dartifact=org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2 \
+		-DoutputDirectory=.cache/peer-jars
+	PYTHONPATH=. $(FLINK)/bin/python -m bench.flink_peer --jar $(abspath $(FLINK_KAFKA_JAR))
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .
