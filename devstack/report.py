@@ -66,7 +66,8 @@ def main() -> int:
         ("late", settings.late_topic),
     ):
         print(f"  {label:12s} topic {topic}: {topic_size(brokers, topic)} messages")
-    print(f"\nRead it yourself:\n  polars.scan_parquet('{pattern}', storage_options={options!r})")
+    print("\nRead it yourself (the local S3 accepts any AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment):")
+    print(f"  polars.scan_parquet('{pattern}', storage_options={options!r})")
     return 0
 
 
