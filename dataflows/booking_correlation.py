@@ -47,7 +47,7 @@ from dataflows.event_time import (
     partition_watermark,
     wake_time,
 )
-from dataflows.metrics import BOOKING_OUTCOMES, EVENTS, KEYS_IN_STATE, WATERMARK_LAG
+from dataflows.metrics import BOOKING_OUTCOMES, EVENTS, KEYS_IN_STATE
 from dataflows.settings import BookingSettings, ConfigError
 
 log = logging.getLogger(__name__)
@@ -143,11 +143,7 @@ def build_flow(settings: BookingSettings, recheck: timedelta = timedelta(millise
         max_out_of_orderness_ms=int(settings.max_out_of_orderness.total_seconds() * 1000),
     )
 
-    def watermark_lag(watermark_ms: int) -> None:
-        if watermark_ms != NO_WATERMARK:
-            WATERMARK_LAG.labels(JOB).set(time.time() - watermark_ms / 1000)
-
-    watermarks = WorkerWatermarks(source.list_parts(), settings.idle_timeout, watermark_lag)
+    watermarks = WorkerWatermarks(source.list_parts(), settings.idle_timeout, metrics.record_watermark_lag(JOB))
     timeout_ms = int(settings.timeout.total_seconds() * 1000)
 
     def build_logic(resume: BookingState | None) -> CorrelationLogic:

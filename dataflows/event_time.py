@@ -37,10 +37,6 @@ def to_datetime(epoch_ms: int) -> datetime:
     return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
 
 
-def to_epoch_ms(moment: datetime) -> int:
-    return round(moment.timestamp() * 1000)
-
-
 def partition_watermark(max_timestamp: int, max_out_of_orderness_ms: int) -> int:
     return max_timestamp - max_out_of_orderness_ms if max_timestamp > NO_WATERMARK else NO_WATERMARK
 
@@ -202,10 +198,7 @@ class _EventTimeClockLogic(ClockLogic[V, None], Generic[V]):
         return UTC_MAX
 
     def to_system_utc(self, timestamp: datetime) -> datetime | None:
-        # The watermark follows event time, not the wall clock, so the moment it passes
-        # `timestamp` is unknown: check again after `recheck` rather than busy-waking.
-        now = datetime.now(UTC)
-        return now if timestamp <= self._watermark() else now + self._clock.recheck
+        return wake_time(timestamp <= self._watermark(), self._clock.recheck)
 
     def snapshot(self) -> None:
         # bytewax snapshots every key it touched once the epoch is closed, after all of

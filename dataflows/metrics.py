@@ -9,8 +9,12 @@ these with the engine's; locally, METRICS_PORT starts a loopback-only server for
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, start_http_server
+
+from dataflows.event_time import NO_WATERMARK
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +22,16 @@ EVENTS = Counter("waxstreams_events_total", "Input messages by job and outcome",
 BOOKING_OUTCOMES = Counter("waxstreams_booking_outcomes_total", "Correlation results", ["outcome"])
 KEYS_IN_STATE = Gauge("waxstreams_keys_in_state", "Bookings, or open movie windows, holding state", ["job"])
 WATERMARK_LAG = Gauge("waxstreams_watermark_lag_seconds", "Wall clock minus the event-time watermark", ["job"])
+
+
+def record_watermark_lag(job: str) -> Callable[[int], None]:
+    """A WorkerWatermarks `on_commit` that sets the job's watermark-lag gauge."""
+
+    def record(watermark_ms: int) -> None:
+        if watermark_ms != NO_WATERMARK:
+            WATERMARK_LAG.labels(job).set(time.time() - watermark_ms / 1000)
+
+    return record
 
 
 def serve(port: int | None) -> None:

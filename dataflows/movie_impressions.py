@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,7 +44,7 @@ from dataflows.impressions import (
     slice_batch,
     window_rows,
 )
-from dataflows.metrics import EVENTS, KEYS_IN_STATE, WATERMARK_LAG
+from dataflows.metrics import EVENTS, KEYS_IN_STATE
 from dataflows.settings import ConfigError, MovieImpressionsSettings
 
 log = logging.getLogger(__name__)
@@ -76,11 +75,6 @@ def _fold(tallies: UserTallies, piece: WindowSlice) -> UserTallies:
 def _open_window() -> UserTallies:
     KEYS_IN_STATE.labels(JOB).inc()
     return UserTallies()
-
-
-def _watermark_lag(watermark_ms: int) -> None:
-    if watermark_ms != NO_WATERMARK:
-        WATERMARK_LAG.labels(JOB).set(time.time() - watermark_ms / 1000)
 
 
 def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
@@ -118,7 +112,7 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
         sources=source.list_parts(),
         window=settings.window,
         idle_timeout=settings.idle_timeout,
-        on_commit=_watermark_lag,
+        on_commit=metrics.record_watermark_lag(JOB),
     )
     windows = win.fold_window(
         "impressions",
