@@ -108,8 +108,9 @@ def test_metrics_match_the_oracle_during_a_run(new_run) -> None:
     wait_for(lambda: scrape(port).get("waxstreams_s3_objects_written_total", 0) > 0, 30, "objects", job)
     metrics = scrape(port)
     assert metrics["waxstreams_s3_rows_written_total"] > 0
-    assert metrics['waxstreams_keys_in_state{job="movie_impressions"}'] >= 0
-    assert 'waxstreams_watermark_lag_seconds{job="movie_impressions"}' in metrics
+    # Not bounded: the newest windows are still open, so state is held and measured.
+    assert metrics['waxstreams_keys_in_state{job="movie_impressions"}'] > 0
+    assert metrics['waxstreams_watermark_lag_seconds{job="movie_impressions"}'] > 0  # 2019 event time
     job.kill()
 
 
