@@ -91,13 +91,14 @@ class FlakyProxy:
                     continue
                 with self._lock:
                     self._open.append(upstream)
-                threading.Thread(target=self._pump_requests, args=(client, upstream), daemon=True).start()
-                threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+                threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+                threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
-    def _pump_requests(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        """Copy bytes one way; on the request side, hang where `stall_when` says so."""
         try:
             while data := src.recv(65536):
-                if self._should_stall(data):
+                if requests and self._should_stall(data):
                     self.stalled += 1
                     while self._stall_request is not None and self._running:  # hang until reset
                         time.sleep(0.1)
@@ -111,17 +112,6 @@ class FlakyProxy:
 
 
 _REQUEST_LINE = re.compile(rb"(PUT|GET|DELETE|HEAD|POST) (\S+) HTTP/1\.1")
-
-
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        _close(src)
-        _close(dst)
 
 
 def _close(sock: socket.socket) -> None:

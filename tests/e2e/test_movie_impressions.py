@@ -46,6 +46,20 @@ def unique() -> str:  # module-wide: the produced topic is shared by the runs be
     return uuid.uuid4().hex[:8]
 
 
+def job_env(kafka, s3, topic: str, dead_topic: str, late_topic: str, bucket: str, prefix: str) -> dict[str, str]:
+    """A bounded run of the job against the test services."""
+    return {
+        "KAFKA_BROKERS": kafka.bootstrap,
+        "IMPRESSIONS_TOPIC": topic,
+        "DEAD_LETTER_TOPIC": dead_topic,
+        "LATE_TOPIC": late_topic,
+        "S3_ENDPOINT_URL": s3.endpoint_url,
+        "S3_BUCKET": bucket,
+        "S3_PREFIX": prefix,
+        "BOUNDED": "true",
+    }
+
+
 def test_traffic_exercises_the_hard_cases(produced) -> None:
     """The generated input really has what the test below claims to cover."""
     _, events = produced
@@ -75,17 +89,7 @@ def test_output_equals_independent_computation(kafka, s3, produced, tmp_path: Pa
     dead_topic, late_topic, bucket, prefix = f"dead-{run_id}", f"late-{run_id}", f"bucket-{run_id}".lower(), "out/impr"
     make_topics(kafka, dead_topic, late_topic)
     s3.create_bucket(bucket)
-    env = {
-        "KAFKA_BROKERS": kafka.bootstrap,
-        "IMPRESSIONS_TOPIC": topic,
-        "DEAD_LETTER_TOPIC": dead_topic,
-        "LATE_TOPIC": late_topic,
-        "S3_ENDPOINT_URL": s3.endpoint_url,
-        "S3_BUCKET": bucket,
-        "S3_PREFIX": prefix,
-        "BOUNDED": "true",
-        "KAFKA_BATCH_SIZE": "500",
-    }
+    env = {**job_env(kafka, s3, topic, dead_topic, late_topic, bucket, prefix), "KAFKA_BATCH_SIZE": "500"}
     result = run_dataflow(
         FLOWS["movie-impressions"], env, workers=workers, recovery=init_recovery(tmp_path / "recovery")
     )
@@ -128,17 +132,7 @@ def test_csv_output(kafka, s3, tmp_path: Path, unique: str) -> None:
     s3.create_bucket(bucket)
     events = list(generate(TrafficShape(count=3000, movies=3, users=5, step_ms=1000, seed=3)))
     produce(iter(events), kafka.bootstrap, topic)
-    env = {
-        "KAFKA_BROKERS": kafka.bootstrap,
-        "IMPRESSIONS_TOPIC": topic,
-        "DEAD_LETTER_TOPIC": dead_topic,
-        "LATE_TOPIC": late_topic,
-        "S3_ENDPOINT_URL": s3.endpoint_url,
-        "S3_BUCKET": bucket,
-        "S3_PREFIX": "csv",
-        "BOUNDED": "true",
-        "OUTPUT_FORMAT": "csv",
-    }
+    env = {**job_env(kafka, s3, topic, dead_topic, late_topic, bucket, "csv"), "OUTPUT_FORMAT": "csv"}
     result = run_dataflow(FLOWS["movie-impressions"], env)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_s3_rows(s3, bucket, "csv", fmt="csv")
