@@ -125,7 +125,7 @@ class MovieImpressionsSettings:
         if (24 * 60) % window_minutes:
             raise ConfigError(f"WINDOW_MINUTES={window_minutes} does not divide a day: use e.g. 5, 15, 30 or 60")
         return cls(
-            kafka=KafkaSettings.from_env(env),
+            **_shared_settings(env),
             input_topic=e.text("IMPRESSIONS_TOPIC", "movie-impressions"),
             dead_letter_topic=e.text("DEAD_LETTER_TOPIC", "movie-impressions-dead-letter"),
             late_topic=e.text("LATE_TOPIC", "movie-impressions-late"),
@@ -136,14 +136,9 @@ class MovieImpressionsSettings:
             s3_region=e.optional("AWS_REGION") or e.optional("AWS_DEFAULT_REGION") or "us-east-1",
             output_format=e.choice("OUTPUT_FORMAT", "parquet", ("parquet", "csv")),
             window=timedelta(minutes=window_minutes),
-            max_out_of_orderness=timedelta(seconds=e.number("MAX_OUT_OF_ORDERNESS_SECONDS", 30, minimum=0)),
-            idle_timeout=timedelta(seconds=e.number("IDLE_TIMEOUT_SECONDS", 60, minimum=1)),
-            bounded=e.flag("BOUNDED", False),
             sink_partitions=int(e.number("SINK_PARTITIONS", 4, minimum=1, integer=True)),
-            kafka_batch_size=int(e.number("KAFKA_BATCH_SIZE", 5000, minimum=1, integer=True)),
             s3_give_up_after=timedelta(seconds=e.number("S3_RETRY_SECONDS", 300, minimum=0)),
             consumer_group=e.text("CONSUMER_GROUP", "movie-impressions"),
-            metrics_port=e.port("METRICS_PORT"),
         )
 
 
@@ -193,7 +188,7 @@ class BookingSettings:
                 f"CREATED_FIELDS and EVENT_FIELDS both name {', '.join(sorted(clash))}: rename one side's"
             )
         return cls(
-            kafka=KafkaSettings.from_env(env),
+            **_shared_settings(env),
             created_topic=e.text("CREATED_TOPIC", "booking-created"),
             events_topic=e.text("EVENTS_TOPIC", "booking-events"),
             alerts_topic=e.text("ALERTS_TOPIC", "booking-alerts"),
@@ -202,13 +197,21 @@ class BookingSettings:
             created_schema=created,
             event_schema=event,
             timeout=timedelta(seconds=e.number("BOOKING_TIMEOUT_SECONDS", 900, minimum=1)),
-            max_out_of_orderness=timedelta(seconds=e.number("MAX_OUT_OF_ORDERNESS_SECONDS", 30, minimum=0)),
-            idle_timeout=timedelta(seconds=e.number("IDLE_TIMEOUT_SECONDS", 60, minimum=1)),
-            bounded=e.flag("BOUNDED", False),
-            kafka_batch_size=int(e.number("KAFKA_BATCH_SIZE", 5000, minimum=1, integer=True)),
             consumer_group=e.text("CONSUMER_GROUP", "booking-correlation"),
-            metrics_port=e.port("METRICS_PORT"),
         )
+
+
+def _shared_settings(env: Mapping[str, str]) -> dict:
+    """Settings both jobs read the same way: Kafka, event time, run mode, metrics."""
+    e = _Env(env)
+    return {
+        "kafka": KafkaSettings.from_env(env),
+        "max_out_of_orderness": timedelta(seconds=e.number("MAX_OUT_OF_ORDERNESS_SECONDS", 30, minimum=0)),
+        "idle_timeout": timedelta(seconds=e.number("IDLE_TIMEOUT_SECONDS", 60, minimum=1)),
+        "bounded": e.flag("BOUNDED", False),
+        "kafka_batch_size": int(e.number("KAFKA_BATCH_SIZE", 5000, minimum=1, integer=True)),
+        "metrics_port": e.port("METRICS_PORT"),
+    }
 
 
 def _spec(fields: dict[str, str]) -> str:
