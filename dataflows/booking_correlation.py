@@ -23,6 +23,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
 from connectors.kafka_source import KafkaUnavailable, StatefulKafkaSource, check_topics
+from connectors.recovery_store import prepare_resume
 from dataflows import metrics
 from dataflows.bookings import (
     EMPTY,
@@ -189,6 +190,7 @@ def flow_from_env() -> Dataflow:
     try:
         settings = BookingSettings.from_env(os.environ)
         metrics.serve(settings.metrics_port)
+        prepare_resume(sys.argv[1:], os.environ)
         return build_flow(settings)
     except (ConfigError, KafkaUnavailable) as exc:
         sys.exit(f"booking_correlation: {exc}")

@@ -118,6 +118,9 @@ class HeartbeatSchedule:
     """Emits a round of heartbeats per input partition at most every `interval`."""
 
     KEYS_PER_ROUND = 16
+    # Keys repeat after this many rounds: bytewax keeps the last snapshot of every key
+    # it ever saw in the recovery store, so fresh keys forever would grow it forever.
+    ROUNDS = 64
 
     def __init__(self, interval: timedelta = timedelta(milliseconds=200)) -> None:
         self._interval_s = interval.total_seconds()
@@ -129,7 +132,7 @@ class HeartbeatSchedule:
         if watermark_ms == NO_WATERMARK or now - self._last.get(source, -1e9) < self._interval_s:
             return []
         self._last[source] = now
-        self._round += 1
+        self._round = (self._round + 1) % self.ROUNDS
         return [Heartbeat(f"\x00heartbeat/{self._round}/{i}", source, watermark_ms) for i in range(self.KEYS_PER_ROUND)]
 
 

@@ -23,6 +23,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators.windowing import UTC_MIN
 
 from connectors.kafka_source import KafkaUnavailable, StatefulKafkaSource, check_topics
+from connectors.recovery_store import prepare_resume
 from connectors.s3_sink import ObjectRows, PartitionedS3Sink, S3Location, S3SinkError, check_bucket
 from dataflows import metrics
 from dataflows.dead_letters import DeadLetter, LateEvent
@@ -166,6 +167,7 @@ def flow_from_env() -> Dataflow:
     try:
         settings = MovieImpressionsSettings.from_env(os.environ)
         metrics.serve(settings.metrics_port)
+        prepare_resume(sys.argv[1:], os.environ)
         return build_flow(settings)
     except (ConfigError, KafkaUnavailable, S3SinkError) as exc:
         sys.exit(f"movie_impressions: {exc}")

@@ -7,6 +7,7 @@ import re
 import uuid
 from pathlib import Path
 
+import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
@@ -80,11 +81,23 @@ class ImpressionsRun:
 
     def assert_exact(self) -> None:
         rows = read_s3_rows(self.s3, self.bucket, self.prefix)
+        doubled = rows.filter(pl.len().over("movieId", "userId", "windowStart") > 1)
+        assert doubled.is_empty(), f"rows written more than once:\n{describe_doubles(doubled)}\nlogs: {self.tmp_path}"
         assert_frame_equal(rows.drop("object").sort("movieId", "userId", "windowStart"), expected_rows(self.produced))
         assert self.data_objects() == self.manifest_objects(), "stray objects, or a manifest pointing at nothing"
 
     def recovery_mtime(self) -> int:
         return max(p.stat().st_mtime_ns for p in self.recovery.iterdir())
+
+
+def describe_doubles(doubled: pl.DataFrame) -> str:
+    """Which objects hold the repeated keys, and how many of them: tells a re-fired window from a re-done write."""
+    return str(
+        doubled.group_by("object")
+        .agg(rows=pl.len(), windows=pl.col("windowStart").unique().sort())
+        .sort("object")
+        .with_columns(pl.col("windows").cast(pl.List(pl.String)).list.join(","))
+    )
 
 
 class SecondObjectOfAWrite:

@@ -6,7 +6,15 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from dataflows.event_time import NO_WATERMARK, EventTimeClock, WatermarkView, align_down, is_late, to_datetime
+from dataflows.event_time import (
+    NO_WATERMARK,
+    EventTimeClock,
+    HeartbeatSchedule,
+    WatermarkView,
+    align_down,
+    is_late,
+    to_datetime,
+)
 from dataflows.impressions import UserTallies, WindowSlice
 
 W = 15 * 60 * 1000
@@ -108,3 +116,12 @@ def test_closed_window_never_reopens_for_a_key_whose_state_was_dropped() -> None
     assert ("quiet", (first_window, {"u1": (1, t0 + 1)})) in down
     assert [(k, wid, s.tallies) for k, (wid, s) in late] == [("quiet", first_window, {"u3": (1, t0 + 2)})]
     assert sum(1 for k, (wid, _) in down if k == "quiet") == 1
+
+
+def test_heartbeat_keys_come_from_a_bounded_set() -> None:
+    # bytewax keeps the last snapshot of every key it ever saw: fresh keys forever would grow the store forever.
+    schedule = HeartbeatSchedule(interval=timedelta(0))
+    first = {beat.key for _ in range(1_000) for beat in schedule.due("topic-0", 1_000)}
+    later = {beat.key for _ in range(10_000) for beat in schedule.due("topic-0", 1_000)}
+    assert later == first
+    assert len({beat.key for beat in schedule.due("topic-0", 1_000)}) == HeartbeatSchedule.KEYS_PER_ROUND
