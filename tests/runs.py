@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import polars as pl
@@ -86,8 +88,13 @@ class ImpressionsRun:
         assert_frame_equal(rows.drop("object").sort("movieId", "userId", "windowStart"), expected_rows(self.produced))
         assert self.data_objects() == self.manifest_objects(), "stray objects, or a manifest pointing at nothing"
 
-    def recovery_mtime(self) -> int:
-        return max(p.stat().st_mtime_ns for p in self.recovery.iterdir())
+    def newest_snapshot_epoch(self) -> int:
+        """Grows when bytewax stores an epoch's snapshots (files' mtimes also move for other reasons)."""
+        epochs = [0]
+        for part in self.recovery.glob("*.sqlite3"):
+            with closing(sqlite3.connect(part, timeout=30)) as db:
+                epochs += [e for (e,) in db.execute("SELECT MAX(snap_epoch) FROM snaps") if e is not None]
+        return max(epochs)
 
 
 def describe_doubles(doubled: pl.DataFrame) -> str:

@@ -29,8 +29,8 @@ def test_sigkill_mid_window_after_snapshot_and_during_s3_write(s3, new_run, work
         # 2. Right after a snapshot was stored.
         run.produce(events[12_000:20_000])
         job = run.start(workers)
-        before = run.recovery_mtime()
-        wait_for(lambda: run.recovery_mtime() != before, 60, "a snapshot", job)
+        before = run.newest_snapshot_epoch()
+        wait_for(lambda: run.newest_snapshot_epoch() > before, 60, "a snapshot", job)
         job.kill()
         time.sleep(BOUND_S + 1)
 

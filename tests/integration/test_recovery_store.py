@@ -7,6 +7,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from tests.conftest import ROOT, init_recovery
@@ -22,7 +23,7 @@ RUN_WITH_ENGINE_LOG = (
 def _snapshot_epochs(store: Path) -> list[int]:
     epochs = []
     for part in store.glob("*.sqlite3"):
-        with sqlite3.connect(part) as db:
+        with closing(sqlite3.connect(part)) as db:
             epochs += [e for (e,) in db.execute("SELECT snap_epoch FROM snaps")]
     return epochs
 
@@ -30,7 +31,7 @@ def _snapshot_epochs(store: Path) -> list[int]:
 def _lose_last_frontier(store: Path) -> None:
     """The state a SIGKILL leaves between writing an epoch's snapshots and its frontier."""
     for part in store.glob("*.sqlite3"):
-        with sqlite3.connect(part) as db:
+        with closing(sqlite3.connect(part)) as db, db:
             db.execute(
                 "UPDATE fronts SET worker_frontier = worker_frontier - 1 WHERE ex_num = (SELECT MAX(ex_num) FROM exs)"
             )
