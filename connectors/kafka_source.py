@@ -14,6 +14,7 @@ copy cost more than all of the job's own per-event work (`make bench`, README).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -24,6 +25,8 @@ from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka import KafkaException, Message, TopicPartition
 
 log = logging.getLogger(__name__)
+
+_FINAL_COMMIT_RETRY_S = 10.0
 
 X = TypeVar("X")
 S = TypeVar("S")
@@ -74,12 +77,20 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
         # Only for monitoring (kafka-consumer-groups, Burrow, KEDA see the lag): resume
         # always starts from the offsets in bytewax's own snapshot, never from these.
         part = self._kafka_part
-        try:
-            part._consumer.commit(
-                offsets=[TopicPartition(part._topic, part._part_idx, offset)], asynchronous=asynchronous
-            )
-        except KafkaException as exc:
-            log.warning("could not commit offsets of %s for monitoring: %s", self._part_id, exc)
+        offsets = [TopicPartition(part._topic, part._part_idx, offset)]
+        # The last (synchronous) commit retries what a broker says is passing, e.g. the
+        # coordinator still loading on a fresh cluster; otherwise lag tools see a stale offset.
+        deadline = time.monotonic() + (0 if asynchronous else _FINAL_COMMIT_RETRY_S)
+        while True:
+            try:
+                part._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+                return
+            except KafkaException as exc:
+                if _passing(exc) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                log.warning("could not commit offsets of %s for monitoring: %s", self._part_id, exc)
+                return
 
     def snapshot(self) -> tuple[int | None, S]:
         offset = self._kafka_part.snapshot()
@@ -89,6 +100,22 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
     def close(self) -> None:
         self._commit(self._kafka_part.snapshot(), asynchronous=False)  # an async one may not be sent yet
         self._kafka_part.close()
+
+
+_PASSING_COMMIT_ERRORS = {
+    ConfluentKafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    ConfluentKafkaError.COORDINATOR_NOT_AVAILABLE,
+    ConfluentKafkaError.NOT_COORDINATOR,
+    ConfluentKafkaError.REQUEST_TIMED_OUT,
+    ConfluentKafkaError._WAIT_COORD,
+    ConfluentKafkaError._TRANSPORT,
+    ConfluentKafkaError._TIMED_OUT,
+}
+
+
+def _passing(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, ConfluentKafkaError) and (error.retriable() or error.code() in _PASSING_COMMIT_ERRORS)
 
 
 class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Generic[X, S]):

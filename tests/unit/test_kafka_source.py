@@ -1,0 +1,46 @@
+"""The offsets committed for lag tools when a partition closes."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError, KafkaException
+
+from connectors.kafka_source import _Partition
+
+
+class FlakyConsumer:
+    def __init__(self, *errors: int) -> None:
+        self.errors = list(errors)
+        self.committed: list[int] = []
+
+    def commit(self, offsets, asynchronous: bool) -> None:
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+        self.committed.append(offsets[0].offset)
+
+
+class ClosingKafkaPart:
+    _topic, _part_idx = "impressions", 0
+
+    def __init__(self, consumer: FlakyConsumer) -> None:
+        self._consumer = consumer
+
+    def snapshot(self) -> int:
+        return 9_277
+
+    def close(self) -> None:
+        pass
+
+
+def close_with(consumer: FlakyConsumer) -> list[int]:
+    _Partition(ClosingKafkaPart(consumer), "0-impressions", lambda p, m, s: ([], s), None, True).close()
+    return consumer.committed
+
+
+def test_final_commit_waits_for_a_loading_coordinator() -> None:
+    # A fresh cluster's first group commit: the coordinator is still loading its offsets topic.
+    loading = KafkaError.COORDINATOR_LOAD_IN_PROGRESS
+    assert close_with(FlakyConsumer(loading, loading, KafkaError.NOT_COORDINATOR)) == [9_277]
+
+
+def test_final_commit_gives_up_at_once_on_a_lasting_error() -> None:
+    assert close_with(FlakyConsumer(KafkaError.GROUP_AUTHORIZATION_FAILED)) == []
