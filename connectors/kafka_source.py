@@ -26,7 +26,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 
 log = logging.getLogger(__name__)
 
-_FINAL_COMMIT_RETRY_S = 10.0
+_SYNC_COMMIT_RETRY_S = 10.0
 
 X = TypeVar("X")
 S = TypeVar("S")
@@ -42,6 +42,7 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
         self._step = step
         self._state = state
         self._commit_offsets = commit_offsets
+        self._coordinator_ready = False  # until one synchronous commit went through
 
     def next_batch(self) -> list[X]:
         # The built-in partition's own loop, without the per-message copy. It keeps its
@@ -78,12 +79,16 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
         # always starts from the offsets in bytewax's own snapshot, never from these.
         part = self._kafka_part
         offsets = [TopicPartition(part._topic, part._part_idx, offset)]
-        # The last (synchronous) commit retries what a broker says is passing, e.g. the
-        # coordinator still loading on a fresh cluster; otherwise lag tools see a stale offset.
-        deadline = time.monotonic() + (0 if asynchronous else _FINAL_COMMIT_RETRY_S)
+        # Synchronous commits (the first and the last) retry what the broker says is
+        # passing, e.g. its coordinator still loading on a fresh cluster. Async commits
+        # start only after that: librdkafka resends a refused one later, and a resent old
+        # offset landing after the final commit left lag tools a stale offset (CI).
+        asynchronous = asynchronous and self._coordinator_ready
+        deadline = time.monotonic() + (0 if asynchronous else _SYNC_COMMIT_RETRY_S)
         while True:
             try:
                 part._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+                self._coordinator_ready = True
                 return
             except KafkaException as exc:
                 if _passing(exc) and time.monotonic() < deadline:

@@ -37,7 +37,7 @@ def test_movie_impressions_as_two_processes_is_exact_and_lag_is_visible(kafka, n
     [future] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions("movie-impressions")]).values()
     committed = {tp.partition: tp.offset for tp in future.result().topic_partitions if tp.topic == topic}
     ends = {p: admin_end_offset(kafka.bootstrap, topic, p) for p in range(3)}
-    assert committed == ends
+    assert committed == ends, [line for r in results for line in r.stderr.splitlines() if "commit" in line]
 
 
 def admin_end_offset(bootstrap: str, topic: str, partition: int) -> int:

@@ -11,11 +11,13 @@ class FlakyConsumer:
     def __init__(self, *errors: int) -> None:
         self.errors = list(errors)
         self.committed: list[int] = []
+        self.modes: list[bool] = []
 
     def commit(self, offsets, asynchronous: bool) -> None:
         if self.errors:
             raise KafkaException(KafkaError(self.errors.pop(0)))
         self.committed.append(offsets[0].offset)
+        self.modes.append(asynchronous)
 
 
 class ClosingKafkaPart:
@@ -31,8 +33,12 @@ class ClosingKafkaPart:
         pass
 
 
+def partition(consumer: FlakyConsumer) -> _Partition:
+    return _Partition(ClosingKafkaPart(consumer), "0-impressions", lambda p, m, s: ([], s), None, True)
+
+
 def close_with(consumer: FlakyConsumer) -> list[int]:
-    _Partition(ClosingKafkaPart(consumer), "0-impressions", lambda p, m, s: ([], s), None, True).close()
+    partition(consumer).close()
     return consumer.committed
 
 
@@ -44,3 +50,15 @@ def test_final_commit_waits_for_a_loading_coordinator() -> None:
 
 def test_final_commit_gives_up_at_once_on_a_lasting_error() -> None:
     assert close_with(FlakyConsumer(KafkaError.GROUP_AUTHORIZATION_FAILED)) == []
+
+
+def test_snapshots_commit_asynchronously_only_once_a_synchronous_commit_went_through() -> None:
+    # An async commit refused by a loading coordinator is resent later by librdkafka and
+    # can overwrite a newer offset: the first commit waits for the coordinator instead.
+    consumer = FlakyConsumer(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)
+    part = partition(consumer)
+    part.snapshot()
+    part.snapshot()
+    part.close()
+    assert consumer.modes == [False, True, False]
+    assert consumer.committed == [9_277, 9_277, 9_277]
