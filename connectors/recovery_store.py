@@ -70,8 +70,9 @@ def drop_abandoned_snapshots(directory: Path) -> int:
 
 
 def _drop(directory: Path, connections: list[sqlite3.Connection]) -> int:
-    counts = {n for c in connections for (n,) in c.execute("SELECT part_count FROM parts")}
-    present = {i for c in connections for (i,) in c.execute("SELECT part_index FROM parts")}
+    parts = [row for c in connections for row in c.execute("SELECT part_index, part_count FROM parts")]
+    counts = {n for _, n in parts}
+    present = {i for i, _ in parts}
     if len(counts) != 1:
         return 0  # no store or a broken one: bytewax refuses to start and says why
     part_count = counts.pop()

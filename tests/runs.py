@@ -88,13 +88,17 @@ class ImpressionsRun:
         assert_frame_equal(rows.drop("object").sort("movieId", "userId", "windowStart"), expected_rows(self.produced))
         assert self.data_objects() == self.manifest_objects(), "stray objects, or a manifest pointing at nothing"
 
-    def newest_snapshot_epoch(self) -> int:
-        """Grows when bytewax stores an epoch's snapshots (files' mtimes also move for other reasons)."""
-        epochs = [0]
+    def snapshot_epochs(self) -> list[int]:
+        """The epoch of every snapshot in the recovery store, read with plain sqlite."""
+        epochs = []
         for part in self.recovery.glob("*.sqlite3"):
             with closing(sqlite3.connect(part, timeout=30)) as db:
-                epochs += [e for (e,) in db.execute("SELECT MAX(snap_epoch) FROM snaps") if e is not None]
-        return max(epochs)
+                epochs += [e for (e,) in db.execute("SELECT snap_epoch FROM snaps")]
+        return epochs
+
+    def newest_snapshot_epoch(self) -> int:
+        """Grows when bytewax stores an epoch's snapshots (files' mtimes also move for other reasons)."""
+        return max(self.snapshot_epochs(), default=0)
 
 
 def describe_doubles(doubled: pl.DataFrame) -> str:

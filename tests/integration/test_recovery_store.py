@@ -20,14 +20,6 @@ RUN_WITH_ENGINE_LOG = (
 )
 
 
-def _snapshot_epochs(store: Path) -> list[int]:
-    epochs = []
-    for part in store.glob("*.sqlite3"):
-        with closing(sqlite3.connect(part)) as db:
-            epochs += [e for (e,) in db.execute("SELECT snap_epoch FROM snaps")]
-    return epochs
-
-
 def _lose_last_frontier(store: Path) -> None:
     """The state a SIGKILL leaves between writing an epoch's snapshots and its frontier."""
     for part in store.glob("*.sqlite3"):
@@ -43,7 +35,7 @@ def test_resume_drops_the_snapshots_past_bytewaxs_resume_epoch(new_run, tmp_path
     run.produce(traffic(6_000, seed=21))
     run.finish(workers=2)
     _lose_last_frontier(run.recovery)
-    before = _snapshot_epochs(run.recovery)
+    before = run.snapshot_epochs()
 
     result = subprocess.run(
         [sys.executable, "-c", RUN_WITH_ENGINE_LOG, FLOW, "-w", "2", "-r", str(run.recovery), "-s", "1", "-b", "0"],
