@@ -49,8 +49,8 @@ run-bookings: up ## 2,000 generated bookings through the booking-correlation job
 test: lint ## Lint, then every test (unit, integration, e2e); starts and stops its own services
 	$(PY) -m pytest
 
-test-guarantees: install ## Only the crash, lag, outage, bad-input and secrets tests
-	$(PY) -m pytest -m guarantees
+test-guarantees: install ## Only the crash, lag, outage, bad-input and secrets tests, with 10,000 hostile messages per job
+	HOSTILE_MESSAGES=10000 $(PY) -m pytest -m guarantees
 
 test-unit: install ## Only the tests that need no services
 	$(PY) -m pytest tests/unit

@@ -48,7 +48,7 @@ from dataflows.event_time import (
     partition_watermark,
     wake_time,
 )
-from dataflows.metrics import BOOKING_OUTCOMES, EVENTS, KEYS_IN_STATE
+from dataflows.metrics import BOOKING_OUTCOMES, KEYS_IN_STATE
 from dataflows.settings import BookingSettings, ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ class CorrelationLogic(StatefulBatchLogic[BookingRecord | Heartbeat, Outcome, Bo
 def _read_batch(source: str, messages: list, max_timestamp: int, *, heartbeats: HeartbeatSchedule, **rules: Any):
     items: list[Any]
     items, max_timestamp = read_booking_batch(source, messages, max_timestamp, **rules)
-    EVENTS.labels(JOB, "invalid").inc(sum(isinstance(i, DeadLetter) for i in items))
-    EVENTS.labels(JOB, "valid").inc(sum(not isinstance(i, DeadLetter) for i in items))
+    metrics.count_inputs(JOB, len(messages), items)
     bound_ms = rules["max_out_of_orderness_ms"]
     return items + heartbeats.due(source, partition_watermark(max_timestamp, bound_ms)), max_timestamp
 

@@ -21,9 +21,9 @@ from jsonpath_ng import JSONPath
 from jsonpath_ng import parse as parse_jsonpath
 from jsonpath_ng.exceptions import JsonPathParserError
 
-from dataflows.dead_letters import DeadLetter, SourcePosition
+from dataflows.dead_letters import DeadLetter, rejected
 from dataflows.event_time import partition_watermark
-from dataflows.impressions import MAX_TIMESTAMP_MS, MIN_TIMESTAMP_MS, InvalidEvent, decode_json_object
+from dataflows.untrusted_json import InvalidEvent, decode_json_object, event_time_value, id_value
 
 CREATED, EVENT = "created", "event"
 
@@ -91,16 +91,8 @@ class BookingRecord:
 
 def decode_booking(raw: bytes | None, schema: SideSchema) -> BookingRecord:
     obj = decode_json_object(raw)
-    booking_id = schema.extract(obj, "@id")
-    if isinstance(booking_id, int) and not isinstance(booking_id, bool):
-        booking_id = str(booking_id)
-    if not isinstance(booking_id, str) or not booking_id.strip():
-        raise InvalidEvent(f"booking id ({schema.id_path}) must be a non-empty string")
-    ts = schema.extract(obj, "@time")
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        raise InvalidEvent(f"time ({schema.time_path}) must be integer epoch milliseconds")
-    if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
-        raise InvalidEvent(f"time {ts} outside 2000-01-01..2100-01-01")
+    booking_id = id_value(schema.extract(obj, "@id"), f"booking id ({schema.id_path})")
+    ts = event_time_value(schema.extract(obj, "@time"), f"time ({schema.time_path})")
     values = {name: schema.extract(obj, name) for name in schema.fields}
     return BookingRecord(booking_id, schema.side, ts, values)
 
@@ -214,8 +206,8 @@ def read_booking_batch(
     for msg in messages:
         try:
             record = decode_booking(msg.value(), schemas[msg.topic()])
-        except InvalidEvent as exc:
-            out.append(DeadLetter(str(exc), SourcePosition(msg.topic(), msg.partition(), msg.offset()), msg.value()))
+        except Exception as exc:  # the record boundary: see dead_letters.rejected
+            out.append(rejected(msg, exc))
             continue
         max_timestamp = max(max_timestamp, record.timestamp)
         records.append(record)

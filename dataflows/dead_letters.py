@@ -1,11 +1,34 @@
-"""Records for events the dataflows cannot use: invalid input and late arrivals."""
+"""Records for events the dataflows cannot use: invalid input and late arrivals.
+
+The record boundary (`rejected`): whatever one input record makes the decoding, the
+validation or the field extraction raise, that record becomes a dead letter and the
+batch goes on. Two kinds, told apart in the record, the metrics and the log:
+- "invalid": the record breaks the input rules (InvalidEvent), the producer's fault;
+- "internal_error": any other exception, i.e. our own code failed on this record.
+  It is dead-lettered too (the job keeps running and the record is kept for a replay
+  once the bug is fixed), logged at ERROR with its traceback, and counted in
+  `waxstreams_internal_errors_total`, which should page someone: see the README.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
+
+from dataflows.untrusted_json import InvalidEvent
+
+log = logging.getLogger(__name__)
+
+# A dead-letter record must fit in a Kafka message (librdkafka's default limit is
+# 1,000,000 bytes): past this, the raw value is cut and its length and digest kept.
+MAX_DEAD_LETTER_BYTES = 900_000
+_TRUNCATED_RAW_BYTES = 64 * 1024
+_LOGGED_INTERNAL_ERRORS = 20  # tracebacks per process; the counter counts them all
+_internal_errors_logged = 0
 
 
 def _raw_fields(raw: bytes | None) -> dict[str, Any]:
@@ -15,6 +38,26 @@ def _raw_fields(raw: bytes | None) -> dict[str, Any]:
         return {"raw": raw.decode("utf-8"), "rawEncoding": "utf-8"}
     except UnicodeDecodeError:
         return {"raw": base64.b64encode(raw).decode("ascii"), "rawEncoding": "base64"}
+
+
+def _with_raw(fields: dict[str, Any], raw: bytes | None) -> bytes:
+    """JSON of `fields` plus the raw value, as exact as MAX_DEAD_LETTER_BYTES allows."""
+    record = json.dumps({**fields, **_raw_fields(raw)}).encode()
+    if len(record) <= MAX_DEAD_LETTER_BYTES or raw is None:
+        return record
+    # Escapes can grow text six-fold (each NUL is "\u0000"); base64 grows it by a third.
+    as_base64 = {"raw": base64.b64encode(raw).decode("ascii"), "rawEncoding": "base64"}
+    record = json.dumps({**fields, **as_base64}).encode()
+    if len(record) <= MAX_DEAD_LETTER_BYTES:
+        return record
+    cut = {
+        "raw": base64.b64encode(raw[:_TRUNCATED_RAW_BYTES]).decode("ascii"),
+        "rawEncoding": "base64",
+        "rawTruncated": True,
+        "rawBytes": len(raw),
+        "rawSha256": hashlib.sha256(raw).hexdigest(),
+    }
+    return json.dumps({**fields, **cut}).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +77,28 @@ class SourcePosition:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """An invalid input message and the reason it was rejected."""
+    """An input message the job could not use, and why."""
 
     error: str
     position: SourcePosition
     raw: bytes | None
+    internal: bool = False  # our code failed on it (see the module's docstring)
 
     def to_json(self) -> bytes:
-        return json.dumps({"error": self.error, **self.position.fields(), **_raw_fields(self.raw)}).encode()
+        kind = "internal_error" if self.internal else "invalid"
+        return _with_raw({"error": self.error, "kind": kind, **self.position.fields()}, self.raw)
+
+
+def rejected(msg: Any, exc: Exception) -> DeadLetter:
+    """The dead letter for an input message (Kafka's accessors) whose decoding raised `exc`."""
+    position = SourcePosition(msg.topic(), msg.partition(), msg.offset())
+    if isinstance(exc, InvalidEvent):
+        return DeadLetter(str(exc), position, msg.value())
+    global _internal_errors_logged
+    if _internal_errors_logged < _LOGGED_INTERNAL_ERRORS:
+        _internal_errors_logged += 1
+        log.error("internal error on the record at %s, sent to the dead letters", position.key().decode(), exc_info=exc)
+    return DeadLetter(f"internal error: {type(exc).__name__}: {exc}", position, msg.value(), internal=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +113,7 @@ class LateEvent:
     window_end: int
 
     def to_json(self) -> bytes:
-        return json.dumps(
+        return _with_raw(
             {
                 "reason": f"window [{self.window_start}, {self.window_end}) closed at watermark {self.watermark}",
                 **self.position.fields(),
@@ -64,6 +121,6 @@ class LateEvent:
                 "watermark": self.watermark,
                 "windowStart": self.window_start,
                 "windowEnd": self.window_end,
-                **_raw_fields(self.raw),
-            }
-        ).encode()
+            },
+            self.raw,
+        )

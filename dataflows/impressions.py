@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
 import msgspec
 import polars as pl
 
-from dataflows.dead_letters import DeadLetter, LateEvent, SourcePosition
+from dataflows.dead_letters import DeadLetter, LateEvent, SourcePosition, rejected
 from dataflows.event_time import is_late, partition_watermark, to_datetime
-
-# Events outside [2000-01-01, 2100-01-01) are treated as corrupt: they would open
-# windows decades away from everything else and hold state forever.
-MIN_TIMESTAMP_MS = 946_684_800_000
-MAX_TIMESTAMP_MS = 4_102_444_800_000
-MAX_EVENT_BYTES = 64 * 1024
+from dataflows.untrusted_json import (
+    MAX_EVENT_BYTES,
+    MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
+    decode_json_object,
+    event_time_value,
+    has_only_these_strings,
+    id_value,
+    is_clean_id,
+)
 
 # Column order of every output file (the first four as the Flink job wrote them).
 OUTPUT_SCHEMA = pl.Schema(
@@ -42,55 +45,14 @@ class MovieImpression:
     timestamp: int  # epoch milliseconds, UTC
 
 
-class InvalidEvent(ValueError):
-    """An input message that is not a movie impression; the message says why."""
-
-
-_json = msgspec.json.Decoder()
-
-
-def _id_field(obj: dict[str, Any], name: str) -> str:
-    value = obj.get(name)
-    if value is None:
-        raise InvalidEvent(f"missing {name}")
-    # bool is an int subclass, but true/false is never an id.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str):
-        raise InvalidEvent(f"{name} must be a string or integer, got {type(value).__name__}")
-    if not value.strip():
-        raise InvalidEvent(f"{name} is empty")
-    return value
-
-
-def decode_json_object(raw: bytes | None) -> dict[str, Any]:
-    """A message value as a JSON object, or InvalidEvent saying why it is not one."""
-    if not raw:
-        raise InvalidEvent("empty message")
-    if len(raw) > MAX_EVENT_BYTES:
-        raise InvalidEvent(f"message of {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
-    try:
-        obj = _json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise InvalidEvent(f"not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidEvent(f"not a JSON object but {type(obj).__name__}")
-    return obj
-
-
 def decode_impression(raw: bytes | None) -> MovieImpression:
     """Parse and validate one Kafka message value; raises InvalidEvent with the reason."""
     obj = decode_json_object(raw)
-    movie_id = _id_field(obj, "movieId")
-    user_id = _id_field(obj, "userId")
-    ts = obj.get("timestamp")
-    if ts is None:
-        raise InvalidEvent("missing timestamp")
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        raise InvalidEvent(f"timestamp must be integer epoch milliseconds, got {type(ts).__name__}")
-    if not MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS:
-        raise InvalidEvent(f"timestamp {ts} outside 2000-01-01..2100-01-01")
-    return MovieImpression(movie_id, user_id, ts)
+    return MovieImpression(
+        id_value(obj.get("movieId"), "movieId"),
+        id_value(obj.get("userId"), "userId"),
+        event_time_value(obj.get("timestamp"), "timestamp"),
+    )
 
 
 class _WireImpression(msgspec.Struct, rename="camel", gc=False):
@@ -105,21 +67,23 @@ _typed = msgspec.json.Decoder(_WireImpression)
 def decode_fields(raw: bytes | None) -> tuple[str, str, int]:
     """(movieId, userId, timestamp) of a message: `decode_impression`, faster on the common case.
 
-    The typed decoder validates in C; anything it rejects or that needs normalising
-    takes the full path, which accepts the same events and explains the rejections.
+    The typed decoder validates in C; anything it rejects, or that it cannot prove
+    clean (integer ids, escapes, other fields that might repeat a key), takes the full
+    path, which accepts the same events and explains the rejections.
     """
     if raw and len(raw) <= MAX_EVENT_BYTES:
         try:
             wire = _typed.decode(raw)
-        except msgspec.MsgspecError:
+        except Exception:  # whatever the fast decoder trips on, the full path judges
             pass
         else:
             movie, user, ts = wire.movie_id, wire.user_id, wire.timestamp
             if (
                 type(movie) is str
                 and type(user) is str
-                and movie.strip()
-                and user.strip()
+                and has_only_these_strings(raw, 5)  # 3 keys + 2 string ids: nothing else, no repeats
+                and is_clean_id(movie)
+                and is_clean_id(user)
                 and MIN_TIMESTAMP_MS <= ts < MAX_TIMESTAMP_MS
             ):
                 return movie, user, ts
@@ -145,10 +109,14 @@ def hour_bucket(epoch_ms: int) -> str:
 def bucket_dir(prefix: str, window_start_ms: int, movie_id: str) -> str:
     """Object folder of a window's rows: `<prefix>/<yyyy-MM-dd--HH of window start>/<movieId>`.
 
-    The id is percent-encoded so that '/' or '..' in an id cannot escape its folder.
+    The id is percent-encoded so that '/' in an id cannot escape its folder, and an id
+    of only dots ('.', '..') has its dots encoded too: path tools would resolve them.
     """
     parts = [prefix.strip("/")] if prefix.strip("/") else []
-    return "/".join([*parts, hour_bucket(window_start_ms), quote(movie_id, safe="")])
+    folder = quote(movie_id, safe="")
+    if not folder.strip("."):
+        folder = folder.replace(".", "%2E")
+    return "/".join([*parts, hour_bucket(window_start_ms), folder])
 
 
 class UserTallies(dict[str, tuple[int, int]]):
@@ -221,8 +189,8 @@ def slice_batch(
     for msg in messages:
         try:
             movie_id, user_id, ts = decode_fields(msg.value())
-        except InvalidEvent as exc:
-            out.append(DeadLetter(str(exc), SourcePosition(msg.topic(), msg.partition(), msg.offset()), msg.value()))
+        except Exception as exc:  # the record boundary: see dead_letters.rejected
+            out.append(rejected(msg, exc))
             continue
         start = ts - ts % window_ms
         if is_late(ts, watermark, window_ms):

@@ -14,14 +14,38 @@ from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, start_http_server
 
+from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK
 
 log = logging.getLogger(__name__)
 
 EVENTS = Counter("waxstreams_events_total", "Input messages by job and outcome", ["job", "outcome"])
+INTERNAL_ERRORS = Counter(
+    "waxstreams_internal_errors_total",
+    "Input records our own code failed on (a bug: alert on any increase); they are in the dead-letter topic",
+    ["job"],
+)
 BOOKING_OUTCOMES = Counter("waxstreams_booking_outcomes_total", "Correlation results", ["outcome"])
 KEYS_IN_STATE = Gauge("waxstreams_keys_in_state", "Bookings, or open movie windows, holding state", ["job"])
 WATERMARK_LAG = Gauge("waxstreams_watermark_lag_seconds", "Wall clock minus the event-time watermark", ["job"])
+
+
+def count_inputs(job: str, messages: int, items: list) -> None:
+    """Count one input batch of `messages` by outcome, from what the batch step made of it."""
+    invalid = internal = late = 0
+    for item in items:
+        if isinstance(item, DeadLetter):
+            if item.internal:
+                internal += 1
+            else:
+                invalid += 1
+        elif isinstance(item, LateEvent):
+            late += 1
+    EVENTS.labels(job, "invalid").inc(invalid)
+    EVENTS.labels(job, "internal_error").inc(internal)
+    INTERNAL_ERRORS.labels(job).inc(internal)
+    EVENTS.labels(job, "late").inc(late)
+    EVENTS.labels(job, "valid").inc(messages - invalid - internal - late)
 
 
 def record_watermark_lag(job: str) -> Callable[[int], None]:

@@ -45,7 +45,7 @@ from dataflows.impressions import (
     slice_batch,
     window_rows,
 )
-from dataflows.metrics import EVENTS, KEYS_IN_STATE
+from dataflows.metrics import KEYS_IN_STATE
 from dataflows.settings import ConfigError, MovieImpressionsSettings
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,7 @@ def _assess_batch(
     items, max_timestamp = slice_batch(
         source, messages, max_timestamp, window_ms=window_ms, max_out_of_orderness_ms=bound_ms
     )
-    invalid = sum(isinstance(i, DeadLetter) for i in items)
-    late = sum(isinstance(i, LateEvent) for i in items)
-    EVENTS.labels(JOB, "invalid").inc(invalid)
-    EVENTS.labels(JOB, "late").inc(late)
-    EVENTS.labels(JOB, "valid").inc(len(messages) - invalid - late)
+    metrics.count_inputs(JOB, len(messages), items)
     return items + heartbeats.due(source, partition_watermark(max_timestamp, bound_ms)), max_timestamp
 
 

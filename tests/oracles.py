@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+from collections import Counter
 
 import polars as pl
 
+from producers.bookings import GeneratedBooking
 from producers.movie_impressions import GeneratedEvent
 
 WINDOW_MS = 15 * 60 * 1000
@@ -32,3 +34,29 @@ def raw_of(record: dict) -> bytes:
     if record["rawEncoding"] == "base64":
         return base64.b64decode(record["raw"])
     return (record["raw"] or "").encode()
+
+
+def expected_bookings(messages: list[GeneratedBooking]) -> tuple[dict[str, dict], dict[str, str], Counter]:
+    """Oracle from the generated traffic: alerts by booking, unmatched side by booking, invalid raws."""
+    sides: dict[str, dict[str, dict]] = {}
+    for m in messages:
+        if m.kind == "valid":
+            sides.setdefault(m.booking_id, {})[m.side] = m.record
+    alerts, unmatched = {}, {}
+    for booking_id, seen in sides.items():
+        if len(seen) == 2:
+            c, e = seen["created"], seen["event"]
+            alerts[booking_id] = {
+                "bookingId": booking_id,
+                "customerId": c["customerId"],
+                "amount": c["amount"],
+                "currency": c["currency"],
+                "createdAt": c["createdAt"],
+                "eventType": e["eventType"],
+                "timestamp": e["timestamp"],
+                "gapMs": e["timestamp"] - c["createdAt"],
+            }
+        else:
+            [(side, _)] = seen.items()
+            unmatched[booking_id] = side
+    return alerts, unmatched, Counter(m.value for m in messages if m.kind == "invalid")

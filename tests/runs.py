@@ -6,6 +6,7 @@ import json
 import re
 import sqlite3
 import uuid
+from collections import Counter
 from contextlib import closing
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from producers.bookings import GeneratedBooking
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
 from tests.chaos import Job
-from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, run_dataflow
-from tests.oracles import expected_rows
+from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
+from tests.oracles import expected_bookings, expected_rows, raw_of
 
 BOUND_S = 2  # MAX_OUT_OF_ORDERNESS_SECONDS of these runs; every outage lasts longer
 FLOW = FLOWS["movie-impressions"]
@@ -125,6 +127,30 @@ class SecondObjectOfAWrite:
             return True
         self.seen.add(match.group(1))
         return False
+
+
+def check_booking_outputs(
+    kafka, env: dict[str, str], messages: list[GeneratedBooking], *, allow_identical_repeats: bool
+) -> None:
+    want_alerts, want_unmatched, want_invalid = expected_bookings(messages)
+    alerts = read_topic(kafka.bootstrap, env["ALERTS_TOPIC"])
+    by_id: dict[str, set[bytes]] = {}
+    for key, value in alerts:
+        by_id.setdefault(key.decode(), set()).add(value)
+    assert all(len(values) == 1 for values in by_id.values()), "an alert differs from its repeat"
+    if not allow_identical_repeats:
+        assert len(alerts) == len(by_id)
+    assert {k: json.loads(next(iter(v))) for k, v in by_id.items()} == want_alerts
+
+    unmatched = {k.decode(): json.loads(v) for k, v in read_topic(kafka.bootstrap, env["UNMATCHED_TOPIC"])}
+    assert {k: v["seen"] for k, v in unmatched.items()} == want_unmatched
+
+    dead = [json.loads(v) for _, v in read_topic(kafka.bootstrap, env["DEAD_LETTER_TOPIC"])]
+    assert all(d["kind"] == "invalid" for d in dead), "bad input made our own code fail"
+    if allow_identical_repeats:
+        assert set(map(raw_of, dead)) == set(want_invalid), "dead letters differ"
+    else:
+        assert Counter(map(raw_of, dead)) == want_invalid
 
 
 @pytest.fixture

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,8 @@ import pytest
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
 from tests.conftest import FLOWS, ROOT, init_recovery, make_topics, read_topic, run_dataflow
+from tests.oracles import expected_bookings
+from tests.runs import check_booking_outputs
 
 pytestmark = pytest.mark.e2e
 
@@ -31,32 +31,6 @@ TRAFFIC = BookingTraffic(
     invalid_fraction=0.02,
     seed=11,
 )
-
-
-def expected(messages: list[GeneratedBooking]) -> tuple[dict[str, dict], dict[str, str], Counter]:
-    """Oracle from the generated traffic: alerts by booking, unmatched side by booking, invalid raws."""
-    sides: dict[str, dict[str, dict]] = {}
-    for m in messages:
-        if m.kind == "valid":
-            sides.setdefault(m.booking_id, {})[m.side] = m.record
-    alerts, unmatched = {}, {}
-    for booking_id, seen in sides.items():
-        if len(seen) == 2:
-            c, e = seen["created"], seen["event"]
-            alerts[booking_id] = {
-                "bookingId": booking_id,
-                "customerId": c["customerId"],
-                "amount": c["amount"],
-                "currency": c["currency"],
-                "createdAt": c["createdAt"],
-                "eventType": e["eventType"],
-                "timestamp": e["timestamp"],
-                "gapMs": e["timestamp"] - c["createdAt"],
-            }
-        else:
-            [(side, _)] = seen.items()
-            unmatched[booking_id] = side
-    return alerts, unmatched, Counter(m.value for m in messages if m.kind == "invalid")
 
 
 @pytest.fixture(scope="module")
@@ -79,29 +53,9 @@ def output_env(kafka, run_id: str) -> dict[str, str]:
     return {**env, "KAFKA_BROKERS": kafka.bootstrap, "BOOKING_TIMEOUT_SECONDS": str(TIMEOUT_MS // 1000)}
 
 
-def check_outputs(
-    kafka, env: dict[str, str], messages: list[GeneratedBooking], *, allow_identical_repeats: bool
-) -> None:
-    want_alerts, want_unmatched, want_invalid = expected(messages)
-    alerts = read_topic(kafka.bootstrap, env["ALERTS_TOPIC"])
-    by_id: dict[str, set[bytes]] = {}
-    for key, value in alerts:
-        by_id.setdefault(key.decode(), set()).add(value)
-    assert all(len(values) == 1 for values in by_id.values()), "an alert differs from its repeat"
-    if not allow_identical_repeats:
-        assert len(alerts) == len(by_id)
-    assert {k: json.loads(next(iter(v))) for k, v in by_id.items()} == want_alerts
-
-    unmatched = {k.decode(): json.loads(v) for k, v in read_topic(kafka.bootstrap, env["UNMATCHED_TOPIC"])}
-    assert {k: v["seen"] for k, v in unmatched.items()} == want_unmatched
-
-    dead = [json.loads(v) for _, v in read_topic(kafka.bootstrap, env["DEAD_LETTER_TOPIC"])]
-    assert Counter(d["raw"].encode() if d["rawEncoding"] == "utf-8" else b"" for d in dead) == want_invalid
-
-
 def test_traffic_has_every_case(bookings) -> None:
     _, messages = bookings
-    alerts, unmatched, invalid = expected(messages)
+    alerts, unmatched, invalid = expected_bookings(messages)
     ids = {m.booking_id for m in messages if m.kind == "valid"}
     assert len(ids) >= 10_000 and len(alerts) > 8_000
     assert {"created", "event"} == set(unmatched.values())
@@ -117,7 +71,7 @@ def test_alerts_unmatched_and_dead_letters_equal_the_oracle(kafka, bookings, tmp
         FLOWS["booking-correlation"], env, workers=workers, recovery=init_recovery(tmp_path / "recovery")
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    check_outputs(kafka, env, messages, allow_identical_repeats=False)
+    check_booking_outputs(kafka, env, messages, allow_identical_repeats=False)
 
 
 def test_kill_and_resume_from_the_recovery_store_keeps_every_alert(kafka, tmp_path: Path) -> None:
@@ -164,4 +118,4 @@ def test_kill_and_resume_from_the_recovery_store_keeps_every_alert(kafka, tmp_pa
 
     result = run_dataflow(FLOWS["booking-correlation"], {**env, "BOUNDED": "true"}, recovery=recovery)
     assert result.returncode == 0, result.stderr[-3000:]
-    check_outputs(kafka, env, messages, allow_identical_repeats=True)
+    check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)

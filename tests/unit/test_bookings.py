@@ -23,7 +23,7 @@ from dataflows.bookings import (
 )
 from dataflows.dead_letters import DeadLetter
 from dataflows.event_time import NO_WATERMARK
-from dataflows.impressions import InvalidEvent
+from dataflows.untrusted_json import InvalidEvent
 from tests.factories import kafka_message
 
 T = 60_000  # timeout
@@ -139,7 +139,7 @@ def test_decode_with_default_and_custom_jsonpath() -> None:
         (b"{", "not valid JSON"),
         (b"[]", "not a JSON object"),
         (b'{"eventType": "X", "timestamp": 1546845718557}', r"missing id \(\$.bookingId\)"),
-        (b'{"bookingId": "", "eventType": "X", "timestamp": 1546845718557}', "must be a non-empty string"),
+        (b'{"bookingId": "", "eventType": "X", "timestamp": 1546845718557}', r"booking id \(\$.bookingId\) is empty"),
         (b'{"bookingId": "b", "eventType": "X"}', r"missing time \(\$.timestamp\)"),
         (b'{"bookingId": "b", "eventType": "X", "timestamp": "soon"}', "integer epoch milliseconds"),
         (b'{"bookingId": "b", "timestamp": 1546845718557}', r"missing eventType \(\$.eventType\)"),

@@ -6,7 +6,6 @@ import pytest
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK
 from dataflows.impressions import (
-    InvalidEvent,
     MovieImpression,
     UserTallies,
     WindowSlice,
@@ -17,6 +16,7 @@ from dataflows.impressions import (
     window_bounds,
     window_rows,
 )
+from dataflows.untrusted_json import InvalidEvent
 from tests.factories import kafka_message
 
 MIN15 = 15 * 60 * 1000
