@@ -1,30 +1,27 @@
-"""Booking correlation: two Kafka topics, keyed by booking id, one alert per booking.
+"""Booking correlation: two streams keyed by booking id, one alert per booking.
 
     python -m bytewax.run dataflows.booking_correlation:flow
 
-booking-created + booking-events -> per-partition decode and watermark (in the source)
--> keyed state per bookingId (rules in dataflows/bookings.py, timeouts in event time)
--> alerts / unmatched topics. Invalid records -> dead-letter topic.
+The job's middle (the rest is dataflows/skeleton.py): booking-created + booking-events,
+decoded with their watermark in the source -> keyed state per bookingId (rules in
+dataflows/bookings.py, timeouts in event time) -> alerts / unmatched streams.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import sys
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.kafka_source import KafkaUnavailable, StatefulKafkaSource, check_topics
-from connectors.recovery_store import prepare_resume
-from dataflows import metrics
+from connectors.transport import Transport
+from dataflows import metrics, skeleton
 from dataflows.bookings import (
     EMPTY,
     Alert,
@@ -38,18 +35,9 @@ from dataflows.bookings import (
     next_deadline,
     read_booking_batch,
 )
-from dataflows.dead_letters import DeadLetter
-from dataflows.event_time import (
-    NO_WATERMARK,
-    Heartbeat,
-    HeartbeatSchedule,
-    WatermarkView,
-    WorkerWatermarks,
-    partition_watermark,
-    wake_time,
-)
+from dataflows.event_time import Heartbeat, WatermarkView, WorkerWatermarks, wake_time
 from dataflows.metrics import BOOKING_OUTCOMES, KEYS_IN_STATE
-from dataflows.settings import BookingSettings, ConfigError
+from dataflows.settings import BookingSettings
 
 log = logging.getLogger(__name__)
 
@@ -107,53 +95,40 @@ class CorrelationLogic(StatefulBatchLogic[BookingRecord | Heartbeat, Outcome, Bo
         return self.state  # immutable
 
 
-def _read_batch(source: str, messages: list, max_timestamp: int, *, heartbeats: HeartbeatSchedule, **rules: Any):
-    items: list[Any]
-    items, max_timestamp = read_booking_batch(source, messages, max_timestamp, **rules)
-    metrics.count_inputs(JOB, len(messages), items)
-    bound_ms = rules["max_out_of_orderness_ms"]
-    return items + heartbeats.due(source, partition_watermark(max_timestamp, bound_ms)), max_timestamp
-
-
 def _count(outcome: Outcome) -> Outcome:
     BOOKING_OUTCOMES.labels(type(outcome).__name__.lower()).inc()
     return outcome
 
 
-def build_flow(settings: BookingSettings, recheck: timedelta = timedelta(milliseconds=500)) -> Dataflow:
-    kafka = settings.kafka
-    topics = [settings.created_topic, settings.events_topic]
-    check_topics(
-        kafka.brokers,
-        kafka.client_config,
-        [*topics, settings.alerts_topic, settings.unmatched_topic, settings.dead_letter_topic],
-    )
-    source = KafkaSource(
-        kafka.brokers,
-        topics,
-        tail=not settings.bounded,
-        add_config=kafka.client_config,
-        batch_size=settings.kafka_batch_size,
-        raise_on_errors=False,
-    )
-    read = functools.partial(
-        _read_batch,
-        heartbeats=HeartbeatSchedule(),
-        schemas={settings.created_topic: settings.created_schema, settings.events_topic: settings.event_schema},
-        max_out_of_orderness_ms=int(settings.max_out_of_orderness.total_seconds() * 1000),
+def build_flow(
+    settings: BookingSettings, transport: Transport, recheck: timedelta = timedelta(milliseconds=500)
+) -> Dataflow:
+    streams = [settings.created_topic, settings.events_topic]
+    flow = Dataflow(JOB)
+    records = skeleton.read_input(
+        flow,
+        JOB,
+        transport,
+        streams,
+        functools.partial(
+            read_booking_batch,
+            schemas={settings.created_topic: settings.created_schema, settings.events_topic: settings.event_schema},
+            max_out_of_orderness_ms=int(settings.max_out_of_orderness.total_seconds() * 1000),
+        ),
+        max_out_of_orderness=settings.max_out_of_orderness,
+        dead_letter_stream=settings.dead_letter_topic,
     )
 
-    watermarks = WorkerWatermarks(source.list_parts(), settings.idle_timeout, metrics.record_watermark_lag(JOB))
+    watermarks = WorkerWatermarks(
+        transport.partitions(streams), settings.idle_timeout, metrics.record_watermark_lag(JOB)
+    )
     timeout_ms = int(settings.timeout.total_seconds() * 1000)
 
     def build_logic(resume: BookingState | None) -> CorrelationLogic:
-        KEYS_IN_STATE.labels(JOB).inc()
+        KEYS_IN_STATE.labels(JOB).inc()  # called for new keys and for every key restored at a resume
         return CorrelationLogic(resume or EMPTY, watermarks.view(), timeout_ms, recheck)
 
-    flow = Dataflow("booking_correlation")
-    items: Stream[Any] = op.input("kafka_in", flow, StatefulKafkaSource(source, read, NO_WATERMARK, True))
-    invalid = op.branch("split_invalid", items, lambda i: isinstance(i, DeadLetter))
-    keyed = op.key_on("by_booking", invalid.falses, lambda r: r.key if isinstance(r, Heartbeat) else r.booking_id)
+    keyed = op.key_on("by_booking", records, lambda r: r.key if isinstance(r, Heartbeat) else r.booking_id)
     outcomes: Stream[Any] = op.map(
         "count", op.stateful_batch("correlate", keyed, build_logic), lambda kv: _count(kv[1])
     )
@@ -161,22 +136,12 @@ def build_flow(settings: BookingSettings, recheck: timedelta = timedelta(millise
     unmatched = op.filter("unmatched", outcomes, lambda o: isinstance(o, Unmatched))
     op.inspect("dropped", op.filter("drops", outcomes, lambda o: isinstance(o, Dropped)), _log_drop)
 
-    def to_message(outcome: Alert | Unmatched) -> KafkaSinkMessage:
+    def keyed_record(outcome: Alert | Unmatched) -> tuple[bytes, bytes]:
         booking_id = outcome.created.booking_id if isinstance(outcome, Alert) else outcome.record.booking_id
-        return KafkaSinkMessage(booking_id.encode(), outcome.to_json())
+        return booking_id.encode(), outcome.to_json()
 
-    op.output(
-        "alerts_out",
-        op.map("alert_msg", alerts, to_message),
-        KafkaSink(kafka.brokers, settings.alerts_topic, kafka.client_config),
-    )
-    op.output(
-        "unmatched_out",
-        op.map("unmatched_msg", unmatched, to_message),
-        KafkaSink(kafka.brokers, settings.unmatched_topic, kafka.client_config),
-    )
-    dead = op.map("dead_letter", invalid.trues, lambda d: KafkaSinkMessage(d.position.key(), d.to_json()))
-    op.output("dead_letter_out", dead, KafkaSink(kafka.brokers, settings.dead_letter_topic, kafka.client_config))
+    transport.write("alerts_out", op.map("alert_record", alerts, keyed_record), settings.alerts_topic)
+    transport.write("unmatched_out", op.map("unmatched_record", unmatched, keyed_record), settings.unmatched_topic)
     return flow
 
 
@@ -184,15 +149,19 @@ def _log_drop(step_id: str, dropped: Dropped) -> None:
     log.debug("dropped %s record of booking %s: %s", dropped.record.side, dropped.record.booking_id, dropped.reason)
 
 
+def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
+    settings = BookingSettings.from_env(env)
+    skeleton.start(settings, argv, env)
+    transport = skeleton.transport_for(settings)
+    transport.check(
+        read=[settings.created_topic, settings.events_topic],
+        write=[settings.alerts_topic, settings.unmatched_topic, settings.dead_letter_topic],
+    )
+    return build_flow(settings, transport)
+
+
 def flow_from_env() -> Dataflow:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = BookingSettings.from_env(os.environ)
-        metrics.serve(settings.metrics_port)
-        prepare_resume(sys.argv[1:], os.environ)
-        return build_flow(settings)
-    except (ConfigError, KafkaUnavailable) as exc:
-        sys.exit(f"booking_correlation: {exc}")
+    return skeleton.flow_from_env(JOB, _from_env)
 
 
 def __getattr__(name: str) -> Any:

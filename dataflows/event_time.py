@@ -1,6 +1,6 @@
 """Event-time watermarks with Flink's contract, for bytewax's windowing operators.
 
-Two halves (DESIGN §4):
+Two halves (docs/architecture.md, "Event time"):
 
 * Per input partition, in offset order (inside the source, so it is snapshotted
   with the offsets): the partition watermark is the newest event time seen minus the
@@ -41,10 +41,19 @@ def partition_watermark(max_timestamp: int, max_out_of_orderness_ms: int) -> int
     return max_timestamp - max_out_of_orderness_ms if max_timestamp > NO_WATERMARK else NO_WATERMARK
 
 
+def window_start(timestamp_ms: int, length_ms: int) -> int:
+    """Start of the epoch-aligned tumbling window [start, start + length) holding the timestamp."""
+    return timestamp_ms - timestamp_ms % length_ms
+
+
+def window_bounds(timestamp_ms: int, length_ms: int) -> tuple[int, int]:
+    start = window_start(timestamp_ms, length_ms)
+    return start, start + length_ms
+
+
 def is_late(timestamp_ms: int, watermark_ms: int, window_ms: int) -> bool:
     """Flink's rule: late only when the event's window [start, end) ended at or before the watermark."""
-    window_end = timestamp_ms - timestamp_ms % window_ms + window_ms
-    return window_end <= watermark_ms
+    return window_start(timestamp_ms, window_ms) + window_ms <= watermark_ms
 
 
 def align_down(watermark_ms: int, window_ms: int) -> int:
@@ -169,7 +178,7 @@ def wake_time(passed: bool, recheck: timedelta) -> datetime:
 
     The watermark follows event time, not the wall clock, so the moment it will pass
     is unknown: wake now if it has, else look again after `recheck` rather than
-    busy-waking (DESIGN §4).
+    busy-waking (docs/architecture.md, "Engine pitfalls").
     """
     now = datetime.now(UTC)
     return now if passed else now + recheck
@@ -213,8 +222,10 @@ class _EventTimeClockLogic(ClockLogic[V, None], Generic[V]):
 class _IgnoreHeartbeats(WindowerLogic[Any]):
     """Delegates to the real windower but never opens or reports a window for a heartbeat."""
 
-    def __init__(self, inner: WindowerLogic[Any]) -> None:
+    def __init__(self, inner: WindowerLogic[Any], count_keys: Callable[[int], None]) -> None:
         self._inner = inner
+        self._count_keys = count_keys
+        count_keys(1)
 
     def open_for(self, timestamp: datetime) -> Iterable[int]:
         return () if timestamp == UTC_MIN else self._inner.open_for(timestamp)
@@ -232,20 +243,30 @@ class _IgnoreHeartbeats(WindowerLogic[Any]):
         return self._inner.notify_at()
 
     def is_empty(self) -> bool:
-        return self._inner.is_empty()
+        # bytewax asks only once its key holds no window, and drops the key on True.
+        empty = self._inner.is_empty()
+        if empty:
+            self._count_keys(-1)
+        return empty
 
     def snapshot(self) -> Any:
         return self._inner.snapshot()
 
 
 class HeartbeatAwareWindower(Windower[Any]):
-    """Wraps a windower for streams that carry `Heartbeat`s (their timestamp is UTC_MIN)."""
+    """Wraps a windower for streams that carry `Heartbeat`s (their timestamp is UTC_MIN).
 
-    def __init__(self, inner: Windower[Any]) -> None:
+    `count_keys(+1 / -1)` follows the keys holding window state; bytewax builds a
+    key's windower for new keys and for every key restored at a resume, so a gauge fed
+    by it stays right across restarts (counting window builders does not).
+    """
+
+    def __init__(self, inner: Windower[Any], count_keys: Callable[[int], None] = lambda delta: None) -> None:
         self._inner = inner
+        self._count_keys = count_keys
 
     def build(self, resume_state: Any) -> _IgnoreHeartbeats:
-        return _IgnoreHeartbeats(self._inner.build(resume_state))
+        return _IgnoreHeartbeats(self._inner.build(resume_state), self._count_keys)
 
 
 class EventTimeClock(Clock[V, None], Generic[V]):

@@ -13,7 +13,7 @@ import msgspec
 import polars as pl
 
 from dataflows.dead_letters import DeadLetter, LateEvent, SourcePosition, rejected
-from dataflows.event_time import is_late, partition_watermark, to_datetime
+from dataflows.event_time import is_late, partition_watermark, to_datetime, window_start
 from dataflows.untrusted_json import (
     MAX_EVENT_BYTES,
     MAX_TIMESTAMP_MS,
@@ -91,16 +91,6 @@ def decode_fields(raw: bytes | None) -> tuple[str, str, int]:
     return event.movie_id, event.user_id, event.timestamp
 
 
-def window_start(timestamp_ms: int, length_ms: int) -> int:
-    """Start of the epoch-aligned tumbling window [start, start + length) holding the timestamp."""
-    return timestamp_ms - timestamp_ms % length_ms
-
-
-def window_bounds(timestamp_ms: int, length_ms: int) -> tuple[int, int]:
-    start = window_start(timestamp_ms, length_ms)
-    return start, start + length_ms
-
-
 def hour_bucket(epoch_ms: int) -> str:
     """Flink's default bucket name `yyyy-MM-dd--HH` of an instant, in UTC."""
     return to_datetime(epoch_ms).strftime("%Y-%m-%d--%H")
@@ -160,7 +150,8 @@ class WindowSlice:
     """One input batch's valid, on-time impressions of one movie in one window, per user.
 
     Pre-aggregating each batch keeps per-event work out of the window operator
-    (DESIGN §9). `source_watermark` is the input partition's watermark after the batch.
+    (docs/architecture.md, "Where the time goes"). `source_watermark` is the input
+    partition's watermark after the batch.
     """
 
     movie_id: str
@@ -192,7 +183,7 @@ def slice_batch(
         except Exception as exc:  # the record boundary: see dead_letters.rejected
             out.append(rejected(msg, exc))
             continue
-        start = ts - ts % window_ms
+        start = window_start(ts, window_ms)
         if is_late(ts, watermark, window_ms):
             position = SourcePosition(msg.topic(), msg.partition(), msg.offset())
             out.append(LateEvent(position, msg.value(), ts, watermark, start, start + window_ms))

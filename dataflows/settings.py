@@ -216,3 +216,6 @@ def _shared_settings(env: Mapping[str, str]) -> dict:
 
 def _spec(fields: dict[str, str]) -> str:
     return ",".join(f"{name}={path}" for name, path in fields.items())
+
+
+JobSettings = MovieImpressionsSettings | BookingSettings

@@ -77,7 +77,7 @@ def _slice(movie: str, ts: int, user: str, source_watermark: int) -> WindowSlice
 
 
 def test_closed_window_never_reopens_for_a_key_whose_state_was_dropped() -> None:
-    """The re-open pitfall of DESIGN §4, through bytewax's own fold_window."""
+    """The re-open pitfall (docs/architecture.md), through bytewax's own fold_window."""
     t0 = 1_546_844_400_000  # a window start
     items = [
         _slice("quiet", t0 + 1, "u1", NO_WATERMARK),

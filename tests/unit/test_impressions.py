@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 import pytest
 
 from dataflows.dead_letters import DeadLetter, LateEvent
-from dataflows.event_time import NO_WATERMARK
+from dataflows.event_time import NO_WATERMARK, window_bounds
 from dataflows.impressions import (
     MovieImpression,
     UserTallies,
@@ -13,7 +13,6 @@ from dataflows.impressions import (
     decode_impression,
     hour_bucket,
     slice_batch,
-    window_bounds,
     window_rows,
 )
 from dataflows.untrusted_json import InvalidEvent

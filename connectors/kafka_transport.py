@@ -1,0 +1,49 @@
+"""Kafka as a job's transport (see connectors/transport.py): topics in, topics out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
+from bytewax.dataflow import Stream
+
+from connectors.kafka_source import KafkaUnavailable, StatefulKafkaSource, check_topics
+from connectors.transport import BatchStep, TransportUnavailable
+
+
+@dataclass(frozen=True)
+class KafkaTransport:
+    brokers: list[str]
+    consumer_group: str  # offsets are committed here at every snapshot, for lag tools only
+    bounded: bool  # stop at the end of every partition as it was at start
+    batch_size: int
+    # librdkafka properties (security); may hold a password: never log.
+    client_config: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def check(self, read: list[str], write: list[str]) -> None:
+        try:
+            check_topics(self.brokers, self.client_config, [*read, *write])
+        except KafkaUnavailable as exc:
+            raise TransportUnavailable(str(exc)) from None
+
+    def _kafka_source(self, topics: list[str]) -> KafkaSource:
+        return KafkaSource(
+            self.brokers,
+            topics,
+            tail=not self.bounded,
+            add_config={**self.client_config, "group.id": self.consumer_group},
+            batch_size=self.batch_size,
+            raise_on_errors=False,
+        )
+
+    def partitions(self, streams: list[str]) -> list[str]:
+        return self._kafka_source(streams).list_parts()
+
+    def source(self, streams: list[str], step: BatchStep, initial_state: Any) -> StatefulKafkaSource:
+        return StatefulKafkaSource(self._kafka_source(streams), step, initial_state, commit_offsets=True)
+
+    def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
+        messages = op.map(f"{step_id}_message", records, lambda kv: KafkaSinkMessage(kv[0], kv[1]))
+        op.output(step_id, messages, KafkaSink(self.brokers, stream, self.client_config))

@@ -1,0 +1,116 @@
+"""An in-memory transport (see connectors/transport.py): the same jobs, run in-process by tests.
+
+Each stream is a dict of partitions, each a list of message values; what the job
+writes lands in `written[stream]` as (key, value) pairs. Reading stops at the end of
+every partition (a bounded run). `ABORT` in a partition's list crashes the run once
+there, before that batch is processed, like a killed process; run the flow again
+with the same recovery store to resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.testing import TestingSink
+
+from connectors.transport import BatchStep, TransportUnavailable
+
+ABORT = object()
+
+
+class Aborted(RuntimeError):
+    """The crash an ABORT marker asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryMessage:
+    """A record with Kafka's accessor names, as the batch steps expect."""
+
+    _value: bytes | None
+    _topic: str
+    _partition: int
+    _offset: int
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class _Partition(StatefulSourcePartition[Any, tuple[int, Any]]):
+    def __init__(self, transport: MemoryTransport, stream: str, index: int, part_id: str, resume: Any) -> None:
+        self._transport, self._stream, self._index, self._part_id = transport, stream, index, part_id
+        self._values = transport.streams[stream][index]
+        self._offset, self._state = resume
+
+    def next_batch(self) -> list[Any]:
+        if self._offset >= len(self._values):
+            raise StopIteration
+        batch = self._values[self._offset : self._offset + self._transport.batch_size]
+        if any(v is ABORT for v in batch):
+            cut = next(i for i, v in enumerate(batch) if v is ABORT)
+            if cut == 0:
+                marker = (self._stream, self._index, self._offset)
+                if marker not in self._transport.aborted:
+                    self._transport.aborted.add(marker)
+                    msg = f"abort at {marker}"
+                    raise Aborted(msg)
+                self._offset += 1  # the crash happened once; the resumed run goes on
+                return []
+            batch = batch[:cut]
+        messages = [MemoryMessage(v, self._stream, self._index, self._offset + i) for i, v in enumerate(batch)]
+        self._offset += len(batch)
+        items, self._state = self._transport.step(self._part_id, messages, self._state)
+        return items
+
+    def snapshot(self) -> tuple[int, Any]:
+        return self._offset, self._state
+
+
+class _Source(FixedPartitionedSource[Any, tuple[int, Any]]):
+    def __init__(self, transport: MemoryTransport, streams: list[str], initial_state: Any) -> None:
+        self._transport, self._streams, self._initial_state = transport, streams, initial_state
+
+    def list_parts(self) -> list[str]:
+        return self._transport.partitions(self._streams)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: tuple[int, Any] | None) -> _Partition:
+        index, _, stream = for_part.partition("-")
+        return _Partition(self._transport, stream, int(index), for_part, resume_state or (0, self._initial_state))
+
+
+class MemoryTransport:
+    def __init__(self, streams: dict[str, list[list[Any]]], batch_size: int = 100) -> None:
+        self.streams = streams
+        self.batch_size = batch_size
+        self.written: dict[str, list[tuple[bytes, bytes]]] = {}
+        self.aborted: set[tuple[str, int, int]] = set()
+        self.step: BatchStep = lambda part, messages, state: (messages, state)
+
+    def check(self, read: list[str], write: list[str]) -> None:
+        missing = [s for s in read if s not in self.streams]
+        if missing:
+            msg = f"no stream {', '.join(missing)} in memory"
+            raise TransportUnavailable(msg)
+
+    def partitions(self, streams: list[str]) -> list[str]:
+        # Kafka's naming: "<partition>-<topic>".
+        return [f"{i}-{s}" for s in streams for i in range(len(self.streams[s]))]
+
+    def source(self, streams: list[str], step: BatchStep, initial_state: Any) -> _Source:
+        self.step = step
+        return _Source(self, streams, initial_state)
+
+    def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
+        op.output(step_id, records, TestingSink(self.written.setdefault(stream, [])))

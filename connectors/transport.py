@@ -1,0 +1,41 @@
+"""The contract between a job and the log it reads and writes: Kafka, Kinesis, or memory.
+
+A transport reads named streams (Kafka topics, Kinesis streams) as partitioned logs.
+Each partition's records go, in order and a batch at a time, through the job's
+stateful batch step, whose state is snapshotted together with the partition's
+position, so after a resume both describe the same point of the log. Records handed
+to the step have Kafka's accessor names: `value()`, `topic()` (the stream),
+`partition()`, `offset()` (the position in the partition).
+
+A transport also writes keyed records `(key, value)` to named streams, at least once:
+after a crash a replayed epoch's records are written again, byte-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from bytewax.dataflow import Stream
+from bytewax.inputs import Source
+
+# (partition id, records in log order, partition state) -> (items, new state)
+BatchStep = Callable[[str, list[Any], Any], tuple[list[Any], Any]]
+
+
+class Transport(Protocol):
+    def check(self, read: list[str], write: list[str]) -> None:
+        """Raise TransportUnavailable (one line naming the setting and the fix) if a stream is missing."""
+
+    def partitions(self, streams: list[str]) -> list[str]:
+        """Every partition id `source` will read: the sources of the event-time watermark."""
+
+    def source(self, streams: list[str], step: BatchStep, initial_state: Any) -> Source:
+        """Reads `streams`, running `step` on every batch of every partition."""
+
+    def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
+        """Writes `(key, value)` records to `stream`."""
+
+
+class TransportUnavailable(RuntimeError):
+    """The log cannot be reached or a stream is missing; the message names the fix."""

@@ -1,0 +1,82 @@
+"""What every job shares; a job adds only its middle.
+
+- `read_input`: the job's source on a transport, with the job's batch step wrapped in
+  the input metrics and the watermark heartbeats; records the step rejects go to the
+  dead-letter stream. Returns the valid items (and heartbeats) for the middle.
+- `start`: start-up as one visible step: logging, the metrics server, the repair of
+  the recovery store (connectors/recovery_store.py).
+- `transport_for`: the transport the settings name.
+- `flow_from_env`: the `flow` of `python -m bytewax.run`; a user's error is one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+
+from connectors.kafka_transport import KafkaTransport
+from connectors.recovery_store import prepare_resume
+from connectors.s3_sink import S3SinkError
+from connectors.transport import Transport, TransportUnavailable
+from dataflows import metrics
+from dataflows.dead_letters import DeadLetter
+from dataflows.event_time import NO_WATERMARK, HeartbeatSchedule, partition_watermark
+from dataflows.settings import ConfigError, JobSettings
+
+# (input partition, records in log order, its newest event time) -> (items, newest event time)
+BatchFunction = Callable[[str, list[Any], int], tuple[list[Any], int]]
+
+
+def read_input(
+    flow: Dataflow,
+    job: str,
+    transport: Transport,
+    streams: list[str],
+    batch: BatchFunction,
+    *,
+    max_out_of_orderness: timedelta,
+    dead_letter_stream: str,
+) -> Stream[Any]:
+    heartbeats = HeartbeatSchedule()
+    bound_ms = int(max_out_of_orderness.total_seconds() * 1000)
+
+    def step(source: str, records: list[Any], max_timestamp: int) -> tuple[list[Any], int]:
+        items, max_timestamp = batch(source, records, max_timestamp)
+        metrics.count_inputs(job, len(records), items)
+        return items + heartbeats.due(source, partition_watermark(max_timestamp, bound_ms)), max_timestamp
+
+    items = op.input("input", flow, transport.source(streams, step, NO_WATERMARK))
+    invalid = op.branch("split_invalid", items, lambda i: isinstance(i, DeadLetter))
+    dead = op.map("dead_letter", invalid.trues, lambda d: (d.position.key(), d.to_json()))
+    transport.write("dead_letter_out", dead, dead_letter_stream)
+    return invalid.falses
+
+
+def transport_for(settings: JobSettings) -> Transport:
+    kafka = settings.kafka
+    return KafkaTransport(
+        kafka.brokers, settings.consumer_group, settings.bounded, settings.kafka_batch_size, kafka.client_config
+    )
+
+
+def start(settings: JobSettings, argv: Sequence[str], environ: Mapping[str, str]) -> None:
+    """Everything a job does once before its flow is built; bytewax opens the store after this."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    metrics.serve(settings.metrics_port)
+    prepare_resume(argv, environ)
+
+
+def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], Dataflow]) -> Dataflow:
+    """`build(environment, argv)`; the errors a user can cause end the process with one line."""
+    try:
+        return build(os.environ, sys.argv[1:])
+    except (ConfigError, TransportUnavailable, S3SinkError) as exc:
+        sys.exit(f"{job}: {exc}")
