@@ -2,7 +2,8 @@
 
 Each stream is a dict of partitions, each a list of message values; what the job
 writes lands in `written[stream]` as (key, value) pairs. Reading stops at the end of
-every partition (a bounded run). `ABORT` in a partition's list crashes the run once
+every partition (a bounded run); `pace` spaces a partition's batches out in wall-clock
+time, for tests of what happens while a job runs. `ABORT` in a partition's list crashes the run once
 there, before that batch is processed, like a killed process; run the flow again
 with the same recovery store to resume.
 """
@@ -10,6 +11,7 @@ with the same recovery store to resume.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -53,6 +55,7 @@ class _Partition(StatefulSourcePartition[Any, tuple[int, Any]]):
         self._transport, self._stream, self._index, self._part_id = transport, stream, index, part_id
         self._values = transport.streams[stream][index]
         self._offset, self._state = resume
+        self._next_awake: datetime | None = None
 
     def next_batch(self) -> list[Any]:
         if self._offset >= len(self._values):
@@ -69,10 +72,15 @@ class _Partition(StatefulSourcePartition[Any, tuple[int, Any]]):
                 self._offset += 1  # the crash happened once; the resumed run goes on
                 return []
             batch = batch[:cut]
+        if self._transport.pace:
+            self._next_awake = datetime.now(UTC) + self._transport.pace
         messages = [MemoryMessage(v, self._stream, self._index, self._offset + i) for i, v in enumerate(batch)]
         self._offset += len(batch)
         items, self._state = self._transport.step(self._part_id, messages, self._state)
         return items
+
+    def next_awake(self) -> datetime | None:
+        return self._next_awake
 
     def snapshot(self) -> tuple[int, Any]:
         return self._offset, self._state
@@ -91,9 +99,12 @@ class _Source(FixedPartitionedSource[Any, tuple[int, Any]]):
 
 
 class MemoryTransport:
-    def __init__(self, streams: dict[str, list[list[Any]]], batch_size: int = 100) -> None:
+    def __init__(
+        self, streams: dict[str, list[list[Any]]], batch_size: int = 100, pace: timedelta | None = None
+    ) -> None:
         self.streams = streams
         self.batch_size = batch_size
+        self.pace = pace
         self.written: dict[str, list[tuple[bytes, bytes]]] = {}
         self.aborted: set[tuple[str, int, int]] = set()
         self.step: BatchStep = lambda part, messages, state: (messages, state)
