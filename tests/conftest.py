@@ -63,6 +63,11 @@ def make_topics(kafka: KafkaBroker, *names: str, partitions: int = 2) -> None:
 
 def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
     """Every (key, value) in a topic, read from the beginning to the current end."""
+    return [record for records in read_partitions(bootstrap, topic).values() for record in records]
+
+
+def read_partitions(bootstrap: str, topic: str) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
+    """Every (key, value) of every partition of a topic, in order, from the beginning to the current end."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}", "enable.auto.commit": False}
     )
@@ -71,12 +76,12 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | N
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         remaining = {p for p, end in ends.items() if end > 0}
-        out: list[tuple[bytes | None, bytes | None]] = []
+        out: dict[int, list[tuple[bytes | None, bytes | None]]] = {p: [] for p in partitions}
         deadline = time.monotonic() + 60
         while remaining and time.monotonic() < deadline:
             for msg in consumer.consume(1000, 1.0):
                 if msg.error() is None:
-                    out.append((msg.key(), msg.value()))
+                    out[msg.partition()].append((msg.key(), msg.value()))
                     if msg.offset() + 1 >= ends[msg.partition()]:
                         remaining.discard(msg.partition())
         assert not remaining, f"could not read {topic} to its end"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 import uuid
 from collections import Counter
 from contextlib import closing
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from polars.testing import assert_frame_equal
 
 from producers.bookings import GeneratedBooking
@@ -47,6 +49,7 @@ class ImpressionsRun:
             "MAX_OUT_OF_ORDERNESS_SECONDS": str(BOUND_S),
             "KAFKA_BATCH_SIZE": "300",
             "BOUNDED": "false",
+            "CONSUMER_GROUP": f"group-{run_id}",
         }
         self.recovery = init_recovery(tmp_path / "recovery")
         self.produced: list[GeneratedEvent] = []
@@ -90,17 +93,47 @@ class ImpressionsRun:
         assert_frame_equal(rows.drop("object").sort("movieId", "userId", "windowStart"), expected_rows(self.produced))
         assert self.data_objects() == self.manifest_objects(), "stray objects, or a manifest pointing at nothing"
 
+    def consumer_lag(self) -> int:
+        """Records in the input topic past the offsets the job last committed (at a snapshot)."""
+        topic = self.env["IMPRESSIONS_TOPIC"]
+        consumer = Consumer({"bootstrap.servers": self.kafka.bootstrap, "group.id": self.env["CONSUMER_GROUP"]})
+        try:
+            partitions = [
+                TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            ]
+            ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
+            for _ in range(50):  # a fresh broker's group coordinator may still be loading
+                try:
+                    committed = consumer.committed(partitions, timeout=10)
+                    break
+                except KafkaException:
+                    time.sleep(0.2)
+            else:
+                msg = "the group coordinator never answered"
+                raise AssertionError(msg)
+            return sum(end - max(tp.offset, 0) for end, tp in zip(ends, committed, strict=True))
+        finally:
+            consumer.close()
+
     def snapshot_epochs(self) -> list[int]:
-        """The epoch of every snapshot in the recovery store, read with plain sqlite."""
-        epochs = []
-        for part in self.recovery.glob("*.sqlite3"):
-            with closing(sqlite3.connect(part, timeout=30)) as db:
-                epochs += [e for (e,) in db.execute("SELECT snap_epoch FROM snaps")]
-        return epochs
+        return snapshot_epochs(self.recovery)
 
     def newest_snapshot_epoch(self) -> int:
-        """Grows when bytewax stores an epoch's snapshots (files' mtimes also move for other reasons)."""
-        return max(self.snapshot_epochs(), default=0)
+        return newest_snapshot_epoch(self.recovery)
+
+
+def snapshot_epochs(recovery: Path) -> list[int]:
+    """The epoch of every snapshot in a recovery store, read with plain sqlite."""
+    epochs = []
+    for part in recovery.glob("*.sqlite3"):
+        with closing(sqlite3.connect(part, timeout=30)) as db:
+            epochs += [e for (e,) in db.execute("SELECT snap_epoch FROM snaps")]
+    return epochs
+
+
+def newest_snapshot_epoch(recovery: Path) -> int:
+    """Grows when bytewax stores an epoch's snapshots (files' mtimes also move for other reasons)."""
+    return max(snapshot_epochs(recovery), default=0)
 
 
 def describe_doubles(doubled: pl.DataFrame) -> str:

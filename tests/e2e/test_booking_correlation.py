@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -14,9 +9,10 @@ import pytest
 
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
-from tests.conftest import FLOWS, ROOT, init_recovery, make_topics, read_topic, run_dataflow
+from tests.chaos import Job, wait_for
+from tests.conftest import FLOWS, init_recovery, make_topics, read_topic, run_dataflow
 from tests.oracles import expected_bookings
-from tests.runs import check_booking_outputs
+from tests.runs import check_booking_outputs, newest_snapshot_epoch
 
 pytestmark = pytest.mark.e2e
 
@@ -85,35 +81,13 @@ def test_kill_and_resume_from_the_recovery_store_keeps_every_alert(kafka, tmp_pa
     recovery = init_recovery(tmp_path / "recovery")
 
     # First run follows the topics (not bounded) and is killed with SIGKILL once alerts flow.
-    argv = [
-        sys.executable,
-        "-m",
-        "bytewax.run",
-        FLOWS["booking-correlation"],
-        "-r",
-        str(recovery),
-        "-s",
-        "1",
-        "-b",
-        "0",
-    ]
-    job = subprocess.Popen(
-        argv,
-        env={**os.environ, **env, "BOUNDED": "false"},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    job = Job(FLOWS["booking-correlation"], {**env, "BOUNDED": "false"}, tmp_path / "run-1.log", recovery=recovery)
     try:
-        deadline = time.monotonic() + 120
-        while len(read_topic(kafka.bootstrap, env["ALERTS_TOPIC"])) < 500:
-            assert time.monotonic() < deadline, "no alerts from the first run"
-            time.sleep(0.5)
-        time.sleep(1.5)  # past at least one snapshot
+        wait_for(lambda: len(read_topic(kafka.bootstrap, env["ALERTS_TOPIC"])) >= 500, 120, "alerts", job)
+        stored = newest_snapshot_epoch(recovery)
+        wait_for(lambda: newest_snapshot_epoch(recovery) > stored, 60, "a snapshot after the alerts", job)
     finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
+        job.kill()
     produce_messages(messages_for(messages[half:], topics["CREATED_TOPIC"], topics["EVENTS_TOPIC"]), kafka.bootstrap)
 
     result = run_dataflow(FLOWS["booking-correlation"], {**env, "BOUNDED": "true"}, recovery=recovery)

@@ -57,7 +57,9 @@ def test_large_backlog_then_catch_up(new_run) -> None:
     """The job starts far behind and runs at full speed: nothing in-order is judged late."""
     run = new_run()
     run.produce(traffic(100_000, seed=7))
+    assert run.consumer_lag() == 100_000
     run.finish(workers=2)
+    assert run.consumer_lag() == 0
     run.assert_exact()
 
 
@@ -68,13 +70,17 @@ def test_artificially_slowed_job_keeps_up_with_nothing_late(new_run) -> None:
     job = run.start()
     feeder = threading.Thread(target=run.produce, args=(events, 4000.0))
     feeder.start()
-    while feeder.is_alive():  # 20% duty cycle
+    job.pause()  # one long stall: 3 s of traffic (12,000 events) piles up
+    time.sleep(3)
+    lag = run.consumer_lag()
+    job.resume()
+    while feeder.is_alive():  # then a 20% duty cycle
         job.pause()
         time.sleep(0.4)
         job.resume()
         time.sleep(0.1)
     feeder.join()
-    time.sleep(2)
+    assert lag > 8_000, f"the stalled job was only {lag} events behind"
     job.kill()
     run.finish()
     run.assert_exact()

@@ -37,7 +37,8 @@ def test_kafka_broker_down_for_30s(own_broker: KafkaBroker, new_run) -> None:
     wait_for(lambda: len(run.data_objects()) > 0, 60, "first objects", job)
 
     own_broker.stop()
-    time.sleep(OUTAGE_S)
+    wait_for(lambda: "Kafka consumer error" in job.output(), 30, "the job to see the broker gone", job)
+    time.sleep(OUTAGE_S)  # the outage itself: its length is the point of the test
     own_broker.start()
 
     run.produce(events[8_000:])

@@ -10,8 +10,12 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, init_recovery
 from tests.runs import FLOW, traffic
+
+pytestmark = pytest.mark.guarantees
 
 # `python -m bytewax.run`, with bytewax's own log on, which names the epoch it resumes from.
 RUN_WITH_ENGINE_LOG = (
