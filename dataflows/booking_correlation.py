@@ -23,7 +23,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
 from connectors.kafka_source import KafkaUnavailable, StatefulKafkaSource, check_topics
-from connectors.recovery_store import prepare_resume
+from connectors.recovery_store import RecoveryStoreError, prepare_resume
 from dataflows import metrics
 from dataflows.bookings import (
     EMPTY,
@@ -133,7 +133,8 @@ def build_flow(settings: BookingSettings, recheck: timedelta = timedelta(millise
         kafka.brokers,
         topics,
         tail=not settings.bounded,
-        add_config=kafka.client_config,
+        # The group: START_POSITION=group reads its offsets, and lag tools see the snapshots' commits.
+        add_config={**kafka.client_config, "group.id": settings.consumer_group},
         batch_size=settings.kafka_batch_size,
         raise_on_errors=False,
     )
@@ -152,7 +153,9 @@ def build_flow(settings: BookingSettings, recheck: timedelta = timedelta(millise
         return CorrelationLogic(resume or EMPTY, watermarks.view(), timeout_ms, recheck)
 
     flow = Dataflow("booking_correlation")
-    items: Stream[Any] = op.input("kafka_in", flow, StatefulKafkaSource(source, read, NO_WATERMARK, True))
+    items: Stream[Any] = op.input(
+        "kafka_in", flow, StatefulKafkaSource(source, read, NO_WATERMARK, True, settings.start.start_position)
+    )
     invalid = op.branch("split_invalid", items, lambda i: isinstance(i, DeadLetter))
     keyed = op.key_on("by_booking", invalid.falses, lambda r: r.key if isinstance(r, Heartbeat) else r.booking_id)
     outcomes: Stream[Any] = op.map(
@@ -190,9 +193,9 @@ def flow_from_env() -> Dataflow:
     try:
         settings = BookingSettings.from_env(os.environ)
         metrics.serve(settings.metrics_port)
-        prepare_resume(sys.argv[1:], os.environ)
+        prepare_resume(sys.argv[1:], os.environ, allow_no_recovery=settings.start.allow_no_recovery)
         return build_flow(settings)
-    except (ConfigError, KafkaUnavailable) as exc:
+    except (ConfigError, KafkaUnavailable, RecoveryStoreError) as exc:
         sys.exit(f"booking_correlation: {exc}")
 
 

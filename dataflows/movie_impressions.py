@@ -23,8 +23,15 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators.windowing import UTC_MIN
 
 from connectors.kafka_source import KafkaUnavailable, StatefulKafkaSource, check_topics
-from connectors.recovery_store import prepare_resume
-from connectors.s3_sink import ObjectRows, PartitionedS3Sink, S3Location, S3SinkError, check_bucket
+from connectors.recovery_store import RecoveryStoreError, Resume, prepare_resume
+from connectors.s3_sink import (
+    ObjectRows,
+    PartitionedS3Sink,
+    S3Location,
+    S3SinkError,
+    check_bucket,
+    check_existing_output,
+)
 from dataflows import metrics
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import (
@@ -78,13 +85,19 @@ def _open_window() -> UserTallies:
     return UserTallies()
 
 
-def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
+def build_flow(settings: MovieImpressionsSettings, resume: Resume | None = None) -> Dataflow:
     kafka = settings.kafka
     check_topics(
         kafka.brokers, kafka.client_config, [settings.input_topic, settings.dead_letter_topic, settings.late_topic]
     )
     location = S3Location(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_region)
     check_bucket(location)
+    # Operator's contract: a run that starts without state writes in its own namespace and
+    # stops over another run's output unless ON_EXISTING_OUTPUT=append (connectors/s3_sink.py).
+    resume = resume or Resume.without_store()
+    if resume.fresh:
+        append = settings.start.on_existing_output == "append"
+        check_existing_output(location, resume.sink_namespace, append, settings.s3_give_up_after.total_seconds())
 
     window_ms = int(settings.window.total_seconds() * 1000)
     source = KafkaSource(
@@ -103,7 +116,9 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
     )
 
     flow = Dataflow("movie_impressions")
-    items: Stream[Any] = op.input("kafka_in", flow, StatefulKafkaSource(source, assess, NO_WATERMARK, True))
+    items: Stream[Any] = op.input(
+        "kafka_in", flow, StatefulKafkaSource(source, assess, NO_WATERMARK, True, settings.start.start_position)
+    )
     invalid = op.branch("split_invalid", items, lambda i: isinstance(i, DeadLetter))
     late = op.branch("split_late", invalid.falses, lambda i: isinstance(i, LateEvent))
 
@@ -140,6 +155,7 @@ def build_flow(settings: MovieImpressionsSettings) -> Dataflow:
         settings.output_format,
         settings.sink_partitions,
         settings.s3_give_up_after.total_seconds(),
+        namespace=resume.sink_namespace,
     )
     op.output("s3_out", op.map("rows", windows.down, to_rows), sink)
 
@@ -167,9 +183,9 @@ def flow_from_env() -> Dataflow:
     try:
         settings = MovieImpressionsSettings.from_env(os.environ)
         metrics.serve(settings.metrics_port)
-        prepare_resume(sys.argv[1:], os.environ)
-        return build_flow(settings)
-    except (ConfigError, KafkaUnavailable, S3SinkError) as exc:
+        resume = prepare_resume(sys.argv[1:], os.environ, allow_no_recovery=settings.start.allow_no_recovery)
+        return build_flow(settings, resume)
+    except (ConfigError, KafkaUnavailable, S3SinkError, RecoveryStoreError) as exc:
         sys.exit(f"movie_impressions: {exc}")
 
 
