@@ -58,7 +58,8 @@ def read(src: StatefulKafkaSource, part: str, resume_state=None) -> tuple[list[t
                 out += partition.next_batch()
             except StopIteration:
                 return out, partition.snapshot()[0]
-        raise AssertionError(f"did not reach the end of {part}")
+        msg = f"did not reach the end of {part}"
+        raise AssertionError(msg)
     finally:
         partition.close()
 
