@@ -95,12 +95,15 @@ def recovery_directory(argv: Sequence[str], environ: Mapping[str, str]) -> Path 
     return Path(known.recovery_directory) if known.recovery_directory else None
 
 
-def prepare_resume(argv: Sequence[str], environ: Mapping[str, str], *, allow_no_recovery: bool = False) -> Resume:
+def prepare_resume(argv: Sequence[str], environ: Mapping[str, str], *, allow_no_recovery: bool | None = None) -> Resume:
     """Call while building the flow, before bytewax opens the store.
 
-    Refuses a run without a store unless allowed: without one, a restart cannot resume,
-    so the exactly-once and no-loss guarantees do not hold.
+    Refuses a run without a store unless allowed (None: as ALLOW_NO_RECOVERY in `environ`
+    says, validated by dataflows/settings.py): without one, a restart cannot resume, so
+    the exactly-once and no-loss guarantees do not hold.
     """
+    if allow_no_recovery is None:
+        allow_no_recovery = environ.get("ALLOW_NO_RECOVERY", "").strip().lower() in ("1", "true", "yes", "on")
     directory = recovery_directory(argv, environ)
     if directory is None:
         if not allow_no_recovery:

@@ -83,7 +83,10 @@ def test_no_store_is_refused_unless_allowed() -> None:
     assert "python -m connectors.recovery_store init" in str(error.value)
     resume = prepare_resume(["x:flow"], {}, allow_no_recovery=True)
     assert resume.directory is None and resume.fresh
-    assert resume.sink_namespace != prepare_resume(["x:flow"], {}, allow_no_recovery=True).sink_namespace
+    # Each run without a store is a new run: a new namespace every time.
+    assert resume.sink_namespace != prepare_resume(["x:flow"], {"ALLOW_NO_RECOVERY": "true"}).sink_namespace
+    with pytest.raises(RecoveryStoreError):
+        prepare_resume(["x:flow"], {"ALLOW_NO_RECOVERY": "false"})
 
 
 def test_a_store_is_fresh_until_an_execution_is_recorded(tmp_path: Path) -> None:
