@@ -33,16 +33,16 @@ run: install ## Fresh local stack, 5,000 generated events over 2 h of event time
 	$(PY) -m devstack up
 	$(PY) -m producers.movie_impressions --count 5000 --rate 0 --start-minutes-ago 150 --step-ms 1440 \
 		--movies 12 --users 40 --invalid-fraction 0.02 --late-fraction 0.01 --seed 7
-	rm -rf $(RUN_DIR)/recovery && mkdir -p $(RUN_DIR)/recovery
-	$(PY) -m bytewax.recovery $(RUN_DIR)/recovery 1
+	rm -rf $(RUN_DIR)/recovery
+	$(PY) -m connectors.recovery_store init $(RUN_DIR)/recovery --partitions 1
 	$(LOCAL_AWS) BOUNDED=true $(PY) -m bytewax.run dataflows.movie_impressions:flow -r $(RUN_DIR)/recovery -s 2 -b 0
 	$(LOCAL_AWS) $(PY) -m devstack.report
 	@echo "The local stack is still up: 'make down' stops it."
 
 run-bookings: up ## 2,000 generated bookings through the booking-correlation job on the local stack
 	$(PY) -m producers.bookings --count 2000 --rate 0 --start-minutes-ago 60 --step-ms 1000 --invalid-fraction 0.01
-	rm -rf $(RUN_DIR)/bookings && mkdir -p $(RUN_DIR)/bookings
-	$(PY) -m bytewax.recovery $(RUN_DIR)/bookings 1
+	rm -rf $(RUN_DIR)/bookings
+	$(PY) -m connectors.recovery_store init $(RUN_DIR)/bookings --partitions 1
 	BOUNDED=true $(PY) -m bytewax.run dataflows.booking_correlation:flow -r $(RUN_DIR)/bookings -s 2 -b 0
 	$(PY) -m devstack.report bookings
 

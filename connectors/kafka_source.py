@@ -9,24 +9,90 @@ bytewax's KafkaSource builds the consumer, lists and assigns partitions, reports
 and keeps the offset; only the batch loop is ours: it hands librdkafka's messages to
 the step as they are, instead of copying each into a `KafkaSourceMessage` first. That
 copy cost more than all of the job's own per-event work (`make bench`, README).
+
+Where a partition starts (`build_part`), always at a concrete offset:
+- resumed (the store has its offset): that offset, or, when retention has already
+  deleted it, the earliest record still there; the gap is logged and counted in
+  `waxstreams_records_lost_to_retention_total`. librdkafka on its own would apply
+  `auto.offset.reset` (latest by default) and skip everything still retained;
+  `auto.offset.reset=earliest` stays set as a safety net for a gap opening mid-run.
+- fresh (no state): the `StartPosition` (START_POSITION): earliest, latest, the first
+  record at or after a timestamp, or the consumer group's committed offset.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
-from confluent_kafka import KafkaException, Message, TopicPartition
+from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
 _SYNC_COMMIT_RETRY_S = 10.0
+_BROKER_QUERY_S = 30.0  # watermarks, times, committed offsets at partition start
+
+RECORDS_LOST_TO_RETENTION = Counter(
+    "waxstreams_records_lost_to_retention_total",
+    "Records a resumed partition skipped because retention deleted them before they were read",
+    ["topic", "partition"],
+)
+
+START_POSITIONS = ("earliest", "latest", "group", "timestamp:<ISO-8601 or epoch ms>")
+
+
+@dataclass(frozen=True)
+class StartPosition:
+    """Where a partition without recovery state starts (START_POSITION)."""
+
+    kind: str  # earliest | latest | group | timestamp
+    timestamp_ms: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind != "timestamp" or self.timestamp_ms is None:
+            return self.kind
+        when = datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+        return f"timestamp:{when.isoformat(timespec='milliseconds').replace('+00:00', 'Z')}"
+
+    @classmethod
+    def parse(cls, text: str) -> StartPosition:
+        """`earliest`, `latest`, `group`, `timestamp:2026-11-25T06:00:00Z` or `timestamp:1795586400000`."""
+        kind, colon, when = text.strip().partition(":")
+        kind = kind.strip().lower()
+        if kind in ("earliest", "latest", "group") and not colon:
+            return cls(kind)
+        if kind != "timestamp":
+            msg = f"unknown start position {text!r}: use one of {', '.join(START_POSITIONS)}"
+            raise ValueError(msg)
+        when = when.strip()
+        if when.isdigit():
+            return cls("timestamp", int(when))
+        try:
+            moment = datetime.fromisoformat(when)
+        except ValueError:
+            msg = f"{when!r} is neither an ISO-8601 time nor epoch milliseconds: e.g. timestamp:2026-11-25T06:00:00Z"
+            raise ValueError(msg) from None
+        if moment.tzinfo is None:
+            msg = f"{when!r} has no time zone: add Z or an offset, e.g. {when}Z"
+            raise ValueError(msg)
+        millis = int(moment.timestamp() * 1000)
+        if millis < 0:
+            msg = f"{when!r} is before 1970: Kafka timestamps start at the epoch"
+            raise ValueError(msg)
+        return cls("timestamp", millis)
+
+
+EARLIEST = StartPosition("earliest")
+
 
 X = TypeVar("X")
 S = TypeVar("S")
@@ -126,12 +192,27 @@ def _passing(exc: KafkaException) -> bool:
 class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Generic[X, S]):
     """Reads `kafka` and runs `step` on every batch of every partition, keeping its state."""
 
-    def __init__(self, kafka: KafkaSource, step: BatchStep, initial_state: S, commit_offsets: bool = False) -> None:
-        """`commit_offsets`: also commit each snapshot's offsets to the `group.id` of kafka's config."""
+    def __init__(
+        self,
+        kafka: KafkaSource,
+        step: BatchStep,
+        initial_state: S,
+        commit_offsets: bool = False,
+        start: StartPosition = EARLIEST,
+    ) -> None:
+        """`commit_offsets`: also commit each snapshot's offsets to the `group.id` of kafka's config.
+
+        `start`: where partitions without recovery state begin (`group`: that `group.id`'s offsets).
+        """
         self._kafka = kafka
+        # Safety net: librdkafka's default (latest) would skip every retained record if a
+        # read position falls out of the log mid-run; build_part handles it at start.
+        kafka._add_config = {**kafka._add_config, "auto.offset.reset": "earliest"}
         self._step = step
         self._initial_state = initial_state
         self._commit_offsets = commit_offsets
+        self._start = start
+        self._told_resumed = threading.Lock()  # held once the "setting ignored" line is out
 
     def list_parts(self) -> list[str]:
         return self._kafka.list_parts()
@@ -139,7 +220,94 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
     def build_part(self, step_id: str, for_part: str, resume_state: tuple[int | None, S] | None) -> _Partition[X, S]:
         offset, state = resume_state if resume_state is not None else (None, self._initial_state)
         kafka_part = self._kafka.build_part(step_id, for_part, offset)
+        try:
+            start = self._start_offset(kafka_part, for_part, offset)
+        except BaseException:
+            kafka_part.close()
+            raise
+        if start != kafka_part._offset:
+            # Before the first consume, so nothing was read from the old position.
+            kafka_part._consumer.assign([TopicPartition(kafka_part._topic, kafka_part._part_idx, start)])
+            kafka_part._offset = start
         return _Partition(kafka_part, for_part, self._step, state, self._commit_offsets)
+
+    def _start_offset(self, kafka_part: Any, for_part: str, offset: int | None) -> int:
+        consumer, tp = kafka_part._consumer, TopicPartition(kafka_part._topic, kafka_part._part_idx)
+        resumed = offset is not None
+        try:
+            low, high = _query(lambda: consumer.get_watermark_offsets(tp, timeout=10))
+        except KafkaException as exc:
+            if resumed:  # auto.offset.reset=earliest still keeps retained records if it is gone
+                log.warning("Kafka %s: log start unknown (%s); resuming at offset %s unchecked", for_part, exc, offset)
+                return kafka_part._offset
+            msg = f"Kafka {for_part}: cannot read the partition's offsets ({exc}): check KAFKA_BROKERS and the ACLs"
+            raise KafkaUnavailable(msg) from None
+        if resumed:
+            if self._told_resumed.acquire(blocking=False):
+                log.info(
+                    "START_POSITION=%s applies only to partitions without recovery state; resumed partitions "
+                    "(e.g. %s) continue from their snapshot offsets",
+                    self._start,
+                    for_part,
+                )
+            assert offset is not None
+            # bytewax snapshots OFFSET_BEGINNING for a partition that never read a record.
+            position = low if offset == OFFSET_BEGINNING else offset
+            return self._not_below_log_start(for_part, tp, position, low, "resume offset")
+        position = self._resolve(consumer, tp, for_part, low, high)
+        log.info(
+            "Kafka %s: no recovery state, starting at offset %d (START_POSITION=%s)", for_part, position, self._start
+        )
+        return position
+
+    def _resolve(self, consumer: Any, tp: TopicPartition, for_part: str, low: int, high: int) -> int:
+        kind = self._start.kind
+        if kind == "earliest":
+            return low
+        if kind == "latest":
+            return high
+        try:
+            if kind == "timestamp":
+                query = TopicPartition(tp.topic, tp.partition, self._start.timestamp_ms or 0)
+                [found] = _query(lambda: consumer.offsets_for_times([query], timeout=10))
+                return found.offset if found.offset >= 0 else high  # -1: no record that late yet
+            [committed] = _query(lambda: consumer.committed([tp], timeout=10))
+        except KafkaException as exc:
+            msg = f"Kafka {for_part}: cannot resolve START_POSITION={self._start} ({exc}): check the broker and ACLs"
+            raise KafkaUnavailable(msg) from None
+        if committed.offset < 0:
+            log.info("Kafka %s: the consumer group has no committed offset; starting at the earliest record", for_part)
+            return low
+        return self._not_below_log_start(for_part, tp, committed.offset, low, "group's committed offset")
+
+    def _not_below_log_start(self, for_part: str, tp: TopicPartition, offset: int, low: int, what: str) -> int:
+        if offset >= low:
+            return offset
+        lost = low - offset
+        log.warning(
+            "Kafka %s: %d records lost to retention: the %s %d is below the log start %d (deleted before "
+            "they were read); resuming at %d",
+            for_part,
+            lost,
+            what,
+            offset,
+            low,
+            low,
+        )
+        RECORDS_LOST_TO_RETENTION.labels(tp.topic, str(tp.partition)).inc(lost)
+        return low
+
+
+def _query(call: Callable[[], Any]) -> Any:
+    """A broker query at start, retried through passing errors (leader moves, a slow coordinator)."""
+    deadline = time.monotonic() + _BROKER_QUERY_S
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if not _passing(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 class KafkaUnavailable(RuntimeError):

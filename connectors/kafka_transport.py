@@ -9,7 +9,7 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Stream
 
-from connectors.kafka_source import KafkaUnavailable, StatefulKafkaSource, check_topics
+from connectors.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
 from connectors.transport import BatchStep, TransportUnavailable
 
 
@@ -19,6 +19,7 @@ class KafkaTransport:
     consumer_group: str  # offsets are committed here at every snapshot, for lag tools only
     bounded: bool  # stop at the end of every partition as it was at start
     batch_size: int
+    start: StartPosition  # where partitions without recovery state begin
     # librdkafka properties (security); may hold a password: never log.
     client_config: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -42,7 +43,7 @@ class KafkaTransport:
         return self._kafka_source(streams).list_parts()
 
     def source(self, streams: list[str], step: BatchStep, initial_state: Any) -> StatefulKafkaSource:
-        return StatefulKafkaSource(self._kafka_source(streams), step, initial_state, commit_offsets=True)
+        return StatefulKafkaSource(self._kafka_source(streams), step, initial_state, True, self.start)
 
     def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
         messages = op.map(f"{step_id}_message", records, lambda kv: KafkaSinkMessage(kv[0], kv[1]))

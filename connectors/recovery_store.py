@@ -14,20 +14,67 @@ resume needs and nothing a later one could pick up by mistake.
 It needs all of the store's partitions (any number of workers in one process, or
 processes sharing a directory): R depends on every worker's progress, which is spread
 over the partitions.
+
+Also the store's checks and set-up, so a wrong `-r` is one line instead of a Rust panic:
+
+    python -m connectors.recovery_store init DIR --partitions N   # idempotent, creates DIR
+
+and the store's sink namespace (file `waxstreams-namespace` beside the partitions): the
+run identity under which the S3 sink writes its manifests when it has no state to
+restore (connectors/s3_sink.py). Made once per store, so every attempt of a run (also
+one that crashed before its first snapshot) rolls back only its own writes, and a new
+store never touches an older run's output.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
+import shutil
 import sqlite3
+import sys
+import tempfile
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 FIRST_EPOCH = 1  # bytewax's epoch when there is no progress yet
+NAMESPACE_FILE = "waxstreams-namespace"
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_TABLES = {"parts", "exs", "fronts", "commits", "snaps"}  # bytewax 0.21.1's schema
+
+
+class RecoveryStoreError(RuntimeError):
+    """The recovery store is missing, empty or not a bytewax store; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What the job starts from."""
+
+    directory: Path | None  # None: no recovery store (ALLOW_NO_RECOVERY)
+    sink_namespace: str  # where sink partitions without restored state write
+    fresh: bool  # nothing recorded yet: no execution, no snapshot
+
+    @classmethod
+    def without_store(cls) -> Resume:
+        return cls(None, new_namespace(), True)
+
+
+def init_command(directory: Path | str = "<dir>", partitions: int | str = 1) -> str:
+    return f"python -m connectors.recovery_store init {directory} --partitions {partitions}"
+
+
+def new_namespace() -> str:
+    """Sortable by creation time, unique without coordination."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
 def resume_epoch(worker_count: int, ex_resume_epoch: int, fronts: Iterable[tuple[int, int]]) -> int:
@@ -48,11 +95,125 @@ def recovery_directory(argv: Sequence[str], environ: Mapping[str, str]) -> Path 
     return Path(known.recovery_directory) if known.recovery_directory else None
 
 
-def prepare_resume(argv: Sequence[str], environ: Mapping[str, str]) -> None:
-    """Call while building the flow, before bytewax opens the store."""
+def prepare_resume(argv: Sequence[str], environ: Mapping[str, str], *, allow_no_recovery: bool | None = None) -> Resume:
+    """Call while building the flow, before bytewax opens the store.
+
+    Refuses a run without a store unless allowed (None: as ALLOW_NO_RECOVERY in `environ`
+    says, validated by dataflows/settings.py): without one, a restart cannot resume, so
+    the exactly-once and no-loss guarantees do not hold.
+    """
+    if allow_no_recovery is None:
+        allow_no_recovery = environ.get("ALLOW_NO_RECOVERY", "").strip().lower() in ("1", "true", "yes", "on")
     directory = recovery_directory(argv, environ)
-    if directory is not None and directory.is_dir():
-        drop_abandoned_snapshots(directory)
+    if directory is None:
+        if not allow_no_recovery:
+            msg = (
+                "no recovery store: create one with `" + init_command() + "` and pass it with -r <dir> "
+                "(or BYTEWAX_RECOVERY_DIRECTORY), or set ALLOW_NO_RECOVERY=true to run without resume "
+                "(each start is then a new run)"
+            )
+            raise RecoveryStoreError(msg)
+        log.warning("running without a recovery store (ALLOW_NO_RECOVERY=true): a restart starts a new run")
+        return Resume.without_store()
+    check_store(directory)
+    drop_abandoned_snapshots(directory)
+    return Resume(directory, store_namespace(directory), is_fresh(directory))
+
+
+def check_store(directory: Path) -> list[tuple[int, int]]:
+    """The (part_index, part_count) of every partition file; one-line errors for a wrong `-r`."""
+    where = f"recovery directory {directory} (-r / BYTEWAX_RECOVERY_DIRECTORY)"
+    if not directory.exists():
+        msg = f"{where} does not exist: create it with `{init_command(directory)}`"
+        raise RecoveryStoreError(msg)
+    if not directory.is_dir():
+        msg = f"{where} is not a directory: point -r at a directory made by `{init_command()}`"
+        raise RecoveryStoreError(msg)
+    files = sorted(directory.glob("*.sqlite3"))
+    if not files:
+        msg = f"{where} holds no recovery partitions (*.sqlite3): initialise it with `{init_command(directory)}`"
+        raise RecoveryStoreError(msg)
+    parts = []
+    for file in files:
+        try:
+            # Read-only: a check must not turn a stray file into an empty database.
+            with closing(sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+                tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not _TABLES <= tables:
+                    msg = f"missing tables {', '.join(sorted(_TABLES - tables))}"
+                    raise sqlite3.DatabaseError(msg)
+                parts += list(db.execute("SELECT part_index, part_count FROM parts"))
+        except sqlite3.Error as exc:
+            msg = (
+                f"{where}: {file.name} is not a bytewax recovery partition ({exc}): "
+                f"move it away, or point -r at a store made by `{init_command()}`"
+            )
+            raise RecoveryStoreError(msg) from None
+    if len({count for _, count in parts}) > 1:
+        msg = f"{where} mixes partitions of stores of different sizes: keep the files of one store only"
+        raise RecoveryStoreError(msg)
+    return parts
+
+
+def is_fresh(directory: Path) -> bool:
+    """No execution and no snapshot recorded: nothing has ever run from this store."""
+    for file in directory.glob("*.sqlite3"):
+        with closing(sqlite3.connect(file, timeout=60)) as db:
+            if db.execute("SELECT EXISTS (SELECT 1 FROM exs) OR EXISTS (SELECT 1 FROM snaps)").fetchone()[0]:
+                return False
+    return True
+
+
+def store_namespace(directory: Path) -> str:
+    """The store's sink namespace, made on first use; processes sharing the directory agree on it."""
+    path = directory / NAMESPACE_FILE
+    if not path.exists():
+        scratch = directory / f".{NAMESPACE_FILE}.{uuid.uuid4().hex}"
+        scratch.write_text(new_namespace() + "\n")
+        try:
+            os.link(scratch, path)  # atomic, and fails if another process made it first
+        except FileExistsError:
+            pass
+        finally:
+            scratch.unlink()
+    namespace = path.read_text().strip()
+    if not _NAMESPACE.fullmatch(namespace):
+        msg = (
+            f"recovery directory {directory}: {NAMESPACE_FILE} holds {namespace[:40]!r}, not a run namespace: "
+            "restore it from a backup of the store, or start a new run with a new store"
+        )
+        raise RecoveryStoreError(msg)
+    return namespace
+
+
+def init_store(directory: Path, partitions: int, only: int | None = None) -> str:
+    """Create the directory and its partitions (all, or part `only` for a per-pod volume); idempotent."""
+    if partitions < 1 or (only is not None and not 0 <= only < partitions):
+        msg = f"--partitions must be at least 1 and --part in 0..{partitions - 1}"
+        raise RecoveryStoreError(msg)
+    directory.mkdir(parents=True, exist_ok=True)
+    wanted = set(range(partitions)) if only is None else {only}
+    existing = check_store(directory) if any(directory.glob("*.sqlite3")) else []
+    if existing:
+        count = existing[0][1]
+        if count != partitions:
+            msg = (
+                f"{directory} already holds a recovery store of {count} partitions: use --partitions {count}, "
+                "or a new directory for a new store"
+            )
+            raise RecoveryStoreError(msg)
+    missing = wanted - {index for index, _ in existing}
+    if missing:
+        from bytewax.recovery import init_db_dir
+
+        # bytewax creates all partitions at once and panics on existing ones: make them aside, copy the missing.
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".init-") as scratch:
+            init_db_dir(Path(scratch), partitions)
+            for index in sorted(missing):
+                shutil.copy(Path(scratch) / f"part-{index}.sqlite3", directory / f"part-{index}.sqlite3")
+    namespace = store_namespace(directory)
+    state = f"created partitions {sorted(missing)}" if missing else "already initialised"
+    return f"recovery store {directory}: {state} ({partitions} partitions, sink namespace {namespace})"
 
 
 def drop_abandoned_snapshots(directory: Path) -> int:
@@ -61,7 +222,7 @@ def drop_abandoned_snapshots(directory: Path) -> int:
     connections = [sqlite3.connect(f, timeout=60) for f in files]
     try:
         return _drop(directory, connections)
-    except sqlite3.Error as exc:  # not a bytewax store: bytewax refuses it with its own message
+    except sqlite3.Error as exc:  # check_store ran before: only a store broken since
         log.warning("recovery store %s not checked for abandoned snapshots: %s", directory, exc)
         return 0
     finally:
@@ -104,3 +265,25 @@ def _drop(directory: Path, connections: list[sqlite3.Connection]) -> int:
     if dropped:
         log.info("recovery store %s: dropped %d snapshots of epochs >= %d left by a crash", directory, dropped, epoch)
     return dropped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m connectors.recovery_store", description="Set up a recovery store for the jobs."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    init = commands.add_parser("init", help="create DIR and its recovery partitions (idempotent)")
+    init.add_argument("directory", type=Path, metavar="DIR")
+    init.add_argument("--partitions", type=int, default=1, help="partitions of the store (default 1)")
+    init.add_argument("--part", type=int, default=None, help="create only this partition (one volume per pod)")
+    args = parser.parse_args(argv)
+    try:
+        print(init_store(args.directory, args.partitions, args.part))
+    except (RecoveryStoreError, OSError) as exc:
+        print(f"recovery_store: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

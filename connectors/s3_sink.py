@@ -1,12 +1,20 @@
 """Partitioned, exactly-once S3 sink writing Parquet or CSV through polars (DESIGN §5).
 
-Protocol per sink partition, whose snapshot state is `next_seq`:
+Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
 1. rows are buffered until bytewax snapshots the epoch (or closes the sink);
 2. the objects to be written are first listed in a manifest
-   `<prefix>/_sink/<partition>/<seq>.json`, then written, then `seq` advances;
-3. on (re)start, every manifest with a seq at or past the restored `next_seq`
-   belongs to output that the replay will produce again: its objects are deleted.
+   `<prefix>/_sink/<partition>/<namespace>/<seq>.json`, then written, then `seq` advances;
+3. on (re)start, every manifest of the partition's namespace with a seq at or past the
+   restored `next_seq` belongs to output that the replay will produce again: its
+   objects are deleted.
 So the bucket holds each row once, whatever point a crash interrupted.
+
+The namespace is what makes a rollback safe: only manifests of the run being resumed
+are ever read for deletion. A partition without restored state takes the namespace of
+its recovery store (`connectors/recovery_store.py`), so a new store, or a run without
+one, never touches another run's output: it appends. An `int` state (stores written
+before namespaces existed, or a sink built without one) is the legacy namespace,
+manifests directly in `<prefix>/_sink/<partition>/`, resumed exactly as before.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +47,10 @@ ROWS_WRITTEN = Counter("waxstreams_s3_rows_written_total", "Rows written (commit
 S3_RETRIES = Counter("waxstreams_s3_retries_total", "S3 calls retried after a transient failure")
 
 FORMATS = ("parquet", "csv")
+LEGACY_NAMESPACE = ""  # manifests directly in `_sink/<partition>/`: stores from before namespaces
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# The snapshot: `(namespace, next_seq)`, or a bare `next_seq` in the legacy namespace.
+SinkState = int | tuple[str, int]
 # Client errors that retrying cannot fix; anything else (5xx, throttling, network) is retried.
 _TERMINAL_CODES = {
     "NoSuchBucket": "the bucket does not exist: create it or fix S3_BUCKET",
@@ -51,6 +64,10 @@ _TERMINAL_CODES = {
 
 class S3SinkError(RuntimeError):
     """S3 refused or could not be reached for good; the message names the fix."""
+
+
+class ExistingOutputError(S3SinkError):
+    """A run without recovery state would write into a prefix holding another run's output."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +94,12 @@ class S3Location:
             "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
         )
 
-    def manifest_dir(self, partition: str) -> str:
-        return f"{self.prefix.strip('/')}/_sink/{partition}/".lstrip("/")
+    def root(self) -> str:
+        """The prefix as a key prefix: `impressions/`, or empty for the whole bucket."""
+        return f"{self.prefix.strip('/')}/".lstrip("/")
+
+    def manifest_dir(self, partition: str, namespace: str = LEGACY_NAMESPACE) -> str:
+        return f"{self.root()}_sink/{partition}/" + (f"{namespace}/" if namespace else "")
 
 
 def describe_s3_error(exc: Exception, location: S3Location) -> str | None:
@@ -141,11 +162,12 @@ def stable_partition(key: str) -> int:
     return zlib.crc32(key.encode())
 
 
-class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
-    def __init__(self, sink: PartitionedS3Sink, partition: str, next_seq: int) -> None:
+class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
+    def __init__(self, sink: PartitionedS3Sink, partition: str, namespace: str, next_seq: int) -> None:
         self._sink = sink
         self._location = sink.location
         self._partition = partition
+        self._namespace = namespace
         self._next_seq = next_seq
         self._client = self._location.client()
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
@@ -158,12 +180,15 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
         return with_retries(call, what, self._location, self._sink.give_up_after)
 
     def _roll_back_uncommitted(self) -> None:
-        """Delete what was written after the snapshot we resume from."""
-        prefix = self._location.manifest_dir(self._partition)
+        """Delete what this run's namespace wrote after the snapshot we resume from."""
+        prefix = self._location.manifest_dir(self._partition, self._namespace)
         bucket = self._location.bucket
+        # The delimiter keeps a legacy listing out of the namespaces below it.
         pages = self._call(
             "list manifests",
-            lambda: list(self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)),
+            lambda: list(
+                self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+            ),
         )
         for page in pages:
             for entry in page.get("Contents", []):
@@ -175,7 +200,13 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
                 for key in keys:
                     self._call("delete object", partial(self._client.delete_object, Bucket=bucket, Key=key))
                 self._call("delete manifest", partial(self._client.delete_object, Bucket=bucket, Key=entry["Key"]))
-                log.info("rolled back %d uncommitted objects of %s seq %d", len(keys), self._partition, seq)
+                log.info(
+                    "rolled back %d uncommitted objects of %s seq %d%s",
+                    len(keys),
+                    self._partition,
+                    seq,
+                    f" (run {self._namespace})" if self._namespace else "",
+                )
 
     def write_batch(self, items: list[ObjectRows]) -> None:
         for item in items:
@@ -190,7 +221,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
             for directory in sorted(self._buffer)
         }
         manifest = json.dumps({"seq": seq, "objects": list(objects.values())}).encode()
-        manifest_key = f"{self._location.manifest_dir(self._partition)}{seq:012d}.json"
+        manifest_key = f"{self._location.manifest_dir(self._partition, self._namespace)}{seq:012d}.json"
         self._call("write manifest", partial(self._client.put_object, Bucket=bucket, Key=manifest_key, Body=manifest))
 
         def write(directory: str, key: str) -> None:
@@ -206,13 +237,15 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
         self._next_seq = seq + 1
         self._buffer.clear()
 
-    def snapshot(self) -> int:
+    def snapshot(self) -> SinkState:
         try:
             self._flush()
         except S3SinkError:
             self._failed = True
             raise
-        return self._next_seq
+        if self._namespace == LEGACY_NAMESPACE:
+            return self._next_seq
+        return self._namespace, self._next_seq
 
     def close(self) -> None:
         if not self._failed:  # after a failed write, leave the rows to the replay
@@ -220,8 +253,14 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, int]):
         self._uploads.shutdown()
 
 
-class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, int]):
-    """Writes each epoch's rows as one object per folder, exactly once across restarts."""
+class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
+    """Writes each epoch's rows as one object per folder, exactly once across restarts.
+
+    `namespace`: where partitions that restore no state write their manifests (the
+    jobs pass their recovery store's, see module docstring). None is the legacy
+    namespace, in which a partition without state rolls back the prefix's earlier
+    output of that partition: only for callers that own the prefix outright.
+    """
 
     def __init__(
         self,
@@ -230,10 +269,15 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, int]):
         fmt: str = "parquet",
         partitions: int = 4,
         give_up_after: float = 300.0,
+        namespace: str | None = None,
     ) -> None:
         if fmt not in FORMATS:
             msg = f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}"
             raise ValueError(msg)
+        if namespace is not None and not _NAMESPACE.fullmatch(namespace):
+            msg = f"sink namespace {namespace!r} is not a plain name (letters, digits, '.', '_', '-')"
+            raise ValueError(msg)
+        self.namespace = namespace or LEGACY_NAMESPACE
         self.location = location
         self.schema = schema
         self.fmt = fmt
@@ -248,5 +292,81 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, int]):
     def part_fn(self, item_key: str) -> int:
         return stable_partition(item_key)
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _S3SinkPartition:
-        return _S3SinkPartition(self, for_part, resume_state or 0)
+    def build_part(self, step_id: str, for_part: str, resume_state: SinkState | None) -> _S3SinkPartition:
+        if resume_state is None:
+            namespace, next_seq = self.namespace, 0
+        elif isinstance(resume_state, int):
+            namespace, next_seq = LEGACY_NAMESPACE, resume_state  # a run that began before namespaces
+        else:
+            namespace, next_seq = resume_state
+        return _S3SinkPartition(self, for_part, namespace, next_seq)
+
+
+def find_foreign_output(location: S3Location, namespace: str, give_up_after: float = 300.0) -> str | None:
+    """The first key under the prefix not written by `namespace`, or None.
+
+    Own output is a manifest in `_sink/<partition>/<namespace>/` and the objects it
+    lists: what a crashed earlier attempt of this very run left. The listing stops
+    at the first foreign key, so a large prefix costs one page, not a full scan.
+    """
+    client = location.client()
+    bucket, root = location.bucket, location.root()
+    sink_root = f"{root}_sink/"
+
+    def pages(prefix: str) -> Iterator[dict]:
+        # One page at a time, each call retried, so the caller can stop at any page.
+        token: dict[str, str] = {}
+        while True:
+            page = with_retries(
+                partial(client.list_objects_v2, Bucket=bucket, Prefix=prefix, **token),
+                "list output",
+                location,
+                give_up_after,
+            )
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    own: set[str] = set()
+    for page in pages(sink_root):
+        for entry in page.get("Contents", []):
+            key = entry["Key"]
+            part_ns_seq = key[len(sink_root) :].split("/")
+            if len(part_ns_seq) != 3 or part_ns_seq[1] != namespace:
+                return key
+            body = with_retries(
+                partial(client.get_object, Bucket=bucket, Key=key), "read manifest", location, give_up_after
+            )
+            own.add(key)
+            own.update(json.loads(body["Body"].read())["objects"])
+    for page in pages(root):
+        for entry in page.get("Contents", []):
+            if entry["Key"] not in own:
+                return entry["Key"]
+    return None
+
+
+def check_existing_output(location: S3Location, namespace: str, append: bool, give_up_after: float = 300.0) -> None:
+    """For a run that starts without recovery state: stop if the prefix holds other output.
+
+    Nothing would be lost either way (the run writes in its own namespace), but a new
+    run over old output is usually a mistake: a lost recovery store, a wrong prefix.
+    """
+    foreign = find_foreign_output(location, namespace, give_up_after)
+    if foreign is None:
+        return
+    if append:
+        log.info(
+            "s3://%s/%s already holds output of other runs (e.g. %s); appending (ON_EXISTING_OUTPUT=append)",
+            location.bucket,
+            location.root(),
+            foreign,
+        )
+        return
+    msg = (
+        f"s3://{location.bucket}/{location.root()} already holds output of another run (e.g. {foreign}) and this run "
+        "starts without recovery state: resume that run with its recovery store (-r), use a new S3_PREFIX, "
+        "or set ON_EXISTING_OUTPUT=append to add this run's output beside it"
+    )
+    raise ExistingOutputError(msg)

@@ -21,7 +21,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators.windowing import UTC_MIN
 from bytewax.outputs import Sink
 
-from connectors.s3_sink import ObjectRows, PartitionedS3Sink, S3Location, check_bucket
+from connectors.s3_sink import ObjectRows, PartitionedS3Sink, S3Location, check_bucket, check_existing_output
 from connectors.transport import Transport
 from dataflows import metrics, skeleton
 from dataflows.dead_letters import LateEvent
@@ -105,17 +105,23 @@ def build_flow(
 
 def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
     settings = MovieImpressionsSettings.from_env(env)
-    skeleton.start(settings, argv, env)
+    resume = skeleton.start(settings, argv, env)
     transport = skeleton.transport_for(settings)
     transport.check(read=[settings.input_topic], write=[settings.dead_letter_topic, settings.late_topic])
     location = S3Location(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_region)
     check_bucket(location)
+    # A run that starts without state writes in its own namespace, and stops over another
+    # run's output unless ON_EXISTING_OUTPUT=append (connectors/s3_sink.py).
+    if resume.fresh:
+        append = settings.start.on_existing_output == "append"
+        check_existing_output(location, resume.sink_namespace, append, settings.s3_give_up_after.total_seconds())
     sink = PartitionedS3Sink(
         location,
         OUTPUT_SCHEMA,
         settings.output_format,
         settings.sink_partitions,
         settings.s3_give_up_after.total_seconds(),
+        namespace=resume.sink_namespace,
     )
     return build_flow(settings, transport, sink)
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from connectors.kafka_source import EARLIEST, StartPosition
 from dataflows.bookings import CREATED, DEFAULT_CREATED, DEFAULT_EVENT, EVENT, SideSchema, parse_field_spec
 
 LOCAL_KAFKA = "127.0.0.1:19092"
@@ -98,6 +99,29 @@ class KafkaSettings:
 
 
 @dataclass(frozen=True)
+class StartSettings:
+    """How a run starts: with or without a recovery store, over existing output, where in Kafka."""
+
+    allow_no_recovery: bool = False  # ALLOW_NO_RECOVERY
+    on_existing_output: str = "fail"  # ON_EXISTING_OUTPUT: fail | append
+    start_position: StartPosition = EARLIEST  # START_POSITION, fresh partitions only
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> StartSettings:
+        e = _Env(env)
+        raw = e.text("START_POSITION", "earliest")
+        try:
+            position = StartPosition.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"START_POSITION={raw!r}: {exc}") from None
+        return cls(
+            allow_no_recovery=e.flag("ALLOW_NO_RECOVERY", False),
+            on_existing_output=e.choice("ON_EXISTING_OUTPUT", "fail", ("fail", "append")),
+            start_position=position,
+        )
+
+
+@dataclass(frozen=True)
 class MovieImpressionsSettings:
     kafka: KafkaSettings
     input_topic: str
@@ -117,6 +141,7 @@ class MovieImpressionsSettings:
     s3_give_up_after: timedelta
     consumer_group: str
     metrics_port: int | None
+    start: StartSettings = field(default_factory=StartSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MovieImpressionsSettings:
@@ -159,6 +184,7 @@ class BookingSettings:
     kafka_batch_size: int
     consumer_group: str
     metrics_port: int | None
+    start: StartSettings = field(default_factory=StartSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BookingSettings:
@@ -211,6 +237,7 @@ def _shared_settings(env: Mapping[str, str]) -> dict:
         "bounded": e.flag("BOUNDED", False),
         "kafka_batch_size": int(e.number("KAFKA_BATCH_SIZE", 5000, minimum=1, integer=True)),
         "metrics_port": e.port("METRICS_PORT"),
+        "start": StartSettings.from_env(env),
     }
 
 

@@ -3,8 +3,9 @@
 - `read_input`: the job's source on a transport, with the job's batch step wrapped in
   the input metrics and the watermark heartbeats; records the step rejects go to the
   dead-letter stream. Returns the valid items (and heartbeats) for the middle.
-- `start`: start-up as one visible step: logging, the metrics server, the repair of
-  the recovery store (connectors/recovery_store.py).
+- `start`: start-up as one visible step: logging, the metrics server, the checks and
+  repair of the recovery store (connectors/recovery_store.py); says what the run
+  resumes from.
 - `transport_for`: the transport the settings name.
 - `flow_from_env`: the `flow` of `python -m bytewax.run`; a user's error is one line.
 """
@@ -22,7 +23,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
 from connectors.kafka_transport import KafkaTransport
-from connectors.recovery_store import prepare_resume
+from connectors.recovery_store import RecoveryStoreError, Resume, prepare_resume
 from connectors.s3_sink import S3SinkError
 from connectors.transport import Transport, TransportUnavailable
 from dataflows import metrics
@@ -62,21 +63,26 @@ def read_input(
 def transport_for(settings: JobSettings) -> Transport:
     kafka = settings.kafka
     return KafkaTransport(
-        kafka.brokers, settings.consumer_group, settings.bounded, settings.kafka_batch_size, kafka.client_config
+        kafka.brokers,
+        settings.consumer_group,
+        settings.bounded,
+        settings.kafka_batch_size,
+        settings.start.start_position,
+        kafka.client_config,
     )
 
 
-def start(settings: JobSettings, argv: Sequence[str], environ: Mapping[str, str]) -> None:
+def start(settings: JobSettings, argv: Sequence[str], environ: Mapping[str, str]) -> Resume:
     """Everything a job does once before its flow is built; bytewax opens the store after this."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     metrics.serve(settings.metrics_port)
-    prepare_resume(argv, environ)
+    return prepare_resume(argv, environ, allow_no_recovery=settings.start.allow_no_recovery)
 
 
 def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], Dataflow]) -> Dataflow:
     """`build(environment, argv)`; the errors a user can cause end the process with one line."""
     try:
         return build(os.environ, sys.argv[1:])
-    except (ConfigError, TransportUnavailable, S3SinkError) as exc:
+    except (ConfigError, TransportUnavailable, S3SinkError, RecoveryStoreError) as exc:
         sys.exit(f"{job}: {exc}")

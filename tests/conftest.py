@@ -116,6 +116,8 @@ def run_dataflow(
     argv = [sys.executable, "-m", "bytewax.run", target, "-w", str(workers)]
     if recovery is not None:
         argv += ["-r", str(recovery), "-s", "1", "-b", "0"]
+    else:
+        env = {"ALLOW_NO_RECOVERY": "true", **env}  # the jobs refuse to run without a store unless told
     result = subprocess.run(
         argv, env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )

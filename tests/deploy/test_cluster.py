@@ -120,8 +120,11 @@ def test_metrics_match_the_oracle_during_a_run(new_run) -> None:
     partitions = read_partitions(run.kafka.bootstrap, run.env["IMPRESSIONS_TOPIC"]).values()
     watermark_ms = min(max(valid.get(v, 0) for _, v in records) for records in partitions) - BOUND_S * 1000
     lag = metrics['waxstreams_watermark_lag_seconds{job="movie_impressions"}']
-    assert abs(lag - (time.time() - watermark_ms / 1000)) < 10  # set at each epoch's end
-    # Not bounded: the windows past the watermark are open; their movies hold state.
+    # Committed at epoch ends from earlier epochs' items, so it may trail, never lead.
+    committed_ms = (time.time() - lag) * 1000
+    assert min(valid.values()) < committed_ms <= watermark_ms + 10_000
+    # Not bounded: the windows past the committed watermark are open; their movies hold state.
+    watermark_ms = committed_ms
     open_movies = {
         e.movie_id
         for e in events

@@ -1,0 +1,151 @@
+"""Where a Kafka partition starts, against the real broker: retention, START_POSITION, resume."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from bytewax.connectors.kafka import KafkaSource
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from prometheus_client import REGISTRY
+
+from connectors.kafka_source import EARLIEST, StartPosition, StatefulKafkaSource
+from tests.conftest import make_topics
+
+pytestmark = pytest.mark.integration
+
+BASE_MS = 1_546_844_400_000  # record i has timestamp BASE_MS + i * 1000
+COUNT = 100
+SOURCE_LOG = "connectors.kafka_source"
+
+
+def offsets_and_values(part_id: str, messages: list, state: None) -> tuple[list[tuple[int, bytes]], None]:
+    return [(m.offset(), m.value()) for m in messages], state
+
+
+def produce_numbered(bootstrap: str, topic: str, partition: int, first: int, count: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(first, first + count):
+        producer.produce(topic, f"r{i}".encode(), partition=partition, timestamp=BASE_MS + i * 1000)
+    assert producer.flush(30) == 0
+
+
+@pytest.fixture
+def topic(kafka) -> str:
+    name = f"start-{uuid.uuid4().hex[:8]}"
+    make_topics(kafka, name, partitions=2)
+    produce_numbered(kafka.bootstrap, name, 0, 0, COUNT)
+    return name
+
+
+def source(kafka, topic: str, start: StartPosition = EARLIEST, group: str | None = None) -> StatefulKafkaSource:
+    config = {"group.id": group} if group else None
+    kafka_source = KafkaSource([kafka.bootstrap], [topic], tail=False, add_config=config, batch_size=7)
+    return StatefulKafkaSource(kafka_source, offsets_and_values, None, False, start)
+
+
+def read(src: StatefulKafkaSource, part: str, resume_state=None) -> tuple[list[tuple[int, bytes]], int | None]:
+    """Everything up to the end of the partition, and the offset snapshotted after it."""
+    partition = src.build_part("kafka_in", part, resume_state)
+    out: list = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            try:
+                out += partition.next_batch()
+            except StopIteration:
+                return out, partition.snapshot()[0]
+        msg = f"did not reach the end of {part}"
+        raise AssertionError(msg)
+    finally:
+        partition.close()
+
+
+def numbered(first: int, last: int) -> list[tuple[int, bytes]]:
+    return [(i, f"r{i}".encode()) for i in range(first, last)]
+
+
+def lost_to_retention(topic: str, partition: int) -> float:
+    labels = {"topic": topic, "partition": str(partition)}
+    return REGISTRY.get_sample_value("waxstreams_records_lost_to_retention_total", labels) or 0.0
+
+
+def test_a_resume_below_the_log_start_reads_everything_still_there_and_counts_the_gap(kafka, topic, caplog) -> None:
+    snapshot_offset, log_start = 10, 40
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    for future in admin.delete_records([TopicPartition(topic, 0, log_start)]).values():
+        future.result(timeout=30)  # what retention does: records below 40 are gone
+
+    caplog.set_level(logging.INFO, logger=SOURCE_LOG)
+    records, after = read(source(kafka, topic), f"0-{topic}", (snapshot_offset, None))
+
+    assert records == numbered(log_start, COUNT)  # from the new log start to the end, none skipped
+    assert after == COUNT
+    assert lost_to_retention(topic, 0) == log_start - snapshot_offset
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == SOURCE_LOG]
+    assert len(warnings) == 1, warnings
+    assert f"0-{topic}: 30 records lost to retention" in warnings[0] and "resuming at 40" in warnings[0]
+
+
+def test_a_resumed_partition_follows_its_snapshot_whatever_the_start_position(kafka, topic, caplog) -> None:
+    caplog.set_level(logging.INFO, logger=SOURCE_LOG)
+    records, _ = read(source(kafka, topic, StartPosition.parse("latest")), f"0-{topic}", (25, None))
+    assert records == numbered(25, COUNT)
+    assert lost_to_retention(topic, 0) == 0
+    notes = [
+        r.getMessage() for r in caplog.records if "applies only to partitions without recovery state" in r.getMessage()
+    ]
+    assert len(notes) == 1 and notes[0].startswith("START_POSITION=latest")
+
+
+@pytest.mark.parametrize(
+    "written", ["2019-01-07T07:00:57.500Z", "2019-01-07T08:00:57.500+01:00", str(BASE_MS + 57_500)]
+)
+def test_timestamp_starts_at_the_first_record_at_or_after_it(kafka, topic, written: str) -> None:
+    # Record i is stamped BASE_MS + i s: the first at or after BASE_MS + 57.5 s is record 58.
+    start = StartPosition.parse(f"timestamp:{written}")
+    records, _ = read(source(kafka, topic, start), f"0-{topic}")
+    assert records == numbered(58, COUNT)
+
+
+def test_a_timestamp_after_the_last_record_starts_at_the_end_and_misses_nothing_later(kafka, topic) -> None:
+    later = datetime.fromtimestamp((BASE_MS + COUNT * 1000 + 5_000) / 1000, UTC).isoformat()
+    src = source(kafka, topic, StartPosition.parse(f"timestamp:{later}"))
+    records, after = read(src, f"0-{topic}")
+    assert records == [] and after == COUNT  # a concrete offset: a resume will not jump to a new end
+    produce_numbered(kafka.bootstrap, topic, 0, COUNT, 5)
+    again, _ = read(src, f"0-{topic}", (after, None))
+    assert again == numbered(COUNT, COUNT + 5)
+
+
+def test_latest_starts_at_the_end(kafka, topic) -> None:
+    records, after = read(source(kafka, topic, StartPosition.parse("latest")), f"0-{topic}")
+    assert records == [] and after == COUNT
+
+
+def test_group_starts_at_the_groups_committed_offsets(kafka, topic) -> None:
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    produce_numbered(kafka.bootstrap, topic, 1, 0, 20)
+    committer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # a fresh broker's group coordinator may still be loading
+            try:
+                committer.commit(offsets=[TopicPartition(topic, 0, 63)], asynchronous=False)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        committer.close()
+
+    src = source(kafka, topic, StartPosition.parse("group"), group=group)
+    committed, _ = read(src, f"0-{topic}")
+    assert committed == numbered(63, COUNT)
+    never_committed, _ = read(src, f"1-{topic}")  # no offset in the group: from the earliest record
+    assert never_committed == numbered(0, 20)
