@@ -36,6 +36,8 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPart
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from prometheus_client import Counter
 
+from connectors.engine import KafkaPartitionInternals, add_source_config
+
 log = logging.getLogger(__name__)
 
 _SYNC_COMMIT_RETRY_S = 10.0
@@ -104,6 +106,7 @@ BatchStep = Callable[[str, list[Message], S], tuple[list[X], S]]
 class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]):
     def __init__(self, kafka_part: Any, part_id: str, step: BatchStep, state: S, commit_offsets: bool) -> None:
         self._kafka_part = kafka_part
+        self._internals = KafkaPartitionInternals(kafka_part)
         self._part_id = part_id
         self._step = step
         self._state = state
@@ -111,19 +114,18 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
         self._coordinator_ready = False  # until one synchronous commit went through
 
     def next_batch(self) -> list[X]:
-        # The built-in partition's own loop, without the per-message copy. It keeps its
-        # consumer, batch size, EOF flag and next offset in attributes that bytewax 0.21.1
-        # (pinned) does not make public; its snapshot() and lag metrics read `_offset`.
-        part = self._kafka_part
-        if part._eof:
+        # The built-in partition's own loop, without the per-message copy (its private
+        # parts through connectors/engine.py).
+        part = self._internals
+        if part.at_end:
             raise StopIteration
         messages = []
-        for msg in part._consumer.consume(part._batch_size, 0.001):
+        for msg in part.consumer.consume(part.batch_size, 0.001):
             error = msg.error()
             if error is None:
                 messages.append(msg)
             elif error.code() == ConfluentKafkaError._PARTITION_EOF:
-                part._eof = True  # bounded mode: stop after this batch
+                part.mark_end()  # bounded mode: stop after this batch
                 break
             else:
                 # A consumer-level error (e.g. broker unreachable), not an event:
@@ -131,7 +133,7 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
                 log.warning("Kafka consumer error on %s: %s", self._part_id, error)
         if not messages:
             return []
-        part._offset = messages[-1].offset() + 1
+        part.next_offset = messages[-1].offset() + 1  # type: ignore[operator]  # a consumed message has one
         items, self._state = self._step(self._part_id, messages, self._state)
         return items
 
@@ -143,8 +145,8 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
             return
         # Only for monitoring (kafka-consumer-groups, Burrow, KEDA see the lag): resume
         # always starts from the offsets in bytewax's own snapshot, never from these.
-        part = self._kafka_part
-        offsets = [TopicPartition(part._topic, part._part_idx, offset)]
+        part = self._internals
+        offsets = [part.topic_partition(offset)]
         # Synchronous commits (the first and the last) retry what the broker says is
         # passing, e.g. its coordinator still loading on a fresh cluster. Async commits
         # start only after that: librdkafka resends a refused one later, and a resent old
@@ -153,7 +155,7 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
         deadline = time.monotonic() + (0 if asynchronous else _SYNC_COMMIT_RETRY_S)
         while True:
             try:
-                part._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+                part.consumer.commit(offsets=offsets, asynchronous=asynchronous)
                 self._coordinator_ready = True
                 return
             except KafkaException as exc:
@@ -207,7 +209,7 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         self._kafka = kafka
         # Safety net: librdkafka's default (latest) would skip every retained record if a
         # read position falls out of the log mid-run; build_part handles it at start.
-        kafka._add_config = {**kafka._add_config, "auto.offset.reset": "earliest"}
+        add_source_config(kafka, {"auto.offset.reset": "earliest"})
         self._step = step
         self._initial_state = initial_state
         self._commit_offsets = commit_offsets
@@ -225,21 +227,23 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         except BaseException:
             kafka_part.close()
             raise
-        if start != kafka_part._offset:
+        internals = KafkaPartitionInternals(kafka_part)
+        if start != internals.next_offset:
             # Before the first consume, so nothing was read from the old position.
-            kafka_part._consumer.assign([TopicPartition(kafka_part._topic, kafka_part._part_idx, start)])
-            kafka_part._offset = start
+            internals.consumer.assign([internals.topic_partition(start)])
+            internals.next_offset = start
         return _Partition(kafka_part, for_part, self._step, state, self._commit_offsets)
 
     def _start_offset(self, kafka_part: Any, for_part: str, offset: int | None) -> int:
-        consumer, tp = kafka_part._consumer, TopicPartition(kafka_part._topic, kafka_part._part_idx)
+        internals = KafkaPartitionInternals(kafka_part)
+        consumer, tp = internals.consumer, internals.topic_partition()
         resumed = offset is not None
         try:
             low, high = _query(lambda: consumer.get_watermark_offsets(tp, timeout=10))
         except KafkaException as exc:
             if resumed:  # auto.offset.reset=earliest still keeps retained records if it is gone
                 log.warning("Kafka %s: log start unknown (%s); resuming at offset %s unchecked", for_part, exc, offset)
-                return kafka_part._offset
+                return internals.next_offset
             msg = f"Kafka {for_part}: cannot read the partition's offsets ({exc}): check KAFKA_BROKERS and the ACLs"
             raise KafkaUnavailable(msg) from None
         if resumed:

@@ -43,12 +43,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from connectors import engine
+
 log = logging.getLogger(__name__)
 
 FIRST_EPOCH = 1  # bytewax's epoch when there is no progress yet
 NAMESPACE_FILE = "waxstreams-namespace"
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_TABLES = {"parts", "exs", "fronts", "commits", "snaps"}  # bytewax 0.21.1's schema
 
 
 class RecoveryStoreError(RuntimeError):
@@ -138,11 +139,11 @@ def check_store(directory: Path) -> list[tuple[int, int]]:
         try:
             # Read-only: a check must not turn a stray file into an empty database.
             with closing(sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
-                tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                if not _TABLES <= tables:
-                    msg = f"missing tables {', '.join(sorted(_TABLES - tables))}"
+                missing = engine.missing_recovery_columns(db)
+                if missing:
+                    msg = f"missing tables or columns {', '.join(f'{t}.{sorted(c)}' for t, c in missing.items())}"
                     raise sqlite3.DatabaseError(msg)
-                parts += list(db.execute("SELECT part_index, part_count FROM parts"))
+                parts += engine.store_parts(db)
         except sqlite3.Error as exc:
             msg = (
                 f"{where}: {file.name} is not a bytewax recovery partition ({exc}): "
@@ -159,7 +160,7 @@ def is_fresh(directory: Path) -> bool:
     """No execution and no snapshot recorded: nothing has ever run from this store."""
     for file in directory.glob("*.sqlite3"):
         with closing(sqlite3.connect(file, timeout=60)) as db:
-            if db.execute("SELECT EXISTS (SELECT 1 FROM exs) OR EXISTS (SELECT 1 FROM snaps)").fetchone()[0]:
+            if engine.has_history(db):
                 return False
     return True
 
@@ -231,7 +232,7 @@ def drop_abandoned_snapshots(directory: Path) -> int:
 
 
 def _drop(directory: Path, connections: list[sqlite3.Connection]) -> int:
-    parts = [row for c in connections for row in c.execute("SELECT part_index, part_count FROM parts")]
+    parts = [row for c in connections for row in engine.store_parts(c)]
     counts = {n for _, n in parts}
     present = {i for i, _ in parts}
     if len(counts) != 1:
@@ -247,21 +248,16 @@ def _drop(directory: Path, connections: list[sqlite3.Connection]) -> int:
             part_count,
         )
         return 0
-    executions = [row for c in connections for row in c.execute("SELECT ex_num, worker_count, resume_epoch FROM exs")]
+    executions = [row for c in connections for row in engine.executions(c)]
     epoch = FIRST_EPOCH  # no execution recorded: bytewax starts afresh
     if executions:
         last, worker_count, ex_resume = max(executions)
-        fronts = [
-            (w, f)
-            for c in connections
-            for w, f in c.execute("SELECT worker_index, worker_frontier FROM fronts WHERE ex_num = ?", (last,))
-        ]
+        fronts = [front for c in connections for front in engine.frontiers(c, last)]
         epoch = resume_epoch(worker_count, ex_resume, fronts)
     dropped = 0
     for connection in connections:
-        with closing(connection.cursor()) as cursor, connection:
-            cursor.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,))
-            dropped += cursor.rowcount
+        with connection:
+            dropped += engine.delete_snapshots_from(connection, epoch)
     if dropped:
         log.info("recovery store %s: dropped %d snapshots of epochs >= %d left by a crash", directory, dropped, epoch)
     return dropped

@@ -22,6 +22,7 @@ from bytewax.testing import TestingSink, cluster_main, run_main
 from polars.testing import assert_frame_equal
 
 from connectors.memory_transport import ABORT, Aborted, MemoryTransport
+from connectors.recovery_store import drop_abandoned_snapshots
 from dataflows import booking_correlation, movie_impressions
 from dataflows.settings import BookingSettings, MovieImpressionsSettings
 from producers.bookings import BookingTraffic, generate_bookings
@@ -34,7 +35,10 @@ EPOCH = timedelta(milliseconds=100)
 
 
 def run(flow: Dataflow, workers: int, recovery: Path | None = None) -> None:
-    config = RecoveryConfig(str(recovery)) if recovery is not None else None
+    config = None
+    if recovery is not None:
+        drop_abandoned_snapshots(recovery)  # what the jobs' start-up does (dataflows/skeleton.py)
+        config = RecoveryConfig(str(recovery))
     if workers == 1:
         run_main(flow, epoch_interval=EPOCH, recovery_config=config)
     else:

@@ -1,0 +1,107 @@
+"""bytewax 0.21.1's private parts this project relies on, in one place.
+
+The pinned engine does not make these public: the Kafka source partition's consumer,
+batch size, end-of-partition flag and next offset (its own snapshot() and lag metrics
+read `_offset`), the Kafka source's extra client config, and the recovery store's
+sqlite tables (bytewax's src/recovery.rs). tests/integration/test_engine.py checks each
+against the installed engine, so an upgrade that moves one fails there, loudly, rather
+than as wrong output.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from bytewax.connectors.kafka import KafkaSource
+from confluent_kafka import TopicPartition
+
+
+class KafkaPartitionInternals:
+    """bytewax's `_KafkaSourcePartition`, read and steered through its private attributes."""
+
+    def __init__(self, part: Any) -> None:
+        self.part = part
+
+    @property
+    def consumer(self) -> Any:  # confluent_kafka.Consumer
+        return self.part._consumer
+
+    @property
+    def batch_size(self) -> int:
+        return self.part._batch_size
+
+    @property
+    def at_end(self) -> bool:
+        """Bounded mode: the partition's end was reached; the source stops after this batch."""
+        return self.part._eof
+
+    def mark_end(self) -> None:
+        self.part._eof = True
+
+    @property
+    def next_offset(self) -> int:
+        return self.part._offset
+
+    @next_offset.setter
+    def next_offset(self, offset: int) -> None:
+        self.part._offset = offset
+
+    def topic_partition(self, offset: int | None = None) -> TopicPartition:
+        tp = TopicPartition(self.part._topic, self.part._part_idx)
+        if offset is not None:
+            tp.offset = offset
+        return tp
+
+
+def add_source_config(source: KafkaSource, config: dict[str, str]) -> None:
+    """Client properties for the consumers bytewax's KafkaSource builds from now on."""
+    source._add_config = {**source._add_config, **config}
+
+
+# The recovery store: one sqlite file per partition, with these tables.
+RECOVERY_TABLES = {
+    "parts": {"part_index", "part_count"},
+    "exs": {"ex_num", "worker_count", "resume_epoch"},
+    "fronts": {"ex_num", "worker_index", "worker_frontier"},
+    "snaps": {"step_id", "state_key", "snap_epoch", "ser_change"},
+}
+
+
+def missing_recovery_columns(db: sqlite3.Connection) -> dict[str, set[str]]:
+    """Tables and columns this project reads that the store lacks (empty: all there)."""
+    missing = {}
+    for table, columns in RECOVERY_TABLES.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if columns - have:
+            missing[table] = columns - have
+    return missing
+
+
+def store_parts(db: sqlite3.Connection) -> list[tuple[int, int]]:
+    """(part_index, part_count) of the partition this file holds."""
+    return list(db.execute("SELECT part_index, part_count FROM parts"))
+
+
+def has_history(db: sqlite3.Connection) -> bool:
+    """Any execution or snapshot recorded."""
+    return bool(db.execute("SELECT EXISTS (SELECT 1 FROM exs) OR EXISTS (SELECT 1 FROM snaps)").fetchone()[0])
+
+
+def executions(db: sqlite3.Connection) -> list[tuple[int, int, int]]:
+    """(ex_num, worker_count, resume_epoch) of every execution recorded."""
+    return list(db.execute("SELECT ex_num, worker_count, resume_epoch FROM exs"))
+
+
+def frontiers(db: sqlite3.Connection, ex_num: int) -> list[tuple[int, int]]:
+    """(worker_index, worker_frontier) each worker of an execution reported."""
+    return list(db.execute("SELECT worker_index, worker_frontier FROM fronts WHERE ex_num = ?", (ex_num,)))
+
+
+def snapshot_epochs(db: sqlite3.Connection) -> list[int]:
+    return [epoch for (epoch,) in db.execute("SELECT snap_epoch FROM snaps")]
+
+
+def delete_snapshots_from(db: sqlite3.Connection, epoch: int) -> int:
+    """Delete every snapshot at or past `epoch` (in the caller's transaction); returns how many."""
+    return db.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,)).rowcount

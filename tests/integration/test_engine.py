@@ -1,0 +1,75 @@
+"""The engine's private parts this project uses (connectors/engine.py) exist and behave
+as relied on, in the *installed* bytewax: an upgrade that moves one fails here."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from contextlib import closing
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from bytewax import operators as op
+from bytewax.connectors.kafka import KafkaSource
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from connectors import engine
+from producers.kafka_producer import produce_messages
+from tests.conftest import make_topics
+
+pytestmark = pytest.mark.integration
+
+
+def test_kafka_source_partition_internals(kafka) -> None:
+    topic = f"engine-{uuid.uuid4().hex[:8]}"
+    make_topics(kafka, topic, partitions=1)
+    produce_messages([(topic, b"k", b"v%d" % i) for i in range(5)], kafka.bootstrap)
+    source = KafkaSource([kafka.bootstrap], [topic], tail=False, batch_size=3)
+    engine.add_source_config(source, {"auto.offset.reset": "earliest"})
+    part = source.build_part("step", f"0-{topic}", None)
+    try:
+        internals = engine.KafkaPartitionInternals(part)
+        assert internals.batch_size == 3 and not internals.at_end
+        tp = internals.topic_partition(2)
+        assert (tp.topic, tp.partition, tp.offset) == (topic, 0, 2)
+        internals.consumer.assign([tp])  # where the partition's own loop reads from
+        internals.next_offset = 2
+        values = []
+        while len(values) < 3:
+            values += [m.value() for m in internals.consumer.consume(internals.batch_size, 1.0) if m.error() is None]
+        assert values == [b"v2", b"v3", b"v4"]
+        assert part.snapshot() == 2  # bytewax's own snapshot reads the offset we set
+        internals.mark_end()
+        assert internals.at_end
+    finally:
+        part.close()
+
+
+def test_recovery_store_tables(tmp_path: Path) -> None:
+    init_db_dir(tmp_path, 1)
+    flow = Dataflow("engine")
+    counted = op.stateful_map(
+        "count",
+        op.key_on("k", op.input("in", flow, TestingSource(range(50), 5)), str),
+        lambda s, v: ((s or 0) + 1,) * 2,
+    )
+    op.output("out", counted, TestingSink([]))
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(str(tmp_path)))
+
+    [store] = tmp_path.glob("*.sqlite3")
+    with closing(sqlite3.connect(store)) as db:
+        assert engine.missing_recovery_columns(db) == {}
+        assert engine.store_parts(db) == [(0, 1)]
+        assert engine.has_history(db)
+        [(ex_num, workers, resume_epoch)] = engine.executions(db)
+        assert workers == 1 and resume_epoch == 1
+        [(worker, frontier)] = engine.frontiers(db, ex_num)
+        assert worker == 0 and frontier > 1
+        epochs = engine.snapshot_epochs(db)
+        assert epochs and max(epochs) < frontier
+        with db:
+            assert engine.delete_snapshots_from(db, max(epochs)) == epochs.count(max(epochs))
+        assert max(engine.snapshot_epochs(db), default=0) < max(epochs)
