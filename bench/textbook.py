@@ -15,8 +15,8 @@ import bytewax.operators.windowing as win
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
 
-from connectors.s3_sink import ObjectRows, PartitionedS3Sink, S3Location
-from dataflows.impressions import OUTPUT_SCHEMA, bucket_dir
+from connectors.sinks.s3_objects import ObjectRows, PartitionedS3Sink, S3Location
+from dataflows.impression_rules import OUTPUT_SCHEMA, object_folder
 from dataflows.settings import MovieImpressionsSettings
 
 
@@ -29,7 +29,7 @@ def _row(key_window):
     _, (window_id, (count, latest, movie_id, user_id)) = key_window
     start = window_id * 900_000
     return movie_id, ObjectRows(
-        bucket_dir(PREFIX, start, movie_id),
+        object_folder(PREFIX, start, movie_id),
         {
             "movieId": [movie_id],
             "userId": [user_id],

@@ -21,7 +21,7 @@ Also the store's checks and set-up, so a wrong `-r` is one line instead of a Rus
 
 and the store's sink namespace (file `waxstreams-namespace` beside the partitions): the
 run identity under which the S3 sink writes its manifests when it has no state to
-restore (connectors/s3_sink.py). Made once per store, so every attempt of a run (also
+restore (connectors/sinks/s3_objects.py). Made once per store, so every attempt of a run (also
 one that crashed before its first snapshot) rolls back only its own writes, and a new
 store never touches an older run's output.
 """

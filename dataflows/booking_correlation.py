@@ -4,7 +4,7 @@
 
 The job's middle (the rest is dataflows/skeleton.py): booking-created + booking-events,
 decoded with their watermark in the source -> keyed state per bookingId (rules in
-dataflows/bookings.py, timeouts in event time) -> alerts / unmatched streams.
+dataflows/booking_rules.py, timeouts in event time) -> alerts / unmatched streams.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.transport import Transport
+from connectors.transports.contract import Transport
 from dataflows import metrics, skeleton
-from dataflows.bookings import (
+from dataflows.booking_rules import (
     EMPTY,
     Alert,
     BookingRecord,

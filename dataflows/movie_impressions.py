@@ -21,17 +21,17 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators.windowing import UTC_MIN
 from bytewax.outputs import Sink
 
-from connectors.s3_sink import ObjectRows, PartitionedS3Sink, S3Location, check_bucket, check_existing_output
-from connectors.transport import Transport
+from connectors.sinks.s3_objects import ObjectRows, PartitionedS3Sink, S3Location, check_bucket, check_existing_output
+from connectors.transports.contract import Transport
 from dataflows import metrics, skeleton
 from dataflows.dead_letters import LateEvent
 from dataflows.event_time import EventTimeClock, Heartbeat, HeartbeatAwareWindower, to_datetime
-from dataflows.impressions import (
+from dataflows.impression_rules import (
     OUTPUT_SCHEMA,
     UserTallies,
     WindowSlice,
-    bucket_dir,
     late_slice_record,
+    object_folder,
     slice_batch,
     window_rows,
 )
@@ -91,7 +91,7 @@ def build_flow(
         movie_id, (window_id, tallies) = movie_window
         start = window_id * window_ms  # bytewax numbers epoch-aligned tumbling windows from 0
         return movie_id, ObjectRows(
-            bucket_dir(settings.s3_prefix, start, movie_id), window_rows(movie_id, start, window_ms, tallies)
+            object_folder(settings.s3_prefix, start, movie_id), window_rows(movie_id, start, window_ms, tallies)
         )
 
     op.output("s3_out", op.map("rows", windows.down, to_rows), rows_sink)
@@ -111,7 +111,7 @@ def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
     location = S3Location(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_region)
     check_bucket(location)
     # A run that starts without state writes in its own namespace, and stops over another
-    # run's output unless ON_EXISTING_OUTPUT=append (connectors/s3_sink.py).
+    # run's output unless ON_EXISTING_OUTPUT=append (connectors/sinks/s3_objects.py).
     if resume.fresh:
         append = settings.start.on_existing_output == "append"
         check_existing_output(location, resume.sink_namespace, append, settings.s3_give_up_after.total_seconds())

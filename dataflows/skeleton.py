@@ -22,10 +22,10 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
-from connectors.kafka_transport import KafkaTransport
 from connectors.recovery_store import RecoveryStoreError, Resume, prepare_resume
-from connectors.s3_sink import S3SinkError
-from connectors.transport import Transport, TransportUnavailable
+from connectors.sinks.s3_objects import S3SinkError
+from connectors.transports.contract import Transport, TransportUnavailable
+from connectors.transports.kafka import KafkaTransport
 from dataflows import metrics
 from dataflows.dead_letters import DeadLetter
 from dataflows.event_time import NO_WATERMARK, HeartbeatSchedule, partition_watermark

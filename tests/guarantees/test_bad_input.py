@@ -13,7 +13,7 @@ from polars.testing import assert_frame_equal
 
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK
-from dataflows.impressions import MovieImpression, WindowSlice, decode_impression, slice_batch
+from dataflows.impression_rules import MovieImpression, WindowSlice, decode_impression, slice_batch
 from dataflows.untrusted_json import InvalidEvent
 from producers.kafka_producer import produce_messages
 from producers.movie_impressions import TrafficShape, generate

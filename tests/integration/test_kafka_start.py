@@ -13,14 +13,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
-from connectors.kafka_source import EARLIEST, StartPosition, StatefulKafkaSource
+from connectors.transports.kafka_source import EARLIEST, StartPosition, StatefulKafkaSource
 from tests.conftest import make_topics
 
 pytestmark = pytest.mark.integration
 
 BASE_MS = 1_546_844_400_000  # record i has timestamp BASE_MS + i * 1000
 COUNT = 100
-SOURCE_LOG = "connectors.kafka_source"
+SOURCE_LOG = "connectors.transports.kafka_source"
 
 
 def offsets_and_values(part_id: str, messages: list, state: None) -> tuple[list[tuple[int, bytes]], None]:
@@ -45,7 +45,7 @@ def topic(kafka) -> str:
 def source(kafka, topic: str, start: StartPosition = EARLIEST, group: str | None = None) -> StatefulKafkaSource:
     config = {"group.id": group} if group else None
     kafka_source = KafkaSource([kafka.bootstrap], [topic], tail=False, add_config=config, batch_size=7)
-    return StatefulKafkaSource(kafka_source, offsets_and_values, None, False, start)
+    return StatefulKafkaSource(kafka_source, offsets_and_values, None, commit_offsets=False, start=start)
 
 
 def read(src: StatefulKafkaSource, part: str, resume_state=None) -> tuple[list[tuple[int, bytes]], int | None]:

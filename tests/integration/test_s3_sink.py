@@ -2,8 +2,15 @@
 
 import pytest
 
-from connectors.s3_sink import ObjectRows, PartitionedS3Sink, S3Location, S3SinkError, check_bucket, stable_partition
-from dataflows.impressions import OUTPUT_SCHEMA
+from connectors.sinks.s3_objects import (
+    ObjectRows,
+    PartitionedS3Sink,
+    S3Location,
+    S3SinkError,
+    check_bucket,
+    stable_partition,
+)
+from dataflows.impression_rules import OUTPUT_SCHEMA
 from tests.conftest import read_s3_rows
 
 pytestmark = pytest.mark.integration
@@ -75,7 +82,7 @@ def test_partitions_are_zero_padded_and_routing_is_stable() -> None:
     import subprocess
     import sys
 
-    code = "from connectors.s3_sink import stable_partition as f; print(f('2000'), f('2001'))"
+    code = "from connectors.sinks.s3_objects import stable_partition as f; print(f('2000'), f('2001'))"
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code], env={"PYTHONHASHSEED": seed}, capture_output=True, text=True, check=True

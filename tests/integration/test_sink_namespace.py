@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from connectors.s3_sink import (
+from connectors.sinks.s3_objects import (
     ExistingOutputError,
     ObjectRows,
     PartitionedS3Sink,
@@ -14,7 +14,7 @@ from connectors.s3_sink import (
     check_existing_output,
     find_foreign_output,
 )
-from dataflows.impressions import OUTPUT_SCHEMA
+from dataflows.impression_rules import OUTPUT_SCHEMA
 from tests.conftest import read_s3_rows
 
 pytestmark = pytest.mark.integration

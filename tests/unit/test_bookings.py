@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dataflows.bookings import (
+from dataflows.booking_rules import (
     CREATED,
     DEFAULT_CREATED,
     DEFAULT_EVENT,

@@ -15,7 +15,7 @@ from dataflows.event_time import (
     is_late,
     to_datetime,
 )
-from dataflows.impressions import UserTallies, WindowSlice
+from dataflows.impression_rules import UserTallies, WindowSlice
 
 W = 15 * 60 * 1000
 

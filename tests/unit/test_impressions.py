@@ -5,13 +5,13 @@ import pytest
 
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK, window_bounds
-from dataflows.impressions import (
+from dataflows.impression_rules import (
     MovieImpression,
     UserTallies,
     WindowSlice,
-    bucket_dir,
     decode_impression,
-    hour_bucket,
+    hour_folder,
+    object_folder,
     slice_batch,
     window_rows,
 )
@@ -101,17 +101,17 @@ def test_window_bounds_at_edges(timestamp: int, bounds: tuple[int, int]) -> None
         ("out", ms(2019, 1, 7, 7, 0), "../etc", "out/2019-01-07--07/..%2Fetc"),  # cannot escape its folder
     ],
 )
-def test_bucket_dir(prefix: str, start: int, movie: str, expected: str) -> None:
-    assert bucket_dir(prefix, start, movie) == expected
+def test_object_folder(prefix: str, start: int, movie: str, expected: str) -> None:
+    assert object_folder(prefix, start, movie) == expected
 
 
-def test_hour_bucket_is_utc_regardless_of_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hour_folder_is_utc_regardless_of_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
     monkeypatch.setenv("TZ", "America/Los_Angeles")
     time.tzset()
     try:
-        assert hour_bucket(ms(2019, 1, 7, 7, 30)) == "2019-01-07--07"
+        assert hour_folder(ms(2019, 1, 7, 7, 30)) == "2019-01-07--07"
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()

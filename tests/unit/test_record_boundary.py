@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dataflows.bookings as bookings
-import dataflows.impressions as impressions
-from dataflows.bookings import DEFAULT_CREATED, DEFAULT_EVENT, BookingRecord, read_booking_batch
+import dataflows.booking_rules as bookings
+import dataflows.impression_rules as impressions
+from dataflows.booking_rules import DEFAULT_CREATED, DEFAULT_EVENT, BookingRecord, read_booking_batch
 from dataflows.dead_letters import MAX_DEAD_LETTER_BYTES, DeadLetter, SourcePosition
 from dataflows.event_time import NO_WATERMARK
-from dataflows.impressions import WindowSlice, bucket_dir, decode_fields, decode_impression, slice_batch
+from dataflows.impression_rules import WindowSlice, decode_fields, decode_impression, object_folder, slice_batch
 from dataflows.metrics import EVENTS, INTERNAL_ERRORS, count_inputs
 from dataflows.untrusted_json import MAX_DEPTH, MAX_ID_BYTES, InvalidEvent, decode_json_object
 from tests.factories import kafka_message
@@ -79,8 +79,8 @@ def test_ids_at_the_limit_are_accepted() -> None:
 
 
 @pytest.mark.parametrize(("movie_id", "folder"), [(".", "%2E"), ("..", "%2E%2E"), ("../x", "..%2Fx"), ("a.b", "a.b")])
-def test_bucket_dir_never_yields_a_dot_segment(movie_id: str, folder: str) -> None:
-    assert bucket_dir("p", 0, movie_id) == f"p/1970-01-01--00/{folder}"
+def test_object_folder_never_yields_a_dot_segment(movie_id: str, folder: str) -> None:
+    assert object_folder("p", 0, movie_id) == f"p/1970-01-01--00/{folder}"
 
 
 @given(st.integers(0, 2**32), st.integers(0, 2))

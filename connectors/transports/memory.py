@@ -1,4 +1,4 @@
-"""An in-memory transport (see connectors/transport.py): the same jobs, run in-process by tests.
+"""An in-memory transport (see connectors/transports/contract.py): the same jobs, run in-process by tests.
 
 Each stream is a dict of partitions, each a list of message values; what the job
 writes lands in `written[stream]` as (key, value) pairs. Reading stops at the end of
@@ -19,7 +19,7 @@ from bytewax.dataflow import Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import TestingSink
 
-from connectors.transport import BatchStep, TransportUnavailable
+from connectors.transports.contract import BatchStep, TransportUnavailable
 
 ABORT = object()
 

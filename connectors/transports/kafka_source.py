@@ -159,7 +159,7 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
                 self._coordinator_ready = True
                 return
             except KafkaException as exc:
-                if _passing(exc) and time.monotonic() < deadline:
+                if _transient(exc) and time.monotonic() < deadline:
                     time.sleep(0.2)
                     continue
                 log.warning("could not commit offsets of %s for monitoring: %s", self._part_id, exc)
@@ -175,7 +175,7 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
         self._kafka_part.close()
 
 
-_PASSING_COMMIT_ERRORS = {
+_TRANSIENT_COMMIT_ERRORS = {
     ConfluentKafkaError.COORDINATOR_LOAD_IN_PROGRESS,
     ConfluentKafkaError.COORDINATOR_NOT_AVAILABLE,
     ConfluentKafkaError.NOT_COORDINATOR,
@@ -186,9 +186,9 @@ _PASSING_COMMIT_ERRORS = {
 }
 
 
-def _passing(exc: KafkaException) -> bool:
+def _transient(exc: KafkaException) -> bool:
     error = exc.args[0] if exc.args else None
-    return isinstance(error, ConfluentKafkaError) and (error.retriable() or error.code() in _PASSING_COMMIT_ERRORS)
+    return isinstance(error, ConfluentKafkaError) and (error.retriable() or error.code() in _TRANSIENT_COMMIT_ERRORS)
 
 
 class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Generic[X, S]):
@@ -309,7 +309,7 @@ def _query(call: Callable[[], Any]) -> Any:
         try:
             return call()
         except KafkaException as exc:
-            if not _passing(exc) or time.monotonic() > deadline:
+            if not _transient(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 

@@ -91,12 +91,12 @@ def decode_fields(raw: bytes | None) -> tuple[str, str, int]:
     return event.movie_id, event.user_id, event.timestamp
 
 
-def hour_bucket(epoch_ms: int) -> str:
-    """Flink's default bucket name `yyyy-MM-dd--HH` of an instant, in UTC."""
+def hour_folder(epoch_ms: int) -> str:
+    """The hour folder of an instant, in UTC: `yyyy-MM-dd--HH` (Flink's default bucket name)."""
     return to_datetime(epoch_ms).strftime("%Y-%m-%d--%H")
 
 
-def bucket_dir(prefix: str, window_start_ms: int, movie_id: str) -> str:
+def object_folder(prefix: str, window_start_ms: int, movie_id: str) -> str:
     """Object folder of a window's rows: `<prefix>/<yyyy-MM-dd--HH of window start>/<movieId>`.
 
     The id is percent-encoded so that '/' in an id cannot escape its folder, and an id
@@ -106,7 +106,7 @@ def bucket_dir(prefix: str, window_start_ms: int, movie_id: str) -> str:
     folder = quote(movie_id, safe="")
     if not folder.strip("."):
         folder = folder.replace(".", "%2E")
-    return "/".join([*parts, hour_bucket(window_start_ms), folder])
+    return "/".join([*parts, hour_folder(window_start_ms), folder])
 
 
 class UserTallies(dict[str, tuple[int, int]]):

@@ -1,4 +1,4 @@
-"""Kafka as a job's transport (see connectors/transport.py): topics in, topics out."""
+"""Kafka as a job's transport (see connectors/transports/contract.py): topics in, topics out."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Stream
 
-from connectors.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
-from connectors.transport import BatchStep, TransportUnavailable
+from connectors.transports.contract import BatchStep, TransportUnavailable
+from connectors.transports.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ class KafkaTransport:
         return self._kafka_source(streams).list_parts()
 
     def source(self, streams: list[str], step: BatchStep, initial_state: Any) -> StatefulKafkaSource:
-        return StatefulKafkaSource(self._kafka_source(streams), step, initial_state, True, self.start)
+        return StatefulKafkaSource(
+            self._kafka_source(streams), step, initial_state, commit_offsets=True, start=self.start
+        )
 
     def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
         messages = op.map(f"{step_id}_message", records, lambda kv: KafkaSinkMessage(kv[0], kv[1]))

@@ -1,0 +1,1 @@
+"""Sinks: where job output lands for readers (partitioned S3 objects)."""
