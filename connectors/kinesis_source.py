@@ -476,6 +476,8 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
     def _read(self, shard: _Shard, now: float) -> list[KinesisRecord]:
         if shard.iterator is None and not self._renew_iterator(shard, now):
             return []
+        now = time.monotonic()  # the limits count from the call itself
+        shard.due = now + _MIN_CALL_INTERVAL  # failed calls count against the 5/s too
         try:
             resp = self._client.get_records(ShardIterator=shard.iterator, Limit=self._src._max_records)
         except ClientError as exc:
@@ -583,8 +585,8 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
                 "Kinesis read of %s/%s failed (%s); retrying with backoff", self._stream, shard.shard_id, detail
             )
         shard.backoff = min(_BACKOFF_CAP, max(_BACKOFF_BASE, shard.backoff * 2))
-        # Jitter: shards throttled together do not all come back at once.
-        shard.due = now + random.uniform(shard.backoff / 2, shard.backoff)
+        # Jitter: shards throttled together do not all come back at once; never above 5 calls/s.
+        shard.due = now + max(_MIN_CALL_INTERVAL, random.uniform(shard.backoff / 2, shard.backoff))
 
     def next_awake(self) -> datetime | None:
         if self._finished:
