@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 import subprocess
@@ -82,10 +83,10 @@ def test_every_record_once_in_key_order_across_split_and_merge_while_flowing(kin
     def producer() -> None:
         try:
             produce(10)
-            first, second = open_shards(client, stream)
+            first, _second = open_shards(client, stream)
             split(client, stream, first["ShardId"])  # -> two children of the first shard
             produce(10)
-            low, high, other = open_shards(client, stream)
+            _low, high, other = open_shards(client, stream)
             merge(client, stream, high["ShardId"], other["ShardId"])  # parents: a split child and an original
             produce(10)
         except BaseException as exc:
@@ -182,7 +183,9 @@ def test_expired_iterator_is_renewed_from_the_last_sequence_number(kinesis, kine
     assert faulty.raised == ["ExpiredIteratorException"]
     assert [seq for _, _, seq, _ in items] == [seq for _, _, seq in written]  # none lost, none twice
     renewal = faulty.calls["get_shard_iterator"][1][1]
-    assert renewal["ShardIteratorType"] == "AFTER_SEQUENCE_NUMBER" and renewal["StartingSequenceNumber"] == written[9][2]
+    assert (
+        renewal["ShardIteratorType"] == "AFTER_SEQUENCE_NUMBER" and renewal["StartingSequenceNumber"] == written[9][2]
+    )
 
 
 def test_throttling_is_retried_with_backoff_and_reads_stay_within_5_per_second(kinesis, kinesis_stream) -> None:
@@ -197,7 +200,7 @@ def test_throttling_is_retried_with_backoff_and_reads_stay_within_5_per_second(k
     assert [seq for _, _, seq, _ in items] == [seq for _, _, seq in written]
     assert counter("waxstreams_kinesis_retries_total", stream=stream, reason="throttled") == before + 4
     times = [t for t, _ in faulty.calls["get_records"]]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.19, gaps  # never more than 5 GetRecords per second on a shard
     # The backoff doubles while throttling goes on: 0.2, 0.4, 0.8, 1.6 s, jittered to half..full.
     assert gaps[4] >= 0.75 and gaps[4] > gaps[1], gaps
