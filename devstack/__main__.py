@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from devstack.kafka import KafkaBroker, create_topics
-from devstack.kinesis import KinesisLocal, create_stream
+from devstack.kinesis import STOP_GRACE_S, KinesisLocal, create_stream
 from devstack.processes import stop_pid
 from devstack.s3 import LOCAL_CREDENTIALS, S3Server, create_bucket
 
@@ -83,7 +83,7 @@ def down() -> None:
     for name in reversed(SERVICES):
         pid = _pid(name)
         if pid is not None:
-            stop_pid(pid)
+            stop_pid(pid, STOP_GRACE_S if name == "kinesis" else 15.0)
             print(f"{name} stopped")
         (STATE / f"{name}.pid").unlink(missing_ok=True)
 

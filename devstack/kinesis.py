@@ -40,6 +40,7 @@ LOOPBACK_PRELOAD = HERE / "kinesis_loopback.js"
 PACKAGE = "kinesis-local"
 VERSION = "0.6.2"
 REGION = "us-east-1"
+STOP_GRACE_S = 1.0
 # kinesis-mock accepts any credentials; these only satisfy boto3's credential chain locally.
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": REGION}
 
@@ -151,7 +152,8 @@ class KinesisLocal:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.stop()
+            # It ignores SIGTERM and SIGINT; its data is in memory only, so SIGKILL after a moment loses nothing.
+            self._process.stop(grace=STOP_GRACE_S)
             self._process = None
 
     def client(self, **config: Any) -> Any:
