@@ -367,6 +367,8 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
         self._started_ms = int(time.time() * 1000)
         self._next_discovery = 0.0
         self._finished = False
+        self._listed = False  # one ListShards went through
+        self._fresh = positions is None
         self._rr = 0
         if positions is not None:
             self._done = set(positions.get("done", ()))
@@ -388,7 +390,8 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
                 return shards
             kwargs = {"NextToken": token}  # with a token, StreamName must not be sent
 
-    def _discover(self, first: bool = False) -> None:
+    def _discover(self, first: bool = False) -> bool:
+        """Refresh the shard list; False if ListShards failed passingly (retried at the next discovery)."""
         self._next_discovery = time.monotonic() + self._src._discovery_seconds
         try:
             listed = self._list_shards()
@@ -399,16 +402,18 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
                 msg = f"Kinesis refused ListShards on stream {self._stream!r} ({code}): check the IAM policy"
                 raise KinesisSourceError(msg) from None
             log.warning("Kinesis ListShards on %s failed (%s); retrying at the next discovery", self._stream, code)
-            return
+            return False
         except _CONNECTION_ERRORS as exc:
             if first:
                 where = _where(self._src._endpoint_url, self._src._region)
                 msg = f"cannot reach Kinesis at {where}: start it (make up) or fix KINESIS_ENDPOINT_URL"
                 raise KinesisUnavailable(msg) from None
             log.warning("Kinesis ListShards on %s failed (%s); retrying at the next discovery", self._stream, exc)
-            return
+            return False
         listed_ids = {s["ShardId"] for s in listed}
-        start_kind, start_arg = self._src._start if first else ("TRIM_HORIZON", None)
+        # The start position is for the first listing of a fresh start; later shards hold only new data.
+        initial = self._fresh and not self._listed
+        start_kind, start_arg = self._src._start if initial else ("TRIM_HORIZON", None)
         for info in listed:
             shard_id = info["ShardId"]
             closed = "EndingSequenceNumber" in info.get("SequenceNumberRange", {})
@@ -420,7 +425,7 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
                     known.closed = True
                     known.at_tip = False  # closed since: read on to SHARD_END, then its children
                 continue
-            if first and start_kind == "LATEST" and closed:
+            if initial and start_kind == "LATEST" and closed:
                 self._done.add(shard_id)  # LATEST: nothing new will ever arrive in a closed shard
                 continue
             parents = tuple(p for p in (info.get("ParentShardId"), info.get("AdjacentParentShardId")) if p)
@@ -428,6 +433,8 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
         # Finished shards no longer listed are past retention: their children need not wait for them.
         # (Unfinished ones are kept: a shard that is really gone fails GetShardIterator and is skipped there.)
         self._done &= listed_ids
+        self._listed = True
+        return True
 
     def _ready(self, shard: _Shard) -> bool:
         return not any(p in self._shards for p in shard.parents)  # every parent read to SHARD_END (or gone)
@@ -466,12 +473,12 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
                 if budget <= 0:
                     break
         if self._src._bounded and self._complete():
-            self._discover()  # a last look: shards split or merged meanwhile are read too
-            self._finished = self._complete()
+            # A last look: shards split or merged meanwhile are read too.
+            self._finished = self._discover() and self._complete()
         return items
 
     def _complete(self) -> bool:
-        return all(s.at_tip and not s.closed for s in self._shards.values())
+        return self._listed and all(s.at_tip and not s.closed for s in self._shards.values())
 
     def _read(self, shard: _Shard, now: float) -> list[KinesisRecord]:
         if shard.iterator is None and not self._renew_iterator(shard, now):
