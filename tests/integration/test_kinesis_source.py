@@ -227,15 +227,34 @@ def test_latest_and_at_timestamp_start_positions(kinesis, kinesis_stream) -> Non
     old = put(client, stream, [(f"k{i}", b"old") for i in range(10)])
     latest = source(kinesis, [stream], start_position="LATEST").build_part("in", stream, None)
     assert latest.next_batch() == []  # takes its LATEST iterators
+    # Snapshotted before its first record, LATEST is kept as "at the start time": a resume skips nothing new.
+    before_first = pickle.loads(pickle.dumps(latest.snapshot()))
+    assert {entry["pos"][0] for entry in before_first[0]["shards"].values()} == {"AT_TIMESTAMP"}
     cut = datetime.now(UTC)
     wait_for(lambda: datetime.now(UTC).timestamp() - cut.timestamp() > 0.05, what="the clock to pass the cut")
     new = put(client, stream, [(f"k{i}", b"new") for i in range(10)])
     items = drain(latest, until=lambda items: len(items) >= 10)
     assert sorted(seq for _, _, seq, _ in items) == sorted(seq for _, _, seq in new)
+    resumed = drain(source(kinesis, [stream], bounded=True).build_part("in", stream, before_first))
+    assert sorted(seq for _, _, seq, _ in resumed) == sorted(seq for _, _, seq in new)
     at = source(kinesis, [stream], bounded=True, start_position="AT_TIMESTAMP", start_timestamp=cut)
     items = drain(at.build_part("in", stream, None))
     assert sorted(seq for _, _, seq, _ in items) == sorted(seq for _, _, seq in new)
     assert not {seq for _, _, seq in old} & {seq for _, _, seq, _ in items}
+
+
+def test_transient_failures_are_retried_with_one_warning_per_streak(kinesis, kinesis_stream, caplog) -> None:
+    stream = kinesis_stream(shards=1)
+    written = put(kinesis.client(), stream, [("k", f"{i}".encode()) for i in range(10)])
+    faulty = FaultyClient(kinesis.client(), get_records=["InternalFailure", "ServiceUnavailable", "500"])
+    before = counter("waxstreams_kinesis_retries_total", stream=stream, reason="transient")
+    with caplog.at_level(logging.WARNING, logger="connectors.kinesis_source"):
+        items = drain(
+            source(kinesis, [stream], bounded=True, client_factory=lambda: faulty).build_part("in", stream, None)
+        )
+    assert [seq for _, _, seq, _ in items] == [seq for _, _, seq in written]
+    assert counter("waxstreams_kinesis_retries_total", stream=stream, reason="transient") == before + 3
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
 
 def test_missing_stream_and_unreachable_endpoint_fail_with_one_line(kinesis) -> None:
