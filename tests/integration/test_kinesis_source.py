@@ -9,13 +9,14 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
 import pytest
 from botocore.exceptions import ClientError
 from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, run_main
 from prometheus_client import REGISTRY
 
@@ -158,6 +159,36 @@ def test_resume_from_a_snapshot_yields_exactly_the_remaining_records(kinesis, ki
     resumed.close()
 
 
+class PagingClient(FaultyClient):
+    """ListShards one shard per page, so discovery must follow NextToken."""
+
+    def list_shards(self, **kwargs: Any) -> dict:
+        self.calls["list_shards"].append((time.monotonic(), kwargs))
+        return self.real.list_shards(MaxResults=1, **kwargs)
+
+
+def test_bytewax_recovery_resumes_after_what_a_bounded_run_read(kinesis, kinesis_stream, tmp_path) -> None:
+    stream = kinesis_stream(shards=1)
+    client = kinesis.client()
+    first = put(client, stream, [(f"k{i % 3}", f"a{i}".encode()) for i in range(40)])
+    split(client, stream, open_shards(client, stream)[0]["ShardId"])
+    paging = PagingClient(kinesis.client())
+    init_db_dir(tmp_path, 1)
+
+    def run() -> list:
+        flow = Dataflow("kinesis_resume")
+        out: list = []
+        src = source(kinesis, [stream], bounded=True, client_factory=lambda: paging)
+        op.output("out", op.input("in", flow, src), TestingSink(out))
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(str(tmp_path)))
+        return out
+
+    assert sorted(seq for _, _, seq, _ in run()) == sorted(seq for _, _, seq in first)
+    second = put(client, stream, [(f"k{i % 3}", f"b{i}".encode()) for i in range(40)])
+    assert sorted(seq for _, _, seq, _ in run()) == sorted(seq for _, _, seq in second)  # only what is new
+    assert any("NextToken" in kwargs for _, kwargs in paging.calls["list_shards"])  # 3 shards, 1 a page
+
+
 def test_position_out_of_retention_resumes_at_trim_horizon_with_one_warning(kinesis, kinesis_stream, caplog) -> None:
     stream = kinesis_stream(shards=1)
     client = kinesis.client()
@@ -269,7 +300,10 @@ def test_missing_stream_and_unreachable_endpoint_fail_with_one_line(kinesis) -> 
     with pytest.raises(KinesisUnavailable) as at_build:
         StatefulKinesisSource(["x"], record_step, 0, endpoint_url=nobody).build_part("in", "x", None)
     assert "KINESIS_ENDPOINT_URL" in str(at_build.value)
-    for exc in (missing.value, unreachable.value, at_build.value):
+    with pytest.raises(KinesisUnavailable) as missing_at_build:
+        source(kinesis, ["no-such-stream"]).build_part("in", "no-such-stream", None)
+    assert "'no-such-stream'" in str(missing_at_build.value) and "KINESIS_STREAMS" in str(missing_at_build.value)
+    for exc in (missing.value, unreachable.value, at_build.value, missing_at_build.value):
         assert "\n" not in str(exc)
 
 
