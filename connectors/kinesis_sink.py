@@ -2,8 +2,8 @@
 
 Use::
 
-    sink = KinesisSink("alerts", endpoint_url=settings.endpoint_url, region=settings.region,
-                       retry_seconds=settings.sink_retry_seconds)
+    sink = KinesisSink.from_settings(KinesisSettings.from_env(os.environ), "alerts")
+    # or KinesisSink("alerts", endpoint_url=..., region=..., retry_seconds=...)
     op.output("out", items, sink)          # items: (partition key, bytes)
 
 Each worker writes its own items (a DynamicSink, no state). Per `write_batch` the items
@@ -40,7 +40,14 @@ from botocore.exceptions import ClientError, NoCredentialsError
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter
 
-from connectors.kinesis_source import _CONNECTION_ERRORS, THROTTLING_CODES, TRANSIENT_CODES, _code, kinesis_client
+from connectors.kinesis_source import (
+    _CONNECTION_ERRORS,
+    THROTTLING_CODES,
+    TRANSIENT_CODES,
+    KinesisSettings,
+    _code,
+    kinesis_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +193,15 @@ class KinesisSink(DynamicSink[tuple[str, bytes]]):
         self.retry_seconds = retry_seconds
         # Our retry loop decides; botocore's own retries would sleep outside the budget.
         self._client_factory = client_factory or (lambda: kinesis_client(endpoint_url, region))
+
+    @classmethod
+    def from_settings(cls, settings: KinesisSettings, stream: str) -> KinesisSink:
+        return cls(
+            stream,
+            endpoint_url=settings.endpoint_url,
+            region=settings.region,
+            retry_seconds=settings.sink_retry_seconds,
+        )
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KinesisSinkPartition:
         return _KinesisSinkPartition(self)

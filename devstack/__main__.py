@@ -69,6 +69,11 @@ def up() -> None:
     print(f"s3     ready at http://127.0.0.1:{S3_PORT} (bucket: {BUCKET})")
     create_topics(f"127.0.0.1:{KAFKA_PORT}", TOPICS, partitions=2)
     print(f"topics ready: {', '.join(TOPICS)}")
+    up_kinesis()
+
+
+def up_kinesis() -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
     if _pid("kinesis") is None:
         kinesis = KinesisLocal(KINESIS_PORT, KINESIS_TLS_PORT, STATE / "kinesis.log", CACHE)
         kinesis.start()
