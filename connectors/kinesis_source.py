@@ -493,7 +493,7 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
                 RETRIES.labels(self._stream, "expired_iterator").inc()
                 log.info("Kinesis iterator of %s/%s expired; renewing it", self._stream, shard.shard_id)
                 shard.iterator = None
-                return []  # due now: renewed at the next call
+                return []  # renewed at the next call, 0.2 s on
             self._retry_or_raise(shard, now, code, "GetRecords")
             return []
         except _CONNECTION_ERRORS as exc:
@@ -517,9 +517,6 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
         ]
         if records:
             shard.kind, shard.arg = "AFTER_SEQUENCE_NUMBER", records[-1].offset()
-        elif shard.kind == "LATEST":
-            # Remembered as its start time: a renewal or resume must not skip what arrives now.
-            shard.kind, shard.arg = "AT_TIMESTAMP", self._started_ms
         next_iterator = resp.get("NextShardIterator")
         if next_iterator is None:  # SHARD_END: the children may start
             self._finish(shard)
@@ -574,6 +571,9 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
             self._back_off(shard, now, "transient", str(exc))
             return False
         shard.iterator = resp["ShardIterator"]
+        if shard.kind == "LATEST":
+            # From now on "at the start time": a renewal or resume must not skip what arrives meanwhile.
+            shard.kind, shard.arg = "AT_TIMESTAMP", self._started_ms
         return True
 
     def _retry_or_raise(self, shard: _Shard, now: float, code: str, call: str) -> None:
@@ -606,7 +606,7 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
     def snapshot(self) -> tuple[Positions, S]:
         shards = {}
         for s in self._shards.values():
-            kind, arg = (s.kind, s.arg) if s.kind != "LATEST" else ("AT_TIMESTAMP", self._started_ms)
+            kind, arg = (s.kind, s.arg) if s.kind != "LATEST" else ("AT_TIMESTAMP", self._started_ms)  # not read yet
             shards[s.shard_id] = {"pos": [kind, arg], "parents": list(s.parents)}
         return {"shards": shards, "done": sorted(self._done)}, self._state
 
