@@ -288,6 +288,21 @@ def test_transient_failures_are_retried_with_one_warning_per_streak(kinesis, kin
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
 
 
+def test_an_idle_stream_is_not_busy_polled(kinesis, kinesis_stream) -> None:
+    stream = kinesis_stream(shards=2)
+    counting = FaultyClient(kinesis.client())
+    part = source(
+        kinesis, [stream], idle_poll_seconds=1.0, discovery_seconds=10, client_factory=lambda: counting
+    ).build_part("in", stream, None)
+    assert part.next_batch() == []  # one read per shard: both at their tip
+    wake = part.next_awake()
+    assert wake is not None and 0.5 < (wake - datetime.now(UTC)).total_seconds() <= 1.0
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:  # a scheduler that ignored next_awake still gets no extra calls
+        assert part.next_batch() == []
+    assert len(counting.calls["get_records"]) == 2
+
+
 def test_missing_stream_and_unreachable_endpoint_fail_with_one_line(kinesis) -> None:
     settings = KinesisSettings(streams=("no-such-stream",), endpoint_url=kinesis.endpoint_url)
     with pytest.raises(KinesisUnavailable) as missing:
