@@ -36,9 +36,14 @@ written, across SplitShard, MergeShards and UpdateShardCount, with no restart. B
 single partition knows every shard, merges of parents that another reader would own
 need no coordination. The limit: one stream is read by one bytewax worker (several
 streams spread over workers). A worker issues GetRecords calls one after another, so
-its throughput is bounded by round trips (roughly shards x 5 calls/s, each up to
-`max_records` records or 10 MiB, whichever the network allows); for streams beyond a
-few dozen shards or ~10 MiB/s, split the data over several streams.
+its throughput is bounded by round trips: about 1/RTT calls per second for the whole
+stream (~50/s at 20 ms), each up to `max_records` records, i.e. it keeps about ten
+busy shards at Kinesis' 5 calls/s (idle shards cost 1/`idle_poll_seconds` calls/s).
+Locally it read 20,000 small records from 4 shards in 2 s. For more, split the data
+over several streams. The step is called once per GetRecords answer, so all records
+of one call come from one shard; a step that needs per-shard state (a per-partition
+watermark, say) can key its state by `records[0].partition()`: the state passed in is
+per stream.
 
 Positions: per shard, the last sequence number read (resumed AFTER_SEQUENCE_NUMBER);
 shards read to SHARD_END are remembered (and forgotten once ListShards no longer lists
