@@ -7,11 +7,13 @@ from typing import Any
 
 import bytewax.operators as op
 import pytest
+from botocore.exceptions import ClientError
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
 from connectors.kinesis_sink import KinesisSink, KinesisSinkError
 from connectors.kinesis_source import StatefulKinesisSource
+from devstack.processes import free_port
 from tests.kinesis_fixtures import drain, record_step
 
 pytestmark = pytest.mark.integration
@@ -106,3 +108,28 @@ def test_sink_refuses_an_oversize_record_and_a_missing_stream(kinesis, kinesis_s
     missing = KinesisSink("no-such-stream", endpoint_url=kinesis.endpoint_url).build("out", 0, 1)
     with pytest.raises(KinesisSinkError, match="'no-such-stream' does not exist"):
         missing.write_batch([("k", b"v")])
+
+
+class ThrottledOnce(RecordingClient):
+    def put_records(self, StreamName: str, Records: list[dict]) -> dict:
+        if not self.calls:
+            self.calls.append(Records)
+            error = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "injected"}}
+            raise ClientError(error, "PutRecords")
+        return super().put_records(StreamName=StreamName, Records=Records)
+
+
+def test_sink_retries_a_throttled_call_and_gives_up_on_an_unreachable_endpoint(kinesis, kinesis_stream) -> None:
+    stream = kinesis_stream(shards=1)
+    throttled = ThrottledOnce(kinesis.client())
+    KinesisSink(stream, retry_seconds=30, client_factory=lambda: throttled).build("out", 0, 1).write_batch(
+        [("k", b"v")]
+    )
+    assert len(throttled.calls) == 2 and read_all(kinesis, stream) == [("k", b"v")]
+
+    nobody = f"http://127.0.0.1:{free_port()}"
+    part = KinesisSink(stream, endpoint_url=nobody, retry_seconds=1.0).build("out", 0, 1)
+    started = time.monotonic()
+    with pytest.raises(KinesisSinkError, match="EndpointConnectionError") as failure:
+        part.write_batch([("k", b"v")])
+    assert time.monotonic() - started < 5 and "\n" not in str(failure.value)
