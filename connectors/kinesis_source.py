@@ -403,7 +403,7 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
         except ClientError as exc:
             code = _code(exc)
             if code == "ResourceNotFoundException" or not (code in THROTTLING_CODES or code in TRANSIENT_CODES):
-                _describe(self._client, self._stream, self._src._endpoint_url, self._src._region, "KINESIS_STREAMS")
+                self._check_stream()
                 msg = f"Kinesis refused ListShards on stream {self._stream!r} ({code}): check the IAM policy"
                 raise KinesisSourceError(msg) from None
             log.warning("Kinesis ListShards on %s failed (%s); retrying at the next discovery", self._stream, code)
@@ -440,6 +440,11 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
         self._done &= listed_ids
         self._listed = True
         return True
+
+    def _check_stream(self) -> None:
+        """Raises KinesisUnavailable (one line) if the stream is missing or refused."""
+        src = self._src
+        _describe(self._client, self._stream, src._endpoint_url, src._region, src._streams_setting)
 
     def _ready(self, shard: _Shard) -> bool:
         return not any(p in self._shards for p in shard.parents)  # every parent read to SHARD_END (or gone)
@@ -566,7 +571,7 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
                 shard.kind, shard.arg = "TRIM_HORIZON", None
                 return self._renew_iterator(shard, now)
             if code == "ResourceNotFoundException":  # the shard is gone (past retention), or the stream is
-                _describe(self._client, self._stream, self._src._endpoint_url, self._src._region, "KINESIS_STREAMS")
+                self._check_stream()
                 log.warning("Kinesis shard %s of %s is gone (past retention): skipped", shard.shard_id, self._stream)
                 self._finish(shard)
                 return False
@@ -644,8 +649,12 @@ class StatefulKinesisSource(FixedPartitionedSource[X, tuple[Positions, S]], Gene
         idle_poll_seconds: float = 1.0,
         max_records: int = MAX_GET_RECORDS,
         client_factory: Callable[[], Any] | None = None,
+        streams_setting: str = "KINESIS_STREAMS",
     ) -> None:
-        """`endpoint_url` None: AWS itself. `client_factory` builds each partition's boto3 client (tests wrap it)."""
+        """`endpoint_url` None: AWS itself. `client_factory` builds each partition's boto3 client (tests wrap it).
+
+        `streams_setting` is the setting named in the error for a missing stream.
+        """
         if start_position not in START_POSITIONS:
             msg = f"start_position {start_position!r} is not one of {', '.join(START_POSITIONS)}"
             raise KinesisConfigError(msg)
@@ -665,10 +674,16 @@ class StatefulKinesisSource(FixedPartitionedSource[X, tuple[Positions, S]], Gene
         self._idle_poll_seconds = max(idle_poll_seconds, _MIN_CALL_INTERVAL)
         self._max_records = max(1, min(max_records, MAX_GET_RECORDS))
         self._client_factory = client_factory or (lambda: kinesis_client(endpoint_url, region))
+        self._streams_setting = streams_setting
 
     @classmethod
     def from_settings(
-        cls, settings: KinesisSettings, step: BatchStep, initial_state: S, streams: Sequence[str] | None = None
+        cls,
+        settings: KinesisSettings,
+        step: BatchStep,
+        initial_state: S,
+        streams: Sequence[str] | None = None,
+        streams_setting: str = "KINESIS_STREAMS",
     ) -> StatefulKinesisSource:
         return cls(
             list(streams) if streams is not None else list(settings.streams),
@@ -682,6 +697,7 @@ class StatefulKinesisSource(FixedPartitionedSource[X, tuple[Positions, S]], Gene
             discovery_seconds=settings.discovery_seconds,
             idle_poll_seconds=settings.idle_poll_seconds,
             max_records=settings.max_records,
+            streams_setting=streams_setting,
         )
 
     def list_parts(self) -> list[str]:
