@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import TestingSink, run_main
+from bytewax.testing import TestingSink, cluster_main, run_main
 from prometheus_client import REGISTRY
 
 from connectors.kinesis_source import (
@@ -245,11 +245,12 @@ def test_bounded_run_through_bytewax_stops_at_the_tip_and_at_shard_end(kinesis, 
     written += put(client, one, [(f"k{i}", f"{i}".encode()) for i in range(50)])
     written += put(client, two, [(f"k{i}", f"{i}".encode()) for i in range(10)])
 
-    flow = Dataflow("kinesis_bounded")
-    out: list = []
-    op.output("out", op.input("in", flow, source(kinesis, [one, two], bounded=True)), TestingSink(out))
-    run_main(flow)  # returns only if the source stops by itself
-    assert sorted(seq for _, _, seq, _ in out) == sorted(seq for _, _, seq in written)
+    for workers in (1, 2):  # 2 workers: each stream's partition on its own worker
+        flow = Dataflow("kinesis_bounded")
+        out: list = []
+        op.output("out", op.input("in", flow, source(kinesis, [one, two], bounded=True)), TestingSink(out))
+        cluster_main(flow, [], 0, worker_count_per_proc=workers)  # returns only if the source stops by itself
+        assert sorted(seq for _, _, seq, _ in out) == sorted(seq for _, _, seq in written)
 
 
 def test_latest_and_at_timestamp_start_positions(kinesis, kinesis_stream) -> None:
