@@ -9,7 +9,7 @@ RUN_DIR := .cache/run
 # The local stack (devstack) accepts any AWS credentials; real ones come from your AWS chain.
 LOCAL_AWS := AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
 
-.PHONY: help install up down run run-bookings test test-guarantees test-unit bench bench-peers lint fmt deploy clean
+.PHONY: help install up down run run-bookings test test-guarantees test-unit test-kinesis bench bench-peers lint fmt deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv with the project and its dev tools
 
-up: install ## Start the local Kafka broker and S3 server (idempotent)
+up: install ## Start the local Kafka broker, S3 server and Kinesis (idempotent)
 	$(PY) -m devstack up
 
 down: ## Stop the local stack
@@ -54,6 +54,10 @@ test-guarantees: install ## Only the crash, lag, outage, bad-input and secrets t
 
 test-unit: install ## Only the tests that need no services
 	$(PY) -m pytest tests/unit
+
+test-kinesis: install ## Only the Kinesis connector tests (starts and stops its own kinesis-local)
+	$(PY) -m pytest tests/unit/test_kinesis_connectors.py tests/integration/test_kinesis_source.py \
+		tests/integration/test_kinesis_sink.py
 
 bench: up ## Throughput, memory and latency vs the ceilings and the textbook design (about 15 min)
 	$(PY) -m bench --out bench-results.json

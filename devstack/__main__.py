@@ -1,4 +1,4 @@
-"""`python -m devstack up|down|status`: the local Kafka broker and S3 server for `make up`/`make run`.
+"""`python -m devstack up|down|status`: the local Kafka broker, S3 server and Kinesis for `make up`/`make run`.
 
 Ports and names match the dataflows' defaults (dataflows/settings.py), so the jobs
 run against this stack with no configuration.
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from devstack.kafka import KafkaBroker, create_topics
+from devstack.kinesis import STOP_GRACE_S, KinesisLocal, create_stream
 from devstack.processes import stop_pid
 from devstack.s3 import LOCAL_CREDENTIALS, S3Server, create_bucket
 
@@ -21,6 +22,9 @@ CACHE = ROOT / ".cache"
 STATE = CACHE / "stack"
 
 KAFKA_PORT, CONTROLLER_PORT, S3_PORT = 19092, 19093, 4566
+KINESIS_PORT, KINESIS_TLS_PORT = 4568, 4567  # KINESIS_ENDPOINT_URL's default (connectors/transports/kinesis_source.py)
+KINESIS_STREAMS = {"movie-impressions": 2}  # name -> shards; in memory: gone after `down`
+SERVICES = ("kafka", "s3", "kinesis")
 BUCKET = "movie-impressions"
 TOPICS = [
     "movie-impressions",
@@ -65,19 +69,32 @@ def up() -> None:
     print(f"s3     ready at http://127.0.0.1:{S3_PORT} (bucket: {BUCKET})")
     create_topics(f"127.0.0.1:{KAFKA_PORT}", TOPICS, partitions=2)
     print(f"topics ready: {', '.join(TOPICS)}")
+    up_kinesis()
+
+
+def up_kinesis() -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
+    if _pid("kinesis") is None:
+        kinesis = KinesisLocal(KINESIS_PORT, KINESIS_TLS_PORT, STATE / "kinesis.log", CACHE)
+        kinesis.start()
+        assert kinesis.pid is not None
+        (STATE / "kinesis.pid").write_text(str(kinesis.pid))
+    for stream, shards in KINESIS_STREAMS.items():
+        create_stream(f"http://127.0.0.1:{KINESIS_PORT}", stream, shards)
+    print(f"kinesis ready at http://127.0.0.1:{KINESIS_PORT} (streams: {', '.join(KINESIS_STREAMS)})")
 
 
 def down() -> None:
-    for name in ("s3", "kafka"):
+    for name in reversed(SERVICES):
         pid = _pid(name)
         if pid is not None:
-            stop_pid(pid)
+            stop_pid(pid, STOP_GRACE_S if name == "kinesis" else 15.0)
             print(f"{name} stopped")
         (STATE / f"{name}.pid").unlink(missing_ok=True)
 
 
 def status() -> int:
-    running = {name: _pid(name) for name in ("kafka", "s3")}
+    running = {name: _pid(name) for name in SERVICES}
     for name, pid in running.items():
         print(f"{name}: {f'running (pid {pid})' if pid else 'stopped'}")
     return 0 if all(running.values()) else 1
