@@ -64,9 +64,9 @@ def _with_raw(fields: dict[str, Any], raw: bytes | None) -> bytes:
 class SourcePosition:
     """Where a message was read; also the dead-letter record's Kafka key, for de-duplication."""
 
-    topic: str | None
-    partition: int | None
-    offset: int | None
+    topic: str | None  # or Kinesis stream
+    partition: int | str | None  # or Kinesis shard id
+    offset: int | str | None  # or Kinesis sequence number
 
     def key(self) -> bytes:
         return f"{self.topic}:{self.partition}:{self.offset}".encode()

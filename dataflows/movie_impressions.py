@@ -106,7 +106,7 @@ def build_flow(
 def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
     settings = MovieImpressionsSettings.from_env(env)
     resume = skeleton.start(settings, argv, env)
-    transport = skeleton.transport_for(settings)
+    transport = skeleton.transport_for(settings, env)
     transport.check(read=[settings.input_topic], write=[settings.dead_letter_topic, settings.late_topic])
     location = S3Location(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_region)
     check_bucket(location)

@@ -124,6 +124,7 @@ class StartSettings:
 @dataclass(frozen=True)
 class MovieImpressionsSettings:
     kafka: KafkaSettings
+    transport: str  # kafka or kinesis: what the stream settings name
     input_topic: str
     dead_letter_topic: str
     late_topic: str
@@ -170,6 +171,7 @@ class MovieImpressionsSettings:
 @dataclass(frozen=True)
 class BookingSettings:
     kafka: KafkaSettings
+    transport: str
     created_topic: str
     events_topic: str
     alerts_topic: str
@@ -232,6 +234,7 @@ def _shared_settings(env: Mapping[str, str]) -> dict:
     e = _Env(env)
     return {
         "kafka": KafkaSettings.from_env(env),
+        "transport": e.choice("TRANSPORT", "kafka", ("kafka", "kinesis")),
         "max_out_of_orderness": timedelta(seconds=e.number("MAX_OUT_OF_ORDERNESS_SECONDS", 30, minimum=0)),
         "idle_timeout": timedelta(seconds=e.number("IDLE_TIMEOUT_SECONDS", 60, minimum=1)),
         "bounded": e.flag("BOUNDED", False),

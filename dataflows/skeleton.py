@@ -26,6 +26,8 @@ from connectors.recovery_store import RecoveryStoreError, Resume, prepare_resume
 from connectors.sinks.s3_objects import S3SinkError
 from connectors.transports.contract import Transport, TransportUnavailable
 from connectors.transports.kafka import KafkaTransport
+from connectors.transports.kinesis import KinesisTransport
+from connectors.transports.kinesis_source import KinesisConfigError, KinesisSettings
 from dataflows import metrics
 from dataflows.dead_letters import DeadLetter
 from dataflows.event_time import NO_WATERMARK, HeartbeatSchedule, partition_watermark
@@ -60,7 +62,9 @@ def read_input(
     return invalid.falses
 
 
-def transport_for(settings: JobSettings) -> Transport:
+def transport_for(settings: JobSettings, environ: Mapping[str, str]) -> Transport:
+    if settings.transport == "kinesis":
+        return KinesisTransport(KinesisSettings.from_env(environ))
     kafka = settings.kafka
     return KafkaTransport(
         kafka.brokers,
@@ -84,5 +88,5 @@ def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], 
     """`build(environment, argv)`; the errors a user can cause end the process with one line."""
     try:
         return build(os.environ, sys.argv[1:])
-    except (ConfigError, TransportUnavailable, S3SinkError, RecoveryStoreError) as exc:
+    except (ConfigError, KinesisConfigError, TransportUnavailable, S3SinkError, RecoveryStoreError) as exc:
         sys.exit(f"{job}: {exc}")

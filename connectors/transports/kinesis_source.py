@@ -244,6 +244,19 @@ def kinesis_client(endpoint_url: str | None, region: str, *, max_attempts: int =
     )
 
 
+def list_shards(client: Any, stream: str) -> list[dict]:
+    """Every shard of a stream (open and closed), following ListShards' NextToken paging."""
+    shards: list[dict] = []
+    kwargs: dict[str, Any] = {"StreamName": stream}
+    while True:
+        page = client.list_shards(**kwargs)
+        shards.extend(page.get("Shards", []))
+        token = page.get("NextToken")
+        if not token:
+            return shards
+        kwargs = {"NextToken": token}  # with a token, StreamName must not be sent
+
+
 def _where(endpoint_url: str | None, region: str) -> str:
     return endpoint_url or f"AWS Kinesis in {region}"
 
@@ -385,15 +398,7 @@ class _StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, 
     # -- discovery
 
     def _list_shards(self) -> list[dict]:
-        shards: list[dict] = []
-        kwargs: dict[str, Any] = {"StreamName": self._stream}
-        while True:
-            page = self._client.list_shards(**kwargs)
-            shards.extend(page.get("Shards", []))
-            token = page.get("NextToken")
-            if not token:
-                return shards
-            kwargs = {"NextToken": token}  # with a token, StreamName must not be sent
+        return list_shards(self._client, self._stream)
 
     def _discover(self, first: bool = False) -> bool:
         """Refresh the shard list; False if ListShards failed passingly (retried at the next discovery)."""

@@ -1,0 +1,60 @@
+"""Kinesis Data Streams as a job's transport (see contract.py): streams in, streams out.
+
+With TRANSPORT=kinesis the jobs' stream settings (IMPRESSIONS_TOPIC, CREATED_TOPIC, ...)
+name Kinesis streams. Each input stream is read by one source partition (kinesis_source.py
+says why), but event time is tracked per shard, as Flink does: the job's batch step
+sees each shard as its own input partition `<stream>/<shardId>`, with its own state
+(lateness is judged against the shard's own progress), and the watermark is the
+minimum over shards. A stream partition reads a whole shard's backlog in a few calls;
+one watermark per stream would make every other shard's records late.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+
+from connectors.transports.contract import BatchStep, TransportUnavailable
+from connectors.transports.kinesis_sink import KinesisSink
+from connectors.transports.kinesis_source import (
+    KinesisSettings,
+    KinesisUnavailable,
+    StatefulKinesisSource,
+    check_streams,
+    kinesis_client,
+    list_shards,
+)
+
+_STREAM_SETTINGS = "the job's stream settings (e.g. IMPRESSIONS_TOPIC, CREATED_TOPIC)"
+
+
+@dataclass(frozen=True)
+class KinesisTransport:
+    settings: KinesisSettings
+
+    def check(self, read: list[str], write: list[str]) -> None:
+        try:
+            check_streams(self.settings, [*read, *write], _STREAM_SETTINGS)
+        except KinesisUnavailable as exc:
+            raise TransportUnavailable(str(exc)) from None
+
+    def partitions(self, streams: list[str]) -> list[str]:
+        """The shards known at start; shards made later by resharding join when they first report."""
+        client = kinesis_client(self.settings.endpoint_url, self.settings.region, max_attempts=3)
+        return [f"{stream}/{shard['ShardId']}" for stream in streams for shard in list_shards(client, stream)]
+
+    def source(self, streams: list[str], step: BatchStep, initial_state: Any) -> StatefulKinesisSource:
+        def per_shard(stream: str, records: list[Any], states: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+            shard = records[0].partition()  # one GetRecords call: one shard
+            items, state = step(f"{stream}/{shard}", records, states.get(shard, initial_state))
+            return items, {**states, shard: state}
+
+        return StatefulKinesisSource.from_settings(self.settings, per_shard, {}, streams, _STREAM_SETTINGS)
+
+    def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
+        # Keys are booking ids or `stream:shard:sequence`: UTF-8 by the input rules.
+        keyed = op.map(f"{step_id}_record", records, lambda kv: (kv[0].decode(), kv[1]))
+        op.output(step_id, keyed, KinesisSink.from_settings(self.settings, stream))
