@@ -178,7 +178,7 @@ def wake_time(passed: bool, recheck: timedelta) -> datetime:
 
     The watermark follows event time, not the wall clock, so the moment it will pass
     is unknown: wake now if it has, else look again after `recheck` rather than
-    busy-waking (docs/architecture.md, "Engine pitfalls").
+    busy-waking (docs/architecture.md, "Engine facts").
     """
     now = datetime.now(UTC)
     return now if passed else now + recheck

@@ -1,4 +1,4 @@
-"""Typed, validated configuration, read once from the environment at start (DESIGN §7).
+"""Typed, validated configuration, read once from the environment at start.
 
 Defaults point at the local stack of `make up`. Secrets are never read here except
 Kafka SASL credentials, which go straight into the client config and are never logged;

@@ -1,4 +1,4 @@
-"""Partitioned, exactly-once S3 sink writing Parquet or CSV through polars (DESIGN §5).
+"""Partitioned, exactly-once S3 sink writing Parquet or CSV through polars (docs/architecture.md, section 5).
 
 Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
 1. rows are buffered until bytewax snapshots the epoch (or closes the sink);

@@ -1,0 +1,66 @@
+"""Start-up is one visible step (dataflows/skeleton.start): metrics served, the recovery
+store checked and repaired, and what the run resumes from returned."""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.request
+from contextlib import closing
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from bytewax import operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from connectors.recovery_store import RecoveryStoreError
+from dataflows import skeleton
+from dataflows.settings import MovieImpressionsSettings
+from devstack.processes import free_port
+
+
+def _store_with_an_abandoned_snapshot(directory: Path) -> int:
+    """A store after one run, plus a snapshot at the epoch the next run resumes from
+    (what a SIGKILL between an epoch's snapshots and its frontier leaves)."""
+    init_db_dir(directory, 1)
+    flow = Dataflow("start")
+    keyed = op.key_on("k", op.input("in", flow, TestingSource(range(20), 5)), str)
+    op.output("out", op.stateful_map("count", keyed, lambda s, v: ((s or 0) + 1,) * 2), TestingSink([]))
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(str(directory)))
+    [store] = directory.glob("*.sqlite3")
+    with closing(sqlite3.connect(store)) as db, db:
+        [(frontier,)] = db.execute("SELECT worker_frontier FROM fronts")
+        db.execute(
+            "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) "
+            "SELECT step_id, state_key || '-abandoned', ?, ser_change FROM snaps LIMIT 1",
+            (frontier,),
+        )
+    return frontier
+
+
+def _snapshots_from(directory: Path, epoch: int) -> int:
+    [store] = directory.glob("*.sqlite3")
+    with closing(sqlite3.connect(store)) as db:
+        return db.execute("SELECT COUNT(*) FROM snaps WHERE snap_epoch >= ?", (epoch,)).fetchone()[0]
+
+
+def test_start_serves_metrics_repairs_the_store_and_says_what_it_resumes(tmp_path: Path) -> None:
+    frontier = _store_with_an_abandoned_snapshot(tmp_path)
+    assert _snapshots_from(tmp_path, frontier) == 1
+    port = free_port()
+    settings = MovieImpressionsSettings.from_env({"METRICS_PORT": str(port)})
+
+    resume = skeleton.start(settings, ["dataflows.movie_impressions:flow", "-r", str(tmp_path)], {})
+
+    assert resume.directory == tmp_path and not resume.fresh
+    assert _snapshots_from(tmp_path, frontier) == 0
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "waxstreams_events_total" in body
+
+
+def test_start_refuses_to_run_without_a_store_in_one_line() -> None:
+    with pytest.raises(RecoveryStoreError, match="ALLOW_NO_RECOVERY") as refused:
+        skeleton.start(MovieImpressionsSettings.from_env({}), ["dataflows.movie_impressions:flow"], {})
+    assert "\n" not in str(refused.value)
