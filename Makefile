@@ -39,12 +39,15 @@ run: install ## Fresh local stack, 5,000 generated events over 2 h of event time
 	$(LOCAL_AWS) $(PY) -m devstack.report
 	@echo "The local stack is still up: 'make down' stops it."
 
-run-bookings: up ## 2,000 generated bookings through the booking-correlation job on the local stack
-	$(PY) -m producers.bookings --count 2000 --rate 0 --start-minutes-ago 60 --step-ms 1000 --invalid-fraction 0.01
+TRANSPORT ?= kafka
+run-bookings: up ## 2,000 generated bookings through the booking-correlation job (TRANSPORT=kafka or kinesis)
+	$(LOCAL_AWS) $(PY) -m producers.bookings --transport $(TRANSPORT) --count 2000 --rate 0 --start-minutes-ago 60 --step-ms 1000 \
+		--invalid-fraction 0.01
 	rm -rf $(RUN_DIR)/bookings
 	$(PY) -m connectors.recovery_store init $(RUN_DIR)/bookings --partitions 1
-	BOUNDED=true $(PY) -m bytewax.run dataflows.booking_correlation:flow -r $(RUN_DIR)/bookings -s 2 -b 0
-	$(PY) -m devstack.report bookings
+	$(LOCAL_AWS) TRANSPORT=$(TRANSPORT) BOUNDED=true $(PY) -m bytewax.run dataflows.booking_correlation:flow \
+		-r $(RUN_DIR)/bookings -s 2 -b 0
+	$(LOCAL_AWS) TRANSPORT=$(TRANSPORT) $(PY) -m devstack.report bookings
 
 test: lint ## Lint, then every test (unit, integration, e2e); starts and stops its own services
 	$(PY) -m pytest

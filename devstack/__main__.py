@@ -23,7 +23,17 @@ STATE = CACHE / "stack"
 
 KAFKA_PORT, CONTROLLER_PORT, S3_PORT = 19092, 19093, 4566
 KINESIS_PORT, KINESIS_TLS_PORT = 4568, 4567  # KINESIS_ENDPOINT_URL's default (connectors/transports/kinesis_source.py)
-KINESIS_STREAMS = {"movie-impressions": 2}  # name -> shards; in memory: gone after `down`
+# name -> shards; in memory: gone after `down`
+KINESIS_STREAMS = {
+    "movie-impressions": 2,
+    "movie-impressions-dead-letter": 1,
+    "movie-impressions-late": 1,
+    "booking-created": 2,
+    "booking-events": 2,
+    "booking-alerts": 1,
+    "booking-unmatched": 1,
+    "booking-dead-letter": 1,
+}
 SERVICES = ("kafka", "s3", "kinesis")
 BUCKET = "movie-impressions"
 TOPICS = [

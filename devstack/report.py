@@ -8,6 +8,7 @@ import sys
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
+from connectors.transports.kinesis_source import KinesisSettings, kinesis_client, list_shards
 from dataflows.settings import BookingSettings, MovieImpressionsSettings
 
 
@@ -21,16 +22,43 @@ def topic_size(brokers: str, topic: str) -> int:
         consumer.close()
 
 
+def stream_records(endpoint_url: str | None, region: str, stream: str) -> list[bytes]:
+    """Every record in a Kinesis stream, every shard from its start to its current end."""
+    client = kinesis_client(endpoint_url, region, max_attempts=3)
+    out: list[bytes] = []
+    for shard in list_shards(client, stream):
+        iterator = client.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            response = client.get_records(ShardIterator=iterator, Limit=10_000)
+            out += [r["Data"] for r in response["Records"]]
+            if not response["Records"] and response.get("MillisBehindLatest", 0) == 0:
+                break
+            iterator = response.get("NextShardIterator")
+    return out
+
+
 def bookings_report() -> int:
     settings = BookingSettings.from_env(os.environ)
-    brokers = ",".join(settings.kafka.brokers)
-    for label, topic in (
+    streams = (
         ("created", settings.created_topic),
         ("events", settings.events_topic),
         ("alerts", settings.alerts_topic),
         ("unmatched", settings.unmatched_topic),
         ("dead-letter", settings.dead_letter_topic),
-    ):
+    )
+    if settings.transport == "kinesis":
+        kinesis = KinesisSettings.from_env(os.environ)
+        records = {s: stream_records(kinesis.endpoint_url, kinesis.region, s) for _, s in streams}
+        for label, stream in streams:
+            print(f"  {label:12s} Kinesis stream {stream}: {len(records[stream])} records")
+        alerts = records[settings.alerts_topic]
+        if alerts:
+            print(f"\nan alert: {alerts[0].decode()}")
+        return 0
+    brokers = ",".join(settings.kafka.brokers)
+    for label, topic in streams:
         print(f"  {label:12s} topic {topic}: {topic_size(brokers, topic)} messages")
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": "devstack-report", "auto.offset.reset": "earliest"})
     consumer.subscribe([settings.alerts_topic])

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from producers.kafka_producer import produce_messages
+from producers.kinesis_producer import put_messages
 
 EVENT_TYPES = ("PAYMENT_CONFIRMED", "PAYMENT_FAILED", "CANCELLED", "CHECKED_IN")
 CURRENCIES = ("EUR", "USD", "GBP", "CHF")
@@ -108,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m producers.bookings", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--transport", choices=("kafka", "kinesis"), default="kafka")
     parser.add_argument("--brokers", default="127.0.0.1:19092")
+    parser.add_argument("--kinesis-endpoint", default="http://127.0.0.1:4568", help="empty: AWS itself")
+    parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--created-topic", default="booking-created")
     parser.add_argument("--events-topic", default="booking-events")
     parser.add_argument("--rate", type=float, default=100.0, help="messages per second; 0 = as fast as possible")
@@ -134,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     messages = generate_bookings(traffic)
-    sent = produce_messages(
-        messages_for(messages, args.created_topic, args.events_topic), args.brokers, args.rate, True
-    )
+    routed = messages_for(messages, args.created_topic, args.events_topic)
+    if args.transport == "kinesis":
+        sent = put_messages(routed, args.kinesis_endpoint or None, args.region, progress=True)
+    else:
+        sent = produce_messages(routed, args.brokers, args.rate, True)
     print(f"produced {sent} messages to {args.created_topic} and {args.events_topic}", file=sys.stderr)
     return 0
 
