@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
+from bench import kinesis as bench_kinesis
 from devstack.kafka import create_topics
 from devstack.processes import free_port
 from devstack.s3 import LOCAL_CREDENTIALS, create_bucket, s3_client
@@ -130,8 +131,13 @@ def polars_ceiling(values: list[bytes]) -> float:
     return len(values) / (time.perf_counter() - started)
 
 
-def run_job(target: str, topic: str, processes: int = 1, workers: int = 1, env: dict | None = None) -> dict:
-    """One bounded run; events/s from process start to exit, peak RSS summed over processes."""
+def run_job(
+    target: str, topic: str, processes: int = 1, workers: int = 1, env: dict | None = None, events: int | None = None
+) -> dict:
+    """One bounded run; events/s from process start to exit, peak RSS summed over processes.
+
+    `topic` is a Kafka topic, or a Kinesis stream with TRANSPORT=kinesis in `env` (then `events` is its size).
+    """
     prefix = f"run-{uuid.uuid4().hex[:8]}"
     recovery = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), str(max(processes, 1))], check=True)
@@ -184,7 +190,7 @@ def run_job(target: str, topic: str, processes: int = 1, workers: int = 1, env: 
     )
     return {
         "seconds": elapsed,
-        "events_per_s": topic_size(topic) / elapsed,
+        "events_per_s": (events if events is not None else topic_size(topic)) / elapsed,
         "peak_mb": peak_kb / 1024,
         "impressions_out": rows,
     }
@@ -284,6 +290,9 @@ def main() -> int:
         default=20_000,
         help="the textbook design is ~100x slower: it runs on a prefix-sized topic of the same shape",
     )
+    parser.add_argument(
+        "--kinesis-events", type=int, default=50_000, help="the local Kinesis server slows as a stream fills"
+    )
     parser.add_argument("--out", default="bench-results.json")
     args = parser.parse_args()
     os.environ.update(LOCAL_CREDENTIALS)
@@ -312,6 +321,15 @@ def main() -> int:
         r["ours_2_workers"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic, workers=2))
         r["ours_2_processes"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic, processes=2))
         results["workloads"][w.name] = r
+    print(f"== kinesis: {args.kinesis_events:,} events in 2 shards", file=sys.stderr)
+    stream = bench_kinesis.load(args.kinesis_events)
+    kinesis_env = {"TRANSPORT": "kinesis", "KINESIS_ENDPOINT_URL": bench_kinesis.ENDPOINT}
+    results["kinesis"] = {
+        "raw_get_records": median_of(args.runs, lambda: bench_kinesis.raw_get_records(stream)),
+        "ours_1_worker": median_of(
+            args.runs, lambda: run_job(flow, stream, env=kinesis_env, events=args.kinesis_events)
+        ),
+    }
     results["latency"] = latency()
     Path(args.out).write_text(json.dumps(results, indent=2))
     print_table(results)
@@ -332,6 +350,13 @@ def print_table(results: dict) -> None:
                 f"| {m['events_per_s'] / base if base else float('nan'):.1f} | {m.get('peak_mb', float('nan')):.0f} |"
             )
         print(f"2 processes / 1 process: {r['ours_2_processes']['events_per_s'] / ours:.2f}\n")
+    kin = results["kinesis"]
+    ceiling = kin["raw_get_records"]["events_per_s"]
+    ours_k = kin["ours_1_worker"]["events_per_s"]
+    print(
+        f"kinesis: ours {ours_k:,.0f} events/s = {ours_k / ceiling:.2f} x a plain GetRecords loop "
+        f"({ceiling:,.0f} records/s) on the same local stream\n"
+    )
     lat = results["latency"]
     print(
         f"latency (window end -> object in S3): median {lat['median_s']:.1f} s, max {lat['max_s']:.1f} s over "
