@@ -253,6 +253,17 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
             assert offset is not None
             # bytewax snapshots OFFSET_BEGINNING for a partition that never read a record.
             position = low if offset == OFFSET_BEGINNING else offset
+            if position > high:
+                # Not a gap we can measure: the topic was recreated or truncated.
+                log.warning(
+                    "Kafka %s: resume offset %d is past the partition's end %d (topic recreated?); "
+                    "reading from the earliest record, %d",
+                    for_part,
+                    position,
+                    high,
+                    low,
+                )
+                return low
             return self._not_below_log_start(for_part, tp, position, low, "resume offset")
         position = self._resolve(consumer, tp, for_part, low, high)
         log.info(
