@@ -32,8 +32,8 @@ from typing import Any, Generic, TypeVar
 
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka import KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,9 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
                     for_part,
                 )
             assert offset is not None
-            # bytewax snapshots OFFSET_BEGINNING for a partition that never read a record.
-            position = low if offset == OFFSET_BEGINNING else offset
+            # A logical offset (bytewax snapshots OFFSET_BEGINNING for a partition that never
+            # read a record): nothing was read, so nothing can have been lost.
+            position = low if offset < 0 else offset
             if position > high:
                 # Not a gap we can measure: the topic was recreated or truncated.
                 log.warning(
