@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 from bytewax.connectors.kafka import KafkaSource
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
@@ -137,7 +137,7 @@ def test_group_starts_at_the_groups_committed_offsets(kafka, topic) -> None:
             try:
                 committer.commit(offsets=[TopicPartition(topic, 0, 63)], asynchronous=False)
                 break
-            except Exception:
+            except KafkaException:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
