@@ -189,8 +189,11 @@ def store_namespace(directory: Path) -> str:
 
 def init_store(directory: Path, partitions: int, only: int | None = None) -> str:
     """Create the directory and its partitions (all, or part `only` for a per-pod volume); idempotent."""
-    if partitions < 1 or (only is not None and not 0 <= only < partitions):
-        msg = f"--partitions must be at least 1 and --part in 0..{partitions - 1}"
+    if partitions < 1:
+        msg = f"--partitions {partitions}: a store needs at least 1 partition"
+        raise RecoveryStoreError(msg)
+    if only is not None and not 0 <= only < partitions:
+        msg = f"--part {only} is not a partition of a {partitions}-partition store: use 0..{partitions - 1}"
         raise RecoveryStoreError(msg)
     directory.mkdir(parents=True, exist_ok=True)
     wanted = set(range(partitions)) if only is None else {only}

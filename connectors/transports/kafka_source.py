@@ -32,8 +32,8 @@ from typing import Any, Generic, TypeVar
 
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, Message, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka import KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
 from connectors.engine import KafkaPartitionInternals, add_source_config
@@ -255,8 +255,20 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
                     for_part,
                 )
             assert offset is not None
-            # bytewax snapshots OFFSET_BEGINNING for a partition that never read a record.
-            position = low if offset == OFFSET_BEGINNING else offset
+            # A logical offset (bytewax snapshots OFFSET_BEGINNING for a partition that never
+            # read a record): nothing was read, so nothing can have been lost.
+            position = low if offset < 0 else offset
+            if position > high:
+                # Not a gap we can measure: the topic was recreated or truncated.
+                log.warning(
+                    "Kafka %s: resume offset %d is past the partition's end %d (topic recreated?); "
+                    "reading from the earliest record, %d",
+                    for_part,
+                    position,
+                    high,
+                    low,
+                )
+                return low
             return self._not_below_log_start(for_part, tp, position, low, "resume offset")
         position = self._resolve(consumer, tp, for_part, low, high)
         log.info(

@@ -102,7 +102,9 @@ def test_no_recovery_store_is_refused_unless_allowed_and_then_appends(kafka, s3,
     refused = run_dataflow(FLOW, job_env(world, "first", ALLOW_NO_RECOVERY="false"), timeout=120)
     assert refused.returncode != 0
     line = last_line(refused)
-    assert "ALLOW_NO_RECOVERY=true" in line and "connectors.recovery_store init" in line and "-r" in line, line
+    assert (
+        "ALLOW_NO_RECOVERY=true" in line and "python -m connectors.recovery_store init" in line and "-r <dir>" in line
+    ), line
 
     allowed = {"ALLOW_NO_RECOVERY": "true"}
     assert run_dataflow(FLOW, job_env(world, "first", **allowed)).returncode == 0

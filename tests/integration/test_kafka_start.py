@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 from bytewax.connectors.kafka import KafkaSource
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
@@ -137,7 +137,7 @@ def test_group_starts_at_the_groups_committed_offsets(kafka, topic) -> None:
             try:
                 committer.commit(offsets=[TopicPartition(topic, 0, 63)], asynchronous=False)
                 break
-            except Exception:
+            except KafkaException:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
@@ -149,3 +149,10 @@ def test_group_starts_at_the_groups_committed_offsets(kafka, topic) -> None:
     assert committed == numbered(63, COUNT)
     never_committed, _ = read(src, f"1-{topic}")  # no offset in the group: from the earliest record
     assert never_committed == numbered(0, 20)
+
+
+def test_a_resume_past_the_end_of_a_recreated_topic_reads_it_from_the_start(kafka, topic, caplog) -> None:
+    caplog.set_level(logging.INFO, logger=SOURCE_LOG)
+    records, _ = read(source(kafka, topic), f"0-{topic}", (5_000, None))  # the old topic had reached 5,000
+    assert records == numbered(0, COUNT)
+    assert any("resume offset 5000 is past the partition's end 100" in r.getMessage() for r in caplog.records)

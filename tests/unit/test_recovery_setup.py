@@ -101,3 +101,12 @@ def test_a_store_is_fresh_until_an_execution_is_recorded(tmp_path: Path) -> None
 def _sqlite(path: Path, statement: str) -> None:
     with closing(sqlite3.connect(path)) as db, db:
         db.execute(statement)
+
+
+@pytest.mark.parametrize(
+    ("partitions", "only", "message"),
+    [(0, None, "--partitions 0: a store needs at least 1 partition"), (2, 2, "--part 2 is not a partition of a 2-")],
+)
+def test_init_arguments_out_of_range_are_one_line(tmp_path: Path, partitions: int, only: int | None, message: str):
+    with pytest.raises(RecoveryStoreError, match=message):
+        init_store(tmp_path, partitions, only)
