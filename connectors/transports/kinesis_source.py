@@ -8,7 +8,7 @@ Use::
     flow = Dataflow("job"); stream = op.input("in", flow, source)
 
 `step(part_id, records, state) -> (items, state)` is the batch step of
-connectors/kafka_source.py: `part_id` is the stream name, `records` are the records of
+connectors/transports/kafka_source.py: `part_id` is the stream name, `records` are the records of
 one GetRecords call (one shard, in sequence-number order) as `KinesisRecord`s, whose
 accessors mirror confluent_kafka.Message so the same pure batch functions take either:
 
