@@ -59,6 +59,35 @@ def add_source_config(source: KafkaSource, config: dict[str, str]) -> None:
     source._add_config = {**source._add_config, **config}
 
 
+# librdkafka consumer-only properties: the AdminClient bytewax's list_parts builds from the
+# source's config would print a CONFWARN line for each.
+_CONSUMER_ONLY = (
+    "group.",
+    "auto.offset.reset",
+    "auto.commit.",
+    "enable.auto.",
+    "enable.partition.eof",
+    "fetch.",
+    "queued.",
+    "isolation.level",
+    "max.poll.",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "partition.assignment.strategy",
+    "check.crcs",
+)
+
+
+def list_parts_quietly(source: KafkaSource) -> list[str]:
+    """bytewax's `KafkaSource.list_parts`, without handing its AdminClient consumer-only properties."""
+    config = source._add_config
+    source._add_config = {k: v for k, v in config.items() if not k.startswith(_CONSUMER_ONLY)}
+    try:
+        return source.list_parts()
+    finally:
+        source._add_config = config
+
+
 # The recovery store: one sqlite file per partition, with these tables.
 RECOVERY_TABLES = {
     "parts": {"part_index", "part_count"},

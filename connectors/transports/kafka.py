@@ -9,6 +9,7 @@ import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Stream
 
+from connectors.engine import list_parts_quietly
 from connectors.transports.contract import BatchStep, TransportUnavailable
 from connectors.transports.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
 
@@ -40,7 +41,7 @@ class KafkaTransport:
         )
 
     def partitions(self, streams: list[str]) -> list[str]:
-        return self._kafka_source(streams).list_parts()
+        return list_parts_quietly(self._kafka_source(streams))
 
     def source(self, streams: list[str], step: BatchStep, initial_state: Any) -> StatefulKafkaSource:
         return StatefulKafkaSource(

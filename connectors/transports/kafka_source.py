@@ -36,7 +36,7 @@ from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka import KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
-from connectors.engine import KafkaPartitionInternals, add_source_config
+from connectors.engine import KafkaPartitionInternals, add_source_config, list_parts_quietly
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         self._told_resumed = threading.Lock()  # held once the "setting ignored" line is out
 
     def list_parts(self) -> list[str]:
-        return self._kafka.list_parts()
+        return list_parts_quietly(self._kafka)
 
     def build_part(self, step_id: str, for_part: str, resume_state: tuple[int | None, S] | None) -> _Partition[X, S]:
         offset, state = resume_state if resume_state is not None else (None, self._initial_state)

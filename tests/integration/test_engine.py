@@ -48,6 +48,16 @@ def test_kafka_source_partition_internals(kafka) -> None:
         part.close()
 
 
+def test_partitions_are_listed_without_consumer_properties(kafka, capfd) -> None:
+    topic = f"engine-{uuid.uuid4().hex[:8]}"
+    make_topics(kafka, topic, partitions=3)
+    produce_messages([(topic, b"k", b"v")], kafka.bootstrap)  # acknowledged: the topic's metadata is out
+    source = KafkaSource([kafka.bootstrap], [topic], add_config={"group.id": "g", "auto.offset.reset": "earliest"})
+    assert engine.list_parts_quietly(source) == [f"{i}-{topic}" for i in range(3)]
+    assert "CONFWARN" not in capfd.readouterr().err
+    assert source._add_config == {"group.id": "g", "auto.offset.reset": "earliest"}  # the consumers still get them
+
+
 def test_recovery_store_tables(tmp_path: Path) -> None:
     init_db_dir(tmp_path, 1)
     flow = Dataflow("engine")
