@@ -128,6 +128,8 @@ class KinesisLocal:
             "AWS_REGION": REGION,
             "LOG_LEVEL": "WARN",
             "SHOULD_PERSIST_DATA": "false",
+            # Its default account limit (50 shards) is soon reached by a test session's streams.
+            "SHARD_LIMIT": "2000",
             # Its TLS certificate; by default read from the working directory.
             "KINESIS_MOCK_CERT_PATH": str(package_dir / "server.json"),
             **self.env,

@@ -95,6 +95,11 @@ class ImpressionsRun:
 
     def consumer_lag(self) -> int:
         """Records in the input topic past the offsets the job last committed (at a snapshot)."""
+        ends, committed = self.consumer_offsets()
+        return ends - committed
+
+    def consumer_offsets(self) -> tuple[int, int]:
+        """(end offsets, offsets the job committed at its last snapshot), summed over the input's partitions."""
         topic = self.env["IMPRESSIONS_TOPIC"]
         consumer = Consumer({"bootstrap.servers": self.kafka.bootstrap, "group.id": self.env["CONSUMER_GROUP"]})
         try:
@@ -111,7 +116,7 @@ class ImpressionsRun:
             else:
                 msg = "the group coordinator never answered"
                 raise AssertionError(msg)
-            return sum(end - max(tp.offset, 0) for end, tp in zip(ends, committed, strict=True))
+            return sum(ends), sum(max(tp.offset, 0) for tp in committed)
         finally:
             consumer.close()
 

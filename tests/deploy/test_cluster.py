@@ -35,7 +35,7 @@ def test_movie_impressions_as_two_processes_is_exact_and_lag_is_visible(kafka, n
     # The offsets are also committed to the consumer group, for standard lag tools.
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
     topic = run.env["IMPRESSIONS_TOPIC"]
-    [future] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions("movie-impressions")]).values()
+    [future] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(run.env["CONSUMER_GROUP"])]).values()
     committed = {tp.partition: tp.offset for tp in future.result().topic_partitions if tp.topic == topic}
     ends = {p: admin_end_offset(kafka.bootstrap, topic, p) for p in range(3)}
     assert committed == ends, [line for r in results for line in r.stderr.splitlines() if "commit" in line]

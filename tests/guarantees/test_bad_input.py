@@ -29,10 +29,12 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
+# Ids: any non-blank text without control characters (the input rules, dataflows/untrusted_json.py).
+id_text = st.text(st.characters(blacklist_categories=["Cc", "Cs"]), min_size=1, max_size=8).filter(str.strip)
 valid_event = st.fixed_dictionaries(
     {
-        "movieId": st.text(min_size=1, max_size=8).filter(str.strip) | st.integers(0, 10**6),
-        "userId": st.text(min_size=1, max_size=8).filter(str.strip) | st.integers(0, 10**6),
+        "movieId": id_text | st.integers(0, 10**6),
+        "userId": id_text | st.integers(0, 10**6),
         "timestamp": st.integers(1_000_000_000_000, 2_000_000_000_000),
     }
 )
