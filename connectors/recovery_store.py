@@ -29,6 +29,7 @@ store never touches an older run's output.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -185,6 +186,50 @@ def store_namespace(directory: Path) -> str:
         )
         raise RecoveryStoreError(msg)
     return namespace
+
+
+SHAPE_FILE = "waxstreams-state-settings.json"
+
+
+def _write_once(path: Path, text: str) -> None:
+    """Create `path` with `text` unless it exists; processes sharing the directory agree on one."""
+    scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    scratch.write_text(text)
+    try:
+        os.link(scratch, path)  # atomic, and fails if another process made it first
+    except FileExistsError:
+        pass
+    finally:
+        scratch.unlink()
+
+
+def check_state_settings(directory: Path, shape: Mapping[str, str], fresh: bool) -> None:
+    """The settings that shape the stored state must not change under it.
+
+    Recorded at a store's first run; a later run with an incompatible change (a window
+    length, the sink's partitions, the output's format or place, the input) stops with
+    one line saying what changed and how to migrate. Settings not in `shape` may change.
+    """
+    path = directory / SHAPE_FILE
+    if not path.exists():
+        if not fresh:  # a store from before the record existed: record what it runs with now
+            log.info("recovery store %s: recording the settings that shape its state", directory)
+        _write_once(path, json.dumps(dict(shape), indent=1, sort_keys=True) + "\n")
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError:
+        msg = f"recovery directory {directory}: {SHAPE_FILE} is not JSON: restore it from a backup of the store"
+        raise RecoveryStoreError(msg) from None
+    changed = [
+        f"{name} {recorded[name]!r} -> {value!r}" for name, value in shape.items() if recorded.get(name, value) != value
+    ]
+    if changed:
+        msg = (
+            f"settings that shape the stored state changed since this recovery store started ({'; '.join(changed)}): "
+            "put them back, or start a new run (a new recovery store and a new S3_PREFIX) and backfill the history "
+            "into it (README, Running it in production: upgrades)"
+        )
+        raise RecoveryStoreError(msg)
 
 
 def init_store(directory: Path, partitions: int, only: int | None = None) -> str:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK
@@ -46,6 +46,29 @@ def count_inputs(job: str, messages: int, items: list) -> None:
     INTERNAL_ERRORS.labels(job).inc(internal)
     EVENTS.labels(job, "late").inc(late)
     EVENTS.labels(job, "valid").inc(messages - invalid - internal - late)
+
+
+def run_summary(job: str, elapsed_s: float) -> str:
+    """One line at the end of a bounded run, from this process's counters."""
+    sample = REGISTRY.get_sample_value
+
+    def events(outcome: str) -> int:
+        return int(sample("waxstreams_events_total", {"job": job, "outcome": outcome}) or 0)
+
+    counts = {o: events(o) for o in ("valid", "invalid", "internal_error", "late")}
+    line = (
+        f"run summary: {sum(counts.values()):,} events in ({counts['valid']:,} valid, "
+        f"{counts['invalid']:,} dead letters, {counts['internal_error']:,} internal errors, {counts['late']:,} late)"
+    )
+    rows = sample("waxstreams_s3_rows_written_total")
+    if rows is not None:
+        line += f", {int(rows):,} rows in {int(sample('waxstreams_s3_objects_written_total') or 0):,} objects"
+    if job == "booking_correlation":
+        outcomes = {
+            o: int(sample("waxstreams_booking_outcomes_total", {"outcome": o}) or 0) for o in ("alert", "unmatched")
+        }
+        line += f", {outcomes['alert']:,} alerts, {outcomes['unmatched']:,} unmatched"
+    return f"{line}, {elapsed_s:,.1f} s"
 
 
 def record_watermark_lag(job: str) -> Callable[[int], None]:

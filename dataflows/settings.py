@@ -75,6 +75,7 @@ class KafkaSettings:
     brokers: list[str]
     # librdkafka properties for security (SASL/SSL); may hold a password: never log.
     client_config: dict[str, str] = field(default_factory=dict, repr=False)
+    partition_check_seconds: float = 60.0  # KAFKA_PARTITION_CHECK_SECONDS: partitions added while running
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> KafkaSettings:
@@ -95,7 +96,8 @@ class KafkaSettings:
             value = e.optional(name)
             if value is not None:
                 config[prop] = value
-        return cls(brokers, config)
+        check = e.number("KAFKA_PARTITION_CHECK_SECONDS", 60, minimum=0)
+        return cls(brokers, config, check)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class StartSettings:
     allow_no_recovery: bool = False  # ALLOW_NO_RECOVERY
     on_existing_output: str = "fail"  # ON_EXISTING_OUTPUT: fail | append
     start_position: StartPosition = EARLIEST  # START_POSITION, fresh partitions only
+    stop_at_ms: int | None = None  # STOP_AT: a bounded run (a backfill) ends before this Kafka timestamp
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StartSettings:
@@ -114,10 +117,21 @@ class StartSettings:
             position = StartPosition.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"START_POSITION={raw!r}: {exc}") from None
+        stop_at = e.optional("STOP_AT")
+        stop_at_ms = None
+        if stop_at is not None:
+            try:
+                stop = StartPosition.parse(stop_at if stop_at.startswith("timestamp:") else f"timestamp:{stop_at}")
+            except ValueError as exc:
+                raise ConfigError(f"STOP_AT={stop_at!r}: {exc}") from None
+            if not e.flag("BOUNDED", False):
+                raise ConfigError("STOP_AT only ends bounded runs: set BOUNDED=true, or unset STOP_AT")
+            stop_at_ms = stop.timestamp_ms
         return cls(
             allow_no_recovery=e.flag("ALLOW_NO_RECOVERY", False),
             on_existing_output=e.choice("ON_EXISTING_OUTPUT", "fail", ("fail", "append")),
             start_position=position,
+            stop_at_ms=stop_at_ms,
         )
 
 
@@ -166,6 +180,18 @@ class MovieImpressionsSettings:
             s3_give_up_after=timedelta(seconds=e.number("S3_RETRY_SECONDS", 300, minimum=0)),
             consumer_group=e.text("CONSUMER_GROUP", "movie-impressions"),
         )
+
+    def state_shape(self) -> dict[str, str]:
+        """The settings the stored state depends on (connectors/recovery_store.check_state_settings)."""
+        return {
+            "TRANSPORT": self.transport,
+            "IMPRESSIONS_TOPIC": self.input_topic,
+            "WINDOW_MINUTES": str(int(self.window.total_seconds() // 60)),
+            "SINK_PARTITIONS": str(self.sink_partitions),
+            "OUTPUT_FORMAT": self.output_format,
+            "S3_BUCKET": self.s3_bucket,
+            "S3_PREFIX": self.s3_prefix,
+        }
 
 
 @dataclass(frozen=True)
@@ -227,6 +253,20 @@ class BookingSettings:
             timeout=timedelta(seconds=e.number("BOOKING_TIMEOUT_SECONDS", 900, minimum=1)),
             consumer_group=e.text("CONSUMER_GROUP", "booking-correlation"),
         )
+
+    def state_shape(self) -> dict[str, str]:
+        """The settings the stored state depends on (connectors/recovery_store.check_state_settings)."""
+        return _booking_state_shape(self)
+
+
+def _booking_state_shape(settings: BookingSettings) -> dict[str, str]:
+    return {
+        "TRANSPORT": settings.transport,
+        "CREATED_TOPIC": settings.created_topic,
+        "EVENTS_TOPIC": settings.events_topic,
+        "CREATED_ID_PATH": settings.created_schema.id_path,  # the state's keys
+        "EVENT_ID_PATH": settings.event_schema.id_path,
+    }
 
 
 def _shared_settings(env: Mapping[str, str]) -> dict:

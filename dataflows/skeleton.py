@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
-from connectors.recovery_store import RecoveryStoreError, Resume, prepare_resume
+from connectors.recovery_store import RecoveryStoreError, Resume, check_state_settings, prepare_resume
 from connectors.sinks.s3_objects import S3SinkError
 from connectors.transports.contract import Transport, TransportUnavailable
 from connectors.transports.kafka import KafkaTransport
@@ -32,6 +34,9 @@ from dataflows import metrics
 from dataflows.dead_letters import DeadLetter
 from dataflows.event_time import NO_WATERMARK, HeartbeatSchedule, partition_watermark
 from dataflows.settings import ConfigError, JobSettings
+
+log = logging.getLogger(__name__)
+_bounded_since: float | None = None  # set by `start` for a bounded run
 
 # (input partition, records in log order, its newest event time) -> (items, newest event time)
 BatchFunction = Callable[[str, list[Any], int], tuple[list[Any], int]]
@@ -72,21 +77,35 @@ def transport_for(settings: JobSettings, environ: Mapping[str, str]) -> Transpor
         settings.bounded,
         settings.kafka_batch_size,
         settings.start.start_position,
+        settings.start.stop_at_ms,
+        kafka.partition_check_seconds,
         kafka.client_config,
     )
 
 
 def start(settings: JobSettings, argv: Sequence[str], environ: Mapping[str, str]) -> Resume:
-    """Everything a job does once before its flow is built; bytewax opens the store after this."""
+    """Everything a job does once before its flow is built; bytewax opens the store after this.
+
+    A bounded run that starts also says at exit what it did (`metrics.run_summary`).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     metrics.serve(settings.metrics_port)
-    return prepare_resume(argv, environ, allow_no_recovery=settings.start.allow_no_recovery)
+    global _bounded_since
+    _bounded_since = time.monotonic() if settings.bounded else None
+    resume = prepare_resume(argv, environ, allow_no_recovery=settings.start.allow_no_recovery)
+    if resume.directory is not None:
+        check_state_settings(resume.directory, settings.state_shape(), resume.fresh)
+    return resume
 
 
 def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], Dataflow]) -> Dataflow:
     """`build(environment, argv)`; the errors a user can cause end the process with one line."""
     try:
-        return build(os.environ, sys.argv[1:])
+        flow = build(os.environ, sys.argv[1:])
     except (ConfigError, KinesisConfigError, TransportUnavailable, S3SinkError, RecoveryStoreError) as exc:
         sys.exit(f"{job}: {exc}")
+    if _bounded_since is not None:
+        since = _bounded_since
+        atexit.register(lambda: log.info("%s", metrics.run_summary(job, time.monotonic() - since)))
+    return flow

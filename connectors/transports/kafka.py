@@ -12,6 +12,7 @@ from bytewax.dataflow import Stream
 from connectors.engine import list_parts_quietly
 from connectors.transports.contract import BatchStep, TransportUnavailable
 from connectors.transports.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
+from connectors.transports.progress import BoundedProgress
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class KafkaTransport:
     bounded: bool  # stop at the end of every partition as it was at start
     batch_size: int
     start: StartPosition  # where partitions without recovery state begin
+    stop_at_ms: int | None  # bounded runs: stop before the first record this late (Kafka timestamp)
+    partition_check_s: float = 60.0  # how often partitions added while running are looked for
     # librdkafka properties (security); may hold a password: never log.
     client_config: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -45,7 +48,14 @@ class KafkaTransport:
 
     def source(self, streams: list[str], step: BatchStep, initial_state: Any) -> StatefulKafkaSource:
         return StatefulKafkaSource(
-            self._kafka_source(streams), step, initial_state, commit_offsets=True, start=self.start
+            self._kafka_source(streams),
+            step,
+            initial_state,
+            commit_offsets=True,
+            start=self.start,
+            stop_at_ms=self.stop_at_ms,
+            progress=BoundedProgress() if self.bounded else None,
+            partition_check_s=self.partition_check_s,
         )
 
     def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:

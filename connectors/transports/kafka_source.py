@@ -37,6 +37,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
 from connectors.engine import KafkaPartitionInternals, add_source_config, list_parts_quietly
+from connectors.transports.progress import BoundedProgress
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,21 @@ BatchStep = Callable[[str, list[Message], S], tuple[list[X], S]]
 
 
 class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]):
-    def __init__(self, kafka_part: Any, part_id: str, step: BatchStep, state: S, commit_offsets: bool) -> None:
+    def __init__(
+        self,
+        kafka_part: Any,
+        part_id: str,
+        step: BatchStep,
+        state: S,
+        commit_offsets: bool,
+        stop_offset: int | None = None,
+        progress: BoundedProgress | None = None,
+        watch: PartitionWatch | None = None,
+    ) -> None:
         self._kafka_part = kafka_part
+        self._watch = watch  # partition 0 of each topic looks out for partitions added while running
+        self._stop_offset = stop_offset  # STOP_AT: the first offset not to read
+        self._progress = progress
         self._internals = KafkaPartitionInternals(kafka_part)
         self._part_id = part_id
         self._step = step
@@ -119,6 +133,8 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
         part = self._internals
         if part.at_end:
             raise StopIteration
+        if self._watch is not None:
+            self._watch.check(part.consumer)
         messages = []
         for msg in part.consumer.consume(part.batch_size, 0.001):
             error = msg.error()
@@ -131,9 +147,14 @@ class _Partition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]
                 # A consumer-level error (e.g. broker unreachable), not an event:
                 # librdkafka keeps retrying, so it is reported, not routed anywhere.
                 log.warning("Kafka consumer error on %s: %s", self._part_id, error)
+        if self._stop_offset is not None and messages and messages[-1].offset() >= self._stop_offset:  # type: ignore[operator]
+            messages = [m for m in messages if m.offset() < self._stop_offset]  # type: ignore[operator]
+            part.mark_end()
         if not messages:
             return []
         part.next_offset = messages[-1].offset() + 1  # type: ignore[operator]  # a consumed message has one
+        if self._progress is not None:
+            self._progress.advance(self._part_id, part.next_offset)
         items, self._state = self._step(self._part_id, messages, self._state)
         return items
 
@@ -201,11 +222,21 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         initial_state: S,
         commit_offsets: bool = False,
         start: StartPosition = EARLIEST,
+        stop_at_ms: int | None = None,
+        progress: BoundedProgress | None = None,
+        partition_check_s: float = 60.0,
     ) -> None:
         """`commit_offsets`: also commit each snapshot's offsets to the `group.id` of kafka's config.
 
         `start`: where partitions without recovery state begin (`group`: that `group.id`'s offsets).
+        `stop_at_ms` (STOP_AT, bounded runs): each partition stops before its first record with a
+        Kafka timestamp at or past it. `progress`: a bounded run's progress line.
+        `partition_check_s`: how often to look for partitions added while running (0: never).
         """
+        self._stop_at_ms = stop_at_ms
+        self._progress = progress
+        self._partition_check_s = partition_check_s
+        self._parts: list[str] = []
         self._kafka = kafka
         # Safety net: librdkafka's default (latest) would skip every retained record if a
         # read position falls out of the log mid-run; build_part handles it at start.
@@ -217,7 +248,8 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         self._told_resumed = threading.Lock()  # held once the "setting ignored" line is out
 
     def list_parts(self) -> list[str]:
-        return list_parts_quietly(self._kafka)
+        self._parts = list_parts_quietly(self._kafka)
+        return self._parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: tuple[int | None, S] | None) -> _Partition[X, S]:
         offset, state = resume_state if resume_state is not None else (None, self._initial_state)
@@ -232,7 +264,36 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
             # Before the first consume, so nothing was read from the old position.
             internals.consumer.assign([internals.topic_partition(start)])
             internals.next_offset = start
-        return _Partition(kafka_part, for_part, self._step, state, self._commit_offsets)
+        stop = self._stop_offset(internals, for_part) if self._stop_at_ms is not None else None
+        if stop is not None and start >= stop:
+            internals.mark_end()
+        if self._progress is not None:
+            end = (
+                stop
+                if stop is not None
+                else _query(lambda: internals.consumer.get_watermark_offsets(internals.topic_partition(), timeout=10))[
+                    1
+                ]
+            )
+            self._progress.register(for_part, start, end)
+        index, _, topic = for_part.partition("-")
+        watch = None
+        if index == "0" and self._partition_check_s:
+            known = sum(1 for part in self._parts if part.partition("-")[2] == topic)
+            watch = PartitionWatch(topic, known, self._partition_check_s)
+        return _Partition(kafka_part, for_part, self._step, state, self._commit_offsets, stop, self._progress, watch)
+
+    def _stop_offset(self, internals: KafkaPartitionInternals, for_part: str) -> int:
+        """The first offset at or past STOP_AT (the partition's end if nothing is that late yet)."""
+        query = internals.topic_partition(self._stop_at_ms)
+        try:
+            [found] = _query(lambda: internals.consumer.offsets_for_times([query], timeout=10))
+            if found.offset >= 0:
+                return found.offset
+            return _query(lambda: internals.consumer.get_watermark_offsets(internals.topic_partition(), timeout=10))[1]
+        except KafkaException as exc:
+            msg = f"Kafka {for_part}: cannot resolve STOP_AT ({exc}): check the broker and ACLs"
+            raise KafkaUnavailable(msg) from None
 
     def _start_offset(self, kafka_part: Any, for_part: str, offset: int | None) -> int:
         internals = KafkaPartitionInternals(kafka_part)
@@ -312,6 +373,33 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         )
         RECORDS_LOST_TO_RETENTION.labels(tp.topic, str(tp.partition)).inc(lost)
         return low
+
+
+class PartitionWatch:
+    """Partitions added to a topic while the job runs: bytewax reads a fixed list, so say so once."""
+
+    def __init__(self, topic: str, known: int, every_s: float) -> None:
+        self._topic, self._known, self._every_s = topic, known, every_s
+        self._next = time.monotonic() + every_s
+        self._told = False
+
+    def check(self, consumer: Any) -> None:
+        if self._told or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self._every_s
+        try:
+            count = len(consumer.list_topics(self._topic, timeout=1).topics[self._topic].partitions)
+        except (KafkaException, KeyError):
+            return  # looked again at the next check
+        if count > self._known:
+            self._told = True
+            log.warning(
+                "Kafka topic %s now has %d partitions, this run reads %d: restart the job to read the new ones "
+                "(they start at START_POSITION; the others resume from their snapshots)",
+                self._topic,
+                count,
+                self._known,
+            )
 
 
 def _query(call: Callable[[], Any]) -> Any:
