@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 import bytewax.operators.windowing as win
+import polars as pl
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
 
@@ -30,14 +31,16 @@ def _row(key_window):
     start = window_id * 900_000
     return movie_id, ObjectRows(
         object_folder(PREFIX, start, movie_id),
-        {
-            "movieId": [movie_id],
-            "userId": [user_id],
-            "impressions": [count],
-            "latestImpression": [latest],
-            "windowStart": [start],
-            "windowEnd": [start + 900_000],
-        },
+        pl.DataFrame(
+            {
+                "movieId": [movie_id],
+                "userId": [user_id],
+                "impressions": [count],
+                "latestImpression": [latest],
+                "windowStart": [start],
+                "windowEnd": [start + 900_000],
+            }
+        ),
     )
 
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import msgspec
+import numpy as np
 import polars as pl
 
 from dataflows.dead_letters import DeadLetter, LateEvent, SourcePosition, rejected
-from dataflows.event_time import is_late, partition_watermark, to_datetime, window_start
+from dataflows.event_time import NO_WATERMARK, is_late, partition_watermark, to_datetime, window_start
 from dataflows.untrusted_json import (
     MAX_EVENT_BYTES,
+    MAX_ID_BYTES,
     MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS,
     decode_json_object,
@@ -109,40 +111,70 @@ def object_folder(prefix: str, window_start_ms: int, movie_id: str) -> str:
     return "/".join([*parts, hour_folder(window_start_ms), folder])
 
 
-class UserTallies(dict[str, tuple[int, int]]):
-    """Per-user (impressions, latestImpression) of one movie in one window.
+TALLY_SCHEMA = pl.Schema({"userId": pl.String, "impressions": pl.Int64, "latestImpression": pl.Int64})
 
-    Values are immutable tuples, so a shallow copy is a safe snapshot; bytewax
-    deep-copies window state at every snapshot, which for large dicts dominates.
+
+def user_tallies(users: list[str], counts: list[int], latest: list[int]) -> pl.DataFrame:
+    return pl.DataFrame({"userId": users, "impressions": counts, "latestImpression": latest}, schema=TALLY_SCHEMA)
+
+
+def _summed(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    frame = frames[0] if len(frames) == 1 else pl.concat(frames)
+    return frame.group_by("userId").agg(pl.col("impressions").sum(), pl.col("latestImpression").max())
+
+
+class WindowTallies:
+    """Per-user (impressions, latestImpression) of one movie in one window, as columns.
+
+    The window operator only appends each batch's frame (no per-event work); the frames
+    are summed at window close, and folded together whenever many pile up so that the
+    state (pickled at every snapshot) stays small.
     """
 
-    def __deepcopy__(self, memo: dict) -> UserTallies:
-        return UserTallies(self)
+    __slots__ = ("frames",)
+    _FOLD_AT = 32
 
-    def add(self, user_id: str, count: int, latest: int) -> None:
-        seen = self.get(user_id)
-        if seen is None:
-            self[user_id] = (count, latest)
-        else:
-            self[user_id] = (seen[0] + count, max(seen[1], latest))
+    def __init__(self, frames: list[pl.DataFrame] | None = None) -> None:
+        self.frames: list[pl.DataFrame] = frames or []
 
-    def merge(self, other: dict[str, tuple[int, int]]) -> UserTallies:
-        for user_id, (count, latest) in other.items():
-            self.add(user_id, count, latest)
+    def __deepcopy__(self, memo: dict) -> WindowTallies:
+        return WindowTallies(list(self.frames))  # frames are immutable
+
+    def __getstate__(self) -> list[pl.DataFrame]:
+        return self.frames
+
+    def __setstate__(self, frames: list[pl.DataFrame]) -> None:
+        self.frames = frames
+
+    def add(self, frame: pl.DataFrame) -> WindowTallies:
+        self.frames.append(frame)
+        if len(self.frames) >= self._FOLD_AT:
+            self.frames = [_summed(self.frames)]
         return self
 
+    def merge(self, other: WindowTallies) -> WindowTallies:
+        for frame in other.frames:
+            self.add(frame)
+        return self
 
-def window_rows(movie_id: str, window_start_ms: int, length_ms: int, tallies: UserTallies) -> dict[str, list]:
-    """Output columns (OUTPUT_SCHEMA order) of one closed window of one movie, sorted by user."""
-    users = sorted(tallies)
-    return {
-        "movieId": [movie_id] * len(users),
-        "userId": users,
-        "impressions": [tallies[u][0] for u in users],
-        "latestImpression": [tallies[u][1] for u in users],
-        "windowStart": [window_start_ms] * len(users),
-        "windowEnd": [window_start_ms + length_ms] * len(users),
-    }
+    def summed(self) -> pl.DataFrame:
+        return _summed(self.frames) if self.frames else user_tallies([], [], [])
+
+
+def window_rows(movie_id: str, window_start_ms: int, length_ms: int, tallies: WindowTallies) -> pl.DataFrame:
+    """Output rows (OUTPUT_SCHEMA) of one closed window of one movie, sorted by user."""
+    return (
+        tallies.summed()
+        .sort("userId")
+        .select(
+            pl.lit(movie_id, pl.String).alias("movieId"),
+            "userId",
+            "impressions",
+            "latestImpression",
+            pl.lit(window_start_ms, pl.Int64).alias("windowStart"),
+            pl.lit(window_start_ms + length_ms, pl.Int64).alias("windowEnd"),
+        )
+    )
 
 
 @dataclass(slots=True)
@@ -157,7 +189,7 @@ class WindowSlice:
     movie_id: str
     window_start: int
     latest: int
-    tallies: UserTallies
+    tallies: pl.DataFrame  # TALLY_SCHEMA, one row per user
     source: str
     source_watermark: int
 
@@ -172,10 +204,125 @@ def slice_batch(
 ) -> tuple[list[WindowSlice | DeadLetter | LateEvent], int]:
     """Decode, judge lateness and pre-aggregate one input partition's batch, in offset order.
 
-    Takes and returns the partition's newest event time (its watermark state).
+    Takes and returns the partition's newest event time (its watermark state). The batch
+    is handled as columns when it is provably clean (`decode_batch`); otherwise, or if
+    that path fails in any way, record by record (`slice_records`, the reference).
     """
+    values = [m.value() for m in messages]
+    try:
+        columns = decode_batch(values)
+    except Exception:  # the record boundary's batch side: the per-record path judges each record
+        columns = None
+    if columns is None:
+        return slice_records(
+            source, messages, max_timestamp, window_ms=window_ms, max_out_of_orderness_ms=max_out_of_orderness_ms
+        )
+    return _slice_columns(
+        source, messages, values, columns, max_timestamp, window_ms=window_ms, bound_ms=max_out_of_orderness_ms
+    )
+
+
+class _WireText(msgspec.Struct, rename="camel", gc=False):
+    movie_id: str
+    user_id: str
+    timestamp: int
+
+
+_typed_batch = msgspec.json.Decoder(list[_WireText])
+_ASCII_ALNUM = r"[0-9A-Za-z]"
+
+
+def decode_batch(values: list) -> tuple[list[str], list[str], np.ndarray] | None:
+    """(movieIds, userIds, timestamps) of a batch every record of which is a clean impression
+    that the per-record path would accept as it is, or None (then it decides record by record).
+
+    Clean, checked on the batch's bytes at once: each record is one JSON object of exactly
+    five strings (3 keys, 2 ids: so no key repeats, no other field) with no escapes, no
+    DEL or C1 control characters; ids of at most MAX_ID_BYTES holding an ASCII letter or
+    digit (so never blank); timestamps in range. One typed decode then reads them all.
+    """
+    if not values or None in values:
+        return None
+    joined = b",".join(values)
+    buf = np.frombuffer(joined, np.uint8)
+    lengths = np.fromiter(map(len, values), np.int64, len(values))
+    if lengths.min() == 0 or lengths.max() > MAX_EVENT_BYTES:
+        return None
+    starts = np.zeros(len(values), np.int64)
+    np.cumsum(lengths[:-1] + 1, out=starts[1:])
+    ends = starts + lengths - 1
+    if not ((buf[starts] == ord("{")).all() and (buf[ends] == ord("}")).all()):
+        return None
+    if (buf == ord("\\")).any() or (buf == 0x7F).any():
+        return None
+    if ((buf[:-1] == 0xC2) & (buf[1:] >= 0x80) & (buf[1:] <= 0x9F)).any():  # C1 controls in UTF-8
+        return None
+    if not (np.add.reduceat((buf == ord('"')).astype(np.int32), starts) == 10).all():
+        return None
+    wires = _typed_batch.decode(b"[" + joined + b"]")
+    if len(wires) != len(values):
+        return None
+    movies = [w.movie_id for w in wires]
+    users = [w.user_id for w in wires]
+    ts = np.fromiter((w.timestamp for w in wires), np.int64, len(wires))
+    if not ((ts >= MIN_TIMESTAMP_MS) & (ts < MAX_TIMESTAMP_MS)).all():
+        return None
+    ids = pl.DataFrame({"m": movies, "u": users})
+    clean = ids.select(
+        (pl.all().str.len_bytes() <= MAX_ID_BYTES).all(),
+        pl.all().str.contains(_ASCII_ALNUM).all().name.suffix("_alnum"),
+    ).row(0)
+    return (movies, users, ts) if all(clean) else None
+
+
+def _slice_columns(
+    source: str,
+    messages: list,
+    values: list,
+    columns: tuple[list[str], list[str], np.ndarray],
+    max_timestamp: int,
+    *,
+    window_ms: int,
+    bound_ms: int,
+) -> tuple[list[WindowSlice | DeadLetter | LateEvent], int]:
+    movies, users, ts = columns
+    # Lateness in offset order: each event against the watermark of the events before it.
+    before = np.maximum.accumulate(np.concatenate(([max_timestamp], ts)))[:-1]
+    watermarks = np.where(before > NO_WATERMARK, before - bound_ms, NO_WATERMARK)
+    starts = ts - ts % window_ms
+    late = starts + window_ms <= watermarks
     out: list[WindowSlice | DeadLetter | LateEvent] = []
-    slices: dict[tuple[str, int], WindowSlice] = {}
+    for i in np.flatnonzero(late).tolist():
+        msg = messages[i]
+        position = SourcePosition(msg.topic(), msg.partition(), msg.offset())
+        start = int(starts[i])
+        out.append(LateEvent(position, values[i], int(ts[i]), int(watermarks[i]), start, start + window_ms))
+    max_timestamp = max(max_timestamp, int(ts.max()))  # a late event is older than the newest
+    watermark = partition_watermark(max_timestamp, bound_ms)
+    frame = pl.DataFrame({"movieId": movies, "userId": users, "ts": ts, "start": starts})
+    if late.any():
+        frame = frame.filter(pl.Series(~late))
+    tallies = frame.group_by("movieId", "start", "userId").agg(
+        impressions=pl.len().cast(pl.Int64), latestImpression=pl.col("ts").max()
+    )
+    for (movie_id, start), group in tallies.partition_by("movieId", "start", as_dict=True).items():
+        piece = group.select(TALLY_SCHEMA.names())
+        latest = int(piece["latestImpression"].max())  # type: ignore[arg-type]
+        out.append(WindowSlice(str(movie_id), int(start), latest, piece, source, watermark))  # type: ignore[call-overload]
+    return out, max_timestamp
+
+
+def slice_records(
+    source: str,
+    messages: list,
+    max_timestamp: int,
+    *,
+    window_ms: int,
+    max_out_of_orderness_ms: int,
+) -> tuple[list[WindowSlice | DeadLetter | LateEvent], int]:
+    """`slice_batch` record by record, each through the record boundary: exact for any input."""
+    out: list[WindowSlice | DeadLetter | LateEvent] = []
+    slices: dict[tuple[str, int], tuple[list[int], dict[str, tuple[int, int]]]] = {}
     watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
     for msg in messages:
         try:
@@ -191,16 +338,15 @@ def slice_batch(
         if ts > max_timestamp:
             max_timestamp = ts
             watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
-        piece = slices.get((movie_id, start))
-        if piece is None:
-            piece = slices[(movie_id, start)] = WindowSlice(movie_id, start, ts, UserTallies(), source, 0)
-        elif ts > piece.latest:
-            piece.latest = ts
-        piece.tallies.add(user_id, 1, ts)
+        newest_in_slice, users = slices.setdefault((movie_id, start), ([ts], {}))
+        newest_in_slice[0] = max(newest_in_slice[0], ts)
+        count, newest = users.get(user_id, (0, ts))
+        users[user_id] = (count + 1, max(newest, ts))
     watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
-    for piece in slices.values():
-        piece.source_watermark = watermark
-        out.append(piece)
+    for (movie_id, start), ([newest_ts], users) in slices.items():
+        names = list(users)
+        frame = user_tallies(names, [users[u][0] for u in names], [users[u][1] for u in names])
+        out.append(WindowSlice(movie_id, start, newest_ts, frame, source, watermark))
     return out, max_timestamp
 
 
@@ -213,6 +359,6 @@ def late_slice_record(piece: WindowSlice) -> bytes:
             "movieId": piece.movie_id,
             "windowStart": piece.window_start,
             "source": piece.source,
-            "impressions": {user: list(tally) for user, tally in piece.tallies.items()},
+            "impressions": {user: [count, latest] for user, count, latest in piece.tallies.iter_rows()},
         }
     ).encode()

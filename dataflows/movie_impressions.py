@@ -28,8 +28,8 @@ from dataflows.dead_letters import LateEvent
 from dataflows.event_time import EventTimeClock, Heartbeat, HeartbeatAwareWindower, to_datetime
 from dataflows.impression_rules import (
     OUTPUT_SCHEMA,
-    UserTallies,
     WindowSlice,
+    WindowTallies,
     late_slice_record,
     object_folder,
     slice_batch,
@@ -42,8 +42,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 JOB = "movie_impressions"
 
 
-def _fold(tallies: UserTallies, piece: WindowSlice) -> UserTallies:
-    return tallies.merge(piece.tallies)
+def _fold(tallies: WindowTallies, piece: WindowSlice) -> WindowTallies:
+    return tallies.add(piece.tallies)
 
 
 def build_flow(
@@ -81,13 +81,13 @@ def build_flow(
         HeartbeatAwareWindower(
             win.TumblingWindower(length=settings.window, align_to=EPOCH), KEYS_IN_STATE.labels(JOB).inc
         ),
-        UserTallies,
+        WindowTallies,
         _fold,
-        UserTallies.merge,
+        WindowTallies.merge,
         ordered=False,  # count and max do not depend on order
     )
 
-    def to_rows(movie_window: tuple[str, tuple[int, UserTallies]]) -> tuple[str, ObjectRows]:
+    def to_rows(movie_window: tuple[str, tuple[int, WindowTallies]]) -> tuple[str, ObjectRows]:
         movie_id, (window_id, tallies) = movie_window
         start = window_id * window_ms  # bytewax numbers epoch-aligned tumbling windows from 0
         return movie_id, ObjectRows(

@@ -29,3 +29,8 @@ class FakeMessage:
 
 def kafka_message(value: bytes | None, offset: int = 0, partition: int = 0, topic: str = "t") -> FakeMessage:
     return FakeMessage(value, offset, partition, topic)
+
+
+def tally_dict(tallies) -> dict[str, tuple[int, int]]:
+    """A slice's per-user tallies frame as {userId: (impressions, latestImpression)}."""
+    return {user: (count, latest) for user, count, latest in tallies.iter_rows()}

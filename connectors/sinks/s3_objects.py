@@ -75,7 +75,7 @@ class ObjectRows:
     """Rows bound for one object folder (`directory`, relative to the bucket)."""
 
     directory: str
-    columns: dict[str, list]
+    rows: pl.DataFrame
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._next_seq = next_seq
         self._client = self._location.client()
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
-        self._buffer: dict[str, list[dict[str, list]]] = defaultdict(list)
+        self._buffer: dict[str, list[pl.DataFrame]] = defaultdict(list)
         self._failed = False
         self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"s3-{partition}")
         self._roll_back_uncommitted()
@@ -210,7 +210,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
 
     def write_batch(self, items: list[ObjectRows]) -> None:
         for item in items:
-            self._buffer[item.directory].append(item.columns)
+            self._buffer[item.directory].append(item.rows)
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -225,7 +225,8 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._call("write manifest", partial(self._client.put_object, Bucket=bucket, Key=manifest_key, Body=manifest))
 
         def write(directory: str, key: str) -> None:
-            frame = pl.concat([pl.DataFrame(c, schema=self._sink.schema) for c in self._buffer[directory]])
+            schema = self._sink.schema
+            frame = pl.concat([rows.select(schema.names()).cast(schema) for rows in self._buffer[directory]])
             body = encode(frame, fmt)
             self._call("write object", partial(self._client.put_object, Bucket=bucket, Key=key, Body=body))
             OBJECTS_WRITTEN.inc()

@@ -54,7 +54,7 @@ def partitioned(values: list[tuple[bytes, bytes]], partitions: int) -> list[list
 
 
 def rows_frame(written: list[tuple[str, Any]]) -> pl.DataFrame:
-    frames = [pl.DataFrame(rows.columns) for _, rows in written]
+    frames = [object_rows.rows for _, object_rows in written]
     return pl.concat(frames).sort("movieId", "userId", "windowStart") if frames else pl.DataFrame()
 
 
@@ -100,9 +100,10 @@ def test_impressions_resume_from_the_recovery_store_after_a_crash(tmp_path: Path
     transport = MemoryTransport({IMPRESSIONS.input_topic: parts}, 50)
     init_db_dir(tmp_path, workers)
     rows: list[tuple[str, Any]] = []
-    flow = movie_impressions.build_flow(IMPRESSIONS, transport, TestingSink(rows))
     crashes = 0
     for _ in range(len(parts) + 1):  # each partition's ABORT crashes one run, once
+        # A new flow per run, as a restarted process builds: nothing but the store carries over.
+        flow = movie_impressions.build_flow(IMPRESSIONS, transport, TestingSink(rows))
         try:
             run(flow, workers, tmp_path)
             break

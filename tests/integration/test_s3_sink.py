@@ -1,5 +1,6 @@
 """The exactly-once protocol of the S3 sink against a real S3 endpoint."""
 
+import polars as pl
 import pytest
 
 from connectors.sinks.s3_objects import (
@@ -19,14 +20,16 @@ pytestmark = pytest.mark.integration
 def rows(movie: str, user: str, count: int) -> ObjectRows:
     return ObjectRows(
         f"out/2019-01-07--07/{movie}",
-        {
-            "movieId": [movie],
-            "userId": [user],
-            "impressions": [count],
-            "latestImpression": [1],
-            "windowStart": [0],
-            "windowEnd": [900_000],
-        },
+        pl.DataFrame(
+            {
+                "movieId": [movie],
+                "userId": [user],
+                "impressions": [count],
+                "latestImpression": [1],
+                "windowStart": [0],
+                "windowEnd": [900_000],
+            }
+        ),
     )
 
 

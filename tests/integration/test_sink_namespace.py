@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 
 from connectors.sinks.s3_objects import (
@@ -23,14 +24,16 @@ pytestmark = pytest.mark.integration
 def rows(movie: str, user: str) -> ObjectRows:
     return ObjectRows(
         f"out/2019-01-07--07/{movie}",
-        {
-            "movieId": [movie],
-            "userId": [user],
-            "impressions": [1],
-            "latestImpression": [1],
-            "windowStart": [0],
-            "windowEnd": [900_000],
-        },
+        pl.DataFrame(
+            {
+                "movieId": [movie],
+                "userId": [user],
+                "impressions": [1],
+                "latestImpression": [1],
+                "windowStart": [0],
+                "windowEnd": [900_000],
+            }
+        ),
     )
 
 

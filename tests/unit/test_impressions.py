@@ -1,4 +1,5 @@
 import json
+import pickle
 from datetime import UTC, datetime
 
 import pytest
@@ -6,17 +7,19 @@ import pytest
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK, window_bounds
 from dataflows.impression_rules import (
+    OUTPUT_SCHEMA,
     MovieImpression,
-    UserTallies,
     WindowSlice,
+    WindowTallies,
     decode_impression,
     hour_folder,
     object_folder,
     slice_batch,
+    user_tallies,
     window_rows,
 )
 from dataflows.untrusted_json import InvalidEvent
-from tests.factories import kafka_message
+from tests.factories import kafka_message, tally_dict
 
 MIN15 = 15 * 60 * 1000
 
@@ -118,8 +121,8 @@ def test_hour_folder_is_utc_regardless_of_local_zone(monkeypatch: pytest.MonkeyP
 
 
 def test_window_rows_in_schema_order_sorted_by_user() -> None:
-    tallies = UserTallies({"u2": (3, 30), "u1": (1, 10)})
-    assert window_rows("m", 900_000, MIN15, tallies) == {
+    tallies = WindowTallies().add(user_tallies(["u2", "u1"], [2, 1], [30, 10])).add(user_tallies(["u2"], [1], [20]))
+    assert window_rows("m", 900_000, MIN15, tallies).to_dict(as_series=False) == {
         "movieId": ["m", "m"],
         "userId": ["u1", "u2"],
         "impressions": [1, 3],
@@ -127,11 +130,19 @@ def test_window_rows_in_schema_order_sorted_by_user() -> None:
         "windowStart": [900_000, 900_000],
         "windowEnd": [1_800_000, 1_800_000],
     }
+    assert window_rows("m", 0, MIN15, tallies).schema == OUTPUT_SCHEMA
 
 
-def test_tallies_merge_adds_counts_and_keeps_latest() -> None:
-    merged = UserTallies({"a": (2, 50)}).merge({"a": (1, 40), "b": (1, 7)})
-    assert merged == {"a": (3, 50), "b": (1, 7)}
+def test_tallies_merge_adds_counts_and_keeps_latest_and_folds_when_many() -> None:
+    merged = WindowTallies().add(user_tallies(["a"], [2], [50]))
+    merged.merge(WindowTallies().add(user_tallies(["a", "b"], [1, 1], [40, 7])))
+    for _ in range(40):  # past the fold threshold: the state stays one frame per few batches
+        merged.add(user_tallies(["c"], [1], [5]))
+    assert len(merged.frames) < 40
+    summed = {u: (n, t) for u, n, t in merged.summed().iter_rows()}
+    assert summed == {"a": (3, 50), "b": (1, 7), "c": (40, 5)}
+    restored = pickle.loads(pickle.dumps(merged))
+    assert restored.summed().sort("userId").equals(merged.summed().sort("userId"))
 
 
 def event(movie: str, user: str, ts: int) -> bytes:
@@ -160,8 +171,11 @@ def test_slice_batch_preaggregates_and_routes_bad_and_late_in_offset_order() -> 
     assert [(d.position.offset, d.raw) for d in dead] == [(1, b"{oops")]
     assert dead[0].error.startswith("not valid JSON")
     assert [(e.position.offset, e.window_end, e.watermark) for e in late] == [(4, base + MIN15, base + MIN15 + 10_000)]
-    assert slices[("m1", base)].tallies == {"u1": (2, base + 3000)}
-    assert slices[("m1", base + MIN15)].tallies == {"u2": (1, base + MIN15 + 20_000), "u3": (1, base + MIN15 + 1)}
+    assert tally_dict(slices[("m1", base)].tallies) == {"u1": (2, base + 3000)}
+    assert tally_dict(slices[("m1", base + MIN15)].tallies) == {
+        "u2": (1, base + MIN15 + 20_000),
+        "u3": (1, base + MIN15 + 1),
+    }
     assert all(s.source_watermark == newest - bound and s.source == "0-t" for s in slices.values())
 
 

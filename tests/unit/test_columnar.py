@@ -1,0 +1,90 @@
+"""The columnar batch path equals the per-record reference path, on random batches."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dataflows.dead_letters import DeadLetter, LateEvent
+from dataflows.event_time import NO_WATERMARK
+from dataflows.impression_rules import WindowSlice, decode_batch, slice_batch, slice_records
+from tests.factories import kafka_message, tally_dict
+from tests.hostile import hostile, odd_but_valid
+
+W = 900_000
+BASE = 1_546_844_400_000  # a window start
+IDS = ["2000", "2001", "m-7", "u1", "Zeta", "x" * 200, "\u00e9t\u00e9-1", "a b", "9"]
+
+
+def canonical(result: tuple[list, int]) -> tuple:
+    items, max_timestamp = result
+    dead = sorted((d.position.offset, d.error, d.raw, d.internal) for d in items if isinstance(d, DeadLetter))
+    late = sorted(
+        (e.position.offset, e.timestamp, e.watermark, e.window_start) for e in items if isinstance(e, LateEvent)
+    )
+    slices = {
+        (s.movie_id, s.window_start): (s.latest, s.source, s.source_watermark, tally_dict(s.tallies))
+        for s in items
+        if isinstance(s, WindowSlice)
+    }
+    assert len(slices) == sum(isinstance(s, WindowSlice) for s in items), "one slice per (movie, window)"
+    return dead, late, slices, max_timestamp
+
+
+def events(seed: int, count: int, dirty: bool) -> list[bytes]:
+    """Window-boundary times, disorder, late stragglers, repeats; with `dirty`, also bad and odd records."""
+    rng = random.Random(seed)
+    out: list[bytes] = []
+    now = BASE
+    for _ in range(count):
+        now += rng.choice([0, 1, 500, 30_000, W - 1])
+        ts = now - rng.choice([0, 0, 1, 1_000, 5_000, 2 * W])  # some beyond the bound: late
+        record = {"movieId": rng.choice(IDS), "userId": rng.choice(IDS), "timestamp": ts}
+        roll = rng.random()
+        if dirty and roll < 0.1:
+            out.append(hostile(rng, record, "movieId", "timestamp")[1])
+        elif dirty and roll < 0.2:
+            out.append(odd_but_valid(rng, record, rng.choice(["movieId", "userId"]))[1])
+        elif out and roll < 0.3:
+            out.append(rng.choice(out))  # a repeat of an earlier record
+        else:
+            out.append(json.dumps(record, ensure_ascii=dirty and rng.random() < 0.5).encode())  # escapes: not clean
+    return out
+
+
+def both_paths(values: list[bytes], max_timestamp: int) -> tuple[tuple, tuple]:
+    messages = [kafka_message(v, offset=i) for i, v in enumerate(values)]
+    kwargs = {"window_ms": W, "max_out_of_orderness_ms": 2_000}
+    return (
+        canonical(slice_batch("0-t", messages, max_timestamp, **kwargs)),
+        canonical(slice_records("0-t", messages, max_timestamp, **kwargs)),
+    )
+
+
+@given(st.integers(0, 2**32), st.integers(1, 400), st.sampled_from([NO_WATERMARK, BASE, BASE + 3 * W]))
+@settings(max_examples=60, deadline=None)
+def test_clean_batches_take_the_columnar_path_and_agree(seed: int, count: int, max_timestamp: int) -> None:
+    values = events(seed, count, dirty=False)
+    assert decode_batch(values) is not None
+    columnar, reference = both_paths(values, max_timestamp)
+    assert columnar == reference
+
+
+@given(st.integers(0, 2**32), st.integers(1, 200))
+@settings(max_examples=60, deadline=None)
+def test_any_batch_agrees_with_the_reference(seed: int, count: int) -> None:
+    columnar, reference = both_paths(events(seed, count, dirty=True), NO_WATERMARK)
+    assert columnar == reference
+
+
+def test_a_batch_that_only_looks_clean_as_a_whole_is_judged_record_by_record() -> None:
+    """Records that are invalid alone but would join into valid JSON objects across the batch."""
+    split_a = b'{"movieId":"a","userId":"},{","timestamp":1546844400001}'  # 10 quotes, yet a string spans records
+    two_in_one = b'{"movieId":"a","userId":"b","timestamp":1546844400001},{"movieId":"c","userId":"d","timestamp":1}'
+    values = [split_a, two_in_one, json.dumps({"movieId": "m", "userId": "u", "timestamp": BASE}).encode()]
+    assert decode_batch(values) is None
+    columnar, reference = both_paths(values, NO_WATERMARK)
+    assert columnar == reference
