@@ -332,24 +332,27 @@ def test_athena_ddl_projection_renders_the_locations_the_job_writes(written, ora
         hours.append(hour.strftime(fmt))
         hour += timedelta(hours=1)
 
-    rows = read_s3_rows(written.s3, written.bucket, written.prefix)
+    rendered = {
+        (h, movie): template.replace(doc_root, root)
+        .replace("${hour}", h)
+        .replace("${movie_folder}", movie_folder(movie))
+        for h in hours
+        for movie in oracle["movieId"].unique()
+    }
+    assert all(location.endswith("/") for location in rendered.values())
     keys = all_keys(written)
-    seen: set[str] = set()
-    for h in hours:
-        for movie in oracle["movieId"].unique():
-            location = (
-                template.replace(doc_root, root).replace("${hour}", h).replace("${movie_folder}", movie_folder(movie))
-            )
-            assert location.endswith("/")
-            under = {k for k in keys if f"s3://{written.bucket}/{k}".startswith(location)}
-            seen |= under
-            # `WHERE hour = h AND movie_folder = <encoded movie>` reads exactly that movie's rows of that hour.
-            got = rows.filter(pl.col("object").is_in(list(under))).drop("object").sort(SORT)
-            want = oracle.filter(
-                (pl.col("movieId") == movie)
-                & (pl.col("windowStart").map_elements(hour_of, return_dtype=pl.String) == h)
-            )
-            assert_frame_equal(got, want)
+    seen = {k for k in keys if f"s3://{written.bucket}/{k.rsplit('/', 1)[0]}/" in set(rendered.values())}
+    # `WHERE hour = h AND movie_folder = <encoded movie>` reads the folder rendered for them: it must hold
+    # exactly that movie's rows of that hour. So: each row's folder is the one rendered for its hour and id.
+    in_folders = read_s3_rows(written.s3, written.bucket, written.prefix).select(
+        *COLUMNS, location=pl.concat_str(pl.lit(f"s3://{written.bucket}/"), pl.col("object").str.replace(r"[^/]+$", ""))
+    )
+    want = oracle.with_columns(
+        location=pl.struct("windowStart", "movieId").map_elements(
+            lambda r: rendered[hour_of(r["windowStart"]), r["movieId"]], return_dtype=pl.String
+        )
+    )
+    assert_frame_equal(in_folders.sort(SORT), want)
 
     assert seen == written.data_objects()  # every data object lies under a projected location
     rest = keys - seen
