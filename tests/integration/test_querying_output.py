@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -266,6 +267,64 @@ def test_duckdb_documented_glob_lists_the_data_objects_and_a_naive_one_the_manif
     assert listed(f"{root}/**") == keys  # the naive glob: manifests included
     with pytest.raises(duckdb.Error, match=r"(?i)parquet|magic"):
         duck.execute(f"SELECT count(*) FROM read_parquet('{root}/**')").fetchall()
+
+
+# --- the doc's own code blocks, as written (bucket, prefix and credentials swapped for the local ones) --------
+
+
+def doc_blocks(lang: str) -> list[str]:
+    text = DOC.read_text()
+    return [textwrap.dedent(body) for _, body in re.findall(rf"^( *)```{lang}\n(.*?)^\1```", text, re.M | re.S)]
+
+
+def localised(block: str, run: ImpressionsRun, swaps: dict[str, str]) -> str:
+    for doc_text, local in swaps.items():
+        assert doc_text in block, f"docs/querying.md changed: {doc_text!r} not found in\n{block}"
+        block = block.replace(doc_text, local)
+    return block.replace("s3://my-bucket/impressions", f"s3://{run.bucket}/{run.prefix}")
+
+
+def relation_frame(relation: duckdb.DuckDBPyRelation) -> pl.DataFrame:
+    return pl.DataFrame(relation.fetchall(), schema=relation.columns, orient="row")
+
+
+def test_the_docs_polars_and_duckdb_examples_run_as_written(written, oracle, duck) -> None:
+    hour, movie = "2019-01-07--08", "a/b"  # the hour and the movie the examples pick; both in this run's data
+    want_hour = oracle.filter(pl.col("windowStart").map_elements(hour_of, return_dtype=pl.String) == hour)
+    want_movie = oracle.filter(pl.col("movieId") == movie)
+    assert not want_hour.is_empty() and not want_movie.is_empty()
+    want_located = oracle.with_columns(
+        hour=pl.col("windowStart").map_elements(hour_of, return_dtype=pl.String),
+        movie_folder=pl.col("movieId").map_elements(movie_folder, return_dtype=pl.String),
+    )
+    polars_main, polars_columns = doc_blocks("python")[:2]
+    duckdb_main = doc_blocks("python")[2]
+    duckdb_filename = doc_blocks("sql")[0]
+
+    ns: dict = {}
+    options = {'options = {"aws_region": "eu-west-1"}': f"options = {polars_options(written)!r}"}
+    exec(localised(polars_main, written, options), ns)
+    assert_frame_equal(ns["rows"].sort(SORT), oracle)
+    assert_frame_equal(ns["one_hour"].collect().sort(SORT), want_hour)
+    assert_frame_equal(ns["one_movie"].collect().sort(SORT), want_movie)
+    exec(localised(polars_columns, written, {}), ns)
+    assert_frame_equal(ns["rows"].collect().drop("object").sort(SORT), want_located)
+
+    port = written.s3.endpoint_url.rsplit(":", 1)[1]
+    secret = {
+        "CREATE SECRET impressions_s3 (TYPE S3, KEY_ID '...', SECRET '...', SESSION_TOKEN '...', REGION 'eu-west-1')": (
+            f"CREATE SECRET local_s3 (TYPE S3, ENDPOINT '127.0.0.1:{port}', URL_STYLE 'path', USE_SSL false, "
+            "KEY_ID 'local', SECRET 'local', REGION 'us-east-1')"
+        )
+    }
+    ns = {}
+    exec(localised(duckdb_main, written, secret), ns)
+    want_by_movie = oracle.group_by("movieId").agg(pl.col("impressions").sum()).sort("movieId")
+    assert_frame_equal(relation_frame(ns["by_movie"]).sort("movieId"), want_by_movie)
+    assert_frame_equal(relation_frame(ns["one_hour"]).sort(SORT), want_hour)
+    assert_frame_equal(relation_frame(ns["one_movie"]).sort(SORT), want_movie)
+    located = relation_frame(ns["con"].sql(localised(duckdb_filename, written, {})))
+    assert_frame_equal(located.drop("filename").sort(SORT), want_located)
 
 
 # --- Athena -----------------------------------------------------------------------------
