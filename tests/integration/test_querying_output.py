@@ -153,7 +153,7 @@ def test_polars_reads_every_row_once_and_filters_by_hour_and_movie_folder(writte
         one_movie = pl.scan_parquet(f"{root}/*/{folder}/*.parquet", storage_options=options).collect()
         want_movie = oracle.filter(pl.col("movieId") == movie)
         assert not want_movie.is_empty()
-        assert_frame_equal(one_movie.sort(SORT), want_movie, check_row_order=True)
+        assert_frame_equal(one_movie.sort(SORT), want_movie)
 
 
 def test_polars_glob_of_the_prefix_without_an_extension_would_take_the_manifests(written) -> None:
