@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from itertools import chain
 from urllib.parse import quote
 
 import msgspec
@@ -114,66 +115,97 @@ def object_folder(prefix: str, window_start_ms: int, movie_id: str) -> str:
 TALLY_SCHEMA = pl.Schema({"userId": pl.String, "impressions": pl.Int64, "latestImpression": pl.Int64})
 
 
-def user_tallies(users: list[str], counts: list[int], latest: list[int]) -> pl.DataFrame:
-    return pl.DataFrame({"userId": users, "impressions": counts, "latestImpression": latest}, schema=TALLY_SCHEMA)
+@dataclass(frozen=True, slots=True)
+class UserTallies:
+    """Per-user (impressions, latestImpression) of one movie in one window, as three columns.
+
+    Plain lists: a batch's slices are cut from its aggregated columns without per-row
+    Python work, and a window only appends them (summed once, at close).
+    """
+
+    users: list[str]
+    counts: list[int]
+    latest: list[int]
+
+    def rows(self) -> list[tuple[str, int, int]]:
+        return list(zip(self.users, self.counts, self.latest, strict=True))
 
 
-def _summed(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    frame = frames[0] if len(frames) == 1 else pl.concat(frames)
-    return frame.group_by("userId").agg(pl.col("impressions").sum(), pl.col("latestImpression").max())
+_SUM_IN_POLARS_FROM = 50_000  # rows; below, a dict is faster than building a frame
+
+
+def _summed(parts: list[UserTallies]) -> UserTallies:
+    """One row per user: counts added, latest the newest (each part has one row per user)."""
+    if len(parts) == 1:
+        return parts[0]
+    if sum(len(p.users) for p in parts) < _SUM_IN_POLARS_FROM:
+        acc: dict[str, tuple[int, int]] = {}
+        for part in parts:
+            for user, count, latest in zip(part.users, part.counts, part.latest, strict=True):
+                seen = acc.get(user)
+                acc[user] = (count, latest) if seen is None else (seen[0] + count, max(seen[1], latest))
+        return UserTallies(list(acc), [c for c, _ in acc.values()], [t for _, t in acc.values()])
+    frame = pl.DataFrame(
+        {
+            "userId": list(chain.from_iterable(p.users for p in parts)),
+            "impressions": list(chain.from_iterable(p.counts for p in parts)),
+            "latestImpression": list(chain.from_iterable(p.latest for p in parts)),
+        },
+        schema=TALLY_SCHEMA,
+    )
+    frame = frame.group_by("userId").agg(pl.col("impressions").sum(), pl.col("latestImpression").max())
+    return UserTallies(frame["userId"].to_list(), frame["impressions"].to_list(), frame["latestImpression"].to_list())
 
 
 class WindowTallies:
-    """Per-user (impressions, latestImpression) of one movie in one window, as columns.
+    """A window's accumulator: the batches' tallies, appended; summed at close, and folded
+    together whenever many pile up, so that the state (pickled at every snapshot) stays small."""
 
-    The window operator only appends each batch's frame (no per-event work); the frames
-    are summed at window close, and folded together whenever many pile up so that the
-    state (pickled at every snapshot) stays small.
-    """
+    __slots__ = ("parts",)
+    _FOLD_AT = 64
 
-    __slots__ = ("frames",)
-    _FOLD_AT = 32
-
-    def __init__(self, frames: list[pl.DataFrame] | None = None) -> None:
-        self.frames: list[pl.DataFrame] = frames or []
+    def __init__(self, parts: list[UserTallies] | None = None) -> None:
+        self.parts: list[UserTallies] = parts if parts is not None else []
 
     def __deepcopy__(self, memo: dict) -> WindowTallies:
-        return WindowTallies(list(self.frames))  # frames are immutable
+        return WindowTallies(list(self.parts))  # the parts are never changed in place
 
-    def __getstate__(self) -> list[pl.DataFrame]:
-        return self.frames
+    def __getstate__(self) -> tuple[list[UserTallies]]:
+        return (self.parts,)  # a tuple: never falsy, so unpickling always calls __setstate__
 
-    def __setstate__(self, frames: list[pl.DataFrame]) -> None:
-        self.frames = frames
+    def __setstate__(self, state: tuple[list[UserTallies]]) -> None:
+        (self.parts,) = state
 
-    def add(self, frame: pl.DataFrame) -> WindowTallies:
-        self.frames.append(frame)
-        if len(self.frames) >= self._FOLD_AT:
-            self.frames = [_summed(self.frames)]
+    def add(self, tallies: UserTallies) -> WindowTallies:
+        self.parts.append(tallies)
+        if len(self.parts) >= self._FOLD_AT:
+            self.parts = [_summed(self.parts)]
         return self
 
     def merge(self, other: WindowTallies) -> WindowTallies:
-        for frame in other.frames:
-            self.add(frame)
+        for tallies in other.parts:
+            self.add(tallies)
         return self
 
-    def summed(self) -> pl.DataFrame:
-        return _summed(self.frames) if self.frames else user_tallies([], [], [])
+    def summed(self) -> UserTallies:
+        return _summed(self.parts) if self.parts else UserTallies([], [], [])
 
 
 def window_rows(movie_id: str, window_start_ms: int, length_ms: int, tallies: WindowTallies) -> pl.DataFrame:
     """Output rows (OUTPUT_SCHEMA) of one closed window of one movie, sorted by user."""
-    return (
-        tallies.summed()
-        .sort("userId")
-        .select(
-            pl.lit(movie_id, pl.String).alias("movieId"),
-            "userId",
-            "impressions",
-            "latestImpression",
-            pl.lit(window_start_ms, pl.Int64).alias("windowStart"),
-            pl.lit(window_start_ms + length_ms, pl.Int64).alias("windowEnd"),
-        )
+    total = tallies.summed()
+    order = sorted(range(len(total.users)), key=total.users.__getitem__)
+    rows = len(order)
+    return pl.DataFrame(
+        {
+            "movieId": [movie_id] * rows,
+            "userId": [total.users[i] for i in order],
+            "impressions": [total.counts[i] for i in order],
+            "latestImpression": [total.latest[i] for i in order],
+            "windowStart": [window_start_ms] * rows,
+            "windowEnd": [window_start_ms + length_ms] * rows,
+        },
+        schema=OUTPUT_SCHEMA,
     )
 
 
@@ -189,7 +221,7 @@ class WindowSlice:
     movie_id: str
     window_start: int
     latest: int
-    tallies: pl.DataFrame  # TALLY_SCHEMA, one row per user
+    tallies: UserTallies
     source: str
     source_watermark: int
 
@@ -232,9 +264,9 @@ _typed_batch = msgspec.json.Decoder(list[_WireText])
 _ASCII_ALNUM = r"[0-9A-Za-z]"
 
 
-def decode_batch(values: list) -> tuple[list[str], list[str], np.ndarray] | None:
-    """(movieIds, userIds, timestamps) of a batch every record of which is a clean impression
-    that the per-record path would accept as it is, or None (then it decides record by record).
+def decode_batch(values: list) -> pl.DataFrame | None:
+    """(movieId, userId, ts) of a batch every record of which is a clean impression that the
+    per-record path would accept as it is, or None (then it decides record by record).
 
     Clean, checked on the batch's bytes at once: each record is one JSON object of exactly
     five strings (3 keys, 2 ids: so no key repeats, no other field) with no escapes, no
@@ -262,30 +294,33 @@ def decode_batch(values: list) -> tuple[list[str], list[str], np.ndarray] | None
     wires = _typed_batch.decode(b"[" + joined + b"]")
     if len(wires) != len(values):
         return None
-    movies = [w.movie_id for w in wires]
-    users = [w.user_id for w in wires]
-    ts = np.fromiter((w.timestamp for w in wires), np.int64, len(wires))
-    if not ((ts >= MIN_TIMESTAMP_MS) & (ts < MAX_TIMESTAMP_MS)).all():
-        return None
-    ids = pl.DataFrame({"m": movies, "u": users})
-    clean = ids.select(
-        (pl.all().str.len_bytes() <= MAX_ID_BYTES).all(),
-        pl.all().str.contains(_ASCII_ALNUM).all().name.suffix("_alnum"),
+    frame = pl.DataFrame(
+        {
+            "movieId": [w.movie_id for w in wires],
+            "userId": [w.user_id for w in wires],
+            "ts": np.fromiter((w.timestamp for w in wires), np.int64, len(wires)),
+        }
+    )
+    ids = pl.col("movieId", "userId")
+    clean = frame.select(
+        (ids.str.len_bytes() <= MAX_ID_BYTES).all().name.suffix("_short"),
+        ids.str.contains(_ASCII_ALNUM).all().name.suffix("_named"),
+        pl.col("ts").is_between(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS, closed="left").all(),
     ).row(0)
-    return (movies, users, ts) if all(clean) else None
+    return frame if all(clean) else None
 
 
 def _slice_columns(
     source: str,
     messages: list,
     values: list,
-    columns: tuple[list[str], list[str], np.ndarray],
+    frame: pl.DataFrame,
     max_timestamp: int,
     *,
     window_ms: int,
     bound_ms: int,
 ) -> tuple[list[WindowSlice | DeadLetter | LateEvent], int]:
-    movies, users, ts = columns
+    ts = frame["ts"].to_numpy()
     # Lateness in offset order: each event against the watermark of the events before it.
     before = np.maximum.accumulate(np.concatenate(([max_timestamp], ts)))[:-1]
     watermarks = np.where(before > NO_WATERMARK, before - bound_ms, NO_WATERMARK)
@@ -299,16 +334,24 @@ def _slice_columns(
         out.append(LateEvent(position, values[i], int(ts[i]), int(watermarks[i]), start, start + window_ms))
     max_timestamp = max(max_timestamp, int(ts.max()))  # a late event is older than the newest
     watermark = partition_watermark(max_timestamp, bound_ms)
-    frame = pl.DataFrame({"movieId": movies, "userId": users, "ts": ts, "start": starts})
+    on_time = frame.with_columns(start=pl.Series(starts))
     if late.any():
-        frame = frame.filter(pl.Series(~late))
-    tallies = frame.group_by("movieId", "start", "userId").agg(
-        impressions=pl.len().cast(pl.Int64), latestImpression=pl.col("ts").max()
+        on_time = on_time.filter(pl.Series(~late))
+    tallies = (
+        on_time.group_by("movieId", "start", "userId")
+        .agg(impressions=pl.len().cast(pl.Int64), latestImpression=pl.col("ts").max())
+        .sort("movieId", "start")
     )
-    for (movie_id, start), group in tallies.partition_by("movieId", "start", as_dict=True).items():
-        piece = group.select(TALLY_SCHEMA.names())
-        latest = int(piece["latestImpression"].max())  # type: ignore[arg-type]
-        out.append(WindowSlice(str(movie_id), int(start), latest, piece, source, watermark))  # type: ignore[call-overload]
+    groups = tallies.group_by("movieId", "start", maintain_order=True).agg(
+        rows=pl.len(), latest=pl.col("latestImpression").max()
+    )
+    users, counts, newest = (tallies[c].to_list() for c in ("userId", "impressions", "latestImpression"))
+    first = 0
+    for movie_id, start, rows, latest in groups.iter_rows():
+        end = first + rows
+        piece = UserTallies(users[first:end], counts[first:end], newest[first:end])
+        out.append(WindowSlice(movie_id, start, latest, piece, source, watermark))
+        first = end
     return out, max_timestamp
 
 
@@ -345,8 +388,8 @@ def slice_records(
     watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
     for (movie_id, start), ([newest_ts], users) in slices.items():
         names = list(users)
-        frame = user_tallies(names, [users[u][0] for u in names], [users[u][1] for u in names])
-        out.append(WindowSlice(movie_id, start, newest_ts, frame, source, watermark))
+        piece = UserTallies(names, [users[u][0] for u in names], [users[u][1] for u in names])
+        out.append(WindowSlice(movie_id, start, newest_ts, piece, source, watermark))
     return out, max_timestamp
 
 
@@ -359,6 +402,6 @@ def late_slice_record(piece: WindowSlice) -> bytes:
             "movieId": piece.movie_id,
             "windowStart": piece.window_start,
             "source": piece.source,
-            "impressions": {user: [count, latest] for user, count, latest in piece.tallies.iter_rows()},
+            "impressions": {user: [count, latest] for user, count, latest in piece.tallies.rows()},
         }
     ).encode()

@@ -32,5 +32,5 @@ def kafka_message(value: bytes | None, offset: int = 0, partition: int = 0, topi
 
 
 def tally_dict(tallies) -> dict[str, tuple[int, int]]:
-    """A slice's per-user tallies frame as {userId: (impressions, latestImpression)}."""
-    return {user: (count, latest) for user, count, latest in tallies.iter_rows()}
+    """A slice's UserTallies as {userId: (impressions, latestImpression)}."""
+    return {user: (count, latest) for user, count, latest in tallies.rows()}

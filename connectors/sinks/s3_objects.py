@@ -1,9 +1,11 @@
 """Partitioned, exactly-once S3 sink writing Parquet or CSV through polars (docs/architecture.md, section 5).
 
 Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
-1. rows are buffered until bytewax snapshots the epoch (or closes the sink);
-2. the objects to be written are first listed in a manifest
-   `<prefix>/_sink/<partition>/<namespace>/<seq>.json`, then written, then `seq` advances;
+1. rows are buffered, and written as the next `seq` once EARLY_WRITE_ROWS of them wait,
+   in the background, while the job goes on; at a snapshot (or close) the rest is
+   written and the snapshot waits for every write in flight before it records `seq`;
+2. each write first lists its objects in a manifest
+   `<prefix>/_sink/<partition>/<namespace>/<seq>.json`, then writes them;
 3. on (re)start, every manifest of the partition's namespace with a seq at or past the
    restored `next_seq` belongs to output that the replay will produce again: its
    objects are deleted.
@@ -28,7 +30,7 @@ import uuid
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -162,6 +164,10 @@ def stable_partition(key: str) -> int:
     return zlib.crc32(key.encode())
 
 
+# Rows buffered before a write starts in the background, not waiting for the snapshot.
+EARLY_WRITE_ROWS = 20_000
+
+
 class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
     def __init__(self, sink: PartitionedS3Sink, partition: str, namespace: str, next_seq: int) -> None:
         self._sink = sink
@@ -172,7 +178,11 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._client = self._location.client()
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
         self._buffer: dict[str, list[pl.DataFrame]] = defaultdict(list)
+        self._buffered_rows = 0
         self._failed = False
+        # Writes run while the job goes on; a snapshot waits only for what is still in flight.
+        self._writes = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"s3-{partition}-seq")
+        self._in_flight: list[Future] = []
         self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"s3-{partition}")
         self._roll_back_uncommitted()
 
@@ -211,22 +221,30 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
     def write_batch(self, items: list[ObjectRows]) -> None:
         for item in items:
             self._buffer[item.directory].append(item.rows)
+            self._buffered_rows += item.rows.height
+        if self._buffered_rows >= EARLY_WRITE_ROWS:
+            self._start_write()
 
-    def _flush(self) -> None:
+    def _start_write(self) -> None:
+        """Write what is buffered as the next seq, in the background (manifest first, then objects)."""
         if not self._buffer:
             return
-        seq, bucket, fmt = self._next_seq, self._location.bucket, self._sink.fmt
+        seq, batch = self._next_seq, self._buffer
+        self._next_seq, self._buffer, self._buffered_rows = seq + 1, defaultdict(list), 0
+        self._in_flight.append(self._writes.submit(self._write, seq, batch))
+
+    def _write(self, seq: int, batch: dict[str, list[pl.DataFrame]]) -> None:
+        bucket, fmt, schema = self._location.bucket, self._sink.fmt, self._sink.schema
         objects = {
-            directory: f"{directory}/{self._partition}-{seq:010d}-{self._writer}.{fmt}"
-            for directory in sorted(self._buffer)
+            directory: f"{directory}/{self._partition}-{seq:010d}-{self._writer}.{fmt}" for directory in sorted(batch)
         }
         manifest = json.dumps({"seq": seq, "objects": list(objects.values())}).encode()
         manifest_key = f"{self._location.manifest_dir(self._partition, self._namespace)}{seq:012d}.json"
         self._call("write manifest", partial(self._client.put_object, Bucket=bucket, Key=manifest_key, Body=manifest))
 
         def write(directory: str, key: str) -> None:
-            schema = self._sink.schema
-            frame = pl.concat([rows.select(schema.names()).cast(schema) for rows in self._buffer[directory]])
+            parts = [r if r.schema == schema else r.select(schema.names()).cast(schema) for r in batch[directory]]
+            frame = parts[0] if len(parts) == 1 else pl.concat(parts)
             body = encode(frame, fmt)
             self._call("write object", partial(self._client.put_object, Bucket=bucket, Key=key, Body=body))
             OBJECTS_WRITTEN.inc()
@@ -234,9 +252,14 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
 
         # S3 latency, not bandwidth, bounds a write of many small objects: send them at once.
         for done in [self._uploads.submit(write, d, k) for d, k in objects.items()]:
-            done.result()  # re-raises S3SinkError; the seq only advances when all are in
-        self._next_seq = seq + 1
-        self._buffer.clear()
+            done.result()  # re-raises S3SinkError
+
+    def _flush(self) -> None:
+        """Write the rest and wait for every write in flight: then all seqs below next_seq are in."""
+        self._start_write()
+        in_flight, self._in_flight = self._in_flight, []
+        for done in in_flight:
+            done.result()
 
     def snapshot(self) -> SinkState:
         try:
@@ -251,6 +274,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
     def close(self) -> None:
         if not self._failed:  # after a failed write, leave the rows to the replay
             self._flush()
+        self._writes.shutdown()
         self._uploads.shutdown()
 
 

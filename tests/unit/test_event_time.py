@@ -15,7 +15,7 @@ from dataflows.event_time import (
     is_late,
     to_datetime,
 )
-from dataflows.impression_rules import WindowSlice, WindowTallies, user_tallies
+from dataflows.impression_rules import UserTallies, WindowSlice, WindowTallies
 
 W = 15 * 60 * 1000
 
@@ -73,7 +73,7 @@ def test_view_skips_idle_partitions_and_never_goes_back() -> None:
 
 
 def _slice(movie: str, ts: int, user: str, source_watermark: int) -> WindowSlice:
-    return WindowSlice(movie, ts - ts % W, ts, user_tallies([user], [1], [ts]), "s", source_watermark)
+    return WindowSlice(movie, ts - ts % W, ts, UserTallies([user], [1], [ts]), "s", source_watermark)
 
 
 def test_closed_window_never_reopens_for_a_key_whose_state_was_dropped() -> None:

@@ -9,13 +9,13 @@ from dataflows.event_time import NO_WATERMARK, window_bounds
 from dataflows.impression_rules import (
     OUTPUT_SCHEMA,
     MovieImpression,
+    UserTallies,
     WindowSlice,
     WindowTallies,
     decode_impression,
     hour_folder,
     object_folder,
     slice_batch,
-    user_tallies,
     window_rows,
 )
 from dataflows.untrusted_json import InvalidEvent
@@ -121,7 +121,7 @@ def test_hour_folder_is_utc_regardless_of_local_zone(monkeypatch: pytest.MonkeyP
 
 
 def test_window_rows_in_schema_order_sorted_by_user() -> None:
-    tallies = WindowTallies().add(user_tallies(["u2", "u1"], [2, 1], [30, 10])).add(user_tallies(["u2"], [1], [20]))
+    tallies = WindowTallies().add(UserTallies(["u2", "u1"], [2, 1], [30, 10])).add(UserTallies(["u2"], [1], [20]))
     assert window_rows("m", 900_000, MIN15, tallies).to_dict(as_series=False) == {
         "movieId": ["m", "m"],
         "userId": ["u1", "u2"],
@@ -133,16 +133,18 @@ def test_window_rows_in_schema_order_sorted_by_user() -> None:
     assert window_rows("m", 0, MIN15, tallies).schema == OUTPUT_SCHEMA
 
 
-def test_tallies_merge_adds_counts_and_keeps_latest_and_folds_when_many() -> None:
-    merged = WindowTallies().add(user_tallies(["a"], [2], [50]))
-    merged.merge(WindowTallies().add(user_tallies(["a", "b"], [1, 1], [40, 7])))
-    for _ in range(40):  # past the fold threshold: the state stays one frame per few batches
-        merged.add(user_tallies(["c"], [1], [5]))
-    assert len(merged.frames) < 40
-    summed = {u: (n, t) for u, n, t in merged.summed().iter_rows()}
-    assert summed == {"a": (3, 50), "b": (1, 7), "c": (40, 5)}
+@pytest.mark.parametrize("rows_per_part", [1, 2_000])  # summed in Python, and in polars
+def test_tallies_merge_adds_counts_and_keeps_latest_and_folds_when_many(rows_per_part: int) -> None:
+    merged = WindowTallies().add(UserTallies(["a"], [2], [50]))
+    merged.merge(WindowTallies().add(UserTallies(["a", "b"], [1, 1], [40, 7])))
+    filler = [f"f{i}" for i in range(rows_per_part - 1)]
+    for _ in range(100):  # past the fold threshold: the state stays small
+        merged.add(UserTallies(["c", *filler], [1] * rows_per_part, [5] * rows_per_part))
+    assert len(merged.parts) < 100
+    summed = tally_dict(merged.summed())
+    assert summed == {"a": (3, 50), "b": (1, 7), "c": (100, 5), **{f: (100, 5) for f in filler}}
     restored = pickle.loads(pickle.dumps(merged))
-    assert restored.summed().sort("userId").equals(merged.summed().sort("userId"))
+    assert tally_dict(restored.summed()) == summed
 
 
 def event(movie: str, user: str, ts: int) -> bytes:
