@@ -35,6 +35,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,7 @@ UNITS_SKIPPED = Counter(
 
 # commitInfo keys: which app committed which version, holding which units.
 APP_KEY, VERSION_KEY, UNITS_KEY = "waxstreams.app", "waxstreams.version", "waxstreams.units"
+WRITER_KEY = "waxstreams.writer"
 _DELTA_TYPES = {pl.String: "string", pl.Int64: "long", pl.Int32: "integer", pl.Float64: "double", pl.Boolean: "boolean"}
 DeltaState = tuple[str, int]  # (namespace, next_seq)
 
@@ -222,6 +224,8 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
             next_seq = last + 1
         self._last = last
         self._next_seq = next_seq
+        self._attempted: int | None = None
+        self._writer = uuid.uuid4().hex  # tells this process's commits from a concurrent writer's
 
     def _retry(self, what: str, call: Callable[[], Any]) -> Any:
         deadline = time.monotonic() + self._sink.give_up_after
@@ -271,12 +275,13 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
         version = self._next_seq
         self._table.update_incremental()  # the one snapshot both the check and the commit use
         seen = self._table.transaction_version(self.app_id)
-        if seen == version and self._last != version:
+        if seen == version and self._attempted == version and self._landed(version):
             # An earlier attempt of this very commit landed but its answer was lost.
             self._committed(version, frame.height)
             return
         if seen != self._last:
             raise self._fenced(seen)
+        self._attempted = version
         try:
             write_deltalake(
                 self._table,
@@ -288,6 +293,7 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
                     custom_metadata={
                         APP_KEY: self.app_id,
                         VERSION_KEY: str(version),
+                        WRITER_KEY: self._writer,
                         UNITS_KEY: json.dumps(units, separators=(",", ":")),
                     },
                 ),
@@ -297,6 +303,13 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
                 raise self._fenced(None) from None
             raise
         self._committed(version, frame.height)
+
+    def _landed(self, version: int) -> bool:
+        """Whether the log's commit of `version` is this process's own (not a concurrent writer's)."""
+        for commit in self._table.history(64):
+            if commit.get(APP_KEY) == self.app_id and commit.get(VERSION_KEY) == str(version):
+                return commit.get(WRITER_KEY) == self._writer
+        return False
 
     def _committed(self, version: int, rows: int) -> None:
         self._last = version
