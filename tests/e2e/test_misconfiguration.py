@@ -45,7 +45,7 @@ def good_env(kafka, s3, unique) -> dict[str, str]:
         ({"WINDOW_MINUTES": "0"}, "WINDOW_MINUTES=0 is below the minimum 1"),
         ({"WINDOW_MINUTES": "fifteen"}, "WINDOW_MINUTES='fifteen' is not a whole number"),
         ({"WINDOW_MINUTES": "7"}, "WINDOW_MINUTES=7 does not divide a day"),
-        ({"OUTPUT_FORMAT": "avro"}, "OUTPUT_FORMAT='avro' is not supported: use one of parquet, csv"),
+        ({"OUTPUT_FORMAT": "avro"}, "OUTPUT_FORMAT='avro' is not supported: use one of parquet, csv, delta"),
         ({"BOUNDED": "maybe"}, "BOUNDED='maybe' is not a boolean"),
         (
             {
