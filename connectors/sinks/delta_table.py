@@ -86,7 +86,7 @@ class DeltaLocation:
 
     def storage_options(self) -> dict[str, str]:
         """delta-rs options; credentials from boto3's chain, fresh each call (IRSA tokens expire). Never log them."""
-        credentials = boto3.session.Session().get_credentials()
+        credentials = _credentials()
         if credentials is None:
             msg = "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile"
             raise DeltaSinkError(msg)
@@ -106,6 +106,19 @@ class DeltaLocation:
 
     def open(self) -> DeltaTable:
         return DeltaTable(self.uri, storage_options=self.storage_options())
+
+
+_session: list[boto3.session.Session] = []
+
+
+def _credentials() -> Any:
+    """boto3's chain, resolved once per process: refreshable credentials (IRSA, roles) renew themselves."""
+    if not _session:
+        _session.append(boto3.session.Session())
+    credentials = _session[0].get_credentials()
+    if credentials is None:
+        _session.clear()  # nothing found: look again next time
+    return credentials
 
 
 def delta_schema(schema: pl.Schema) -> Schema:
@@ -201,7 +214,8 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
         self.app_id = f"{sink.app_prefix}/{partition}/{namespace}"
         self._buffer: list[dict[str, list]] = []
         self._failed = False
-        self._table = self._retry("open the table", sink.location.open)
+        self._options = sink.location.storage_options()
+        self._table = self._retry("open the table", self._open)
         last = self._table.transaction_version(self.app_id)
         if (last is None and next_seq > 0) or (last is not None and last < next_seq - 1):
             msg = (
@@ -226,6 +240,9 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
         self._next_seq = next_seq
         self._attempted: int | None = None
         self._writer = uuid.uuid4().hex  # tells this process's commits from a concurrent writer's
+
+    def _open(self) -> DeltaTable:
+        return DeltaTable(self._sink.location.uri, storage_options=self._options)
 
     def _retry(self, what: str, call: Callable[[], Any]) -> Any:
         deadline = time.monotonic() + self._sink.give_up_after
@@ -273,6 +290,10 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
 
     def _commit(self, frame: pl.DataFrame, units: list[tuple]) -> None:
         version = self._next_seq
+        options = self._sink.location.storage_options()
+        if options != self._options:  # renewed credentials: delta-rs keeps the ones it was opened with
+            self._options = options
+            self._table = self._open()
         self._table.update_incremental()  # the one snapshot both the check and the commit use
         seen = self._table.transaction_version(self.app_id)
         if seen == version and self._attempted == version and self._landed(version):
