@@ -98,7 +98,7 @@ def test_a_delta_reader_never_sees_a_doubled_or_vanishing_row_through_sigkills(n
         reader.join(timeout=30)
 
     assert reader.problems == [], "\n".join(reader.problems[:10])
-    assert reader.reads >= 20 and len(reader.versions) >= 10, (reader.reads, len(reader.versions))
+    assert reader.reads >= 20 and len(reader.versions) >= 5, (reader.reads, len(reader.versions))
     final = pl.read_delta(location.uri, storage_options=location.storage_options()).select(COLUMNS)
     assert final.filter(pl.len().over(KEY) > 1).is_empty()
     assert_frame_equal(final.sort("movieId", "userId", "windowStart"), expected_rows(run.produced))
