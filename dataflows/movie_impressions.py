@@ -24,7 +24,14 @@ from bytewax.outputs import Sink
 
 from connectors.recovery_store import Resume
 from connectors.sinks.delta_table import DeltaLocation, DeltaTableSink, check_existing_table, ensure_table
-from connectors.sinks.s3_objects import ObjectRows, PartitionedS3Sink, S3Location, check_bucket, check_existing_output
+from connectors.sinks.s3_objects import (
+    ObjectRows,
+    PartitionedS3Sink,
+    S3Location,
+    S3SinkError,
+    check_bucket,
+    check_existing_output,
+)
 from connectors.transports.contract import Transport
 from dataflows import metrics, skeleton
 from dataflows.dead_letters import LateEvent
@@ -145,7 +152,12 @@ def with_window_hour(rows: pl.DataFrame) -> pl.DataFrame:
 
 def _delta_sink(settings: MovieImpressionsSettings, resume: Resume) -> DeltaTableSink:
     location = DeltaLocation(settings.delta_table_uri, settings.s3_endpoint_url, settings.s3_region)
-    check_bucket(S3Location(location.bucket, "", settings.s3_endpoint_url, settings.s3_region))
+    try:
+        check_bucket(S3Location(location.bucket, "", settings.s3_endpoint_url, settings.s3_region))
+    except S3SinkError as exc:
+        if location.bucket == settings.s3_bucket:
+            raise
+        raise S3SinkError(str(exc).replace("fix S3_BUCKET", "fix DELTA_TABLE_URI")) from None
     ensure_table(location, DELTA_SCHEMA, DELTA_PARTITION_BY)
     if resume.fresh:
         check_existing_table(location, resume.sink_namespace, settings.start.on_existing_output == "append")

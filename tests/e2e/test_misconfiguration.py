@@ -48,6 +48,14 @@ def good_env(kafka, s3, unique) -> dict[str, str]:
         ({"OUTPUT_FORMAT": "avro"}, "OUTPUT_FORMAT='avro' is not supported: use one of parquet, csv, delta"),
         ({"BOUNDED": "maybe"}, "BOUNDED='maybe' is not a boolean"),
         (
+            {"OUTPUT_FORMAT": "delta", "DELTA_TABLE_URI": "s3://no-such-lake/impressions"},
+            "S3 bucket 'no-such-lake': the bucket does not exist: create it or fix DELTA_TABLE_URI",
+        ),
+        (
+            {"OUTPUT_FORMAT": "delta", "DELTA_TABLE_URI": "file:///tmp/impressions"},
+            "DELTA_TABLE_URI='file:///tmp/impressions' is not an s3://bucket/path URI: set it to e.g. s3://",
+        ),
+        (
             {
                 "AWS_ACCESS_KEY_ID": "",
                 "AWS_SECRET_ACCESS_KEY": "",
