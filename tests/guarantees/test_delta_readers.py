@@ -67,12 +67,13 @@ class LogReader(threading.Thread):
             self.seen.setdefault(key, row)
 
 
-def test_a_delta_reader_never_sees_a_doubled_or_vanishing_row_through_sigkills(new_run) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_delta_reader_never_sees_a_doubled_or_vanishing_row_through_sigkills(new_run, workers: int) -> None:
     run: ImpressionsRun = new_run(output_format="delta")
     location = DeltaLocation(f"s3://{run.bucket}/{run.prefix}", run.env["S3_ENDPOINT_URL"], "us-east-1")
     reader = LogReader(location)
     reader.start()
-    events = traffic(24_000, seed=21)
+    events = traffic(24_000, seed=20 + workers)
     try:
         run.produce(events[:8_000])
         # Each cycle lets the attempt store a snapshot (progress), then kills it right after
@@ -81,7 +82,7 @@ def test_a_delta_reader_never_sees_a_doubled_or_vanishing_row_through_sigkills(n
         # log already holds.
         for cycle, (start, end) in enumerate([(8_000, 12_000), (12_000, 16_000), (16_000, 20_000), (20_000, 24_000)]):
             stored = run.newest_snapshot_epoch()
-            job = run.start()
+            job = run.start(workers)
             feeder = threading.Thread(target=run.produce, args=(events[start:end], 4000.0))
             feeder.start()
             wait_for(lambda s=stored: run.newest_snapshot_epoch() > s, 90, f"a snapshot in cycle {cycle}", job)
@@ -90,7 +91,7 @@ def test_a_delta_reader_never_sees_a_doubled_or_vanishing_row_through_sigkills(n
             job.kill()
             feeder.join()
             time.sleep(BOUND_S + 1)  # down longer than the lateness bound
-        run.finish()
+        run.finish(workers)
         final_version = reader.version()
         wait_for(lambda: max(reader.versions, default=-1) >= final_version, 60, "the reader to see the last version")
     finally:
