@@ -43,13 +43,14 @@ from urllib.parse import urlparse
 
 import boto3
 import polars as pl
+from botocore.exceptions import BotoCoreError, ClientError
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from deltalake import CommitProperties, DeltaTable, Field, Schema, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.schema import PrimitiveType
 from prometheus_client import Counter
 
-from connectors.sinks.s3_objects import ObjectRows, S3SinkError, stable_partition
+from connectors.sinks.s3_objects import ObjectRows, S3Location, S3SinkError, stable_partition
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,30 @@ def _describe(exc: Exception) -> str:
     return " ".join(str(exc).split())[:300]
 
 
+def _refuse_foreign_objects(location: DeltaLocation) -> None:
+    """A new table must not be made over other files: `vacuum` deletes every file the log does not name."""
+    path = urlparse(location.uri).path.strip("/")
+    client = S3Location(location.bucket, path, location.endpoint_url, location.region).client()
+    listing = client.list_objects_v2(Bucket=location.bucket, Prefix=f"{path}/" if path else "", MaxKeys=100)
+    for entry in listing.get("Contents", []):
+        if "_delta_log/" in entry["Key"]:  # a table being created by another process right now
+            continue
+        msg = (
+            f"{location.uri} holds files that are not a Delta table (e.g. {entry['Key']}), which the table's vacuum "
+            "would delete: set DELTA_TABLE_URI (or S3_PREFIX) to an empty location"
+        )
+        raise DeltaSinkError(msg)
+
+
 def ensure_table(location: DeltaLocation, schema: pl.Schema, partition_by: Sequence[str]) -> None:
-    """Create the table once, before any sink partition commits (concurrent creators would conflict)."""
+    """Create the table once, before any sink partition commits.
+
+    Processes starting at the same moment on a new table may both commit a create
+    (delta-rs lets the second through as version 1, same schema): harmless, no rows yet.
+    """
     try:
+        if not DeltaTable.is_deltatable(location.uri, storage_options=location.storage_options()):
+            _refuse_foreign_objects(location)
         table = DeltaTable.create(
             location.uri,
             delta_schema(schema),
@@ -142,7 +164,7 @@ def ensure_table(location: DeltaLocation, schema: pl.Schema, partition_by: Seque
         )
     except CommitFailedError:  # another process created it at the same moment
         table = location.open()
-    except (DeltaError, OSError) as exc:
+    except (DeltaError, OSError, ClientError, BotoCoreError) as exc:
         msg = (
             f"cannot create or open the Delta table {location.uri} ({_describe(exc)}): "
             "check DELTA_TABLE_URI, S3_ENDPOINT_URL and the credentials"

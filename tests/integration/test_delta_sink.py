@@ -197,6 +197,18 @@ def test_a_fresh_run_over_another_runs_table_stops_unless_appending(location) ->
     check_existing_table(location, "run-b", append=True)
 
 
+def test_a_new_table_over_other_files_is_refused(s3, unique) -> None:
+    """The table's vacuum deletes every file its log does not name: never start one over object output."""
+    s3.create_bucket(f"over-{unique}")
+    s3.client().put_object(Bucket=f"over-{unique}", Key="impressions/2019-01-07--07/2000/p00-1.parquet", Body=b"x")
+    location = DeltaLocation(f"s3://over-{unique}/impressions", s3.endpoint_url, "us-east-1")
+    with pytest.raises(
+        DeltaSinkError, match=r"holds files that are not a Delta table \(e\.g\. impressions/2019-01-07--07/"
+    ):
+        ensure_table(location, DELTA_SCHEMA, DELTA_PARTITION_BY)
+    assert not DeltaTable.is_deltatable(location.uri, storage_options=location.storage_options())
+
+
 def test_a_table_partitioned_otherwise_is_refused(location) -> None:
     with pytest.raises(DeltaSinkError, match=r"partitioned by \['windowHour', 'movieId'\].*set DELTA_TABLE_URI"):
         ensure_table(location, DELTA_SCHEMA, ("movieId",))
