@@ -192,7 +192,7 @@ def check_existing_table(location: DeltaLocation, namespace: str, append: bool) 
         table = location.open()
     except TableNotFoundError:
         return
-    for commit in table.history(1000):
+    for commit in table.history(100):
         app = commit.get(APP_KEY)
         if commit.get("operation") == "CREATE TABLE" or (app and app.endswith(f"/{namespace}")):
             continue

@@ -71,6 +71,10 @@ def table_rows(location: DeltaLocation) -> list[tuple[str, str, int]]:
     return sorted(frame.select("movieId", "userId", "windowStart").rows())
 
 
+def keys_under(s3, bucket: str, prefix: str) -> set[str]:
+    return {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])}
+
+
 def write_commits(location: DeltaLocation) -> list[dict]:
     return [c for c in location.open().history() if c["operation"] == "WRITE"]
 
@@ -244,3 +248,7 @@ def test_maintenance_optimize_and_vacuum_keep_the_rows(s3, location) -> None:
     assert len(listing["Contents"]) == len(table.file_uris()) == 1, "vacuum left the compacted files behind"
     assert table_rows(location) == before
     assert table.transaction_version("test/out/p00/run-a") == 5, "maintenance keeps the app versions"
+    command("checkpoint")
+    log = keys_under(s3, location.bucket, "out/_delta_log/")
+    assert any(k.endswith(f"{table.version():020d}.checkpoint.parquet") for k in log), sorted(log)
+    assert location.open().transaction_version("test/out/p00/run-a") == 5
