@@ -410,6 +410,13 @@ class DeltaTableSink(FixedPartitionedSink[ObjectRows, DeltaState]):
         return stable_partition(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: DeltaState | None) -> _DeltaPartition:
+        if resume_state is not None and not isinstance(resume_state, tuple):
+            # The object sink's legacy state: the store was made by a run with another OUTPUT_FORMAT.
+            msg = (
+                f"the recovery store holds object-sink state for {for_part} ({resume_state!r}), not a Delta sink's: "
+                "OUTPUT_FORMAT changed on a resumed run; switch formats with a new recovery store"
+            )
+            raise DeltaSinkError(msg)
         namespace, next_seq = resume_state if resume_state is not None else (self.namespace, 0)
         return _DeltaPartition(self, for_part, namespace, next_seq)
 

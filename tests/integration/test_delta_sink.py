@@ -252,3 +252,10 @@ def test_maintenance_optimize_and_vacuum_keep_the_rows(s3, location) -> None:
     log = keys_under(s3, location.bucket, "out/_delta_log/")
     assert any(k.endswith(f"{table.version():020d}.checkpoint.parquet") for k in log), sorted(log)
     assert location.open().transaction_version("test/out/p00/run-a") == 5
+
+
+def test_object_sink_state_in_the_store_is_refused_with_the_fix(location) -> None:
+    with pytest.raises(
+        DeltaSinkError, match=r"OUTPUT_FORMAT changed on a resumed run; switch formats with a new recovery"
+    ):
+        sink(location).build_part("out", "p00", 7)  # type: ignore[arg-type]  # a legacy object-sink state
