@@ -17,11 +17,21 @@ from typing import Any
 
 import bytewax.operators as op
 import bytewax.operators.windowing as win
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.operators.windowing import UTC_MIN
 from bytewax.outputs import Sink
 
-from connectors.sinks.s3_objects import ObjectRows, PartitionedS3Sink, S3Location, check_bucket, check_existing_output
+from connectors.recovery_store import Resume
+from connectors.sinks.delta_table import DeltaLocation, DeltaTableSink, check_existing_table, ensure_table
+from connectors.sinks.s3_objects import (
+    ObjectRows,
+    PartitionedS3Sink,
+    S3Location,
+    S3SinkError,
+    check_bucket,
+    check_existing_output,
+)
 from connectors.transports.contract import Transport
 from dataflows import metrics, skeleton
 from dataflows.dead_letters import LateEvent
@@ -108,6 +118,8 @@ def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
     resume = skeleton.start(settings, argv, env)
     transport = skeleton.transport_for(settings, env)
     transport.check(read=[settings.input_topic], write=[settings.dead_letter_topic, settings.late_topic])
+    if settings.output_format == "delta":
+        return build_flow(settings, transport, _delta_sink(settings, resume))
     location = S3Location(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_region)
     check_bucket(location)
     # A run that starts without state writes in its own namespace, and stops over another
@@ -124,6 +136,43 @@ def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
         namespace=resume.sink_namespace,
     )
     return build_flow(settings, transport, sink)
+
+
+# OUTPUT_FORMAT=delta -----------------------------------------------------------------
+# A Delta table partitioned by the window start's hour and movieId as columns
+# (`windowHour=2019-01-07--07/movieId=2000/`), committed through the Delta log.
+DELTA_PARTITION_BY = ("windowHour", "movieId")
+DELTA_SCHEMA = pl.Schema([*OUTPUT_SCHEMA.items(), ("windowHour", pl.String)])
+
+
+def with_window_hour(rows: pl.DataFrame) -> pl.DataFrame:
+    """The partition column: the window start's UTC hour, as the object layout's hour folder."""
+    return rows.with_columns(windowHour=pl.from_epoch("windowStart", time_unit="ms").dt.strftime("%Y-%m-%d--%H"))
+
+
+def _delta_sink(settings: MovieImpressionsSettings, resume: Resume) -> DeltaTableSink:
+    location = DeltaLocation(settings.delta_table_uri, settings.s3_endpoint_url, settings.s3_region)
+    try:
+        check_bucket(S3Location(location.bucket, "", settings.s3_endpoint_url, settings.s3_region))
+    except S3SinkError as exc:
+        if location.bucket == settings.s3_bucket:
+            raise
+        raise S3SinkError(str(exc).replace("fix S3_BUCKET", "fix DELTA_TABLE_URI")) from None
+    ensure_table(location, DELTA_SCHEMA, DELTA_PARTITION_BY)
+    if resume.fresh:
+        check_existing_table(location, resume.sink_namespace, settings.start.on_existing_output == "append")
+    return DeltaTableSink(
+        location,
+        OUTPUT_SCHEMA,
+        app_prefix=f"{JOB}/{settings.s3_prefix}",
+        namespace=resume.sink_namespace,
+        partition_by=DELTA_PARTITION_BY,
+        # A movie's window closes once, with all its users: the unit a replay skips or writes whole.
+        unit_columns=("movieId", "windowStart"),
+        prepare=with_window_hour,
+        partitions=settings.sink_partitions,
+        give_up_after=settings.s3_give_up_after.total_seconds(),
+    )
 
 
 def flow_from_env() -> Dataflow:

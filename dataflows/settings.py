@@ -157,6 +157,7 @@ class MovieImpressionsSettings:
     consumer_group: str
     metrics_port: int | None
     start: StartSettings = field(default_factory=StartSettings)
+    delta_table_uri: str = ""  # OUTPUT_FORMAT=delta: DELTA_TABLE_URI, else s3://<S3_BUCKET>/<S3_PREFIX>
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MovieImpressionsSettings:
@@ -174,11 +175,12 @@ class MovieImpressionsSettings:
             # Empty means AWS's own endpoint for the region.
             s3_endpoint_url=env.get("S3_ENDPOINT_URL", LOCAL_S3).strip() or None,
             s3_region=e.optional("AWS_REGION") or e.optional("AWS_DEFAULT_REGION") or "us-east-1",
-            output_format=e.choice("OUTPUT_FORMAT", "parquet", ("parquet", "csv")),
+            output_format=e.choice("OUTPUT_FORMAT", "parquet", ("parquet", "csv", "delta")),
             window=timedelta(minutes=window_minutes),
             sink_partitions=int(e.number("SINK_PARTITIONS", 4, minimum=1, integer=True)),
             s3_give_up_after=timedelta(seconds=e.number("S3_RETRY_SECONDS", 300, minimum=0)),
             consumer_group=e.text("CONSUMER_GROUP", "movie-impressions"),
+            delta_table_uri=_delta_table_uri(e),
         )
 
     def state_shape(self) -> dict[str, str]:
@@ -192,6 +194,19 @@ class MovieImpressionsSettings:
             "S3_BUCKET": self.s3_bucket,
             "S3_PREFIX": self.s3_prefix,
         }
+
+
+def _delta_table_uri(e: _Env) -> str:
+    """OUTPUT_FORMAT=delta: where the table is (an S3 URI; the endpoint and credentials are the S3 ones)."""
+    default = f"s3://{e.text('S3_BUCKET', 'movie-impressions')}/{e.text('S3_PREFIX', 'impressions').strip('/')}"
+    uri = (e.optional("DELTA_TABLE_URI") or default).rstrip("/")
+    scheme, _, rest = uri.partition("://")
+    if scheme.lower() not in ("s3", "s3a") or not rest.split("/")[0]:
+        raise ConfigError(
+            f"DELTA_TABLE_URI={uri!r} is not an s3://bucket/path URI: set it to e.g. s3://my-bucket/impressions "
+            "or unset it to use s3://<S3_BUCKET>/<S3_PREFIX>"
+        )
+    return uri
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,22 @@ def bookings_report() -> int:
     return 0
 
 
+def delta_report(settings: MovieImpressionsSettings) -> int:
+    """OUTPUT_FORMAT=delta: the table through its log, as readers see it."""
+    from connectors.sinks.delta_table import DeltaLocation
+
+    location = DeltaLocation(settings.delta_table_uri, settings.s3_endpoint_url, settings.s3_region)
+    table = location.open()
+    rows = pl.read_delta(table)
+    print(f"\nDelta table {location.uri} (endpoint {settings.s3_endpoint_url}), version {table.version()}:")
+    print(f"  {len(table.file_uris())} files, {rows.height} rows, {rows['impressions'].sum()} impressions")
+    print(rows.group_by("windowHour").agg(rows=pl.len(), movies=pl.col("movieId").n_unique()).sort("windowHour"))
+    print("\nRead it yourself (the local S3 accepts any AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the environment):")
+    options = {"AWS_ENDPOINT_URL": settings.s3_endpoint_url or "", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1"}
+    print(f"  polars.scan_delta('{location.uri}', storage_options={options!r})")
+    return 0
+
+
 def main() -> int:
     if sys.argv[1:] == ["bookings"]:
         return bookings_report()
@@ -80,6 +96,8 @@ def main() -> int:
         "aws_region": settings.s3_region or "us-east-1",
         "aws_allow_http": "true",
     }
+    if settings.output_format == "delta":
+        return delta_report(settings)
     pattern = f"{root}/**/*.{settings.output_format}"
     scan = pl.scan_parquet if settings.output_format == "parquet" else pl.scan_csv
     rows = scan(pattern, storage_options=options, include_file_paths="object").collect()  # type: ignore[operator]

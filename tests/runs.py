@@ -29,7 +29,15 @@ FLOW = FLOWS["movie-impressions"]
 class ImpressionsRun:
     """One job's topics, bucket and recovery store, plus what was produced into them."""
 
-    def __init__(self, kafka, s3, tmp_path: Path, s3_endpoint: str | None = None, partitions: int = 3) -> None:
+    def __init__(
+        self,
+        kafka,
+        s3,
+        tmp_path: Path,
+        s3_endpoint: str | None = None,
+        partitions: int = 3,
+        output_format: str = "parquet",
+    ) -> None:
         run_id = uuid.uuid4().hex[:8]
         self.kafka, self.s3, self.tmp_path = kafka, s3, tmp_path
         self.bucket, self.prefix = f"g-{run_id}", "impressions"
@@ -50,6 +58,7 @@ class ImpressionsRun:
             "KAFKA_BATCH_SIZE": "300",
             "BOUNDED": "false",
             "CONSUMER_GROUP": f"group-{run_id}",
+            "OUTPUT_FORMAT": output_format,
         }
         self.recovery = init_recovery(tmp_path / "recovery")
         self.produced: list[GeneratedEvent] = []
@@ -213,8 +222,8 @@ def new_run(kafka, s3, tmp_path: Path):
     """Makes ImpressionsRuns; whatever they started is killed when the test ends, pass or fail."""
     runs: list[ImpressionsRun] = []
 
-    def make(s3_endpoint: str | None = None, broker=None) -> ImpressionsRun:
-        runs.append(ImpressionsRun(broker or kafka, s3, tmp_path, s3_endpoint))
+    def make(s3_endpoint: str | None = None, broker=None, output_format: str = "parquet") -> ImpressionsRun:
+        runs.append(ImpressionsRun(broker or kafka, s3, tmp_path, s3_endpoint, output_format=output_format))
         return runs[-1]
 
     yield make

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 OBJECTS_WRITTEN = Counter("waxstreams_s3_objects_written_total", "Data objects written (committed or not)")
 ROWS_WRITTEN = Counter("waxstreams_s3_rows_written_total", "Rows written (committed or not)")
 S3_RETRIES = Counter("waxstreams_s3_retries_total", "S3 calls retried after a transient failure")
+MANIFESTS_COMPACTED = Counter("waxstreams_s3_manifests_compacted_total", "Sink manifests folded into segments")
 
 FORMATS = ("parquet", "csv")
 LEGACY_NAMESPACE = ""  # manifests directly in `_sink/<partition>/`: stores from before namespaces
@@ -102,6 +103,12 @@ class S3Location:
 
     def manifest_dir(self, partition: str, namespace: str = LEGACY_NAMESPACE) -> str:
         return f"{self.root()}_sink/{partition}/" + (f"{namespace}/" if namespace else "")
+
+
+def _segment_span(key: str) -> tuple[int, int] | None:
+    """(first, last) seq of a manifest segment `<last>-from-<first>.json`; None for a single manifest."""
+    last, sep, first = key.rsplit("/", 1)[-1].removesuffix(".json").partition("-from-")
+    return (int(first), int(last)) if sep else None
 
 
 def describe_s3_error(exc: Exception, location: S3Location) -> str | None:
@@ -182,41 +189,119 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._failed = False
         # Writes run while the job goes on; a snapshot waits only for what is still in flight.
         self._writes = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"s3-{partition}-seq")
-        self._in_flight: list[Future] = []
+        self._in_flight: list[Future[tuple[int, list[str]]]] = []
         self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"s3-{partition}")
+        self._pending: dict[int, list[str]] = {}  # individual manifests not yet in a segment: seq -> objects
         self._roll_back_uncommitted()
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         return with_retries(call, what, self._location, self._sink.give_up_after)
 
     def _roll_back_uncommitted(self) -> None:
-        """Delete what this run's namespace wrote after the snapshot we resume from."""
+        """Delete what this run's namespace wrote after the snapshot we resume from.
+
+        Only keys numbered from `next_seq - manifests_per_segment` on are listed: older
+        manifests are all committed (compaction keeps every individual manifest within
+        that window of the newest snapshot), so start-up costs the same whatever the history.
+        """
         prefix = self._location.manifest_dir(self._partition, self._namespace)
         bucket = self._location.bucket
+        first = max(self._next_seq - self._sink.manifests_per_segment, 0)
+        # Keys sort by their (zero-padded) number: StartAfter skips the history in one request.
+        start_after = {"StartAfter": f"{prefix}{first:012d}"} if first else {}
         # The delimiter keeps a legacy listing out of the namespaces below it.
         pages = self._call(
             "list manifests",
             lambda: list(
-                self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+                self._client.get_paginator("list_objects_v2").paginate(
+                    Bucket=bucket, Prefix=prefix, Delimiter="/", **start_after
+                )
             ),
         )
-        for page in pages:
-            for entry in page.get("Contents", []):
-                seq = int(entry["Key"].rsplit("/", 1)[-1].split(".")[0])
-                if seq < self._next_seq:
-                    continue
-                body = self._call("read manifest", partial(self._client.get_object, Bucket=bucket, Key=entry["Key"]))
-                keys = json.loads(body["Body"].read())["objects"]
-                for key in keys:
-                    self._call("delete object", partial(self._client.delete_object, Bucket=bucket, Key=key))
-                self._call("delete manifest", partial(self._client.delete_object, Bucket=bucket, Key=entry["Key"]))
-                log.info(
-                    "rolled back %d uncommitted objects of %s seq %d%s",
-                    len(keys),
-                    self._partition,
-                    seq,
-                    f" (run {self._namespace})" if self._namespace else "",
-                )
+        keys = [entry["Key"] for page in pages for entry in page.get("Contents", [])]
+        segments = {key: span for key in keys if (span := _segment_span(key)) is not None}
+        covered = [span for span in segments.values() if span[1] < self._next_seq]
+        for key, (low, high) in segments.items():
+            if high >= self._next_seq:
+                self._roll_back_segment(key, low)
+        for key in keys:
+            if key in segments:
+                continue
+            seq = int(key.rsplit("/", 1)[-1].split(".")[0])
+            if seq < self._next_seq:
+                if any(low <= seq <= high for low, high in covered):
+                    self._delete_keys([key])  # already in a segment: a compaction was cut short
+                else:
+                    self._pending[seq] = self._read_manifest(key)["objects"]
+                continue
+            objects = self._read_manifest(key)["objects"]
+            self._delete_keys(objects)
+            self._delete_keys([key])
+            self._log_rollback(len(objects), seq)
+        self._compact_if_due()
+
+    def _read_manifest(self, key: str) -> dict:
+        body = self._call("read manifest", partial(self._client.get_object, Bucket=self._location.bucket, Key=key))
+        return json.loads(body["Body"].read())
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        # One request per 1,000 keys (the S3 limit), instead of one per key.
+        for i in range(0, len(keys), 1000):
+            batch = {"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
+            result = self._call(
+                "delete objects",
+                partial(self._client.delete_objects, Bucket=self._location.bucket, Delete=batch),
+            )
+            if result.get("Errors"):
+                error = result["Errors"][0]
+                msg = f"S3 bucket {self._location.bucket!r}: cannot delete {error.get('Key')} ({error.get('Code')})"
+                raise S3SinkError(msg)
+
+    def _roll_back_segment(self, key: str, low: int) -> None:
+        """A segment reaching past the restored snapshot: delete its uncommitted part, keep the rest."""
+        seqs = {int(seq): objects for seq, objects in self._read_manifest(key)["seqs"].items()}
+        uncommitted = {seq: objects for seq, objects in seqs.items() if seq >= self._next_seq}
+        for seq, objects in sorted(uncommitted.items()):
+            self._delete_keys(objects)
+            self._log_rollback(len(objects), seq)
+        if low < self._next_seq:  # the committed part, written before the old segment goes
+            self._put_segment({seq: objects for seq, objects in seqs.items() if seq < self._next_seq})
+        self._delete_keys([key])
+
+    def _log_rollback(self, count: int, seq: int) -> None:
+        run = f" (run {self._namespace})" if self._namespace else ""
+        log.info("rolled back %d uncommitted objects of %s seq %d%s", count, self._partition, seq, run)
+
+    def _put_segment(self, seqs: dict[int, list[str]]) -> None:
+        low, high = min(seqs), max(seqs)
+        key = f"{self._location.manifest_dir(self._partition, self._namespace)}{high:012d}-from-{low:012d}.json"
+        body = {
+            "first": low,
+            "last": high,
+            "seqs": {str(seq): objects for seq, objects in sorted(seqs.items())},
+            "objects": [key for _, objects in sorted(seqs.items()) for key in objects],
+        }
+        self._call(
+            "write manifest segment",
+            partial(self._client.put_object, Bucket=self._location.bucket, Key=key, Body=json.dumps(body).encode()),
+        )
+
+    def _compact_if_due(self) -> None:
+        """Fold individual manifests into one segment (one PUT, one batch DELETE).
+
+        Due when there are `manifests_per_segment` of them, or the oldest is about to
+        leave the window that start-up lists: so no individual manifest is ever left
+        where a later start-up would not see it. The segment keeps each seq's objects,
+        so a rollback into it stays exact (`_roll_back_segment`).
+        """
+        window = self._sink.manifests_per_segment
+        if not self._pending or (len(self._pending) < window and min(self._pending) > self._next_seq - window):
+            return
+        self._put_segment(self._pending)
+        prefix = self._location.manifest_dir(self._partition, self._namespace)
+        self._delete_keys([f"{prefix}{seq:012d}.json" for seq in sorted(self._pending)])
+        MANIFESTS_COMPACTED.inc(len(self._pending))
+        self._pending.clear()
 
     def write_batch(self, items: list[ObjectRows]) -> None:
         for item in items:
@@ -233,7 +318,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._next_seq, self._buffer, self._buffered_rows = seq + 1, defaultdict(list), 0
         self._in_flight.append(self._writes.submit(self._write, seq, batch))
 
-    def _write(self, seq: int, batch: dict[str, list[pl.DataFrame]]) -> None:
+    def _write(self, seq: int, batch: dict[str, list[pl.DataFrame]]) -> tuple[int, list[str]]:
         bucket, fmt, schema = self._location.bucket, self._sink.fmt, self._sink.schema
         objects = {
             directory: f"{directory}/{self._partition}-{seq:010d}-{self._writer}.{fmt}" for directory in sorted(batch)
@@ -253,13 +338,16 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         # S3 latency, not bandwidth, bounds a write of many small objects: send them at once.
         for done in [self._uploads.submit(write, d, k) for d, k in objects.items()]:
             done.result()  # re-raises S3SinkError
+        return seq, list(objects.values())
 
     def _flush(self) -> None:
         """Write the rest and wait for every write in flight: then all seqs below next_seq are in."""
         self._start_write()
         in_flight, self._in_flight = self._in_flight, []
         for done in in_flight:
-            done.result()
+            seq, objects = done.result()
+            self._pending[seq] = objects
+        self._compact_if_due()
 
     def snapshot(self) -> SinkState:
         try:
@@ -295,6 +383,7 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
         partitions: int = 4,
         give_up_after: float = 300.0,
         namespace: str | None = None,
+        manifests_per_segment: int = 64,
     ) -> None:
         if fmt not in FORMATS:
             msg = f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}"
@@ -308,6 +397,7 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
         self.fmt = fmt
         self.partitions = partitions
         self.give_up_after = give_up_after
+        self.manifests_per_segment = manifests_per_segment
 
     def list_parts(self) -> list[str]:
         # Zero-padded: bytewax routes `part_fn(key) % n` into the names sorted as strings.

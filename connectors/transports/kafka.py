@@ -14,6 +14,18 @@ from connectors.transports.contract import BatchStep, TransportUnavailable
 from connectors.transports.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
 from connectors.transports.progress import BoundedProgress
 
+# Large fetches: librdkafka's defaults fetch little at a time and keep a Python consumer at
+# about half of what it can read (make bench, raw consume). Bounded memory: at most
+# 32 MiB of prefetched records per input partition (each has its own consumer).
+# Any of these can be overridden through the client config (the settings).
+CONSUMER_DEFAULTS = {
+    "fetch.min.bytes": "1000000",
+    "fetch.wait.max.ms": "100",
+    "max.partition.fetch.bytes": "10000000",
+    "queued.min.messages": "200000",
+    "queued.max.messages.kbytes": "32768",
+}
+
 
 @dataclass(frozen=True)
 class KafkaTransport:
@@ -38,7 +50,7 @@ class KafkaTransport:
             self.brokers,
             topics,
             tail=not self.bounded,
-            add_config={**self.client_config, "group.id": self.consumer_group},
+            add_config={**CONSUMER_DEFAULTS, **self.client_config, "group.id": self.consumer_group},
             batch_size=self.batch_size,
             raise_on_errors=False,
         )

@@ -45,8 +45,16 @@ def good_env(kafka, s3, unique) -> dict[str, str]:
         ({"WINDOW_MINUTES": "0"}, "WINDOW_MINUTES=0 is below the minimum 1"),
         ({"WINDOW_MINUTES": "fifteen"}, "WINDOW_MINUTES='fifteen' is not a whole number"),
         ({"WINDOW_MINUTES": "7"}, "WINDOW_MINUTES=7 does not divide a day"),
-        ({"OUTPUT_FORMAT": "avro"}, "OUTPUT_FORMAT='avro' is not supported: use one of parquet, csv"),
+        ({"OUTPUT_FORMAT": "avro"}, "OUTPUT_FORMAT='avro' is not supported: use one of parquet, csv, delta"),
         ({"BOUNDED": "maybe"}, "BOUNDED='maybe' is not a boolean"),
+        (
+            {"OUTPUT_FORMAT": "delta", "DELTA_TABLE_URI": "s3://no-such-lake/impressions"},
+            "S3 bucket 'no-such-lake': the bucket does not exist: create it or fix DELTA_TABLE_URI",
+        ),
+        (
+            {"OUTPUT_FORMAT": "delta", "DELTA_TABLE_URI": "file:///tmp/impressions"},
+            "DELTA_TABLE_URI='file:///tmp/impressions' is not an s3://bucket/path URI: set it to e.g. s3://",
+        ),
         (
             {
                 "AWS_ACCESS_KEY_ID": "",

@@ -46,6 +46,11 @@ def test_no_output_of_runs_with_failures_contains_a_credential(kafka, s3, tmp_pa
     ok = run_dataflow(FLOWS["movie-impressions"], env, recovery=init_recovery(tmp_path / "ok"))
     assert ok.returncode == 0, ok.stderr[-2000:]
     outputs += [ok.stdout, ok.stderr]
+    # OUTPUT_FORMAT=delta hands the credentials to delta-rs as storage options: never printed either.
+    delta = {**env, "OUTPUT_FORMAT": "delta", "S3_PREFIX": "delta", "DELTA_TABLE_URI": ""}
+    ok = run_dataflow(FLOWS["movie-impressions"], delta, recovery=init_recovery(tmp_path / "delta"))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    outputs += [ok.stdout, ok.stderr]
     for failing in ({"S3_BUCKET": "no-such-bucket"}, {"KAFKA_BROKERS": "127.0.0.1:1"}, {"WINDOW_MINUTES": "7"}):
         result = run_dataflow(FLOWS["movie-impressions"], {**env, **failing}, timeout=60)
         assert result.returncode != 0

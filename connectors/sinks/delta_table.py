@@ -1,0 +1,476 @@
+"""Exactly-once sink into a Delta Lake table on S3 (delta-rs), and its maintenance command.
+
+    python -m connectors.sinks.delta_table optimize|vacuum|checkpoint [--uri s3://bucket/prefix] ...
+
+Readers that go through the Delta log (polars `scan_delta`, DuckDB `delta_scan`, Spark,
+Athena, Trino) see a row once its transaction is committed and never see it go away:
+nothing is ever rolled back, so a crash must never commit a row twice.
+
+Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
+1. rows are buffered until bytewax snapshots the epoch (or closes the sink);
+2. the epoch becomes ONE Delta transaction carrying an application transaction
+   (`txn` action) `app_id = <job>/<prefix>/<partition>/<namespace>`, `version = next_seq`,
+   and, in its commitInfo, the units (here (movieId, windowStart)) it holds;
+3. the check and the commit use the same table snapshot: the app's version in that
+   snapshot must be the last one this process committed (else another writer took
+   over: this one stops), and delta-rs fails a commit when a concurrent commit
+   carries the same app id (conflict check on the log's conditional put; no lock service).
+
+On resume from `next_seq = K`, the log may already hold this app's versions K..V,
+committed after the snapshot bytewax restored. A replay does not re-cut epochs the same
+way (epochs are wall-clock), so skipping by version alone could drop or double rows:
+the partition reads the units of versions K..V from the log, drops every replayed unit
+among them, and continues at V + 1. A unit is written whole or not at all (a window of
+one movie closes once), so every row lands in the table exactly once.
+
+The namespace (the recovery store's, as for the object sink) is in the app id so that a
+new run with a new store never mistakes an earlier run's versions for its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+import polars as pl
+from botocore.exceptions import BotoCoreError, ClientError
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from deltalake import CommitProperties, DeltaTable, Field, Schema, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.schema import PrimitiveType
+from prometheus_client import Counter
+
+from connectors.sinks.s3_objects import ObjectRows, S3Location, S3SinkError, stable_partition
+
+log = logging.getLogger(__name__)
+
+COMMITS = Counter("waxstreams_delta_commits_total", "Delta transactions committed by the sink")
+ROWS_COMMITTED = Counter("waxstreams_delta_rows_committed_total", "Rows committed to the Delta table")
+UNITS_SKIPPED = Counter(
+    "waxstreams_delta_replayed_units_skipped_total", "Replayed units found already committed in the log"
+)
+
+# commitInfo keys: which app committed which version, holding which units.
+APP_KEY, VERSION_KEY, UNITS_KEY = "waxstreams.app", "waxstreams.version", "waxstreams.units"
+WRITER_KEY = "waxstreams.writer"
+_DELTA_TYPES = {pl.String: "string", pl.Int64: "long", pl.Int32: "integer", pl.Float64: "double", pl.Boolean: "boolean"}
+DeltaState = tuple[str, int]  # (namespace, next_seq)
+
+
+class DeltaSinkError(S3SinkError):
+    """The table cannot be written (for good, or by this process any more); the message names the fix."""
+
+
+class FencedError(DeltaSinkError):
+    """Another writer committed for this sink partition's app id: this one is stale."""
+
+
+@dataclass(frozen=True)
+class DeltaLocation:
+    uri: str  # s3://bucket/prefix
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    @property
+    def bucket(self) -> str:
+        return urlparse(self.uri).netloc
+
+    def storage_options(self) -> dict[str, str]:
+        """delta-rs options; credentials from boto3's chain, fresh each call (IRSA tokens expire). Never log them."""
+        credentials = _credentials()
+        if credentials is None:
+            msg = "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile"
+            raise DeltaSinkError(msg)
+        frozen = credentials.get_frozen_credentials()
+        options = {
+            "AWS_REGION": self.region or "us-east-1",
+            "AWS_ACCESS_KEY_ID": frozen.access_key,
+            "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
+        }
+        if frozen.token:
+            options["AWS_SESSION_TOKEN"] = frozen.token
+        if self.endpoint_url:
+            options["AWS_ENDPOINT_URL"] = self.endpoint_url
+            if self.endpoint_url.startswith("http://"):
+                options["AWS_ALLOW_HTTP"] = "true"
+        return options
+
+    def open(self) -> DeltaTable:
+        return DeltaTable(self.uri, storage_options=self.storage_options())
+
+
+_session: list[boto3.session.Session] = []
+
+
+def _credentials() -> Any:
+    """boto3's chain, resolved once per process: refreshable credentials (IRSA, roles) renew themselves."""
+    if not _session:
+        _session.append(boto3.session.Session())
+    credentials = _session[0].get_credentials()
+    if credentials is None:
+        _session.clear()  # nothing found: look again next time
+    return credentials
+
+
+def delta_schema(schema: pl.Schema) -> Schema:
+    return Schema([Field(name, PrimitiveType(_DELTA_TYPES[dtype.base_type()])) for name, dtype in schema.items()])
+
+
+def _describe(exc: Exception) -> str:
+    # delta-rs messages name the URI and the cause, never the storage options.
+    return " ".join(str(exc).split())[:300]
+
+
+def _refuse_foreign_objects(location: DeltaLocation) -> None:
+    """A new table must not be made over other files: `vacuum` deletes every file the log does not name."""
+    path = urlparse(location.uri).path.strip("/")
+    client = S3Location(location.bucket, path, location.endpoint_url, location.region).client()
+    listing = client.list_objects_v2(Bucket=location.bucket, Prefix=f"{path}/" if path else "", MaxKeys=100)
+    for entry in listing.get("Contents", []):
+        if "_delta_log/" in entry["Key"]:  # a table being created by another process right now
+            continue
+        msg = (
+            f"{location.uri} holds files that are not a Delta table (e.g. {entry['Key']}), which the table's vacuum "
+            "would delete: set DELTA_TABLE_URI (or S3_PREFIX) to an empty location"
+        )
+        raise DeltaSinkError(msg)
+
+
+def ensure_table(location: DeltaLocation, schema: pl.Schema, partition_by: Sequence[str]) -> None:
+    """Create the table once, before any sink partition commits.
+
+    Processes starting at the same moment on a new table may both commit a create
+    (delta-rs lets the second through as version 1, same schema): harmless, no rows yet.
+    """
+    try:
+        if not DeltaTable.is_deltatable(location.uri, storage_options=location.storage_options()):
+            _refuse_foreign_objects(location)
+        table = DeltaTable.create(
+            location.uri,
+            delta_schema(schema),
+            mode="ignore",
+            partition_by=list(partition_by),
+            storage_options=location.storage_options(),
+        )
+    except CommitFailedError:  # another process created it at the same moment
+        table = location.open()
+    except (DeltaError, OSError, ClientError, BotoCoreError) as exc:
+        msg = (
+            f"cannot create or open the Delta table {location.uri} ({_describe(exc)}): "
+            "check DELTA_TABLE_URI, S3_ENDPOINT_URL and the credentials"
+        )
+        raise DeltaSinkError(msg) from None
+    have = list(table.metadata().partition_columns)
+    if have != list(partition_by):
+        msg = (
+            f"the Delta table {location.uri} is partitioned by {have}, this job writes {list(partition_by)}: "
+            "set DELTA_TABLE_URI to a new location"
+        )
+        raise DeltaSinkError(msg)
+    columns = {f.name for f in table.schema().fields}
+    if columns != set(schema):
+        msg = (
+            f"the Delta table {location.uri} has columns {sorted(columns)}, this job writes {sorted(schema)}: "
+            "set DELTA_TABLE_URI to a new location"
+        )
+        raise DeltaSinkError(msg)
+
+
+def check_existing_table(location: DeltaLocation, namespace: str, append: bool) -> None:
+    """For a run that starts without recovery state: stop if the table holds another run's commits."""
+    try:
+        table = location.open()
+    except TableNotFoundError:
+        return
+    for commit in table.history(100):
+        app = commit.get(APP_KEY)
+        if commit.get("operation") == "CREATE TABLE" or (app and app.endswith(f"/{namespace}")):
+            continue
+        if append:
+            log.info("%s already holds other runs' commits; appending (ON_EXISTING_OUTPUT=append)", location.uri)
+            return
+        msg = (
+            f"the Delta table {location.uri} already holds commits of another run (version {commit.get('version')}) "
+            "and this run starts without recovery state: resume that run with its recovery store (-r), "
+            "use a new DELTA_TABLE_URI, or set ON_EXISTING_OUTPUT=append to add this run's rows"
+        )
+        raise DeltaSinkError(msg)
+
+
+def committed_units(table: DeltaTable, app_id: str, first: int, last: int) -> set[tuple]:
+    """The units of `app_id`'s versions first..last, read from the newest commits backwards."""
+    wanted = set(range(first, last + 1))
+    limit = 64
+    while True:
+        history = table.history(limit)
+        units: set[tuple] = set()
+        for commit in history:
+            if commit.get(APP_KEY) == app_id and int(commit.get(VERSION_KEY, -1)) in wanted:
+                wanted.discard(int(commit[VERSION_KEY]))
+                units.update(tuple(u) for u in json.loads(commit[UNITS_KEY]))
+        if not wanted:
+            return units
+        if len(history) < limit:  # the whole log read
+            msg = (
+                f"the Delta log of {table.table_uri} lacks the commits of {app_id} versions {sorted(wanted)} "
+                "(log files removed before the job resumed?): restore them or start a new run with a new recovery store"
+            )
+            raise DeltaSinkError(msg)
+        limit *= 4
+
+
+class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
+    def __init__(self, sink: DeltaTableSink, partition: str, namespace: str, next_seq: int) -> None:
+        self._sink = sink
+        self._namespace = namespace
+        self.app_id = f"{sink.app_prefix}/{partition}/{namespace}"
+        self._buffer: list[pl.DataFrame] = []
+        self._failed = False
+        self._options = sink.location.storage_options()
+        self._table = self._retry("open the table", self._open)
+        last = self._table.transaction_version(self.app_id)
+        if (last is None and next_seq > 0) or (last is not None and last < next_seq - 1):
+            msg = (
+                f"the Delta table {sink.location.uri} lacks commits of {self.app_id} up to version {next_seq - 1} "
+                f"that the restored snapshot counts on (the log has {last}): the table was replaced or restored; "
+                "resume against the original table or start a new run with a new recovery store"
+            )
+            raise DeltaSinkError(msg)
+        # Versions past the restored snapshot: committed by the crashed attempt, replayed now.
+        self._done: set[tuple] = set()
+        if last is not None and last >= next_seq:
+            self._done = committed_units(self._table, self.app_id, next_seq, last)
+            log.info(
+                "%s: versions %d..%d already committed (%d units); the replay skips them",
+                self.app_id,
+                next_seq,
+                last,
+                len(self._done),
+            )
+            next_seq = last + 1
+        self._last = last
+        self._next_seq = next_seq
+        self._attempted: int | None = None
+        self._writer = uuid.uuid4().hex  # tells this process's commits from a concurrent writer's
+
+    def _open(self) -> DeltaTable:
+        return DeltaTable(self._sink.location.uri, storage_options=self._options)
+
+    def _retry(self, what: str, call: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + self._sink.give_up_after
+        delay = 0.2
+        while True:
+            try:
+                return call()
+            except (FencedError, DeltaSinkError):
+                raise
+            except (DeltaError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    msg = (
+                        f"Delta {what} still failing after {self._sink.give_up_after:.0f}s ({_describe(exc)}); "
+                        "check S3_ENDPOINT_URL, DELTA_TABLE_URI and the network"
+                    )
+                    log.error("%s; stopping: rows not yet committed are replayed from the last snapshot", msg)
+                    raise DeltaSinkError(msg) from None
+                log.warning("Delta %s failed (%s); retrying in %.1fs", what, type(exc).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def write_batch(self, items: list[ObjectRows]) -> None:
+        self._buffer.extend(item.rows for item in items)
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        sink = self._sink
+        frame = pl.concat([r.select(sink.schema.names()).cast(sink.schema) for r in self._buffer])
+        self._buffer.clear()
+        if self._done:
+            replayed = frame.select(sink.unit_columns).unique().rows()
+            already = [u for u in replayed if u in self._done]
+            if already:
+                UNITS_SKIPPED.inc(len(already))
+                frame = frame.join(
+                    pl.DataFrame(already, schema=frame.select(sink.unit_columns).schema, orient="row"),
+                    on=list(sink.unit_columns),
+                    how="anti",
+                )
+        if frame.is_empty():
+            return
+        units = sorted(frame.select(sink.unit_columns).unique().rows())
+        self._retry("commit", lambda: self._commit(sink.prepare(frame), units))
+
+    def _commit(self, frame: pl.DataFrame, units: list[tuple]) -> None:
+        version = self._next_seq
+        options = self._sink.location.storage_options()
+        if options != self._options:  # renewed credentials: delta-rs keeps the ones it was opened with
+            self._options = options
+            self._table = self._open()
+        self._table.update_incremental()  # the one snapshot both the check and the commit use
+        seen = self._table.transaction_version(self.app_id)
+        if seen == version and self._attempted == version and self._landed(version):
+            # An earlier attempt of this very commit landed but its answer was lost.
+            self._committed(version, frame.height)
+            return
+        if seen != self._last:
+            raise self._fenced(seen)
+        self._attempted = version
+        try:
+            write_deltalake(
+                self._table,
+                frame,
+                mode="append",
+                partition_by=list(self._sink.partition_by),
+                commit_properties=CommitProperties(
+                    app_transactions=[Transaction(app_id=self.app_id, version=version)],
+                    custom_metadata={
+                        APP_KEY: self.app_id,
+                        VERSION_KEY: str(version),
+                        WRITER_KEY: self._writer,
+                        UNITS_KEY: json.dumps(units, separators=(",", ":")),
+                    },
+                ),
+            )
+        except CommitFailedError as exc:
+            if "concurrent transaction" in str(exc).lower():
+                raise self._fenced(None) from None
+            raise
+        self._committed(version, frame.height)
+
+    def _landed(self, version: int) -> bool:
+        """Whether the log's commit of `version` is this process's own (not a concurrent writer's)."""
+        for commit in self._table.history(64):
+            if commit.get(APP_KEY) == self.app_id and commit.get(VERSION_KEY) == str(version):
+                return commit.get(WRITER_KEY) == self._writer
+        return False
+
+    def _committed(self, version: int, rows: int) -> None:
+        self._last = version
+        self._next_seq = version + 1
+        COMMITS.inc()
+        ROWS_COMMITTED.inc(rows)
+
+    def _fenced(self, seen: int | None) -> FencedError:
+        found = f"version {seen}" if seen is not None else "a concurrent commit"
+        msg = (
+            f"another writer committed {found} for {self.app_id} in {self._sink.location.uri} "
+            f"(this process last committed {self._last}): this process is stale and stops; "
+            "run one job per recovery store and let the restart resume from it"
+        )
+        log.error("%s", msg)
+        return FencedError(msg)
+
+    def snapshot(self) -> DeltaState:
+        try:
+            self._flush()
+        except DeltaSinkError:
+            self._failed = True
+            raise
+        return self._namespace, self._next_seq
+
+    def close(self) -> None:
+        if not self._failed:  # after a failed commit, leave the rows to the replay
+            self._flush()
+
+
+@dataclass
+class DeltaTableSink(FixedPartitionedSink[ObjectRows, DeltaState]):
+    """Each sink partition commits each epoch as one Delta transaction, exactly once (module docstring).
+
+    `schema`: the rows as they arrive; `prepare` adds derived columns (e.g. the
+    partition columns) to the table's schema; `unit_columns`: what identifies a group of
+    rows that is always emitted whole (the replay skips groups already committed).
+    """
+
+    location: DeltaLocation
+    schema: pl.Schema
+    app_prefix: str  # <job>/<prefix>
+    namespace: str
+    partition_by: tuple[str, ...]
+    unit_columns: tuple[str, ...]
+    prepare: Callable[[pl.DataFrame], pl.DataFrame] = field(default=lambda frame: frame)
+    partitions: int = 4
+    give_up_after: float = 300.0
+
+    def list_parts(self) -> list[str]:
+        width = max(2, len(str(self.partitions - 1)))
+        return [f"p{i:0{width}d}" for i in range(self.partitions)]
+
+    def part_fn(self, item_key: str) -> int:
+        return stable_partition(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: DeltaState | None) -> _DeltaPartition:
+        if resume_state is not None and not isinstance(resume_state, tuple):
+            # The object sink's legacy state: the store was made by a run with another OUTPUT_FORMAT.
+            msg = (
+                f"the recovery store holds object-sink state for {for_part} ({resume_state!r}), not a Delta sink's: "
+                "OUTPUT_FORMAT changed on a resumed run; switch formats with a new recovery store"
+            )
+            raise DeltaSinkError(msg)
+        namespace, next_seq = resume_state if resume_state is not None else (self.namespace, 0)
+        return _DeltaPartition(self, for_part, namespace, next_seq)
+
+
+# The maintenance command -------------------------------------------------------------
+
+
+def _location_from_env(uri: str | None) -> DeltaLocation:
+    """The job's own settings (DELTA_TABLE_URI or S3_BUCKET/S3_PREFIX, S3_ENDPOINT_URL, AWS_REGION)."""
+    from dataflows.settings import MovieImpressionsSettings  # the job's settings, read the job's way
+
+    settings = MovieImpressionsSettings.from_env(os.environ)
+    return DeltaLocation(uri or settings.delta_table_uri, settings.s3_endpoint_url, settings.s3_region)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m connectors.sinks.delta_table",
+        description="Maintain the Delta table of OUTPUT_FORMAT=delta (safe while the job runs).",
+    )
+    parser.add_argument("--uri", help="table URI (default: DELTA_TABLE_URI, else s3://<S3_BUCKET>/<S3_PREFIX>)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    optimize = commands.add_parser(
+        "optimize", help="compact small files into larger ones (a new commit; rows unchanged)"
+    )
+    optimize.add_argument("--target-size", type=int, default=128 * 1024 * 1024, help="bytes per file (default 128 MiB)")
+    optimize.add_argument("--partition", action="append", default=[], metavar="COLUMN=VALUE", help="only these")
+    vacuum = commands.add_parser("vacuum", help="delete files no longer in the table, older than the retention")
+    vacuum.add_argument("--retention-hours", type=int, default=168, help="keep files removed less than this ago (168)")
+    vacuum.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    commands.add_parser("checkpoint", help="write a log checkpoint and drop expired log files")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        table = _location_from_env(args.uri).open()
+        if args.command == "optimize":
+            filters = [(column, "=", value) for column, _, value in (p.partition("=") for p in args.partition)]
+            result = table.optimize.compact(partition_filters=filters or None, target_size=args.target_size)
+            print(json.dumps(result))
+        elif args.command == "vacuum":
+            # Never below the readers' longest query: a reader may still open files removed this long ago.
+            deleted = table.vacuum(
+                retention_hours=args.retention_hours, dry_run=args.dry_run, enforce_retention_duration=False
+            )
+            print(json.dumps({"dry_run": args.dry_run, "files": len(deleted)}))
+        else:
+            table.create_checkpoint()
+            table.cleanup_metadata()
+            print(json.dumps({"checkpoint": table.version()}))
+    except (DeltaError, DeltaSinkError, OSError) as exc:
+        print(f"delta_table {args.command}: {_describe(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
