@@ -55,8 +55,8 @@ test: lint ## Lint, then every test (unit, integration, e2e); starts and stops i
 test-guarantees: install ## Only the crash, lag, outage, bad-input and secrets tests, with 10,000 hostile messages per job
 	HOSTILE_MESSAGES=10000 $(PY) -m pytest -m guarantees
 
-test-unit: install ## Only the tests that need no services
-	$(PY) -m pytest tests/unit
+test-unit: install ## The quick tier: tests that need no services (unit, and whole jobs in-process), ~1 min
+	$(PY) -m pytest tests/unit tests/inprocess
 
 test-kinesis: install ## Only the Kinesis connector tests (starts and stops its own kinesis-local)
 	$(PY) -m pytest tests/unit/test_kinesis_connectors.py tests/integration/test_kinesis_source.py \

@@ -9,6 +9,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from dataflows.event_time import (
     NO_WATERMARK,
     EventTimeClock,
+    HeartbeatAwareWindower,
     HeartbeatSchedule,
     WatermarkView,
     align_down,
@@ -126,3 +127,19 @@ def test_heartbeat_keys_come_from_a_bounded_set() -> None:
     later = {beat.key for _ in range(10_000) for beat in schedule.due("topic-0", 1_000)}
     assert later == first
     assert len({beat.key for beat in schedule.due("topic-0", 1_000)}) == HeartbeatSchedule.KEYS_PER_ROUND
+
+
+def test_keys_gauge_follows_window_state_across_a_resume() -> None:
+    """Restored keys count as they come back (their windower is rebuilt), so the gauge
+    never goes negative when they close; counting window builders would miss them."""
+    keys: list[int] = []
+    windower = HeartbeatAwareWindower(
+        win.TumblingWindower(timedelta(milliseconds=W), datetime(1970, 1, 1, tzinfo=UTC)), keys.append
+    )
+    logic = windower.build(None)  # a new key
+    logic.open_for(to_datetime(W + 1))
+    state = logic.snapshot()
+    restored = windower.build(state)  # the same key, restored at a resume
+    assert sum(keys) == 2
+    list(restored.close_for(to_datetime(3 * W)))
+    assert restored.is_empty() and sum(keys) == 1  # the restored key closed: counted out once
