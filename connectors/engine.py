@@ -68,6 +68,7 @@ _CONSUMER_ONLY = (
     "enable.auto.",
     "enable.partition.eof",
     "fetch.",
+    "max.partition.fetch.bytes",
     "queued.",
     "isolation.level",
     "max.poll.",
