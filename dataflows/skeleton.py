@@ -72,7 +72,7 @@ def transport_for(settings: JobSettings, environ: Mapping[str, str]) -> Transpor
         settings.bounded,
         settings.kafka_batch_size,
         settings.start.start_position,
-        kafka.client_config,
+        kafka.client,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Stream
 
 from connectors.transports.contract import BatchStep, TransportUnavailable
+from connectors.transports.kafka_client import KafkaClientConfig
 from connectors.transports.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
 
 
@@ -20,12 +22,16 @@ class KafkaTransport:
     bounded: bool  # stop at the end of every partition as it was at start
     batch_size: int
     start: StartPosition  # where partitions without recovery state begin
-    # librdkafka properties (security); may hold a password: never log.
-    client_config: dict[str, str] = field(default_factory=dict, repr=False)
+    # librdkafka properties (security etc.) and the settings they came from; may hold secrets: never log.
+    client: KafkaClientConfig = field(default_factory=KafkaClientConfig, repr=False)
+
+    @functools.cached_property
+    def client_config(self) -> dict[str, Any]:
+        return self.client.client_config()  # once: one token provider callable for all clients
 
     def check(self, read: list[str], write: list[str]) -> None:
         try:
-            check_topics(self.brokers, self.client_config, [*read, *write])
+            check_topics(self.brokers, self.client_config, [*read, *write], client=self.client)
         except KafkaUnavailable as exc:
             raise TransportUnavailable(str(exc)) from None
 

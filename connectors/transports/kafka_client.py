@@ -1,0 +1,331 @@
+"""Kafka client settings: any librdkafka property from the environment, checked up front, never logged.
+
+Where the properties come from (every job and producer reads the same):
+
+- `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_MECHANISM`, `KAFKA_SASL_USERNAME`,
+  `KAFKA_SASL_PASSWORD`, `KAFKA_SSL_CA_LOCATION`, `KAFKA_SSL_CERTIFICATE_LOCATION`,
+  `KAFKA_SSL_KEY_LOCATION`, `KAFKA_SSL_KEY_PASSWORD`: the common ones, by name;
+- `KAFKA_PROPERTIES`: `name=value` pairs separated by `;` or new lines, e.g.
+  `sasl.oauthbearer.method=oidc;sasl.oauthbearer.client.id=...`;
+- `KAFKA_PROPERTY_<name>`: one property, dots written `__`, any case, e.g.
+  `KAFKA_PROPERTY_SASL__OAUTHBEARER__CLIENT__SECRET` (for values holding `;`, and for
+  secrets mounted one per variable);
+- `KAFKA_OAUTH_TOKEN_PROVIDER=module:function`: an OAUTHBEARER token callback
+  (confluent-kafka's `oauth_cb`: `function(sasl.oauthbearer.config) -> (token, expiry epoch s)`),
+  e.g. for MSK IAM.
+
+Checked before anything connects: names librdkafka does not know, values it refuses,
+the security protocol and SASL mechanism, files that do not exist, a property set twice
+with different values, properties the jobs own. Each problem is one line naming the
+setting that caused it. Values of secret properties are never shown (`masked`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+
+NAMED_SETTINGS = {
+    "KAFKA_SECURITY_PROTOCOL": "security.protocol",
+    "KAFKA_SASL_MECHANISM": "sasl.mechanism",
+    "KAFKA_SASL_USERNAME": "sasl.username",
+    "KAFKA_SASL_PASSWORD": "sasl.password",
+    "KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
+    "KAFKA_SSL_CERTIFICATE_LOCATION": "ssl.certificate.location",
+    "KAFKA_SSL_KEY_LOCATION": "ssl.key.location",
+    "KAFKA_SSL_KEY_PASSWORD": "ssl.key.password",
+}
+PROPERTIES = "KAFKA_PROPERTIES"
+PROPERTY_PREFIX = "KAFKA_PROPERTY_"
+TOKEN_PROVIDER = "KAFKA_OAUTH_TOKEN_PROVIDER"
+
+# Set by the jobs themselves, or by another setting.
+OWNED = {
+    "bootstrap.servers": "set KAFKA_BROKERS instead",
+    "metadata.broker.list": "set KAFKA_BROKERS instead",
+    "group.id": "set CONSUMER_GROUP instead",
+    "enable.partition.eof": "set BOUNDED instead",
+    "auto.offset.reset": "set START_POSITION instead",
+    "enable.auto.commit": "the jobs commit offsets at their snapshots",
+    "enable.auto.offset.store": "the jobs keep offsets in their snapshots",
+}
+# Properties naming a file that must exist.
+FILE_PROPERTIES = (
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.keystore.location",
+    "ssl.crl.location",
+    "sasl.kerberos.keytab",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.jwt.template.file",
+)
+# Whose values are never shown: secrets, and what could hold one (or who the client is).
+_SENSITIVE = re.compile(r"password|secret|passphrase|username|token|\.pem$|^ssl_key$|\.config$|jaas|extensions")
+
+
+def sensitive(name: str) -> bool:
+    return bool(_SENSITIVE.search(name))
+
+
+class KafkaConfigError(ValueError):
+    """A Kafka setting is wrong; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class KafkaClientConfig:
+    """librdkafka properties with the setting each came from; never printed with values."""
+
+    properties: dict[str, str] = field(default_factory=dict, repr=False)
+    sources: dict[str, str] = field(default_factory=dict)  # property -> the setting that set it
+    token_provider: str | None = None  # module:function of an oauth_cb
+
+    def setting(self, prop: str, default: str | None = None) -> str:
+        """The setting a property came from (or the named setting a user would set)."""
+        if prop in self.sources:
+            return self.sources[prop]
+        named = {v: k for k, v in NAMED_SETTINGS.items()}
+        return named.get(prop, default or f"{PROPERTY_PREFIX}{prop.replace('.', '__')}")
+
+    def client_config(self) -> dict[str, Any]:
+        """What a confluent-kafka client gets (the token callback resolved)."""
+        config: dict[str, Any] = dict(self.properties)
+        if self.token_provider:
+            config["oauth_cb"] = resolve_token_provider(self.token_provider)
+        return config
+
+    def masked(self) -> str:
+        """`name=value` of every property, secrets as `***`: safe to log."""
+        shown = [f"{k}={'***' if sensitive(k) else v}" for k, v in sorted(self.properties.items())]
+        if self.token_provider:
+            shown.append(f"oauth_cb={self.token_provider}")
+        return ", ".join(shown) or "no security (PLAINTEXT)"
+
+    def redact(self, text: str) -> str:
+        """`text` with the value of every sensitive property replaced by `***`."""
+        for name, value in self.properties.items():
+            if sensitive(name) and len(value) >= 3:
+                text = text.replace(value, "***")
+        return text
+
+    @property
+    def protocol(self) -> str:
+        return self.properties.get("security.protocol", "PLAINTEXT").upper()
+
+
+def from_env(env: Mapping[str, str]) -> KafkaClientConfig:
+    """Collect and check the properties; raises KafkaConfigError naming the setting."""
+    properties: dict[str, str] = {}
+    sources: dict[str, str] = {}
+
+    def put(prop: str, value: str, setting: str) -> None:
+        prop = prop.strip()
+        if not prop:
+            raise KafkaConfigError(f"{setting}: a property has no name: write name=value, e.g. ssl.ca.location=/ca.pem")
+        if prop in OWNED:
+            raise KafkaConfigError(f"{setting} sets {prop}: {OWNED[prop]}")
+        if prop in properties and properties[prop] != value:
+            shown = "" if sensitive(prop) else f" ({properties[prop]!r} and {value!r})"
+            raise KafkaConfigError(
+                f"{sources[prop]} and {setting} both set {prop} differently{shown}: keep one of them"
+            )
+        properties[prop] = value
+        sources[prop] = setting
+
+    for setting, prop in NAMED_SETTINGS.items():
+        value = env.get(setting, "").strip()
+        if value:
+            put(prop, value, setting)
+    raw = env.get(PROPERTIES, "")
+    for entry in re.split(r"[;\n]", raw):
+        if not entry.strip():
+            continue
+        name, eq, value = entry.partition("=")
+        if not eq:
+            shown = "" if sensitive(name) else f" {entry.strip()!r}"
+            raise KafkaConfigError(
+                f"{PROPERTIES} entry{shown} is not name=value: separate entries with ';', e.g. "
+                "security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512"
+            )
+        put(name.strip().lower(), value.strip(), PROPERTIES)
+    for setting in sorted(env):
+        if setting.startswith(PROPERTY_PREFIX) and env[setting].strip():
+            prop = setting[len(PROPERTY_PREFIX) :].lower().replace("__", ".")
+            put(prop, env[setting].strip(), setting)
+
+    protocol = properties.get("security.protocol")
+    if protocol is not None:
+        if protocol.upper() not in SECURITY_PROTOCOLS:
+            raise KafkaConfigError(
+                f"{sources['security.protocol']}={protocol!r} is not a security protocol: "
+                f"use one of {', '.join(SECURITY_PROTOCOLS)}"
+            )
+        properties["security.protocol"] = protocol.upper()
+    mechanism = properties.get("sasl.mechanism")
+    if mechanism is not None:
+        if mechanism.upper() not in SASL_MECHANISMS:
+            raise KafkaConfigError(
+                f"{sources['sasl.mechanism']}={mechanism!r} is not a SASL mechanism: "
+                f"use one of {', '.join(SASL_MECHANISMS)}"
+            )
+        properties["sasl.mechanism"] = mechanism = mechanism.upper()
+        if not (protocol or "").upper().startswith("SASL_"):
+            raise KafkaConfigError(
+                f"{sources['sasl.mechanism']}={mechanism} needs SASL: set KAFKA_SECURITY_PROTOCOL to SASL_SSL "
+                "(or SASL_PLAINTEXT)"
+            )
+        if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            for prop in ("sasl.username", "sasl.password"):
+                if prop not in properties:
+                    raise KafkaConfigError(
+                        f"{NAMED_SETTINGS_OF[prop]} is not set: SASL {mechanism} needs "
+                        "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+                    )
+    for prop in FILE_PROPERTIES:
+        path = properties.get(prop)
+        if path is not None and not (os.path.isfile(path) or (prop == "ssl.ca.location" and os.path.isdir(path))):
+            if path == "probe" and prop == "ssl.ca.location":  # librdkafka: look in the system's usual places
+                continue
+            reason = "is not a file" if os.path.exists(path) else "does not exist"
+            raise KafkaConfigError(f"{sources[prop]}={path} {reason}: point it at the {_FILE_KINDS.get(prop, 'file')}")
+        if path is not None and not os.access(path, os.R_OK):
+            raise KafkaConfigError(f"{sources[prop]}={path} is not readable by this user: fix its permissions")
+
+    provider = env.get(TOKEN_PROVIDER, "").strip() or None
+    config = KafkaClientConfig(properties, sources, provider)
+    if provider:
+        resolve_token_provider(provider)  # fails here, with its one line, if it cannot be imported
+    return config
+
+
+NAMED_SETTINGS_OF = {v: k for k, v in NAMED_SETTINGS.items()}
+_FILE_KINDS = {
+    "ssl.ca.location": "CA certificate (PEM) that signed the broker's certificate",
+    "ssl.certificate.location": "client certificate (PEM)",
+    "ssl.key.location": "client private key (PEM)",
+    "ssl.keystore.location": "client keystore (PKCS#12)",
+}
+
+
+def resolve_token_provider(spec: str) -> Callable[[str], tuple[str, float]]:
+    module_name, colon, attr = spec.partition(":")
+    if not colon or not module_name or not attr:
+        raise KafkaConfigError(f"{TOKEN_PROVIDER}={spec!r} is not module:function: e.g. mypackage.tokens:msk_iam")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise KafkaConfigError(f"{TOKEN_PROVIDER}={spec}: cannot import {module_name} ({exc}): install it") from None
+    provider = getattr(module, attr, None)
+    if not callable(provider):
+        raise KafkaConfigError(f"{TOKEN_PROVIDER}={spec}: {module_name} has no function {attr}")
+    return provider
+
+
+def check_with_librdkafka(brokers: list[str], config: KafkaClientConfig) -> None:
+    """Create (and drop) a producer and a consumer with the properties: librdkafka checks names and values,
+    and loads the certificates and keys. Nothing connects."""
+    from confluent_kafka import Consumer, Producer
+
+    base = {**config.client_config(), "bootstrap.servers": ",".join(brokers), "log_level": 0}
+    for make in (Producer, lambda c: Consumer({**c, "group.id": "waxstreams-config-check"})):
+        try:
+            client = make(base)
+        except KafkaException as exc:
+            raise KafkaConfigError(_explain_creation_error(exc, config)) from None
+        except (TypeError, ValueError) as exc:
+            raise KafkaConfigError(_explain_text(str(exc), config)) from None
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
+
+
+def _explain_creation_error(exc: KafkaException, config: KafkaClientConfig) -> str:
+    error = exc.args[0] if exc.args else None
+    text = error.str() if isinstance(error, KafkaError) else str(exc)
+    return _explain_text(text, config)
+
+
+def _explain_text(text: str, config: KafkaClientConfig) -> str:
+    text = config.redact(text)
+    unknown = re.search(r'No such configuration property: "([^"]+)"', text)
+    if unknown:
+        prop = unknown.group(1)
+        return (
+            f"{config.setting(prop)} sets {prop}, which librdkafka does not know: fix the name "
+            "(see librdkafka's CONFIGURATION.md)"
+        )
+    named = [p for p in sorted(config.properties, key=len, reverse=True) if p in text]
+    if named:
+        prop = named[0]
+        return f"{config.setting(prop)} ({prop}): librdkafka refused it: {text}"
+    return f"Kafka client settings refused by librdkafka: {text}"
+
+
+# -- errors met while connecting ------------------------------------------------------------
+
+
+def explain_connection_errors(errors: list[KafkaError], brokers: list[str], config: KafkaClientConfig) -> str | None:
+    """One line for the first error that says what is wrong with the client's settings, else None.
+
+    `errors` are what librdkafka reported to `error_cb` while connecting."""
+    where = f"Kafka at {','.join(brokers)}"
+    for error in errors:
+        text = config.redact(error.str())
+        code = error.code()
+        if code == KafkaError._AUTHENTICATION or "Authentication failed" in text or "SASL authentication error" in text:
+            mechanism = config.properties.get("sasl.mechanism", "")
+            if "nsupported SASL mechanism" in text or "mechanism handshake failed" in text.lower():
+                return (
+                    f"{where} does not offer SASL {mechanism or 'GSSAPI'}: set "
+                    f"{config.setting('sasl.mechanism', 'KAFKA_SASL_MECHANISM')} to a mechanism its listener enables"
+                )
+            if mechanism == "OAUTHBEARER":
+                fix = f"check the token ({TOKEN_PROVIDER} or the sasl.oauthbearer.* settings)"
+            else:
+                fix = (
+                    f"check {config.setting('sasl.username', 'KAFKA_SASL_USERNAME')} and "
+                    f"{config.setting('sasl.password', 'KAFKA_SASL_PASSWORD')} (and KAFKA_SASL_MECHANISM)"
+                )
+            return f"{where}: SASL authentication failed ({_reason(text)}): {fix}"
+        if "certificate verify failed" in text:
+            return (
+                f"{where}: TLS certificate verify failed ({_reason(text)}): set "
+                f"{config.setting('ssl.ca.location', 'KAFKA_SSL_CA_LOCATION')} to the CA that signed the broker's "
+                "certificate"
+            )
+        if "wrong version number" in text or "packet length too long" in text or "record layer failure" in text:
+            return (
+                f"{where} does not speak TLS ({_reason(text)}): set "
+                f"{config.setting('security.protocol', 'KAFKA_SECURITY_PROTOCOL')} to PLAINTEXT or SASL_PLAINTEXT, "
+                "as the listener is"
+            )
+        if "alert" in text and ("SSL" in text or "TLS" in text or code == KafkaError._SSL):
+            return (
+                f"{where} refused the TLS handshake ({_reason(text)}): the listener requires a client "
+                "certificate: set KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION (mTLS)"
+            )
+        if "incorrect security.protocol" in text or "requesting ApiVersion" in text:
+            return (
+                f"{where} closed the connection at the first request ({config.protocol} client): the listener "
+                f"expects TLS or SASL: set {config.setting('security.protocol', 'KAFKA_SECURITY_PROTOCOL')} to "
+                "SSL or SASL_SSL (and the SASL settings) as the listener requires"
+            )
+        if code == KafkaError._SSL:
+            return f"{where}: TLS failed ({_reason(text)}): check KAFKA_SECURITY_PROTOCOL and the ssl.* settings"
+    return None
+
+
+def _reason(text: str) -> str:
+    """librdkafka's message without its broker prefix and state suffix."""
+    text = re.sub(r"^[^ ]+/(bootstrap|\d+): ", "", text.strip())
+    text = re.sub(r" \(after \d+ms in state [A-Z_]+\)$", "", text)
+    return text.replace("\n", " ")
