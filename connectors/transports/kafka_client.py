@@ -23,6 +23,7 @@ setting that caused it. Values of secret properties are never shown (`masked`).
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -263,6 +264,11 @@ def _explain_text(text: str, config: KafkaClientConfig) -> str:
             f"{config.setting(prop)} sets {prop}, which librdkafka does not know: fix the name "
             "(see librdkafka's CONFIGURATION.md)"
         )
+    if "ssl.key.location failed" in text and "ssl.key.password" in config.properties:
+        return (
+            f"{config.setting('ssl.key.location')} cannot be read with {config.setting('ssl.key.password')} "
+            f"(wrong password, or not a PEM private key): {text}"
+        )
     named = [p for p in sorted(config.properties, key=len, reverse=True) if p in text]
     if named:
         prop = named[0]
@@ -273,14 +279,47 @@ def _explain_text(text: str, config: KafkaClientConfig) -> str:
 # -- errors met while connecting ------------------------------------------------------------
 
 
-def explain_connection_errors(errors: list[KafkaError], brokers: list[str], config: KafkaClientConfig) -> str | None:
-    """One line for the first error that says what is wrong with the client's settings, else None.
+class ClientProblems:
+    """What librdkafka reports while a client connects: `error_cb` errors and FAIL log lines.
 
-    `errors` are what librdkafka reported to `error_cb` while connecting."""
+    Both are needed: a plaintext client closed on by a TLS listener shows up only in the
+    log (`Disconnected ... in state APIVERSION_QUERY`), error_cb then says just that all
+    brokers are down. Pass `config()` into the client's configuration; nothing is printed."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int | None, str]] = []
+        self._logger = logging.Logger(f"waxstreams.kafka.{id(self)}", logging.DEBUG)
+        self._logger.propagate = False
+        self._logger.addHandler(_Collect(self.reports))
+
+    def config(self) -> dict[str, Any]:
+        return {"error_cb": self._on_error, "logger": self._logger, "log_level": 6}
+
+    def _on_error(self, error: KafkaError) -> None:
+        self.reports.append((error.code(), error.str()))
+
+    def explain(self, brokers: list[str], config: KafkaClientConfig) -> str | None:
+        return explain_connection_errors(self.reports, brokers, config)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[tuple[int | None, str]]) -> None:
+        super().__init__()
+        self._into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._into.append((None, record.getMessage()))
+
+
+def explain_connection_errors(
+    reports: list[tuple[int | None, str]], brokers: list[str], config: KafkaClientConfig
+) -> str | None:
+    """One line for the first report that says what is wrong with the client's settings, else None.
+
+    `reports`: (error code or None for a log line, text) as ClientProblems collects them."""
     where = f"Kafka at {','.join(brokers)}"
-    for error in errors:
-        text = config.redact(error.str())
-        code = error.code()
+    for code, raw in reports:
+        text = config.redact(raw)
         if code == KafkaError._AUTHENTICATION or "Authentication failed" in text or "SASL authentication error" in text:
             mechanism = config.properties.get("sasl.mechanism", "")
             if "nsupported SASL mechanism" in text or "mechanism handshake failed" in text.lower():
@@ -302,7 +341,10 @@ def explain_connection_errors(errors: list[KafkaError], brokers: list[str], conf
                 f"{config.setting('ssl.ca.location', 'KAFKA_SSL_CA_LOCATION')} to the CA that signed the broker's "
                 "certificate"
             )
-        if "wrong version number" in text or "packet length too long" in text or "record layer failure" in text:
+        if any(
+            sign in text
+            for sign in ("wrong version number", "packet length too long", "record layer failure", "PLAINTEXT broker")
+        ):
             return (
                 f"{where} does not speak TLS ({_reason(text)}): set "
                 f"{config.setting('security.protocol', 'KAFKA_SECURITY_PROTOCOL')} to PLAINTEXT or SASL_PLAINTEXT, "
@@ -313,7 +355,11 @@ def explain_connection_errors(errors: list[KafkaError], brokers: list[str], conf
                 f"{where} refused the TLS handshake ({_reason(text)}): the listener requires a client "
                 "certificate: set KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION (mTLS)"
             )
-        if "incorrect security.protocol" in text or "requesting ApiVersion" in text:
+        if not config.protocol.endswith("SSL") and (
+            "incorrect security.protocol" in text
+            or "requesting ApiVersion" in text
+            or ("closed by peer" in text and "APIVERSION_QUERY" in text)
+        ):
             return (
                 f"{where} closed the connection at the first request ({config.protocol} client): the listener "
                 f"expects TLS or SASL: set {config.setting('security.protocol', 'KAFKA_SECURITY_PROTOCOL')} to "
@@ -326,6 +372,8 @@ def explain_connection_errors(errors: list[KafkaError], brokers: list[str], conf
 
 def _reason(text: str) -> str:
     """librdkafka's message without its broker prefix and state suffix."""
-    text = re.sub(r"^[^ ]+/(bootstrap|\d+): ", "", text.strip())
+    text = re.sub(r"^[A-Z]+ \[[^\]]*\] \[[^\]]*\]: ", "", text.strip())  # a log line's facility and thread
+    text = re.sub(r"^[^ ]+/(bootstrap|\d+): ", "", text)
     text = re.sub(r" \(after \d+ms in state [A-Z_]+\)$", "", text)
+    text = text.split(", verify that ssl.ca.location")[0]  # librdkafka's own advice; ours follows
     return text.replace("\n", " ")

@@ -37,7 +37,7 @@ from confluent_kafka import KafkaError as ConfluentKafkaError
 from prometheus_client import Counter
 
 from connectors.engine import KafkaPartitionInternals, add_source_config
-from connectors.transports.kafka_client import KafkaClientConfig, explain_connection_errors
+from connectors.transports.kafka_client import ClientProblems, KafkaClientConfig
 
 log = logging.getLogger(__name__)
 
@@ -335,22 +335,16 @@ def check_topics(
     from confluent_kafka.admin import AdminClient
 
     client = client or KafkaClientConfig()
-    errors: list[ConfluentKafkaError] = []
-    config: dict[str, Any] = {
-        "bootstrap.servers": ",".join(brokers),
-        **client_config,
-        "log_level": 0,
-        "error_cb": errors.append,
-    }
-    admin = AdminClient(config)
+    problems = ClientProblems()
+    admin = AdminClient({"bootstrap.servers": ",".join(brokers), **client_config, **problems.config()})
     deadline = time.monotonic() + timeout
     while True:
         try:
             existing = admin.list_topics(timeout=min(1.0, timeout)).topics
             break
         except KafkaException:
-            admin.poll(0)  # serves error_cb
-            explained = explain_connection_errors(errors, brokers, client)
+            admin.poll(0)  # serves error_cb and the logger
+            explained = problems.explain(brokers, client)
             if explained is not None:
                 raise KafkaUnavailable(explained) from None
             if time.monotonic() >= deadline:
