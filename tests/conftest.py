@@ -27,7 +27,7 @@ FLOWS = {
 }
 
 
-pytest_plugins = ["tests.runs", "tests.kinesis_fixtures"]
+pytest_plugins = ["tests.runs", "tests.kinesis_fixtures", "tests.secured_fixtures"]
 
 
 @pytest.fixture(scope="session")

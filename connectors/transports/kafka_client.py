@@ -296,7 +296,8 @@ class ClientProblems:
         return {"error_cb": self._on_error, "logger": self._logger, "log_level": 6}
 
     def _on_error(self, error: KafkaError) -> None:
-        self.reports.append((error.code(), error.str()))
+        if len(self.reports) < _MAX_REPORTS:
+            self.reports.append((error.code(), error.str()))
 
     def explain(self, brokers: list[str], config: KafkaClientConfig) -> str | None:
         return explain_connection_errors(self.reports, brokers, config)
@@ -308,7 +309,11 @@ class _Collect(logging.Handler):
         self._into = into
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._into.append((None, record.getMessage()))
+        if len(self._into) < _MAX_REPORTS:
+            self._into.append((None, record.getMessage()))
+
+
+_MAX_REPORTS = 500  # a client retrying for long must not grow this without end
 
 
 def explain_connection_errors(
@@ -318,6 +323,9 @@ def explain_connection_errors(
 
     `reports`: (error code or None for a log line, text) as ClientProblems collects them."""
     where = f"Kafka at {','.join(brokers)}"
+    # A listener that expects TLS closes a plaintext client's first request; a broker
+    # shutting down may do that once: only a repeated close is taken for a wrong protocol.
+    closed_early = sum(_closed_at_first_request(text) for _, text in reports)
     for code, raw in reports:
         text = config.redact(raw)
         if code == KafkaError._AUTHENTICATION or "Authentication failed" in text or "SASL authentication error" in text:
@@ -355,11 +363,7 @@ def explain_connection_errors(
                 f"{where} refused the TLS handshake ({_reason(text)}): the listener requires a client "
                 "certificate: set KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION (mTLS)"
             )
-        if not config.protocol.endswith("SSL") and (
-            "incorrect security.protocol" in text
-            or "requesting ApiVersion" in text
-            or ("closed by peer" in text and "APIVERSION_QUERY" in text)
-        ):
+        if not config.protocol.endswith("SSL") and _closed_at_first_request(text) and closed_early >= 3:
             return (
                 f"{where} closed the connection at the first request ({config.protocol} client): the listener "
                 f"expects TLS or SASL: set {config.setting('security.protocol', 'KAFKA_SECURITY_PROTOCOL')} to "
@@ -368,6 +372,14 @@ def explain_connection_errors(
         if code == KafkaError._SSL:
             return f"{where}: TLS failed ({_reason(text)}): check KAFKA_SECURITY_PROTOCOL and the ssl.* settings"
     return None
+
+
+def _closed_at_first_request(text: str) -> bool:
+    return (
+        "incorrect security.protocol" in text
+        or "requesting ApiVersion" in text
+        or ("closed by peer" in text and "APIVERSION_QUERY" in text)
+    )
 
 
 def _reason(text: str) -> str:
