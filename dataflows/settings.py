@@ -83,7 +83,7 @@ class KafkaSettings:
 
     @property
     def client_config(self) -> dict[str, Any]:
-        """What confluent-kafka clients get on top of bootstrap.servers (may hold secrets and oauth_cb)."""
+        """What confluent-kafka clients get on top of bootstrap.servers (may hold secrets)."""
         return self.client.client_config()
 
     @classmethod

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "--brokers",
         help="host:port list (default: KAFKA_BROKERS, else 127.0.0.1:19092); security and any librdkafka "
         "property come from the jobs' settings: KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*, "
-        "KAFKA_PROPERTIES, KAFKA_PROPERTY_<name>, KAFKA_OAUTH_TOKEN_PROVIDER (see README)",
+        "KAFKA_PROPERTIES, KAFKA_PROPERTY_<name> (see README)",
     )
     parser.add_argument("--created-topic", default="booking-created")
     parser.add_argument("--events-topic", default="booking-events")

@@ -27,7 +27,7 @@ class KafkaTransport:
 
     @functools.cached_property
     def client_config(self) -> dict[str, Any]:
-        return self.client.client_config()  # once: one token provider callable for all clients
+        return self.client.client_config()
 
     def check(self, read: list[str], write: list[str]) -> None:
         try:

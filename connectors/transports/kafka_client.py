@@ -10,9 +10,6 @@ Where the properties come from (every job and producer reads the same):
 - `KAFKA_PROPERTY_<name>`: one property, dots written `__`, any case, e.g.
   `KAFKA_PROPERTY_SASL__OAUTHBEARER__CLIENT__SECRET` (for values holding `;`, and for
   secrets mounted one per variable);
-- `KAFKA_OAUTH_TOKEN_PROVIDER=module:function`: an OAUTHBEARER token callback
-  (confluent-kafka's `oauth_cb`: `function(sasl.oauthbearer.config) -> (token, expiry epoch s)`),
-  e.g. for MSK IAM.
 
 Checked before anything connects: names librdkafka does not know, values it refuses,
 the security protocol and SASL mechanism, files that do not exist, a property set twice
@@ -22,7 +19,6 @@ setting that caused it. Values of secret properties are never shown (`masked`).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import re
@@ -47,7 +43,6 @@ NAMED_SETTINGS = {
 }
 PROPERTIES = "KAFKA_PROPERTIES"
 PROPERTY_PREFIX = "KAFKA_PROPERTY_"
-TOKEN_PROVIDER = "KAFKA_OAUTH_TOKEN_PROVIDER"
 
 # Set by the jobs themselves, or by another setting.
 OWNED = {
@@ -88,7 +83,6 @@ class KafkaClientConfig:
 
     properties: dict[str, str] = field(default_factory=dict, repr=False)
     sources: dict[str, str] = field(default_factory=dict)  # property -> the setting that set it
-    token_provider: str | None = None  # module:function of an oauth_cb
 
     def setting(self, prop: str, default: str | None = None) -> str:
         """The setting a property came from (or the named setting a user would set)."""
@@ -98,17 +92,12 @@ class KafkaClientConfig:
         return named.get(prop, default or f"{PROPERTY_PREFIX}{prop.replace('.', '__')}")
 
     def client_config(self) -> dict[str, Any]:
-        """What a confluent-kafka client gets (the token callback resolved)."""
-        config: dict[str, Any] = dict(self.properties)
-        if self.token_provider:
-            config["oauth_cb"] = resolve_token_provider(self.token_provider)
-        return config
+        """What a confluent-kafka client gets on top of bootstrap.servers."""
+        return dict(self.properties)
 
     def masked(self) -> str:
         """`name=value` of every property, secrets as `***`: safe to log."""
         shown = [f"{k}={'***' if sensitive(k) else v}" for k, v in sorted(self.properties.items())]
-        if self.token_provider:
-            shown.append(f"oauth_cb={self.token_provider}")
         return ", ".join(shown) or "no security (PLAINTEXT)"
 
     def redact(self, text: str) -> str:
@@ -201,11 +190,7 @@ def from_env(env: Mapping[str, str]) -> KafkaClientConfig:
         if path is not None and not os.access(path, os.R_OK):
             raise KafkaConfigError(f"{sources[prop]}={path} is not readable by this user: fix its permissions")
 
-    provider = env.get(TOKEN_PROVIDER, "").strip() or None
-    config = KafkaClientConfig(properties, sources, provider)
-    if provider:
-        resolve_token_provider(provider)  # fails here, with its one line, if it cannot be imported
-    return config
+    return KafkaClientConfig(properties, sources)
 
 
 NAMED_SETTINGS_OF = {v: k for k, v in NAMED_SETTINGS.items()}
@@ -217,45 +202,45 @@ _FILE_KINDS = {
 }
 
 
-def resolve_token_provider(spec: str) -> Callable[[str], tuple[str, float]]:
-    module_name, colon, attr = spec.partition(":")
-    if not colon or not module_name or not attr:
-        raise KafkaConfigError(f"{TOKEN_PROVIDER}={spec!r} is not module:function: e.g. mypackage.tokens:msk_iam")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise KafkaConfigError(f"{TOKEN_PROVIDER}={spec}: cannot import {module_name} ({exc}): install it") from None
-    provider = getattr(module, attr, None)
-    if not callable(provider):
-        raise KafkaConfigError(f"{TOKEN_PROVIDER}={spec}: {module_name} has no function {attr}")
-    return provider
-
-
 def check_with_librdkafka(brokers: list[str], config: KafkaClientConfig) -> None:
     """Create (and drop) a producer and a consumer with the properties: librdkafka checks names and values,
     and loads the certificates and keys. Nothing connects."""
     from confluent_kafka import Consumer, Producer
 
-    base = {**config.client_config(), "bootstrap.servers": ",".join(brokers), "log_level": 0}
-    for make in (Producer, lambda c: Consumer({**c, "group.id": "waxstreams-config-check"})):
+    def make_consumer(c: dict[str, Any]) -> Any:
+        return Consumer({**c, "group.id": "waxstreams-config-check"})
+
+    base = {"bootstrap.servers": ",".join(brokers), "log_level": 0}
+    for make in (Producer, make_consumer):
         try:
-            client = make(base)
-        except KafkaException as exc:
-            raise KafkaConfigError(_explain_creation_error(exc, config)) from None
-        except (TypeError, ValueError) as exc:
-            raise KafkaConfigError(_explain_text(str(exc), config)) from None
-        close = getattr(client, "close", None)
-        if close is not None:
-            close()
+            _create_and_close(make, {**base, **config.client_config()})
+        except (KafkaException, TypeError, ValueError) as exc:
+            text = _error_text(exc)
+            # librdkafka names a property by its canonical name (linger.ms is queue.buffering.max.ms):
+            # find the user's own entry that it refuses alone.
+            culprit = None
+            for prop, value in config.properties.items():
+                try:
+                    _create_and_close(make, {**base, prop: value})
+                except (KafkaException, TypeError, ValueError):
+                    culprit = prop
+                    break
+            raise KafkaConfigError(_explain_text(text, config, culprit)) from None
 
 
-def _explain_creation_error(exc: KafkaException, config: KafkaClientConfig) -> str:
-    error = exc.args[0] if exc.args else None
-    text = error.str() if isinstance(error, KafkaError) else str(exc)
-    return _explain_text(text, config)
+def _create_and_close(make: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> None:
+    client = make(config)
+    close = getattr(client, "close", None)
+    if close is not None:
+        close()
 
 
-def _explain_text(text: str, config: KafkaClientConfig) -> str:
+def _error_text(exc: Exception) -> str:
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
+def _explain_text(text: str, config: KafkaClientConfig, culprit: str | None = None) -> str:
     text = config.redact(text)
     unknown = re.search(r'No such configuration property: "([^"]+)"', text)
     if unknown:
@@ -270,8 +255,8 @@ def _explain_text(text: str, config: KafkaClientConfig) -> str:
             f"(wrong password, or not a PEM private key): {text}"
         )
     named = [p for p in sorted(config.properties, key=len, reverse=True) if p in text]
-    if named:
-        prop = named[0]
+    prop = culprit or (named[0] if named else None)
+    if prop is not None:
         return f"{config.setting(prop)} ({prop}): librdkafka refused it: {text}"
     return f"Kafka client settings refused by librdkafka: {text}"
 
@@ -336,7 +321,7 @@ def explain_connection_errors(
                     f"{config.setting('sasl.mechanism', 'KAFKA_SASL_MECHANISM')} to a mechanism its listener enables"
                 )
             if mechanism == "OAUTHBEARER":
-                fix = f"check the token ({TOKEN_PROVIDER} or the sasl.oauthbearer.* settings)"
+                fix = "check the token settings (sasl.oauthbearer.* in KAFKA_PROPERTIES)"
             else:
                 fix = (
                     f"check {config.setting('sasl.username', 'KAFKA_SASL_USERNAME')} and "

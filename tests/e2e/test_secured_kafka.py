@@ -36,7 +36,11 @@ BOOKINGS = BookingTraffic(count=600, step_ms=500, max_delay_ms=60_000, invalid_f
 
 def impressions_world(broker, s3, tmp_path: Path) -> tuple[dict[str, str], list]:
     run_id = uuid.uuid4().hex[:8]
-    topics = {"IMPRESSIONS_TOPIC": f"in-{run_id}", "DEAD_LETTER_TOPIC": f"dead-{run_id}", "LATE_TOPIC": f"late-{run_id}"}
+    topics = {
+        "IMPRESSIONS_TOPIC": f"in-{run_id}",
+        "DEAD_LETTER_TOPIC": f"dead-{run_id}",
+        "LATE_TOPIC": f"late-{run_id}",
+    }
     make_topics(broker, *topics.values())
     s3.create_bucket(f"sec-{run_id}")
     env = {
@@ -106,17 +110,6 @@ def test_booking_correlation_exact_over_the_secured_listener(secured_kafka, tmp_
     check_bookings(secured_kafka, env, messages)
 
 
-def test_booking_correlation_with_an_oauth_token_provider(secured_broker, tmp_path: Path) -> None:
-    """KAFKA_OAUTH_TOKEN_PROVIDER (confluent-kafka's oauth_cb): how MSK IAM plugs in."""
-    broker = secured_broker("oauthbearer")
-    env, messages = booking_world(broker)
-    env.pop("KAFKA_PROPERTIES")  # no librdkafka-made token: only the provider's
-    env["KAFKA_OAUTH_TOKEN_PROVIDER"] = "tests.oauth_tokens:unsecured"
-    result = run_dataflow(FLOWS["booking-correlation"], env, recovery=init_recovery(tmp_path / "recovery"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    check_bookings(broker, env, messages)
-
-
 def test_producer_cli_takes_the_jobs_settings(secured_broker) -> None:
     broker = secured_broker("sasl_ssl_scram")
     topics = [f"created-cli-{uuid.uuid4().hex[:6]}", f"events-cli-{uuid.uuid4().hex[:6]}"]
@@ -169,7 +162,11 @@ def _one_line_failure(target: str, env: dict[str, str], tmp_path: Path) -> str:
 @pytest.fixture
 def scram_env(secured_broker, s3, unique) -> dict[str, str]:
     broker = secured_broker("sasl_ssl_scram")
-    topics = {"IMPRESSIONS_TOPIC": f"in-{unique}", "DEAD_LETTER_TOPIC": f"dead-{unique}", "LATE_TOPIC": f"late-{unique}"}
+    topics = {
+        "IMPRESSIONS_TOPIC": f"in-{unique}",
+        "DEAD_LETTER_TOPIC": f"dead-{unique}",
+        "LATE_TOPIC": f"late-{unique}",
+    }
     make_topics(broker, *topics.values())
     s3.create_bucket(f"mis-{unique}")
     return {**broker.client_env(), **topics, "S3_ENDPOINT_URL": s3.endpoint_url, "S3_BUCKET": f"mis-{unique}"}
@@ -187,7 +184,9 @@ def test_wrong_password_is_one_line(scram_env, job: str, tmp_path: Path) -> None
 
 def test_unknown_ca_is_one_line(scram_env, tmp_path: Path) -> None:
     other_ca, _ = make_ca(tmp_path / "other", "other-ca")
-    line = _one_line_failure(FLOWS["movie-impressions"], {**scram_env, "KAFKA_SSL_CA_LOCATION": str(other_ca)}, tmp_path)
+    line = _one_line_failure(
+        FLOWS["movie-impressions"], {**scram_env, "KAFKA_SSL_CA_LOCATION": str(other_ca)}, tmp_path
+    )
     assert "TLS certificate verify failed" in line and "certificate verify failed" in line
     assert "set KAFKA_SSL_CA_LOCATION to the CA that signed the broker's certificate" in line
 
