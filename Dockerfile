@@ -21,11 +21,13 @@ RUN --mount=type=secret,id=pip_ca,required=false \
  && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin bytewax \
  && mkdir -p /var/bytewax/recovery && chown 10001:10001 /var/bytewax/recovery
 
-# Read-only root filesystem: no .pyc writes; /tmp and the recovery volume are mounted writable.
+# Read-only root filesystem: no .pyc writes, the dataflow API's dataflow.json in /tmp (bytewax
+# writes it to the working directory otherwise); /tmp and the recovery volume are mounted writable.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     BYTEWAX_WORKDIR=/bytewax \
     BYTEWAX_DATAFLOW_API_ENABLED=true \
+    BYTEWAX_DATAFLOW_API_CACHE_PATH=/tmp \
     BYTEWAX_RECOVERY_DIRECTORY=/var/bytewax/recovery
 
 USER 10001
