@@ -136,15 +136,14 @@ def from_env(env: Mapping[str, str]) -> KafkaClientConfig:
         if value:
             put(prop, value, setting)
     raw = env.get(PROPERTIES, "")
-    for entry in re.split(r"[;\n]", raw):
-        if not entry.strip():
-            continue
+    entries = [entry for entry in re.split(r"[;\n]", raw) if entry.strip()]
+    for number, entry in enumerate(entries, 1):
         name, eq, value = entry.partition("=")
-        if not eq:
-            shown = "" if sensitive(name) else f" {entry.strip()!r}"
+        if not eq:  # not echoed: it may be the tail of a secret that held a ';'
             raise KafkaConfigError(
-                f"{PROPERTIES} entry{shown} is not name=value: separate entries with ';', e.g. "
-                "security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512"
+                f"{PROPERTIES} entry {number} of {len(entries)} is not name=value: separate entries with ';', "
+                "e.g. security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512 (a value holding ';' goes in "
+                "KAFKA_PROPERTY_<name>)"
             )
         put(name.strip().lower(), value.strip(), PROPERTIES)
     for setting in sorted(env):

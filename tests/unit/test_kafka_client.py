@@ -53,7 +53,7 @@ def test_named_settings_properties_and_single_properties_combine() -> None:
             {"KAFKA_PROPERTY_ENABLE__AUTO__COMMIT": "true"},
             "KAFKA_PROPERTY_ENABLE__AUTO__COMMIT sets enable.auto.commit",
         ),
-        ({"KAFKA_PROPERTIES": "client.id"}, "KAFKA_PROPERTIES entry 'client.id' is not name=value"),
+        ({"KAFKA_PROPERTIES": "client.id=a;b"}, "KAFKA_PROPERTIES entry 2 of 2 is not name=value"),
         ({"KAFKA_SSL_KEY_LOCATION": "/no/such/key.pem"}, "KAFKA_SSL_KEY_LOCATION=/no/such/key.pem does not exist"),
     ],
 )
