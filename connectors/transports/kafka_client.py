@@ -215,13 +215,16 @@ def check_with_librdkafka(brokers: list[str], config: KafkaClientConfig) -> None
             _create_and_close(make, {**base, **config.client_config()})
         except (KafkaException, TypeError, ValueError) as exc:
             text = _error_text(exc)
-            # librdkafka names a property by its canonical name (linger.ms is queue.buffering.max.ms):
-            # find the user's own entry that it refuses alone.
+            # librdkafka may name a property by its canonical name (linger.ms is queue.buffering.max.ms):
+            # the user's own entry is the one without which the client can be created.
             culprit = None
-            for prop, value in config.properties.items():
-                try:
-                    _create_and_close(make, {**base, prop: value})
-                except (KafkaException, TypeError, ValueError):
+            if not any(prop in text for prop in config.properties):
+                for prop in config.properties:
+                    rest = {k: v for k, v in config.properties.items() if k != prop}
+                    try:
+                        _create_and_close(make, {**base, **rest})
+                    except (KafkaException, TypeError, ValueError):
+                        continue
                     culprit = prop
                     break
             raise KafkaConfigError(_explain_text(text, config, culprit)) from None
