@@ -1,6 +1,9 @@
 # The project on the pinned official bytewax image (Python 3.11, bytewax 0.21.1 in /venv,
 # /bytewax/entrypoint.sh kept so waxctl and the bytewax Helm chart can run it too).
-FROM bytewax/bytewax:0.21.1-python3.11
+# BASE_IMAGE: where that image cannot be pulled, `make image` builds a stand-in with the
+# same layout from Debian's packages (image/build-base.sh) and passes it here.
+ARG BASE_IMAGE=bytewax/bytewax:0.21.1-python3.11
+FROM ${BASE_IMAGE}
 
 WORKDIR /bytewax
 COPY pyproject.toml README.md ./
@@ -9,15 +12,22 @@ COPY connectors/ connectors/
 COPY producers/ producers/
 COPY devstack/ devstack/
 COPY bench/ bench/
-RUN /venv/bin/pip install --no-cache-dir . \
- && rm -rf dataflows connectors producers devstack bench \
- && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin bytewax
+# Runtime dependencies only (no [dev] extra). The optional build secret `pip_ca` is a CA
+# bundle for pip (a TLS-inspecting proxy's, say): used for this step, never stored.
+RUN --mount=type=secret,id=pip_ca,required=false \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && /venv/bin/pip install --no-cache-dir --disable-pip-version-check . \
+ && rm -rf dataflows connectors producers devstack bench pyproject.toml README.md build *.egg-info \
+ && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin bytewax \
+ && mkdir -p /var/bytewax/recovery && chown 10001:10001 /var/bytewax/recovery
 
-# Read-only root filesystem: no .pyc writes; /tmp and the recovery volume are mounted writable.
+# Read-only root filesystem: no .pyc writes, the dataflow API's dataflow.json in /tmp (bytewax
+# writes it to the working directory otherwise); /tmp and the recovery volume are mounted writable.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     BYTEWAX_WORKDIR=/bytewax \
     BYTEWAX_DATAFLOW_API_ENABLED=true \
+    BYTEWAX_DATAFLOW_API_CACHE_PATH=/tmp \
     BYTEWAX_RECOVERY_DIRECTORY=/var/bytewax/recovery
 
 USER 10001

@@ -9,7 +9,7 @@ RUN_DIR := .cache/run
 # The local stack (devstack) accepts any AWS credentials; real ones come from your AWS chain.
 LOCAL_AWS := AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
 
-.PHONY: help install up down run run-bookings test test-guarantees test-unit test-kinesis bench bench-peers lint fmt deploy clean
+.PHONY: help install up down run run-bookings test test-guarantees test-unit test-kinesis test-image image bench bench-peers lint fmt deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,13 @@ test-unit: install ## The quick tier: tests that need no services (unit, and who
 test-kinesis: install ## Only the Kinesis connector tests (starts and stops its own kinesis-local)
 	$(PY) -m pytest tests/unit/test_kinesis_connectors.py tests/integration/test_kinesis_source.py \
 		tests/integration/test_kinesis_sink.py
+
+IMAGE ?= localhost/waxstreams:latest
+image: ## Build the job image with buildah (installs buildah/debootstrap; a Debian-built base if the official cannot be pulled)
+	IMAGE=$(IMAGE) image/build.sh $(IMAGE)
+
+test-image: install ## Build the image and run both jobs from it as uid 10001 against a local Kafka and S3 (root, buildah)
+	WAXSTREAMS_IMAGE_TESTS=1 $(PY) -m pytest -m image tests/image
 
 bench: up ## Throughput, memory and latency vs the ceilings and the textbook design (about 15 min)
 	$(PY) -m bench --out bench-results.json

@@ -1,7 +1,8 @@
 """Typed, validated configuration, read once from the environment at start.
 
 Defaults point at the local stack of `make up`. Secrets are never read here except
-Kafka SASL credentials, which go straight into the client config and are never logged;
+Kafka client secrets (SASL password, key passwords, OAuth client secret), which go
+straight into the client config and are never logged (connectors/transports/kafka_client.py);
 AWS credentials come from boto3's standard chain.
 """
 
@@ -10,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
+from connectors.transports import kafka_client
+from connectors.transports.kafka_client import KafkaClientConfig, KafkaConfigError
 from connectors.transports.kafka_source import EARLIEST, StartPosition
 from dataflows.booking_rules import CREATED, DEFAULT_CREATED, DEFAULT_EVENT, EVENT, SideSchema, parse_field_spec
 
@@ -73,31 +77,34 @@ class _Env:
 @dataclass(frozen=True)
 class KafkaSettings:
     brokers: list[str]
-    # librdkafka properties for security (SASL/SSL); may hold a password: never log.
-    client_config: dict[str, str] = field(default_factory=dict, repr=False)
+    # librdkafka properties (security etc.) with the settings they came from; may hold
+    # secrets: never log (`client.masked()` is safe to).
+    client: KafkaClientConfig = field(default_factory=KafkaClientConfig)
     partition_check_seconds: float = 60.0  # KAFKA_PARTITION_CHECK_SECONDS: partitions added while running
 
+    @property
+    def client_config(self) -> dict[str, Any]:
+        """What confluent-kafka clients get on top of bootstrap.servers (may hold secrets)."""
+        return self.client.client_config()
+
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> KafkaSettings:
+    def from_env(cls, env: Mapping[str, str], *, check: bool = True) -> KafkaSettings:
+        """KAFKA_BROKERS and the client properties (kafka_client.from_env); `check`: also let
+        librdkafka check every name and value and load the certificates (nothing connects)."""
         e = _Env(env)
         brokers = [b.strip() for b in e.text("KAFKA_BROKERS", LOCAL_KAFKA).split(",") if b.strip()]
         for broker in brokers:
             host, _, port = broker.rpartition(":")
             if not host or not port.isdigit():
                 raise ConfigError(f"KAFKA_BROKERS entry {broker!r} is not host:port: e.g. {LOCAL_KAFKA}")
-        config = {}
-        for name, prop in (
-            ("KAFKA_SECURITY_PROTOCOL", "security.protocol"),
-            ("KAFKA_SASL_MECHANISM", "sasl.mechanism"),
-            ("KAFKA_SASL_USERNAME", "sasl.username"),
-            ("KAFKA_SASL_PASSWORD", "sasl.password"),
-            ("KAFKA_SSL_CA_LOCATION", "ssl.ca.location"),
-        ):
-            value = e.optional(name)
-            if value is not None:
-                config[prop] = value
-        check = e.number("KAFKA_PARTITION_CHECK_SECONDS", 60, minimum=0)
-        return cls(brokers, config, check)
+        try:
+            client = kafka_client.from_env(env)
+            if check:
+                kafka_client.check_with_librdkafka(brokers, client)
+        except KafkaConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        partition_check = e.number("KAFKA_PARTITION_CHECK_SECONDS", 60, minimum=0)
+        return cls(brokers, client, partition_check)
 
 
 @dataclass(frozen=True)

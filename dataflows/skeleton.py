@@ -79,7 +79,7 @@ def transport_for(settings: JobSettings, environ: Mapping[str, str]) -> Transpor
         settings.start.start_position,
         settings.start.stop_at_ms,
         kafka.partition_check_seconds,
-        kafka.client_config,
+        kafka.client,
     )
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from producers.kafka_producer import produce_messages
+from producers.kafka_producer import ProduceError, kafka_settings, produce_messages
 from producers.kinesis_producer import put_messages
 
 EVENT_TYPES = ("PAYMENT_CONFIRMED", "PAYMENT_FAILED", "CANCELLED", "CHECKED_IN")
@@ -110,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m producers.bookings", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--transport", choices=("kafka", "kinesis"), default="kafka")
-    parser.add_argument("--brokers", default="127.0.0.1:19092")
+    parser.add_argument(
+        "--brokers",
+        help="host:port list (default: KAFKA_BROKERS, else 127.0.0.1:19092); security and any librdkafka "
+        "property come from the jobs' settings: KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*, "
+        "KAFKA_PROPERTIES, KAFKA_PROPERTY_<name> (see README)",
+    )
     parser.add_argument("--kinesis-endpoint", default="http://127.0.0.1:4568", help="empty: AWS itself")
     parser.add_argument("--region", default="us-east-1")
     parser.add_argument("--created-topic", default="booking-created")
@@ -126,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invalid-fraction", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        brokers, client = kafka_settings(args.brokers, os.environ)
+    except ValueError as exc:  # ConfigError: one line naming the setting
+        parser.exit(2, f"{parser.prog}: {exc}\n")
     traffic = BookingTraffic(
         count=args.count,
         start_ms=int((time.time() - args.start_minutes_ago * 60) * 1000),
@@ -142,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.transport == "kinesis":
         sent = put_messages(routed, args.kinesis_endpoint or None, args.region, progress=True)
     else:
-        sent = produce_messages(routed, args.brokers, args.rate, True)
+        try:
+            sent = produce_messages(routed, brokers, args.rate, True, client)
+        except ProduceError as exc:
+            parser.exit(1, f"{parser.prog}: {exc}\n")
     print(f"produced {sent} messages to {args.created_topic} and {args.events_topic}", file=sys.stderr)
     return 0
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from producers.kafka_producer import produce_messages
+from connectors.transports.kafka_client import KafkaClientConfig
+from producers.kafka_producer import ProduceError, kafka_settings, produce_messages
 
 WINDOW_MS = 15 * 60 * 1000
 
@@ -97,10 +99,15 @@ def generate(shape: TrafficShape) -> Iterator[GeneratedEvent]:
 
 
 def produce(
-    events: Iterator[GeneratedEvent], brokers: str, topic: str, rate: float = 0.0, progress: bool = False
+    events: Iterator[GeneratedEvent],
+    brokers: str,
+    topic: str,
+    rate: float = 0.0,
+    progress: bool = False,
+    client: KafkaClientConfig | None = None,
 ) -> int:
     """Send events keyed by movieId; `rate` events/s (0 = as fast as the broker takes them)."""
-    return produce_messages(((topic, e.key, e.value) for e in events), brokers, rate, progress)
+    return produce_messages(((topic, e.key, e.value) for e in events), brokers, rate, progress, client)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--brokers", default="127.0.0.1:19092")
+    parser.add_argument(
+        "--brokers",
+        help="host:port list (default: KAFKA_BROKERS, else 127.0.0.1:19092); security and any librdkafka "
+        "property come from the jobs' settings: KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*, "
+        "KAFKA_PROPERTIES, KAFKA_PROPERTY_<name> (see README)",
+    )
     parser.add_argument("--topic", default="movie-impressions")
     parser.add_argument("--rate", type=float, default=100.0, help="events per second; 0 = as fast as possible")
     parser.add_argument("--count", type=int, help="events to send (default: --duration * --rate, else 1000)")
@@ -128,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--late-fraction", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        brokers, client = kafka_settings(args.brokers, os.environ)
+    except ValueError as exc:  # ConfigError: one line naming the setting
+        parser.exit(2, f"{parser.prog}: {exc}\n")
 
     if args.count is not None:
         count = args.count
@@ -147,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         late_fraction=args.late_fraction,
         seed=args.seed,
     )
-    sent = produce(generate(shape), args.brokers, args.topic, args.rate, progress=True)
-    print(f"produced {sent} events to {args.topic} at {args.brokers}", file=sys.stderr)
+    try:
+        sent = produce(generate(shape), brokers, args.topic, args.rate, progress=True, client=client)
+    except ProduceError as exc:
+        parser.exit(1, f"{parser.prog}: {exc}\n")
+    print(f"produced {sent} events to {args.topic} at {brokers}", file=sys.stderr)
     return 0
 
 

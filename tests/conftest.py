@@ -27,7 +27,7 @@ FLOWS = {
 }
 
 
-pytest_plugins = ["tests.runs", "tests.kinesis_fixtures"]
+pytest_plugins = ["tests.runs", "tests.kinesis_fixtures", "tests.secured_fixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +58,7 @@ def unique() -> str:
 
 
 def make_topics(kafka: KafkaBroker, *names: str, partitions: int = 2) -> None:
-    create_topics(kafka.bootstrap, list(names), partitions)
+    create_topics(kafka.setup_bootstrap, list(names), partitions)
 
 
 def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from bytewax.dataflow import Stream
 
 from connectors.engine import list_parts_quietly
 from connectors.transports.contract import BatchStep, TransportUnavailable
+from connectors.transports.kafka_client import KafkaClientConfig
 from connectors.transports.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
 from connectors.transports.progress import BoundedProgress
 
@@ -36,12 +38,16 @@ class KafkaTransport:
     start: StartPosition  # where partitions without recovery state begin
     stop_at_ms: int | None  # bounded runs: stop before the first record this late (Kafka timestamp)
     partition_check_s: float = 60.0  # how often partitions added while running are looked for
-    # librdkafka properties (security); may hold a password: never log.
-    client_config: dict[str, str] = field(default_factory=dict, repr=False)
+    # librdkafka properties (security etc.) and the settings they came from; may hold secrets: never log.
+    client: KafkaClientConfig = field(default_factory=KafkaClientConfig, repr=False)
+
+    @functools.cached_property
+    def client_config(self) -> dict[str, Any]:
+        return self.client.client_config()
 
     def check(self, read: list[str], write: list[str]) -> None:
         try:
-            check_topics(self.brokers, self.client_config, [*read, *write])
+            check_topics(self.brokers, self.client_config, [*read, *write], client=self.client)
         except KafkaUnavailable as exc:
             raise TransportUnavailable(str(exc)) from None
 

@@ -37,6 +37,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
 from connectors.engine import KafkaPartitionInternals, add_source_config, list_parts_quietly
+from connectors.transports.kafka_client import ClientProblems, KafkaClientConfig
 from connectors.transports.progress import BoundedProgress
 
 log = logging.getLogger(__name__)
@@ -418,16 +419,37 @@ class KafkaUnavailable(RuntimeError):
     """The broker cannot be reached or a topic is missing; the message names the fix."""
 
 
-def check_topics(brokers: list[str], client_config: dict[str, str], topics: list[str], timeout: float = 10.0) -> None:
-    """Fail fast at start with one clear line instead of a consumer that waits forever."""
+def check_topics(
+    brokers: list[str],
+    client_config: dict[str, Any],
+    topics: list[str],
+    timeout: float = 10.0,
+    client: KafkaClientConfig | None = None,
+) -> None:
+    """Fail fast at start with one clear line instead of a consumer that waits forever.
+
+    librdkafka reports why it cannot connect (a refused login, a certificate it cannot
+    verify, a listener speaking another protocol) only to `error_cb`: those errors are
+    collected while the topics are listed and the first that names a cause ends the
+    check at once, as one line naming the setting (`client`'s sources) and the fix."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": ",".join(brokers), **client_config, "log_level": 0})
-    try:
-        existing = admin.list_topics(timeout=timeout).topics
-    except KafkaException:
-        msg = f"cannot reach Kafka at {','.join(brokers)}: start it (make up) or fix KAFKA_BROKERS"
-        raise KafkaUnavailable(msg) from None
+    client = client or KafkaClientConfig()
+    problems = ClientProblems()
+    admin = AdminClient({"bootstrap.servers": ",".join(brokers), **client_config, **problems.config()})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            existing = admin.list_topics(timeout=min(1.0, timeout)).topics
+            break
+        except KafkaException:
+            admin.poll(0)  # serves error_cb and the logger
+            explained = problems.explain(brokers, client)
+            if explained is not None:
+                raise KafkaUnavailable(explained) from None
+            if time.monotonic() >= deadline:
+                msg = f"cannot reach Kafka at {','.join(brokers)}: start it (make up) or fix KAFKA_BROKERS"
+                raise KafkaUnavailable(msg) from None
     missing = [t for t in topics if t not in existing]
     if missing:
         msg = (
@@ -435,3 +457,4 @@ def check_topics(brokers: list[str], client_config: dict[str, str], topics: list
             "create them or fix the topic settings"
         )
         raise KafkaUnavailable(msg)
+    log.info("Kafka at %s: connected (%s)", ",".join(brokers), client.masked())

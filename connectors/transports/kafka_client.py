@@ -1,0 +1,378 @@
+"""Kafka client settings: any librdkafka property from the environment, checked up front, never logged.
+
+Where the properties come from (every job and producer reads the same):
+
+- `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_MECHANISM`, `KAFKA_SASL_USERNAME`,
+  `KAFKA_SASL_PASSWORD`, `KAFKA_SSL_CA_LOCATION`, `KAFKA_SSL_CERTIFICATE_LOCATION`,
+  `KAFKA_SSL_KEY_LOCATION`, `KAFKA_SSL_KEY_PASSWORD`: the common ones, by name;
+- `KAFKA_PROPERTIES`: `name=value` pairs separated by `;` or new lines, e.g.
+  `sasl.oauthbearer.method=oidc;sasl.oauthbearer.client.id=...`;
+- `KAFKA_PROPERTY_<name>`: one property, dots written `__`, any case, e.g.
+  `KAFKA_PROPERTY_SASL__OAUTHBEARER__CLIENT__SECRET` (for values holding `;`, and for
+  secrets mounted one per variable);
+
+Checked before anything connects: names librdkafka does not know, values it refuses,
+the security protocol and SASL mechanism, files that do not exist, a property set twice
+with different values, properties the jobs own. Each problem is one line naming the
+setting that caused it. Values of secret properties are never shown (`masked`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+
+NAMED_SETTINGS = {
+    "KAFKA_SECURITY_PROTOCOL": "security.protocol",
+    "KAFKA_SASL_MECHANISM": "sasl.mechanism",
+    "KAFKA_SASL_USERNAME": "sasl.username",
+    "KAFKA_SASL_PASSWORD": "sasl.password",
+    "KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
+    "KAFKA_SSL_CERTIFICATE_LOCATION": "ssl.certificate.location",
+    "KAFKA_SSL_KEY_LOCATION": "ssl.key.location",
+    "KAFKA_SSL_KEY_PASSWORD": "ssl.key.password",
+}
+PROPERTIES = "KAFKA_PROPERTIES"
+PROPERTY_PREFIX = "KAFKA_PROPERTY_"
+
+# Set by the jobs themselves, or by another setting.
+OWNED = {
+    "bootstrap.servers": "set KAFKA_BROKERS instead",
+    "metadata.broker.list": "set KAFKA_BROKERS instead",
+    "group.id": "set CONSUMER_GROUP instead",
+    "enable.partition.eof": "set BOUNDED instead",
+    "auto.offset.reset": "set START_POSITION instead",
+    "enable.auto.commit": "the jobs commit offsets at their snapshots",
+    "enable.auto.offset.store": "the jobs keep offsets in their snapshots",
+}
+# Properties naming a file that must exist.
+FILE_PROPERTIES = (
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.keystore.location",
+    "ssl.crl.location",
+    "sasl.kerberos.keytab",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.jwt.template.file",
+)
+# Whose values are never shown: secrets, and what could hold one (or who the client is).
+_SENSITIVE = re.compile(r"password|secret|passphrase|username|token|\.pem$|^ssl_key$|\.config$|jaas|extensions")
+
+
+def sensitive(name: str) -> bool:
+    return bool(_SENSITIVE.search(name))
+
+
+class KafkaConfigError(ValueError):
+    """A Kafka setting is wrong; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class KafkaClientConfig:
+    """librdkafka properties with the setting each came from; never printed with values."""
+
+    properties: dict[str, str] = field(default_factory=dict, repr=False)
+    sources: dict[str, str] = field(default_factory=dict)  # property -> the setting that set it
+
+    def setting(self, prop: str, default: str | None = None) -> str:
+        """The setting a property came from (or the named setting a user would set)."""
+        if prop in self.sources:
+            return self.sources[prop]
+        named = {v: k for k, v in NAMED_SETTINGS.items()}
+        return named.get(prop, default or f"{PROPERTY_PREFIX}{prop.replace('.', '__')}")
+
+    def client_config(self) -> dict[str, Any]:
+        """What a confluent-kafka client gets on top of bootstrap.servers."""
+        return dict(self.properties)
+
+    def masked(self) -> str:
+        """`name=value` of every property, secrets as `***`: safe to log."""
+        shown = [f"{k}={'***' if sensitive(k) else v}" for k, v in sorted(self.properties.items())]
+        return ", ".join(shown) or "no security (PLAINTEXT)"
+
+    def redact(self, text: str) -> str:
+        """`text` with the value of every sensitive property replaced by `***`."""
+        for name, value in self.properties.items():
+            if sensitive(name) and len(value) >= 3:
+                text = text.replace(value, "***")
+        return text
+
+    @property
+    def protocol(self) -> str:
+        return self.properties.get("security.protocol", "PLAINTEXT").upper()
+
+
+def from_env(env: Mapping[str, str]) -> KafkaClientConfig:
+    """Collect and check the properties; raises KafkaConfigError naming the setting."""
+    properties: dict[str, str] = {}
+    sources: dict[str, str] = {}
+
+    def put(prop: str, value: str, setting: str) -> None:
+        prop = prop.strip()
+        if not prop:
+            raise KafkaConfigError(f"{setting}: a property has no name: write name=value, e.g. ssl.ca.location=/ca.pem")
+        if prop in OWNED:
+            raise KafkaConfigError(f"{setting} sets {prop}: {OWNED[prop]}")
+        if prop in properties and properties[prop] != value:
+            shown = "" if sensitive(prop) else f" ({properties[prop]!r} and {value!r})"
+            raise KafkaConfigError(
+                f"{sources[prop]} and {setting} both set {prop} differently{shown}: keep one of them"
+            )
+        properties[prop] = value
+        sources[prop] = setting
+
+    for setting, prop in NAMED_SETTINGS.items():
+        value = env.get(setting, "").strip()
+        if value:
+            put(prop, value, setting)
+    raw = env.get(PROPERTIES, "")
+    entries = [entry for entry in re.split(r"[;\n]", raw) if entry.strip()]
+    for number, entry in enumerate(entries, 1):
+        name, eq, value = entry.partition("=")
+        if not eq:  # not echoed: it may be the tail of a secret that held a ';'
+            raise KafkaConfigError(
+                f"{PROPERTIES} entry {number} of {len(entries)} is not name=value: separate entries with ';', "
+                "e.g. security.protocol=SASL_SSL;sasl.mechanism=SCRAM-SHA-512 (a value holding ';' goes in "
+                "KAFKA_PROPERTY_<name>)"
+            )
+        put(name.strip().lower(), value.strip(), PROPERTIES)
+    for setting in sorted(env):
+        if setting.startswith(PROPERTY_PREFIX) and env[setting].strip():
+            prop = setting[len(PROPERTY_PREFIX) :].lower().replace("__", ".")
+            put(prop, env[setting].strip(), setting)
+
+    protocol = properties.get("security.protocol")
+    if protocol is not None:
+        if protocol.upper() not in SECURITY_PROTOCOLS:
+            raise KafkaConfigError(
+                f"{sources['security.protocol']}={protocol!r} is not a security protocol: "
+                f"use one of {', '.join(SECURITY_PROTOCOLS)}"
+            )
+        properties["security.protocol"] = protocol.upper()
+    mechanism = properties.get("sasl.mechanism")
+    if mechanism is not None:
+        if mechanism.upper() not in SASL_MECHANISMS:
+            raise KafkaConfigError(
+                f"{sources['sasl.mechanism']}={mechanism!r} is not a SASL mechanism: "
+                f"use one of {', '.join(SASL_MECHANISMS)}"
+            )
+        properties["sasl.mechanism"] = mechanism = mechanism.upper()
+        if not (protocol or "").upper().startswith("SASL_"):
+            raise KafkaConfigError(
+                f"{sources['sasl.mechanism']}={mechanism} needs SASL: set KAFKA_SECURITY_PROTOCOL to SASL_SSL "
+                "(or SASL_PLAINTEXT)"
+            )
+        if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            for prop in ("sasl.username", "sasl.password"):
+                if prop not in properties:
+                    raise KafkaConfigError(
+                        f"{NAMED_SETTINGS_OF[prop]} is not set: SASL {mechanism} needs "
+                        "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+                    )
+    for prop in FILE_PROPERTIES:
+        path = properties.get(prop)
+        if path is not None and not (os.path.isfile(path) or (prop == "ssl.ca.location" and os.path.isdir(path))):
+            if path == "probe" and prop == "ssl.ca.location":  # librdkafka: look in the system's usual places
+                continue
+            reason = "is not a file" if os.path.exists(path) else "does not exist"
+            raise KafkaConfigError(f"{sources[prop]}={path} {reason}: point it at the {_FILE_KINDS.get(prop, 'file')}")
+        if path is not None and not os.access(path, os.R_OK):
+            raise KafkaConfigError(f"{sources[prop]}={path} is not readable by this user: fix its permissions")
+
+    return KafkaClientConfig(properties, sources)
+
+
+NAMED_SETTINGS_OF = {v: k for k, v in NAMED_SETTINGS.items()}
+_FILE_KINDS = {
+    "ssl.ca.location": "CA certificate (PEM) that signed the broker's certificate",
+    "ssl.certificate.location": "client certificate (PEM)",
+    "ssl.key.location": "client private key (PEM)",
+    "ssl.keystore.location": "client keystore (PKCS#12)",
+}
+
+
+def check_with_librdkafka(brokers: list[str], config: KafkaClientConfig) -> None:
+    """Create (and drop) a producer and a consumer with the properties: librdkafka checks names and values,
+    and loads the certificates and keys. Nothing connects."""
+    from confluent_kafka import Consumer, Producer
+
+    def make_consumer(c: dict[str, Any]) -> Any:
+        return Consumer({**c, "group.id": "waxstreams-config-check"})
+
+    base = {"bootstrap.servers": ",".join(brokers), "log_level": 0}
+    for make in (Producer, make_consumer):
+        try:
+            _create_and_close(make, {**base, **config.client_config()})
+        except (KafkaException, TypeError, ValueError) as exc:
+            text = _error_text(exc)
+            # librdkafka may name a property by its canonical name (linger.ms is queue.buffering.max.ms):
+            # the user's own entry is the one without which the client can be created.
+            culprit = None
+            if not any(prop in text for prop in config.properties):
+                for prop in config.properties:
+                    rest = {k: v for k, v in config.properties.items() if k != prop}
+                    try:
+                        _create_and_close(make, {**base, **rest})
+                    except (KafkaException, TypeError, ValueError):
+                        continue
+                    culprit = prop
+                    break
+            raise KafkaConfigError(_explain_text(text, config, culprit)) from None
+
+
+def _create_and_close(make: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> None:
+    client = make(config)
+    close = getattr(client, "close", None)
+    if close is not None:
+        close()
+
+
+def _error_text(exc: Exception) -> str:
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
+def _explain_text(text: str, config: KafkaClientConfig, culprit: str | None = None) -> str:
+    text = config.redact(text)
+    unknown = re.search(r'No such configuration property: "([^"]+)"', text)
+    if unknown:
+        prop = unknown.group(1)
+        return (
+            f"{config.setting(prop)} sets {prop}, which librdkafka does not know: fix the name "
+            "(see librdkafka's CONFIGURATION.md)"
+        )
+    if "ssl.key.location failed" in text and "ssl.key.password" in config.properties:
+        return (
+            f"{config.setting('ssl.key.location')} cannot be read with {config.setting('ssl.key.password')} "
+            f"(wrong password, or not a PEM private key): {text}"
+        )
+    named = [p for p in sorted(config.properties, key=len, reverse=True) if p in text]
+    prop = culprit or (named[0] if named else None)
+    if prop is not None:
+        return f"{config.setting(prop)} ({prop}): librdkafka refused it: {text}"
+    return f"Kafka client settings refused by librdkafka: {text}"
+
+
+# -- errors met while connecting ------------------------------------------------------------
+
+
+class ClientProblems:
+    """What librdkafka reports while a client connects: `error_cb` errors and FAIL log lines.
+
+    Both are needed: a plaintext client closed on by a TLS listener shows up only in the
+    log (`Disconnected ... in state APIVERSION_QUERY`), error_cb then says just that all
+    brokers are down. Pass `config()` into the client's configuration; nothing is printed."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int | None, str]] = []
+        self._logger = logging.Logger(f"waxstreams.kafka.{id(self)}", logging.DEBUG)
+        self._logger.propagate = False
+        self._logger.addHandler(_Collect(self.reports))
+
+    def config(self) -> dict[str, Any]:
+        return {"error_cb": self._on_error, "logger": self._logger, "log_level": 6}
+
+    def _on_error(self, error: KafkaError) -> None:
+        if len(self.reports) < _MAX_REPORTS:
+            self.reports.append((error.code(), error.str()))
+
+    def explain(self, brokers: list[str], config: KafkaClientConfig) -> str | None:
+        return explain_connection_errors(self.reports, brokers, config)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[tuple[int | None, str]]) -> None:
+        super().__init__()
+        self._into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self._into) < _MAX_REPORTS:
+            self._into.append((None, record.getMessage()))
+
+
+_MAX_REPORTS = 500  # a client retrying for long must not grow this without end
+
+
+def explain_connection_errors(
+    reports: list[tuple[int | None, str]], brokers: list[str], config: KafkaClientConfig
+) -> str | None:
+    """One line for the first report that says what is wrong with the client's settings, else None.
+
+    `reports`: (error code or None for a log line, text) as ClientProblems collects them."""
+    where = f"Kafka at {','.join(brokers)}"
+    # A listener that expects TLS closes a plaintext client's first request; a broker
+    # shutting down may do that once: only a repeated close is taken for a wrong protocol.
+    closed_early = sum(_closed_at_first_request(text) for _, text in reports)
+    for code, raw in reports:
+        text = config.redact(raw)
+        if code == KafkaError._AUTHENTICATION or "Authentication failed" in text or "SASL authentication error" in text:
+            mechanism = config.properties.get("sasl.mechanism", "")
+            if "nsupported SASL mechanism" in text or "mechanism handshake failed" in text.lower():
+                return (
+                    f"{where} does not offer SASL {mechanism or 'GSSAPI'}: set "
+                    f"{config.setting('sasl.mechanism', 'KAFKA_SASL_MECHANISM')} to a mechanism its listener enables"
+                )
+            if mechanism == "OAUTHBEARER":
+                fix = "check the token settings (sasl.oauthbearer.* in KAFKA_PROPERTIES)"
+            else:
+                fix = (
+                    f"check {config.setting('sasl.username', 'KAFKA_SASL_USERNAME')} and "
+                    f"{config.setting('sasl.password', 'KAFKA_SASL_PASSWORD')} (and KAFKA_SASL_MECHANISM)"
+                )
+            return f"{where}: SASL authentication failed ({_reason(text)}): {fix}"
+        if "certificate verify failed" in text:
+            return (
+                f"{where}: TLS certificate verify failed ({_reason(text)}): set "
+                f"{config.setting('ssl.ca.location', 'KAFKA_SSL_CA_LOCATION')} to the CA that signed the broker's "
+                "certificate"
+            )
+        if any(
+            sign in text
+            for sign in ("wrong version number", "packet length too long", "record layer failure", "PLAINTEXT broker")
+        ):
+            return (
+                f"{where} does not speak TLS ({_reason(text)}): set "
+                f"{config.setting('security.protocol', 'KAFKA_SECURITY_PROTOCOL')} to PLAINTEXT or SASL_PLAINTEXT, "
+                "as the listener is"
+            )
+        if "alert" in text and ("SSL" in text or "TLS" in text or code == KafkaError._SSL):
+            return (
+                f"{where} refused the TLS handshake ({_reason(text)}): the listener requires a client "
+                "certificate: set KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION (mTLS)"
+            )
+        if not config.protocol.endswith("SSL") and _closed_at_first_request(text) and closed_early >= 3:
+            return (
+                f"{where} closed the connection at the first request ({config.protocol} client): the listener "
+                f"expects TLS or SASL: set {config.setting('security.protocol', 'KAFKA_SECURITY_PROTOCOL')} to "
+                "SSL or SASL_SSL (and the SASL settings) as the listener requires"
+            )
+        if code == KafkaError._SSL:
+            return f"{where}: TLS failed ({_reason(text)}): check KAFKA_SECURITY_PROTOCOL and the ssl.* settings"
+    return None
+
+
+def _closed_at_first_request(text: str) -> bool:
+    return (
+        "incorrect security.protocol" in text
+        or "requesting ApiVersion" in text
+        or ("closed by peer" in text and "APIVERSION_QUERY" in text)
+    )
+
+
+def _reason(text: str) -> str:
+    """librdkafka's message without its broker prefix and state suffix."""
+    text = re.sub(r"^[A-Z]+ \[[^\]]*\] \[[^\]]*\]: ", "", text.strip())  # a log line's facility and thread
+    text = re.sub(r"^[^ ]+/(bootstrap|\d+): ", "", text)
+    text = re.sub(r" \(after \d+ms in state [A-Z_]+\)$", "", text)
+    text = text.split(", verify that ssl.ca.location")[0]  # librdkafka's own advice; ours follows
+    return text.replace("\n", " ")

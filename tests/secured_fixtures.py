@@ -1,0 +1,42 @@
+"""Secured brokers for the tests: one per security mode, started on first use, shared by the session.
+
+A broker costs about 10 s to start, so each mode's broker is started once and stopped
+at the end of the session. Their certificates and passwords are made at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.kafka import KafkaBroker
+from devstack.processes import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SECURED_MODES = ("sasl_ssl_scram", "mtls", "oauthbearer")
+
+
+@pytest.fixture(scope="session")
+def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], KafkaBroker]]:
+    """`secured_broker(mode)`: the session's broker whose client listener is secured by `mode`."""
+    started: dict[str, KafkaBroker] = {}
+
+    def get(mode: str) -> KafkaBroker:
+        if mode not in started:
+            broker = KafkaBroker(
+                free_port(), free_port(), tmp_path_factory.mktemp(f"kafka-{mode}"), ROOT / ".cache", security=mode
+            )
+            broker.start()
+            started[mode] = broker
+        return started[mode]
+
+    yield get
+    for broker in started.values():
+        broker.stop()
+
+
+@pytest.fixture(params=SECURED_MODES)
+def secured_kafka(request: pytest.FixtureRequest, secured_broker: Callable[[str], KafkaBroker]) -> KafkaBroker:
+    return secured_broker(request.param)
