@@ -7,8 +7,8 @@ import time
 import uuid
 from typing import Any
 
-from connectors.transports.kinesis_source import kinesis_client, list_shards
-from devstack.kinesis import create_stream
+from connectors.transports.kinesis_source import kinesis_client
+from devstack.kinesis import create_stream, read_stream
 from producers.kinesis_producer import put_messages
 from producers.movie_impressions import TrafficShape, generate
 
@@ -27,15 +27,5 @@ def raw_get_records(stream: str) -> dict:
     """The ceiling: every shard read to its tip with GetRecords(Limit=10000), nothing else done."""
     client: Any = kinesis_client(ENDPOINT, "us-east-1", max_attempts=3)
     started = time.perf_counter()
-    count = 0
-    for shard in list_shards(client, stream):
-        iterator = client.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = client.get_records(ShardIterator=iterator, Limit=10_000)
-            count += len(response["Records"])
-            if not response["Records"] and response.get("MillisBehindLatest", 0) == 0:
-                break
-            iterator = response.get("NextShardIterator")
+    count = len(read_stream(client, stream))
     return {"events_per_s": count / (time.perf_counter() - started), "records": count}

@@ -198,3 +198,21 @@ def wait_active(client: Any, name: str, timeout: float = 30.0) -> None:
             msg = f"stream {name} not ACTIVE after {timeout}s"
             raise RuntimeError(msg)
         time.sleep(0.05)
+
+
+def read_stream(client: Any, stream: str) -> list[tuple[str, bytes]]:
+    """Every (partition key, data) in a stream, every shard from its start to its current end."""
+    from connectors.transports.kinesis_source import list_shards
+
+    out: list[tuple[str, bytes]] = []
+    for shard in list_shards(client, stream):
+        iterator = client.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            response = client.get_records(ShardIterator=iterator, Limit=10_000)
+            out += [(r["PartitionKey"], r["Data"]) for r in response["Records"]]
+            if not response["Records"] and response.get("MillisBehindLatest", 0) == 0:
+                break
+            iterator = response.get("NextShardIterator")
+    return out

@@ -8,8 +8,9 @@ import sys
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
-from connectors.transports.kinesis_source import KinesisSettings, kinesis_client, list_shards
+from connectors.transports.kinesis_source import KinesisSettings, kinesis_client
 from dataflows.settings import BookingSettings, MovieImpressionsSettings
+from devstack.kinesis import read_stream
 
 
 def topic_size(brokers: str, topic: str) -> int:
@@ -20,23 +21,6 @@ def topic_size(brokers: str, topic: str) -> int:
         return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
     finally:
         consumer.close()
-
-
-def stream_records(endpoint_url: str | None, region: str, stream: str) -> list[bytes]:
-    """Every record in a Kinesis stream, every shard from its start to its current end."""
-    client = kinesis_client(endpoint_url, region, max_attempts=3)
-    out: list[bytes] = []
-    for shard in list_shards(client, stream):
-        iterator = client.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = client.get_records(ShardIterator=iterator, Limit=10_000)
-            out += [r["Data"] for r in response["Records"]]
-            if not response["Records"] and response.get("MillisBehindLatest", 0) == 0:
-                break
-            iterator = response.get("NextShardIterator")
-    return out
 
 
 def bookings_report() -> int:
@@ -50,7 +34,8 @@ def bookings_report() -> int:
     )
     if settings.transport == "kinesis":
         kinesis = KinesisSettings.from_env(os.environ)
-        records = {s: stream_records(kinesis.endpoint_url, kinesis.region, s) for _, s in streams}
+        client = kinesis_client(kinesis.endpoint_url, kinesis.region, max_attempts=3)
+        records = {s: [data for _, data in read_stream(client, s)] for _, s in streams}
         for label, stream in streams:
             print(f"  {label:12s} Kinesis stream {stream}: {len(records[stream])} records")
         alerts = records[settings.alerts_topic]

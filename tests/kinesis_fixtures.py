@@ -103,19 +103,3 @@ def drain(part: Any, *, until: Callable[[list], bool] | None = None, timeout: fl
         wake = part.next_awake()
         if wake is not None:  # bytewax's scheduler: no call before the partition's awake time
             time.sleep(min(0.5, max(0.0, (wake - datetime.now(UTC)).total_seconds())))
-
-
-def read_stream(client: Any, stream: str) -> list[tuple[str, bytes]]:
-    """Every (partition key, data) in a stream, every shard from its start to its current end."""
-    out: list[tuple[str, bytes]] = []
-    for shard in client.list_shards(StreamName=stream)["Shards"]:
-        iterator = client.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            resp = client.get_records(ShardIterator=iterator, Limit=10_000)
-            out += [(r["PartitionKey"], r["Data"]) for r in resp["Records"]]
-            if not resp["Records"] and resp.get("MillisBehindLatest", 0) == 0:
-                break
-            iterator = resp.get("NextShardIterator")
-    return out

@@ -150,6 +150,23 @@ def newest_snapshot_epoch(recovery: Path) -> int:
     return max(snapshot_epochs(recovery), default=0)
 
 
+def impressions_env(kafka, s3, name: str = "imp", input_partitions: int = 2) -> dict[str, str]:
+    """Fresh topics and bucket for one bounded impressions run, and the environment naming them."""
+    run_id = f"{name}-{uuid.uuid4().hex[:8]}"
+    make_topics(kafka, f"{run_id}-in", partitions=input_partitions)
+    make_topics(kafka, f"{run_id}-dead", f"{run_id}-late")
+    s3.create_bucket(run_id)
+    return {
+        "KAFKA_BROKERS": kafka.bootstrap,
+        "IMPRESSIONS_TOPIC": f"{run_id}-in",
+        "DEAD_LETTER_TOPIC": f"{run_id}-dead",
+        "LATE_TOPIC": f"{run_id}-late",
+        "S3_ENDPOINT_URL": s3.endpoint_url,
+        "S3_BUCKET": run_id,
+        "BOUNDED": "true",
+    }
+
+
 def describe_doubles(doubled: pl.DataFrame) -> str:
     """Which objects hold the repeated keys, and how many of them: tells a re-fired window from a re-done write."""
     return str(

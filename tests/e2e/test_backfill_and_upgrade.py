@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from pathlib import Path
 
 import polars as pl
@@ -13,29 +12,14 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import TrafficShape, generate, produce
-from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, run_dataflow
+from tests.conftest import FLOWS, init_recovery, read_s3_rows, run_dataflow
 from tests.oracles import expected_rows
+from tests.runs import impressions_env
 
 pytestmark = pytest.mark.e2e
 
 HOUR_MS = 3_600_000
 FLOW = FLOWS["movie-impressions"]
-
-
-def job_env(kafka, s3) -> dict[str, str]:
-    run_id = uuid.uuid4().hex[:8]
-    topic, dead, late, bucket = f"bf-{run_id}", f"dead-{run_id}", f"late-{run_id}", f"bf-{run_id}"
-    make_topics(kafka, topic, dead, late)
-    s3.create_bucket(bucket)
-    return {
-        "KAFKA_BROKERS": kafka.bootstrap,
-        "IMPRESSIONS_TOPIC": topic,
-        "DEAD_LETTER_TOPIC": dead,
-        "LATE_TOPIC": late,
-        "S3_ENDPOINT_URL": s3.endpoint_url,
-        "S3_BUCKET": bucket,
-        "BOUNDED": "true",
-    }
 
 
 def kafka_time_cut() -> int:
@@ -48,7 +32,7 @@ def kafka_time_cut() -> int:
 
 def test_backfill_of_a_time_range_into_its_own_prefix(kafka, s3, tmp_path: Path) -> None:
     """The README's recipe: START_POSITION and STOP_AT bound the range, a new store and S3_PREFIX hold it."""
-    env = job_env(kafka, s3)
+    env = impressions_env(kafka, s3, "bf")
     before = list(generate(TrafficShape(count=1_000, movies=4, users=10, step_ms=1_000, seed=21)))
     wanted = list(
         generate(TrafficShape(count=2_000, movies=4, users=10, start_ms=1_546_844_400_000 + 2 * HOUR_MS, seed=22))
@@ -75,7 +59,7 @@ def test_backfill_of_a_time_range_into_its_own_prefix(kafka, s3, tmp_path: Path)
 
 
 def test_stop_at_needs_a_bounded_run(kafka, s3) -> None:
-    result = run_dataflow(FLOW, {**job_env(kafka, s3), "BOUNDED": "false", "STOP_AT": "1795586400000"})
+    result = run_dataflow(FLOW, {**impressions_env(kafka, s3, "bf"), "BOUNDED": "false", "STOP_AT": "1795586400000"})
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         "movie_impressions: STOP_AT only ends bounded runs: set BOUNDED=true, or unset STOP_AT"
@@ -85,7 +69,7 @@ def test_stop_at_needs_a_bounded_run(kafka, s3) -> None:
 def test_an_incompatible_change_under_a_store_stops_in_one_line_a_compatible_one_runs(
     kafka, s3, tmp_path: Path
 ) -> None:
-    env = job_env(kafka, s3)
+    env = impressions_env(kafka, s3, "bf")
     first = list(generate(TrafficShape(count=1_500, movies=4, users=10, step_ms=1_000, seed=31)))
     produce(iter(first), kafka.bootstrap, env["IMPRESSIONS_TOPIC"])
     store = init_recovery(tmp_path / "store")

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from polars.testing import assert_frame_equal
 
+from devstack.kinesis import read_stream
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings
 from producers.movie_impressions import TrafficShape, generate
 from tests.chaos import Job, wait_for
 from tests.conftest import FLOWS, init_recovery, read_s3_rows, run_dataflow
-from tests.kinesis_fixtures import merge, open_shards, put, read_stream, split
+from tests.kinesis_fixtures import merge, open_shards, put, split
 from tests.oracles import expected_rows, raw_of
 from tests.runs import check_booking_records, newest_snapshot_epoch
 

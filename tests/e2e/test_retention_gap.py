@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import polars as pl
@@ -12,8 +11,9 @@ from confluent_kafka.admin import AdminClient
 from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import TrafficShape, generate, produce
-from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, run_dataflow
+from tests.conftest import FLOWS, init_recovery, read_s3_rows, run_dataflow
 from tests.oracles import expected_rows
+from tests.runs import impressions_env
 
 pytestmark = pytest.mark.e2e
 
@@ -21,20 +21,8 @@ HOUR_MS = 3_600_000
 
 
 def test_a_resume_past_retention_reads_from_the_log_start_and_reports_the_gap(kafka, s3, tmp_path: Path) -> None:
-    run_id = uuid.uuid4().hex[:8]
-    topic, dead, late, bucket = f"ret-{run_id}", f"dead-{run_id}", f"late-{run_id}", f"ret-{run_id}"
-    make_topics(kafka, topic, partitions=1)  # one partition: offset n is the n-th produced event
-    make_topics(kafka, dead, late)
-    s3.create_bucket(bucket)
-    env = {
-        "KAFKA_BROKERS": kafka.bootstrap,
-        "IMPRESSIONS_TOPIC": topic,
-        "DEAD_LETTER_TOPIC": dead,
-        "LATE_TOPIC": late,
-        "S3_ENDPOINT_URL": s3.endpoint_url,
-        "S3_BUCKET": bucket,
-        "BOUNDED": "true",
-    }
+    env = impressions_env(kafka, s3, "ret", input_partitions=1)  # one partition: offset n is the n-th event
+    topic, bucket = env["IMPRESSIONS_TOPIC"], env["S3_BUCKET"]
     store = init_recovery(tmp_path / "recovery")
     before = list(generate(TrafficShape(count=1_000, movies=5, users=10, step_ms=1_000, jitter_ms=0, seed=5)))
     produce(iter(before), kafka.bootstrap, topic)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import polars as pl
@@ -11,8 +10,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import TrafficShape, generate, produce
-from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, run_dataflow
+from tests.conftest import FLOWS, init_recovery, read_s3_rows, run_dataflow
 from tests.oracles import expected_rows
+from tests.runs import impressions_env
 
 pytestmark = pytest.mark.e2e
 
@@ -20,19 +20,8 @@ HOUR_MS = 3_600_000
 
 
 def test_a_fresh_store_from_a_kafka_timestamp_then_a_resume_that_ignores_it(kafka, s3, tmp_path: Path) -> None:
-    run_id = uuid.uuid4().hex[:8]
-    topic, dead, late, bucket = f"sp-{run_id}", f"dead-{run_id}", f"late-{run_id}", f"sp-{run_id}"
-    make_topics(kafka, topic, dead, late)
-    s3.create_bucket(bucket)
-    env = {
-        "KAFKA_BROKERS": kafka.bootstrap,
-        "IMPRESSIONS_TOPIC": topic,
-        "DEAD_LETTER_TOPIC": dead,
-        "LATE_TOPIC": late,
-        "S3_ENDPOINT_URL": s3.endpoint_url,
-        "S3_BUCKET": bucket,
-        "BOUNDED": "true",
-    }
+    env = impressions_env(kafka, s3, "sp")
+    topic, bucket = env["IMPRESSIONS_TOPIC"], env["S3_BUCKET"]
     old = list(generate(TrafficShape(count=1_500, movies=4, users=10, step_ms=1_000, seed=11)))
     new = list(
         generate(TrafficShape(count=1_500, movies=4, users=10, start_ms=1_546_844_400_000 + 3 * HOUR_MS, seed=12))
