@@ -1,7 +1,7 @@
 """The job image, built here with buildah, runs both jobs as uid 10001 against the local stack.
 
 `make test-image` runs this (it needs root, buildah and a few minutes for a first base
-build); `make test` skips it. The container shares the host's network (loopback only)
+build); `make test` deselects it (marker `image`). The container shares the host's network (loopback only)
 and gets the recovery directory as a bind mount; everything else it writes must be under
 /tmp: its writable layer is compared before and after the runs.
 """
@@ -29,7 +29,6 @@ from tests.runs import check_booking_outputs
 
 pytestmark = [
     pytest.mark.image,
-    pytest.mark.skipif(os.environ.get("WAXSTREAMS_IMAGE_TESTS") != "1", reason="make test-image runs the image tests"),
 ]
 
 IMAGE = "localhost/waxstreams:test"
