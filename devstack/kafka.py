@@ -310,7 +310,7 @@ class KafkaBroker:
 
 def create_topics(bootstrap: str, names: list[str], partitions: int = 2) -> None:
     """Create topics (idempotently) and wait until the broker reports them."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})  # warnings, not its info chatter
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
     for future in admin.create_topics(wanted).values() if wanted else []:
