@@ -269,14 +269,7 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         if stop is not None and start >= stop:
             internals.mark_end()
         if self._progress is not None:
-            end = (
-                stop
-                if stop is not None
-                else _query(lambda: internals.consumer.get_watermark_offsets(internals.topic_partition(), timeout=10))[
-                    1
-                ]
-            )
-            self._progress.register(for_part, start, end)
+            self._progress.register(for_part, start, stop if stop is not None else _end_offset(internals))
         index, _, topic = for_part.partition("-")
         watch = None
         if index == "0" and self._partition_check_s:
@@ -289,9 +282,7 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         query = internals.topic_partition(self._stop_at_ms)
         try:
             [found] = _query(lambda: internals.consumer.offsets_for_times([query], timeout=10))
-            if found.offset >= 0:
-                return found.offset
-            return _query(lambda: internals.consumer.get_watermark_offsets(internals.topic_partition(), timeout=10))[1]
+            return found.offset if found.offset >= 0 else _end_offset(internals)
         except KafkaException as exc:
             msg = f"Kafka {for_part}: cannot resolve STOP_AT ({exc}): check the broker and ACLs"
             raise KafkaUnavailable(msg) from None
@@ -401,6 +392,11 @@ class PartitionWatch:
                 count,
                 self._known,
             )
+
+
+def _end_offset(internals: KafkaPartitionInternals) -> int:
+    """The partition's end now (its high watermark): where a bounded run stops at the latest."""
+    return _query(lambda: internals.consumer.get_watermark_offsets(internals.topic_partition(), timeout=10))[1]
 
 
 def _query(call: Callable[[], Any]) -> Any:
