@@ -206,15 +206,23 @@ def _write_once(path: Path, text: str) -> None:
 def check_state_settings(directory: Path, shape: Mapping[str, str], fresh: bool) -> None:
     """The settings that shape the stored state must not change under it.
 
-    Recorded at a store's first run; a later run with an incompatible change (a window
+    Recorded while the store holds no state (each such start records its own); once it
+    does, a run with an incompatible change (a window
     length, the sink's partitions, the output's format or place, the input) stops with
     one line saying what changed and how to migrate. Settings not in `shape` may change.
     """
     path = directory / SHAPE_FILE
-    if not path.exists():
-        if not fresh:  # a store from before the record existed: record what it runs with now
-            log.info("recovery store %s: recording the settings that shape its state", directory)
-        _write_once(path, json.dumps(dict(shape), indent=1, sort_keys=True) + "\n")
+    text = json.dumps(dict(shape), indent=1, sort_keys=True) + "\n"
+    if fresh:
+        # No state yet, so nothing can clash: a start that failed before its first snapshot
+        # (a wrong setting, say) must not hold the next start to its settings.
+        scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        scratch.write_text(text)
+        os.replace(scratch, path)
+        return
+    if not path.exists():  # a store from before the record existed: record what it runs with now
+        log.info("recovery store %s: recording the settings that shape its state", directory)
+        _write_once(path, text)
     try:
         recorded = json.loads(path.read_text())
     except ValueError:

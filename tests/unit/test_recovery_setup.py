@@ -12,6 +12,7 @@ import pytest
 from connectors.recovery_store import (
     NAMESPACE_FILE,
     RecoveryStoreError,
+    check_state_settings,
     check_store,
     init_store,
     prepare_resume,
@@ -110,3 +111,12 @@ def _sqlite(path: Path, statement: str) -> None:
 def test_init_arguments_out_of_range_are_one_line(tmp_path: Path, partitions: int, only: int | None, message: str):
     with pytest.raises(RecoveryStoreError, match=message):
         init_store(tmp_path, partitions, only)
+
+
+def test_state_settings_bind_only_once_the_store_holds_state(tmp_path: Path) -> None:
+    """A start that failed before any snapshot (a wrong setting) leaves nothing to clash with."""
+    check_state_settings(tmp_path, {"TRANSPORT": "kinesis"}, fresh=True)  # failed later, no state written
+    check_state_settings(tmp_path, {"TRANSPORT": "kafka"}, fresh=True)  # the corrected start
+    check_state_settings(tmp_path, {"TRANSPORT": "kafka"}, fresh=False)  # resumes with what it ran with
+    with pytest.raises(RecoveryStoreError, match="TRANSPORT 'kafka' -> 'kinesis'"):
+        check_state_settings(tmp_path, {"TRANSPORT": "kinesis"}, fresh=False)
