@@ -241,7 +241,8 @@ class KafkaBroker:
         config.chmod(0o600)  # holds the keystore password
         return config
 
-    def start(self, timeout: float = 90.0) -> None:
+    def start(self, timeout: float = 90.0, wait: bool = True) -> None:
+        """Format the storage once, start the broker and (unless `wait` is False) wait until it serves."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         classpath = broker_classpath(self.cache_dir)
         if self.pki is not None and not self.pki.keystore.exists():
@@ -278,7 +279,8 @@ class KafkaBroker:
                 stdout=subprocess.DEVNULL,
             )
         self._process = ManagedProcess.spawn([*java, "kafka.Kafka", str(config)], self.data_dir / "broker.log")
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
         """Ready = the listener accepts connections and the broker answers a metadata request."""
@@ -299,9 +301,10 @@ class KafkaBroker:
                     raise RuntimeError(msg) from None
                 time.sleep(0.5)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM (a controlled shutdown), then SIGKILL after `grace` seconds."""
         if self._process is not None:
-            self._process.stop()
+            self._process.stop(grace)
             self._process = None
 
     def create_topics(self, names: list[str], partitions: int = 2) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from devstack.processes import free_port
+from devstack.processes import child_setup, free_port
 from tests.conftest import ROOT
 
 
@@ -141,7 +141,13 @@ class Job:
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                argv, env={**os.environ, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                env={**os.environ, **env},
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=child_setup(),
             )
 
     def kill(self) -> None:

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from devstack import processes
 from devstack.kafka import KafkaBroker, create_topics
-from devstack.processes import free_port
+from devstack.processes import child_setup, free_port
 from devstack.s3 import LOCAL_CREDENTIALS, S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,7 @@ FLOWS = {
 
 
 pytest_plugins = ["tests.runs", "tests.kinesis_fixtures", "tests.secured_fixtures"]
+processes.tie_children_to_parent = True  # nothing the suite starts outlives it
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +37,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     broker = KafkaBroker(free_port(), free_port(), tmp_path_factory.mktemp("kafka"), ROOT / ".cache")
     broker.start()
     yield broker
-    broker.stop()
+    broker.stop(grace=0)  # its data is thrown away: no controlled shutdown to wait for
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +75,7 @@ def read_partitions(bootstrap: str, topic: str) -> dict[int, list[tuple[bytes | 
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        ends = {p: _end_offset(consumer, TopicPartition(topic, p)) for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         remaining = {p for p, end in ends.items() if end > 0}
         out: dict[int, list[tuple[bytes | None, bytes | None]]] = {p: [] for p in partitions}
@@ -88,6 +90,27 @@ def read_partitions(bootstrap: str, topic: str) -> dict[int, list[tuple[bytes | 
         return out
     finally:
         consumer.close()
+
+
+# What a broker answers for a topic whose partitions are still being placed.
+_NOT_READY = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+}
+
+
+def _end_offset(consumer: Consumer, partition: TopicPartition) -> int:
+    """The partition's end offset, asked again while the broker says it is not ready (a loaded machine)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=10)[1]
+        except KafkaException as exc:
+            if exc.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def read_s3_rows(server: S3Server, bucket: str, prefix: str, fmt: str = "parquet") -> pl.DataFrame:
@@ -119,7 +142,14 @@ def run_dataflow(
     else:
         env = {"ALLOW_NO_RECOVERY": "true", **env}  # the jobs refuse to run without a store unless told
     result = subprocess.run(
-        argv, env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        argv,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        preexec_fn=child_setup(),
     )
     return result
 
@@ -144,6 +174,7 @@ def run_cluster(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=child_setup(),
         )
         for i in range(processes)
     ]

@@ -1,7 +1,8 @@
-"""Secured brokers for the tests: one per security mode, started on first use, shared by the session.
+"""Secured brokers for the tests: one per security mode, shared by the session.
 
-A broker costs about 10 s to start, so each mode's broker is started once and stopped
-at the end of the session. Their certificates and passwords are made at run time.
+A broker costs about 10 s to start, so all three are started together at the first use
+of any (they boot side by side) and stopped at the end of the session. Their
+certificates and passwords are made at run time.
 """
 
 from __future__ import annotations
@@ -24,17 +25,18 @@ def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
     started: dict[str, KafkaBroker] = {}
 
     def get(mode: str) -> KafkaBroker:
-        if mode not in started:
-            broker = KafkaBroker(
-                free_port(), free_port(), tmp_path_factory.mktemp(f"kafka-{mode}"), ROOT / ".cache", security=mode
-            )
-            broker.start()
-            started[mode] = broker
+        if not started:
+            for each in SECURED_MODES:
+                data = tmp_path_factory.mktemp(f"kafka-{each}")
+                started[each] = KafkaBroker(free_port(), free_port(), data, ROOT / ".cache", security=each)
+                started[each].start(wait=False)
+            for broker in started.values():
+                broker.wait_ready(timeout=120)
         return started[mode]
 
     yield get
     for broker in started.values():
-        broker.stop()
+        broker.stop(grace=0)  # their data is thrown away: no controlled shutdown to wait for
 
 
 @pytest.fixture(params=SECURED_MODES)

@@ -64,15 +64,25 @@ def _client(env: dict[str, str]):
     return ",".join(settings.brokers), settings.client
 
 
+def assert_no_secret_in(broker, *outputs: str, also: tuple[str, ...] = ()) -> None:
+    """None of the broker's client secrets (nor `also`) in what a run printed or wrote."""
+    everything = "\n".join(outputs)
+    for value in (*broker.secrets(), *also):
+        assert value not in everything, "a secret leaked into the output"
+
+
 def test_movie_impressions_exact_over_the_secured_listener(secured_kafka, s3, tmp_path: Path) -> None:
     env, events = impressions_world(secured_kafka, s3, tmp_path)
     result = run_dataflow(FLOWS["movie-impressions"], env, recovery=init_recovery(tmp_path / "recovery"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert_no_secret_in(secured_kafka, result.stdout, result.stderr)
 
     rows = read_s3_rows(s3, env["S3_BUCKET"], "impressions")
     assert_frame_equal(rows.drop("object").sort("movieId", "userId", "windowStart"), expected_rows(events))
-    dead = [json.loads(v) for _, v in read_topic(secured_kafka.setup_bootstrap, env["DEAD_LETTER_TOPIC"])]
+    dead_records = read_topic(secured_kafka.setup_bootstrap, env["DEAD_LETTER_TOPIC"])
+    dead = [json.loads(v) for _, v in dead_records]
     assert Counter(raw_of(d) for d in dead) == Counter(e.value for e in events if e.kind == "invalid")
+    assert_no_secret_in(secured_kafka, *(v.decode(errors="replace") for _, v in dead_records))
 
 
 def booking_world(broker, **extra_env: str) -> tuple[dict[str, str], list]:
@@ -107,6 +117,7 @@ def test_booking_correlation_exact_over_the_secured_listener(secured_kafka, tmp_
     env, messages = booking_world(secured_kafka)
     result = run_dataflow(FLOWS["booking-correlation"], env, recovery=init_recovery(tmp_path / "recovery"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert_no_secret_in(secured_kafka, result.stdout, result.stderr)
     check_bookings(secured_kafka, env, messages)
 
 
@@ -135,6 +146,7 @@ def test_producer_cli_takes_the_jobs_settings(secured_broker) -> None:
         check=False,
     )
     assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert_no_secret_in(broker, result.stdout, result.stderr, wrong.stdout, wrong.stderr, also=("not-the-password",))
     [line] = wrong.stderr.strip().splitlines()
     assert line.startswith("python -m producers.bookings: ")
     assert "SASL authentication failed" in line and "KAFKA_SASL_PASSWORD" in line
@@ -150,10 +162,14 @@ def _base_env() -> dict[str, str]:
 
 
 def _one_line_failure(target: str, env: dict[str, str], tmp_path: Path) -> str:
+    """The run fails with one line on stderr, and no secret of `env` anywhere in its output."""
     recovery = init_recovery(tmp_path / f"recovery-{uuid.uuid4().hex[:6]}")
     result = run_dataflow(target, env, recovery=recovery, timeout=60)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
+    for name, value in env.items():
+        if name.endswith("PASSWORD"):
+            assert value not in result.stdout + result.stderr, f"{name} leaked"
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
@@ -224,6 +240,22 @@ def test_missing_client_certificate_is_one_line(secured_broker, s3, unique, tmp_
     }
     line = _one_line_failure(FLOWS["movie-impressions"], env, tmp_path)
     assert "refused the TLS handshake" in line and "KAFKA_SSL_CERTIFICATE_LOCATION" in line
+
+
+def test_wrong_key_password_is_one_line(secured_broker, s3, unique, tmp_path: Path) -> None:
+    broker = secured_broker("mtls")
+    make_topics(broker, f"in-{unique}", f"dead-{unique}", f"late-{unique}")
+    env = {
+        **broker.client_env(),
+        "KAFKA_SSL_KEY_PASSWORD": "wrong-" + uuid.uuid4().hex,
+        "IMPRESSIONS_TOPIC": f"in-{unique}",
+        "DEAD_LETTER_TOPIC": f"dead-{unique}",
+        "LATE_TOPIC": f"late-{unique}",
+        "S3_ENDPOINT_URL": s3.endpoint_url,
+    }
+    line = _one_line_failure(FLOWS["movie-impressions"], env, tmp_path)
+    assert "cannot be read with KAFKA_SSL_KEY_PASSWORD" in line
+    assert_no_secret_in(broker, line)
 
 
 @pytest.mark.parametrize(

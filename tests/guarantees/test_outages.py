@@ -27,7 +27,7 @@ def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
     broker = KafkaBroker(free_port(), free_port(), tmp_path / "kafka", ROOT / ".cache")
     broker.start()
     yield broker
-    broker.stop()
+    broker.stop(grace=0)
 
 
 def test_kafka_broker_down_for_30s(own_broker: KafkaBroker, new_run) -> None:
