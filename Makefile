@@ -49,8 +49,9 @@ run-bookings: up ## 2,000 generated bookings through the booking-correlation job
 		-r $(RUN_DIR)/bookings -s 2 -b 0
 	$(LOCAL_AWS) TRANSPORT=$(TRANSPORT) $(PY) -m devstack.report bookings
 
+TEST_WORKERS ?= 2
 test: lint ## Lint, then every test (unit, integration, e2e); starts and stops its own services
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile  # each worker runs whole files, with its own services
 
 test-guarantees: install ## Only the crash, lag, outage, bad-input and secrets tests, with 10,000 hostile messages per job
 	HOSTILE_MESSAGES=10000 $(PY) -m pytest -m guarantees

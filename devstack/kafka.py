@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import fcntl
 import os
 import secrets
 import shutil
@@ -30,28 +31,36 @@ def broker_classpath(cache_dir: Path) -> str:
     """Resolve the broker's jars with Maven once; later calls reuse the cached folder."""
     lib = cache_dir / "kafka" / "lib"
     stamp = lib / ".complete"
-    if not stamp.exists():
-        if shutil.which("mvn") is None:
-            msg = "Maven (mvn) is not on PATH: install it (apt-get install maven) to fetch Kafka"
-            raise RuntimeError(msg)
-        shutil.rmtree(lib, ignore_errors=True)
-        lib.mkdir(parents=True)
-        log.info("resolving Kafka jars from Maven Central into %s", lib)
-        subprocess.run(
-            [
-                "mvn",
-                "-q",
-                "-B",
-                "-f",
-                str(POM),
-                "dependency:copy-dependencies",
-                f"-DoutputDirectory={lib}",
-                "-DincludeScope=runtime",
-            ],
-            check=True,
-        )
-        stamp.touch()
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    # Parallel test workers may start at once: one resolves, the others wait.
+    with (lib.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists():
+            _resolve_jars(lib)
+            stamp.touch()
     return os.pathsep.join(str(p) for p in sorted(lib.glob("*.jar")))
+
+
+def _resolve_jars(lib: Path) -> None:
+    if shutil.which("mvn") is None:
+        msg = "Maven (mvn) is not on PATH: install it (apt-get install maven) to fetch Kafka"
+        raise RuntimeError(msg)
+    shutil.rmtree(lib, ignore_errors=True)
+    lib.mkdir(parents=True)
+    log.info("resolving Kafka jars from Maven Central into %s", lib)
+    subprocess.run(
+        [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={lib}",
+            "-DincludeScope=runtime",
+        ],
+        check=True,
+    )
 
 
 # How the client listener is secured; the broker's own traffic (inter-broker, controller)

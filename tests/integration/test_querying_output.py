@@ -167,10 +167,14 @@ def test_polars_glob_of_the_prefix_without_an_extension_would_take_the_manifests
 # --- DuckDB -----------------------------------------------------------------------------
 
 
+def extension_file(name: str) -> Path:
+    """Where the duckdb-extension-<name> wheel puts the extension (the package has no code)."""
+    extension = resources.files(f"duckdb_extension_{name}") / "extensions" / f"v{duckdb.__version__}"
+    return Path(str(extension / f"{name}.duckdb_extension"))
+
+
 def httpfs_file() -> Path:
-    """Where the duckdb-extension-httpfs wheel puts the extension (the package has no code)."""
-    extension = resources.files("duckdb_extension_httpfs") / "extensions" / f"v{duckdb.__version__}"
-    return Path(str(extension / "httpfs.duckdb_extension"))
+    return extension_file("httpfs")
 
 
 def offline_duckdb(tmp_path: Path) -> duckdb.DuckDBPyConnection:
@@ -178,17 +182,24 @@ def offline_duckdb(tmp_path: Path) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(config={"extension_directory": str(tmp_path / "ext"), "autoinstall_known_extensions": False})
 
 
-@pytest.fixture
-def duck(written, tmp_path: Path):
-    """DuckDB with httpfs from the duckdb-extension-httpfs wheel: no download, an empty extension directory."""
+def duckdb_over_s3(s3, tmp_path: Path, *extensions: str) -> duckdb.DuckDBPyConnection:
+    """DuckDB with httpfs (and `extensions`) from their wheels, and a secret for the local S3."""
     con = offline_duckdb(tmp_path)
-    con.execute(f"LOAD '{httpfs_file()}'")
-    port = written.s3.endpoint_url.rsplit(":", 1)[1]
+    for name in ("httpfs", *extensions):
+        con.execute(f"LOAD '{extension_file(name)}'")
+    port = s3.endpoint_url.rsplit(":", 1)[1]
     con.execute(
         f"""CREATE SECRET local_s3 (TYPE S3, ENDPOINT '127.0.0.1:{port}', URL_STYLE 'path', USE_SSL false,
             KEY_ID '{LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"]}', SECRET '{LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}',
             REGION 'us-east-1')"""
     )
+    return con
+
+
+@pytest.fixture
+def duck(written, tmp_path: Path):
+    """DuckDB with httpfs from the duckdb-extension-httpfs wheel: no download, an empty extension directory."""
+    con = duckdb_over_s3(written.s3, tmp_path)
     yield con
     con.close()
 
@@ -267,6 +278,37 @@ def test_duckdb_documented_glob_lists_the_data_objects_and_a_naive_one_the_manif
     assert listed(f"{root}/**") == keys  # the naive glob: manifests included
     with pytest.raises(duckdb.Error, match=r"(?i)parquet|magic"):
         duck.execute(f"SELECT count(*) FROM read_parquet('{root}/**')").fetchall()
+
+
+# --- DuckDB over the Delta table (OUTPUT_FORMAT=delta) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def delta_written(kafka, s3, tmp_path_factory) -> ImpressionsRun:
+    """The job's Delta table for 2,000 generated events (with invalid and late ones)."""
+    run = ImpressionsRun(kafka, s3, tmp_path_factory.mktemp("querying-delta"), output_format="delta")
+    run.env.update(LOCAL_CREDENTIALS)  # module scope: the per-test credential fixture has not run yet
+    run.produce(traffic(2_000, seed=12))
+    run.finish()
+    return run
+
+
+def test_duckdb_delta_scan_reads_the_jobs_table_as_the_oracle(delta_written, tmp_path: Path) -> None:
+    """The README's DuckDB query over the table, with the delta extension from its wheel (offline)."""
+    con = duckdb_over_s3(delta_written.s3, tmp_path, "delta")
+    try:
+        table = f"delta_scan('s3://{delta_written.bucket}/{delta_written.prefix}')"
+        rows = frame(con, f"SELECT {', '.join(COLUMNS)} FROM {table}")
+        oracle = expected_rows(delta_written.produced)
+        assert_frame_equal(rows.sort(SORT), oracle)
+        # The partition column is the window's hour, as the README says.
+        hours = frame(con, f"SELECT DISTINCT windowHour, windowStart FROM {table}")
+        assert hours.height and all(h == hour_of(w) for h, w in hours.iter_rows())
+        by_movie = frame(con, f"SELECT movieId, sum(impressions) AS impressions FROM {table} GROUP BY movieId")
+        want = oracle.group_by("movieId").agg(pl.col("impressions").sum())
+        assert_frame_equal(by_movie.sort("movieId"), want.sort("movieId"), check_dtypes=False)
+    finally:
+        con.close()
 
 
 # --- the doc's own code blocks, as written (bucket, prefix and credentials swapped for the local ones) --------
