@@ -181,22 +181,23 @@ class PodCluster:
     def newest_snapshot_epoch(self) -> int:
         return max(newest_snapshot_epoch(d) for d in self.dirs)
 
-    def holds_abandoned_snapshots(self) -> bool:
-        """A snapshot stored at or past the epoch a resume would start from: what a crash between
-        an epoch's snapshots and its frontier leaves (bytewax's resume calculation over every directory)."""
+    def abandoned_snapshots(self) -> int:
+        """Snapshots stored at or past the epoch a resume would start from (bytewax's resume
+        calculation over every directory): what a crash between an epoch's snapshots and its
+        frontier leaves, and what the next start must drop."""
         progress = [part for d in self.dirs for part in read_progress(d)]
         epoch = resume_epoch_of(progress)
-        return any(e >= epoch for d in self.dirs for e in snapshot_epochs(d))
+        return sum(e >= epoch for d in self.dirs for e in snapshot_epochs(d))
 
     def kill_between_snapshot_and_frontier(self, timeout: float) -> None:
         """SIGKILL every process at an instant the store holds abandoned snapshots: the processes
         are frozen (SIGSTOP) once that is seen, killed if it still holds, else let go on."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.holds_abandoned_snapshots():
+            if self.abandoned_snapshots():
                 for job in self.jobs:
                     job.pause()
-                if self.holds_abandoned_snapshots():
+                if self.abandoned_snapshots():
                     self.kill()
                     return
                 for job in self.jobs:
@@ -214,13 +215,14 @@ class PodCluster:
         """A last, bounded run of the whole cluster up to the end of the input."""
         env = {**self.env, "BOUNDED": "true"}
         results = run_cluster(self.target, env, processes=len(self.dirs), recovery=self.dirs)
+        self.starts += 1
         for i, result in enumerate(results):
-            (self.tmp_path / f"finish-process-{i}.log").write_text(result.stderr)
+            (self.tmp_path / f"start-{self.starts}-process-{i}.log").write_text(result.stderr)
         assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
 
     def dropped_snapshots(self) -> int:
-        """Snapshots the start-up repair dropped, over every start so far (from the processes' logs)."""
-        logs = [p.read_text(errors="replace") for p in self.tmp_path.glob("*-process-*.log")]
+        """Snapshots the last start's repair dropped, over all its processes (from their logs)."""
+        logs = [p.read_text(errors="replace") for p in self.tmp_path.glob(f"start-{self.starts}-process-*.log")]
         return sum(int(n) for text in logs for n in re.findall(r"dropped (\d+) snapshots of epochs", text))
 
 

@@ -26,27 +26,32 @@ CRASHES = [("between_snapshot_and_frontier", False), ("after_snapshot", True), (
 def crash_repeatedly(cluster: PodCluster, feed: Callable[[], None]) -> None:
     """Starts the cluster and SIGKILLs all its processes together, as `CRASHES` says, while
     `feed` produces: right after each process stored a snapshot of this execution, or at an
-    instant between an epoch's snapshots and its frontier (which leaves abandoned snapshots)."""
+    instant between an epoch's snapshots and its frontier (which leaves abandoned snapshots).
+    Every start must drop exactly the snapshots the crash before it abandoned."""
     feeder = threading.Thread(target=feed)
     feeder.start()
+    abandoned: list[int] = []
     try:
         for how, downtime in CRASHES:
             before = cluster.newest_snapshot_epoch()
             cluster.start()
             for job in cluster.jobs:  # this execution runs: it stored a snapshot in every process's directory
                 wait_for(lambda e=before: cluster.every_directory_has_a_snapshot_past(e), 90, "a snapshot", job)
+            assert cluster.dropped_snapshots() == (abandoned[-1] if abandoned else 0)
             if how == "after_snapshot":
                 cluster.kill()
             else:
                 cluster.kill_between_snapshot_and_frontier(90)
+            abandoned.append(cluster.abandoned_snapshots())
             if downtime:
                 time.sleep(BOUND_S + 1)  # down longer than the lateness bound
     finally:
         feeder.join()
-    # The situation the rendezvous exists for: a crash left snapshots past the resume epoch in
-    # the per-process directories, and a start dropped them. (Without the agreement, each
-    # process sees only its partition and keeps them: connectors/recovery_store.py.)
-    assert cluster.dropped_snapshots() > 0, "no crash left abandoned snapshots: nothing was tested"
+    # Each process sees only its own partition; without the rendezvous none of them could
+    # find these, and a later resume could load them (connectors/recovery_store.py).
+    assert sum(abandoned) > 0, "no crash left abandoned snapshots: nothing was tested"
+    cluster.finish()
+    assert cluster.dropped_snapshots() == abandoned[-1]
 
 
 def test_impressions_into_s3_stay_exact_through_kills_of_every_pod(new_run, pod_cluster) -> None:
@@ -55,7 +60,6 @@ def test_impressions_into_s3_stay_exact_through_kills_of_every_pod(new_run, pod_
     run.produce(events[:3_000])
     cluster = pod_cluster(FLOWS["movie-impressions"], run.env)
     crash_repeatedly(cluster, lambda: run.produce(events[3_000:], 500.0))
-    cluster.finish()
     run.assert_exact()
 
 
@@ -70,5 +74,4 @@ def test_booking_alerts_into_kafka_stay_exact_through_kills_of_every_pod(kafka, 
     produce_messages(records[:split], kafka.bootstrap)
     cluster = pod_cluster(FLOWS["booking-correlation"], env)
     crash_repeatedly(cluster, lambda: produce_messages(records[split:], kafka.bootstrap, 400.0))
-    cluster.finish()
     check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)
