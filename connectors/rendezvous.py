@@ -288,17 +288,20 @@ class ResumeAgreement:
         host = self.cluster.coordinator_host
         if self.cluster.process_id != 0:
             log.info("recovery rendezvous: asking process 0 at %s:%d for the resume epoch", host, self.settings.port)
-            return ask(host, self.settings.port, self.cluster.process_id, local, self.settings.timeout_seconds)
-        coordinator = Coordinator(directory, local, self.settings)
-        coordinator.serve(host)
-        _coordinator = coordinator
-        log.info(
-            "recovery rendezvous: process 0 waits on %s:%d for the progress of %d processes",
-            host,
-            self.settings.port,
-            len(self.cluster.addresses),
-        )
-        return coordinator.wait(self.settings.timeout_seconds)
+            epoch = ask(host, self.settings.port, self.cluster.process_id, local, self.settings.timeout_seconds)
+        else:
+            coordinator = Coordinator(directory, local, self.settings)
+            coordinator.serve(host)
+            _coordinator = coordinator
+            log.info(
+                "recovery rendezvous: process 0 waits on %s:%d for the progress of %d processes",
+                host,
+                self.settings.port,
+                len(self.cluster.addresses),
+            )
+            epoch = coordinator.wait(self.settings.timeout_seconds)
+        log.info("recovery rendezvous: the cluster resumes from epoch %d", epoch)
+        return epoch
 
 
 def signal_start(source: Source) -> Source:

@@ -157,21 +157,22 @@ class PodCluster:
         self.dirs = [init_recovery(tmp_path / f"pod-{i}", processes, part=i) for i in range(processes)]
         self.jobs: list[Job] = []
         self.starts = 0
+        self.addresses = ""
 
     def start(self) -> list[Job]:
         self.starts += 1
-        addresses = cluster_addresses(len(self.dirs))
-        self.jobs = [
-            Job(
-                self.target,
-                self.env,
-                self.tmp_path / f"start-{self.starts}-process-{i}.log",
-                recovery=d,
-                cluster=(addresses, i),
-            )
-            for i, d in enumerate(self.dirs)
-        ]
+        self.addresses = cluster_addresses(len(self.dirs))
+        self.jobs = []
+        for i in range(len(self.dirs)):
+            self.start_process(i)
         return self.jobs
+
+    def start_process(self, i: int, attempt: str = "", **overrides: str) -> Job:
+        """Process `i` of the current start (again, after it stopped: `attempt` names its log)."""
+        log = self.tmp_path / f"start-{self.starts}-process-{i}{attempt}.log"
+        job = Job(self.target, {**self.env, **overrides}, log, recovery=self.dirs[i], cluster=(self.addresses, i))
+        self.jobs.append(job)
+        return job
 
     def kill(self) -> None:
         """SIGKILL every process, back to back: a node lost, or every pod evicted at once."""
