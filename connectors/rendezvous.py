@@ -267,10 +267,17 @@ def ask(host: str, port: int, process_id: int, progress: list[PartitionProgress]
         except OSError:
             line = b""
         if line:
-            answer = json.loads(line)
-            if "error" in answer:
-                raise RecoveryStoreError(answer["error"])
-            return int(answer["resume_epoch"])
+            try:
+                answer = json.loads(line)
+                if "error" in answer:
+                    raise RecoveryStoreError(answer["error"])
+                return int(answer["resume_epoch"])
+            except (ValueError, KeyError, TypeError):
+                msg = (
+                    f"recovery rendezvous: {host}:{port} answered process {process_id} with something other than a "
+                    f"resume epoch: set {_SETTINGS} to a port nothing else uses, the same for every process"
+                )
+                raise RecoveryStoreError(msg) from None
         time.sleep(min(_RETRY_SECONDS, max(deadline - time.monotonic(), 0)))  # not up, or went away: ask again
 
 

@@ -239,3 +239,20 @@ def test_the_source_tells_process_zero_when_bytewax_builds_the_dataflow(
     assert wrapped is not source and (dirs[0] / rendezvous.DECISION_FILE).exists()
     assert wrapped.list_parts() == source.list_parts()
     assert not (dirs[0] / rendezvous.DECISION_FILE).exists()
+
+
+def test_another_service_on_the_port_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    directory = _store(tmp_path / "pod-1", 1)
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        port = other.getsockname()[1]
+
+        def answer_http() -> None:
+            conn, _ = other.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer_http, daemon=True).start()
+        with pytest.raises(
+            RecoveryStoreError, match="something other than a resume epoch: set RECOVERY_RENDEZVOUS_PORT"
+        ):
+            ask("127.0.0.1", port, 1, read_progress(directory), 20)
