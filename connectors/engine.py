@@ -128,6 +128,11 @@ def frontiers(db: sqlite3.Connection, ex_num: int) -> list[tuple[int, int]]:
     return list(db.execute("SELECT worker_index, worker_frontier FROM fronts WHERE ex_num = ?", (ex_num,)))
 
 
+def all_frontiers(db: sqlite3.Connection) -> list[tuple[int, int, int]]:
+    """(ex_num, worker_index, worker_frontier) of every execution's workers."""
+    return list(db.execute("SELECT ex_num, worker_index, worker_frontier FROM fronts"))
+
+
 def snapshot_epochs(db: sqlite3.Connection) -> list[int]:
     return [epoch for (epoch,) in db.execute("SELECT snap_epoch FROM snaps")]
 

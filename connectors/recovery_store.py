@@ -11,9 +11,10 @@ abandoned run's sequence number did not roll back the replay's uncommitted write
 Deleting every snapshot at epoch >= R before bytewax starts leaves exactly what the
 resume needs and nothing a later one could pick up by mistake.
 
-It needs all of the store's partitions (any number of workers in one process, or
-processes sharing a directory): R depends on every worker's progress, which is spread
-over the partitions.
+R depends on every worker's progress, which is spread over the partitions. With all
+of them in the directory (any number of workers in one process, or processes sharing
+a directory) it is computed here; with one directory per process (one volume per
+pod) the processes agree on it first (connectors/rendezvous.py).
 
 Also the store's checks and set-up, so a wrong `-r` is one line instead of a Rust panic:
 
@@ -38,7 +39,7 @@ import sqlite3
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,6 +90,51 @@ def resume_epoch(worker_count: int, ex_resume_epoch: int, fronts: Iterable[tuple
     return min(furthest.values())
 
 
+@dataclass(frozen=True)
+class PartitionProgress:
+    """What one recovery partition records of the executions: all bytewax needs to find R."""
+
+    index: int
+    count: int
+    exs: tuple[tuple[int, int, int], ...]  # (ex_num, worker_count, resume_epoch)
+    fronts: tuple[tuple[int, int, int], ...]  # (ex_num, worker_index, worker_frontier)
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "count": self.count, "exs": self.exs, "fronts": self.fronts}
+
+    @classmethod
+    def from_json(cls, raw: Mapping) -> PartitionProgress:
+        return cls(
+            int(raw["index"]),
+            int(raw["count"]),
+            tuple(sorted(tuple(map(int, row)) for row in raw["exs"])),  # type: ignore[misc]
+            tuple(sorted(tuple(map(int, row)) for row in raw["fronts"])),  # type: ignore[misc]
+        )
+
+
+# Given the directory and its partitions' progress (not all of the store), the epoch the
+# cluster resumes from, agreed with the other processes (connectors/rendezvous.py).
+AgreeResumeEpoch = Callable[[Path, list[PartitionProgress]], int]
+
+
+def missing_partitions(progress: Iterable[PartitionProgress]) -> list[int]:
+    """The store's partitions not in `progress` (empty: the whole store is there)."""
+    progress = list(progress)
+    count = max((p.count for p in progress), default=0)
+    return sorted(set(range(count)) - {p.index for p in progress})
+
+
+def resume_epoch_of(progress: Iterable[PartitionProgress]) -> int:
+    """The epoch bytewax resumes from, given every partition's progress (its resume calculation)."""
+    progress = list(progress)
+    executions = [ex for p in progress for ex in p.exs]
+    if not executions:
+        return FIRST_EPOCH  # no execution recorded: bytewax starts afresh
+    last, worker_count, ex_resume = max(executions)
+    fronts = [(worker, frontier) for p in progress for ex, worker, frontier in p.fronts if ex == last]
+    return resume_epoch(worker_count, ex_resume, fronts)
+
+
 def recovery_directory(argv: Sequence[str], environ: Mapping[str, str]) -> Path | None:
     """The recovery directory `python -m bytewax.run` was given (`-r` or its env var)."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -97,8 +143,17 @@ def recovery_directory(argv: Sequence[str], environ: Mapping[str, str]) -> Path 
     return Path(known.recovery_directory) if known.recovery_directory else None
 
 
-def prepare_resume(argv: Sequence[str], environ: Mapping[str, str], *, allow_no_recovery: bool | None = None) -> Resume:
+def prepare_resume(
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    *,
+    allow_no_recovery: bool | None = None,
+    agree: AgreeResumeEpoch | None = None,
+) -> Resume:
     """Call while building the flow, before bytewax opens the store.
+
+    `agree`: how this process, one of a cluster, agrees with the others on the resume
+    epoch when its directory holds only part of the store (None: a single process).
 
     Refuses a run without a store unless allowed (None: as ALLOW_NO_RECOVERY in `environ`
     says, validated by dataflows/settings.py): without one, a restart cannot resume, so
@@ -118,7 +173,7 @@ def prepare_resume(argv: Sequence[str], environ: Mapping[str, str], *, allow_no_
         log.warning("running without a recovery store (ALLOW_NO_RECOVERY=true): a restart starts a new run")
         return Resume.without_store()
     check_store(directory)
-    drop_abandoned_snapshots(directory)
+    drop_abandoned_snapshots(directory, agree)
     return Resume(directory, store_namespace(directory), is_fresh(directory))
 
 
@@ -273,50 +328,54 @@ def init_store(directory: Path, partitions: int, only: int | None = None) -> str
     return f"recovery store {directory}: {state} ({partitions} partitions, sink namespace {namespace})"
 
 
-def drop_abandoned_snapshots(directory: Path) -> int:
+def read_progress(directory: Path) -> list[PartitionProgress]:
+    """The progress every partition file in `directory` records."""
+    progress = []
+    for file in sorted(directory.glob("*.sqlite3")):  # what bytewax opens as partitions
+        with closing(sqlite3.connect(file, timeout=60)) as db:
+            exs, fronts = tuple(sorted(engine.executions(db))), tuple(sorted(engine.all_frontiers(db)))
+            progress += [PartitionProgress(index, count, exs, fronts) for index, count in engine.store_parts(db)]
+    return progress
+
+
+def drop_snapshots_from(directory: Path, epoch: int) -> int:
+    """Delete the snapshots at or past `epoch` in every partition of `directory`; returns how many."""
+    dropped = 0
+    for file in sorted(directory.glob("*.sqlite3")):
+        with closing(sqlite3.connect(file, timeout=60)) as db, db:
+            dropped += engine.delete_snapshots_from(db, epoch)
+    if dropped:
+        log.info("recovery store %s: dropped %d snapshots of epochs >= %d left by a crash", directory, dropped, epoch)
+    return dropped
+
+
+def drop_abandoned_snapshots(directory: Path, agree: AgreeResumeEpoch | None = None) -> int:
     """Delete snapshots at or past the epoch the next run resumes from; returns how many."""
-    files = sorted(directory.glob("*.sqlite3"))  # what bytewax opens as partitions
-    connections = [sqlite3.connect(f, timeout=60) for f in files]
     try:
-        return _drop(directory, connections)
+        return _drop(directory, agree)
     except sqlite3.Error as exc:  # check_store ran before: only a store broken since
         log.warning("recovery store %s not checked for abandoned snapshots: %s", directory, exc)
         return 0
-    finally:
-        for connection in connections:
-            connection.close()
 
 
-def _drop(directory: Path, connections: list[sqlite3.Connection]) -> int:
-    parts = [row for c in connections for row in engine.store_parts(c)]
-    counts = {n for _, n in parts}
-    present = {i for i, _ in parts}
-    if len(counts) != 1:
+def _drop(directory: Path, agree: AgreeResumeEpoch | None) -> int:
+    progress = read_progress(directory)
+    if len({p.count for p in progress}) != 1:
         return 0  # no store or a broken one: bytewax refuses to start and says why
-    part_count = counts.pop()
-    if present != set(range(part_count)):
-        # Spread over hosts (one volume per pod): the other workers' progress is not here.
+    if not missing_partitions(progress):
+        epoch = resume_epoch_of(progress)
+    elif agree is not None:  # one directory per process: the others hold the rest of the progress
+        epoch = agree(directory, progress)
+    else:
         log.warning(
             "recovery store %s holds partitions %s of %d: not all here, so snapshots of interrupted "
             "epochs cannot be found and are kept",
             directory,
-            sorted(present),
-            part_count,
+            sorted(p.index for p in progress),
+            progress[0].count,
         )
         return 0
-    executions = [row for c in connections for row in engine.executions(c)]
-    epoch = FIRST_EPOCH  # no execution recorded: bytewax starts afresh
-    if executions:
-        last, worker_count, ex_resume = max(executions)
-        fronts = [front for c in connections for front in engine.frontiers(c, last)]
-        epoch = resume_epoch(worker_count, ex_resume, fronts)
-    dropped = 0
-    for connection in connections:
-        with connection:
-            dropped += engine.delete_snapshots_from(connection, epoch)
-    if dropped:
-        log.info("recovery store %s: dropped %d snapshots of epochs >= %d left by a crash", directory, dropped, epoch)
-    return dropped
+    return drop_snapshots_from(directory, epoch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

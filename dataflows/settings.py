@@ -115,6 +115,8 @@ class StartSettings:
     on_existing_output: str = "fail"  # ON_EXISTING_OUTPUT: fail | append
     start_position: StartPosition = EARLIEST  # START_POSITION, fresh partitions only
     stop_at_ms: int | None = None  # STOP_AT: a bounded run (a backfill) ends before this Kafka timestamp
+    rendezvous_port: int = 9998  # RECOVERY_RENDEZVOUS_PORT: process 0's, one volume per pod (connectors/rendezvous.py)
+    rendezvous_timeout_seconds: float = 300.0  # RECOVERY_RENDEZVOUS_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StartSettings:
@@ -139,6 +141,8 @@ class StartSettings:
             on_existing_output=e.choice("ON_EXISTING_OUTPUT", "fail", ("fail", "append")),
             start_position=position,
             stop_at_ms=stop_at_ms,
+            rendezvous_port=e.port("RECOVERY_RENDEZVOUS_PORT") or 9998,
+            rendezvous_timeout_seconds=e.number("RECOVERY_RENDEZVOUS_TIMEOUT_SECONDS", 300, minimum=1),
         )
 
 

@@ -4,8 +4,9 @@
   the input metrics and the watermark heartbeats; records the step rejects go to the
   dead-letter stream. Returns the valid items (and heartbeats) for the middle.
 - `start`: start-up as one visible step: logging, the metrics server, the checks and
-  repair of the recovery store (connectors/recovery_store.py); says what the run
-  resumes from.
+  repair of the recovery store (connectors/recovery_store.py; with one directory per
+  process, after the processes agreed on the resume epoch: connectors/rendezvous.py);
+  says what the run resumes from.
 - `transport_for`: the transport the settings name.
 - `flow_from_env`: the `flow` of `python -m bytewax.run`; a user's error is one line.
 """
@@ -24,6 +25,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
+from connectors import rendezvous
 from connectors.recovery_store import RecoveryStoreError, Resume, check_state_settings, prepare_resume
 from connectors.sinks.s3_objects import S3SinkError
 from connectors.transports.contract import Transport, TransportUnavailable
@@ -60,7 +62,8 @@ def read_input(
         metrics.count_inputs(job, len(records), items)
         return items + heartbeats.due(source, partition_watermark(max_timestamp, bound_ms)), max_timestamp
 
-    items = op.input("input", flow, transport.source(streams, step, NO_WATERMARK))
+    # Process 0 of a cluster answers the resume epoch until bytewax first calls the source.
+    items = op.input("input", flow, rendezvous.signal_start(transport.source(streams, step, NO_WATERMARK)))
     invalid = op.branch("split_invalid", items, lambda i: isinstance(i, DeadLetter))
     dead = op.map("dead_letter", invalid.trues, lambda d: (d.position.key(), d.to_json()))
     transport.write("dead_letter_out", dead, dead_letter_stream)
@@ -93,7 +96,14 @@ def start(settings: JobSettings, argv: Sequence[str], environ: Mapping[str, str]
     metrics.serve(settings.metrics_port)
     global _bounded_since
     _bounded_since = time.monotonic() if settings.bounded else None
-    resume = prepare_resume(argv, environ, allow_no_recovery=settings.start.allow_no_recovery)
+    cluster = rendezvous.cluster_from(argv, environ)
+    agree = None
+    if cluster is not None:  # one of several processes: agree on the resume epoch if the store is spread
+        meeting = rendezvous.RendezvousSettings(
+            settings.start.rendezvous_port, settings.start.rendezvous_timeout_seconds
+        )
+        agree = rendezvous.ResumeAgreement(cluster, meeting)
+    resume = prepare_resume(argv, environ, allow_no_recovery=settings.start.allow_no_recovery, agree=agree)
     if resume.directory is not None:
         check_state_settings(resume.directory, settings.state_shape(), resume.fresh)
     return resume

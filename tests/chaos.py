@@ -134,10 +134,14 @@ class Job:
         workers: int = 1,
         recovery: Path | None = None,
         snapshot_s: int = 1,
+        cluster: tuple[str, int] | None = None,
     ) -> None:
+        """`cluster`: (bytewax's -a addresses, this process's -i) for one process of several."""
         argv = [sys.executable, "-m", "bytewax.run", target, "-w", str(workers)]
         if recovery is not None:
             argv += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
+        if cluster is not None:
+            argv += ["-a", cluster[0], "-i", str(cluster[1])]
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(

@@ -154,21 +154,32 @@ def run_dataflow(
     return result
 
 
-def init_recovery(path: Path, partitions: int = 1) -> Path:
+def init_recovery(path: Path, partitions: int = 1, part: int | None = None) -> Path:
+    """A store of `partitions`; with `part`, only that partition, as a pod's own volume holds it."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(partitions)], check=True)
+    if part is None:
+        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(partitions)], check=True)
+    else:
+        init = ["init", str(path), "--partitions", str(partitions), "--part", str(part)]
+        subprocess.run([sys.executable, "-m", "connectors.recovery_store", *init], cwd=ROOT, check=True)
     return path
 
 
+def cluster_addresses(processes: int) -> str:
+    """bytewax's -a: a free loopback port per process."""
+    return ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+
+
 def run_cluster(
-    target: str, env: dict[str, str], *, processes: int, recovery: Path, timeout: float = 300
+    target: str, env: dict[str, str], *, processes: int, recovery: Path | list[Path], timeout: float = 300
 ) -> list[subprocess.CompletedProcess]:
-    """Run a dataflow as `processes` processes of 1 worker on loopback, the way pods run it."""
-    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-    argv = [sys.executable, "-m", "bytewax.run", target, "-r", str(recovery), "-s", "1", "-b", "0", "-a", addresses]
+    """Run a dataflow as `processes` processes of 1 worker on loopback, the way pods run it:
+    sharing one recovery directory, or each with its own (a list, in process order)."""
+    recoveries = recovery if isinstance(recovery, list) else [recovery] * processes
+    argv = [sys.executable, "-m", "bytewax.run", target, "-s", "1", "-b", "0", "-a", cluster_addresses(processes)]
     procs = [
         subprocess.Popen(
-            [*argv, "-i", str(i)],
+            [*argv, "-r", str(recoveries[i]), "-i", str(i)],
             env={**os.environ, **env},
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -191,6 +202,6 @@ def run_cluster(
 
 
 pytest.register_assert_rewrite("tests.runs")
-from tests.runs import new_run  # noqa: E402  (fixture shared by tests/guarantees and tests/deploy)
+from tests.runs import new_run, pod_cluster  # noqa: E402  (fixtures shared by tests/guarantees and tests/deploy)
 
-__all__ = ["new_run"]
+__all__ = ["new_run", "pod_cluster"]

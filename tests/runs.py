@@ -16,10 +16,21 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from polars.testing import assert_frame_equal
 
+from connectors.recovery_store import read_progress, resume_epoch_of
+from devstack.processes import free_port
 from producers.bookings import GeneratedBooking
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
 from tests.chaos import Job
-from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
+from tests.conftest import (
+    FLOWS,
+    cluster_addresses,
+    init_recovery,
+    make_topics,
+    read_s3_rows,
+    read_topic,
+    run_cluster,
+    run_dataflow,
+)
 from tests.oracles import expected_bookings, expected_rows, raw_of
 
 BOUND_S = 2  # MAX_OUT_OF_ORDERNESS_SECONDS of these runs; every outage lasts longer
@@ -134,6 +145,100 @@ class ImpressionsRun:
 
     def newest_snapshot_epoch(self) -> int:
         return newest_snapshot_epoch(self.recovery)
+
+
+class PodCluster:
+    """A job as `processes` processes on loopback, each with its own recovery directory
+    holding only its partition of the store: one volume per pod, as k8s/ deploys it."""
+
+    def __init__(self, target: str, env: dict[str, str], tmp_path: Path, processes: int = 2) -> None:
+        self.target, self.tmp_path = target, tmp_path
+        self.env = {**env, "RECOVERY_RENDEZVOUS_PORT": str(free_port())}
+        self.dirs = [init_recovery(tmp_path / f"pod-{i}", processes, part=i) for i in range(processes)]
+        self.jobs: list[Job] = []
+        self.starts = 0
+        self.addresses = ""
+
+    def start(self) -> list[Job]:
+        self.starts += 1
+        self.addresses = cluster_addresses(len(self.dirs))
+        self.jobs = []
+        for i in range(len(self.dirs)):
+            self.start_process(i)
+        return self.jobs
+
+    def start_process(self, i: int, attempt: str = "", **overrides: str) -> Job:
+        """Process `i` of the current start (again, after it stopped: `attempt` names its log)."""
+        log = self.tmp_path / f"start-{self.starts}-process-{i}{attempt}.log"
+        job = Job(self.target, {**self.env, **overrides}, log, recovery=self.dirs[i], cluster=(self.addresses, i))
+        self.jobs.append(job)
+        return job
+
+    def kill(self) -> None:
+        """SIGKILL every process, back to back: a node lost, or every pod evicted at once."""
+        for job in self.jobs:
+            job.kill()
+
+    def newest_snapshot_epoch(self) -> int:
+        return max(newest_snapshot_epoch(d) for d in self.dirs)
+
+    def abandoned_snapshots(self) -> int:
+        """Snapshots stored at or past the epoch a resume would start from (bytewax's resume
+        calculation over every directory): what a crash between an epoch's snapshots and its
+        frontier leaves, and what the next start must drop."""
+        progress = [part for d in self.dirs for part in read_progress(d)]
+        epoch = resume_epoch_of(progress)
+        return sum(e >= epoch for d in self.dirs for e in snapshot_epochs(d))
+
+    def kill_between_snapshot_and_frontier(self, timeout: float) -> None:
+        """SIGKILL every process at an instant the store holds abandoned snapshots: the processes
+        are frozen (SIGSTOP) once that is seen, killed if it still holds, else let go on."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.abandoned_snapshots():
+                for job in self.jobs:
+                    job.pause()
+                if self.abandoned_snapshots():
+                    self.kill()
+                    return
+                for job in self.jobs:
+                    job.resume()
+            for job in self.jobs:
+                assert job.process.poll() is None, job.output()[-3000:]
+            time.sleep(0.005)
+        msg = f"no instant between an epoch's snapshots and its frontier within {timeout} s"
+        raise AssertionError(msg)
+
+    def every_directory_has_a_snapshot_past(self, epoch: int) -> bool:
+        return all(newest_snapshot_epoch(d) > epoch for d in self.dirs)
+
+    def finish(self) -> None:
+        """A last, bounded run of the whole cluster up to the end of the input."""
+        env = {**self.env, "BOUNDED": "true"}
+        results = run_cluster(self.target, env, processes=len(self.dirs), recovery=self.dirs)
+        self.starts += 1
+        for i, result in enumerate(results):
+            (self.tmp_path / f"start-{self.starts}-process-{i}.log").write_text(result.stderr)
+        assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+
+    def dropped_snapshots(self) -> int:
+        """Snapshots the last start's repair dropped, over all its processes (from their logs)."""
+        logs = [p.read_text(errors="replace") for p in self.tmp_path.glob(f"start-{self.starts}-process-*.log")]
+        return sum(int(n) for text in logs for n in re.findall(r"dropped (\d+) snapshots of epochs", text))
+
+
+@pytest.fixture
+def pod_cluster(tmp_path: Path):
+    """Makes PodClusters; whatever they started is killed when the test ends, pass or fail."""
+    clusters: list[PodCluster] = []
+
+    def make(target: str, env: dict[str, str]) -> PodCluster:
+        clusters.append(PodCluster(target, env, tmp_path))
+        return clusters[-1]
+
+    yield make
+    for cluster in clusters:
+        cluster.kill()
 
 
 def snapshot_epochs(recovery: Path) -> list[int]:

@@ -48,6 +48,12 @@ def test_statefulset_runs_what_the_tests_run(job: str) -> None:
     assert env["BYTEWAX_RECOVERY_DIRECTORY"] == init_env["BYTEWAX_RECOVERY_DIRECTORY"]
     assert docs["StatefulSet"]["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "recovery"
     assert docs["Service"]["spec"]["clusterIP"] == "None"
+    # One volume per pod: the pods agree on the resume epoch through pod 0 (connectors/rendezvous.py).
+    ports = {p["name"]: p["containerPort"] for p in process["ports"]}
+    assert ports["rendezvous"] == int(env["RECOVERY_RENDEZVOUS_PORT"]) != ports["timely"]
+    assert {"port": ports["rendezvous"], "name": "rendezvous", "targetPort": "rendezvous"} in docs["Service"]["spec"][
+        "ports"
+    ]
     for container in [process, *pod["initContainers"]]:
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -78,6 +78,7 @@ def test_recovery_store_tables(tmp_path: Path) -> None:
         assert workers == 1 and resume_epoch == 1
         [(worker, frontier)] = engine.frontiers(db, ex_num)
         assert worker == 0 and frontier > 1
+        assert engine.all_frontiers(db) == [(ex_num, worker, frontier)]
         epochs = engine.snapshot_epochs(db)
         assert epochs and max(epochs) < frontier
         with db:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connectors.recovery_store import recovery_directory, resume_epoch
+from connectors.recovery_store import (
+    PartitionProgress,
+    missing_partitions,
+    recovery_directory,
+    resume_epoch,
+    resume_epoch_of,
+)
 
 
 def test_resume_epoch_is_the_slowest_workers_furthest_frontier() -> None:
@@ -18,6 +24,23 @@ def test_a_worker_that_reported_nothing_holds_the_resume_at_the_executions_start
 
 def test_an_execution_without_progress_resumes_where_it_started() -> None:
     assert resume_epoch(1, 12, []) == 12
+
+
+def test_resume_epoch_of_partitions_takes_the_last_execution_wherever_its_rows_are() -> None:
+    # bytewax hashes each row to a partition: the execution's row and its workers' fronts
+    # can be in different partitions; older executions' fronts do not count.
+    parts = [
+        PartitionProgress(0, 3, ((1, 2, 1),), ((2, 1, 8), (1, 0, 40))),
+        PartitionProgress(1, 3, ((2, 2, 6),), ((2, 0, 9),)),
+        PartitionProgress(2, 3, (), ((2, 0, 7),)),
+    ]
+    assert resume_epoch_of(parts) == 8
+    assert resume_epoch_of([PartitionProgress(0, 1, (), ())]) == 1  # nothing ran yet
+
+
+def test_missing_partitions_of_a_spread_store() -> None:
+    assert missing_partitions([PartitionProgress(1, 3, (), ())]) == [0, 2]
+    assert missing_partitions([PartitionProgress(i, 2, (), ()) for i in (1, 0)]) == []
 
 
 def test_recovery_directory_from_the_flag_or_the_environment() -> None:

@@ -1,4 +1,4 @@
-"""START_POSITION, ON_EXISTING_OUTPUT and ALLOW_NO_RECOVERY: parsed values and one-line errors."""
+"""START_POSITION, ON_EXISTING_OUTPUT, ALLOW_NO_RECOVERY and the recovery rendezvous: parsed values and one-line errors."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def test_defaults_refuse_no_store_fail_over_output_and_start_at_the_earliest_rec
     # Both jobs read them.
     assert MovieImpressionsSettings.from_env({"ON_EXISTING_OUTPUT": "APPEND"}).start.on_existing_output == "append"
     assert BookingSettings.from_env({"ALLOW_NO_RECOVERY": "yes"}).start.allow_no_recovery
+    assert (start.rendezvous_port, start.rendezvous_timeout_seconds) == (9998, 300)
+    assert StartSettings.from_env({"RECOVERY_RENDEZVOUS_PORT": "4000"}).rendezvous_port == 4000
 
 
 def test_a_timestamp_start_position_prints_as_it_can_be_written_back() -> None:
@@ -66,6 +68,8 @@ def test_a_timestamp_start_position_prints_as_it_can_be_written_back() -> None:
             "ON_EXISTING_OUTPUT='overwrite' is not supported: use one of fail, append",
         ),
         ({"ALLOW_NO_RECOVERY": "maybe"}, "ALLOW_NO_RECOVERY='maybe' is not a boolean: set it to true or false"),
+        ({"RECOVERY_RENDEZVOUS_PORT": "70000"}, "RECOVERY_RENDEZVOUS_PORT=70000 is not a TCP port: use 1..65535"),
+        ({"RECOVERY_RENDEZVOUS_TIMEOUT_SECONDS": "0"}, "RECOVERY_RENDEZVOUS_TIMEOUT_SECONDS=0 is below the minimum 1"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_setting(env: dict[str, str], message: str) -> None:
