@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import logging
 import fcntl
+import logging
 import os
 import secrets
 import shutil
