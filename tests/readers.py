@@ -68,25 +68,34 @@ class PollingReader(threading.Thread):
 
 
 def crash_and_resume(
-    run: ImpressionsRun, workers: int, events: list[GeneratedEvent], writes: Callable[[], int], what: str
+    run: ImpressionsRun,
+    workers: int,
+    events: list[GeneratedEvent],
+    kill_point: Callable[[], Callable[[], bool]],
+    what: str,
+    kills: int,
+    after_kill: Callable[[], None] = lambda: None,
 ) -> None:
-    """4 SIGKILLs, each right after the job's next write (`writes` grows), then a bounded run to the end.
+    """`kills` SIGKILLs at `kill_point`, each with downtime past the lateness bound, then a bounded run to the end.
 
-    Each cycle lets the attempt store a snapshot (progress), then kills it right after a
-    sink partition's next write: the epoch's other partitions, and bytewax's snapshot of
-    it, are usually not stored yet, so the resume replays output readers may have seen.
+    Each attempt first stores a snapshot (progress), then `kill_point()` (called then)
+    returns the condition to kill on, and traffic flows: 4,000 events per kill, after
+    8,000 waiting in the topic from the start.
     """
     run.produce(events[:8_000])
-    cuts = [8_000, 12_000, 16_000, 20_000, 24_000]
+    cuts = range(8_000, 8_000 + 4_000 * kills + 1, 4_000)
+    assert cuts[-1] == len(events), f"{kills} kills take {cuts[-1]} events"
     for cycle, (start, end) in enumerate(itertools.pairwise(cuts)):
         stored = run.newest_snapshot_epoch()
         job = run.start(workers)
-        feeder = threading.Thread(target=run.produce, args=(events[start:end], 4000.0))
-        feeder.start()
         wait_for(lambda s=stored: run.newest_snapshot_epoch() > s, 90, f"a snapshot in cycle {cycle}", job)
-        target = writes() + 1
-        wait_for(lambda t=target: writes() >= t, 90, f"{what} in cycle {cycle}", job, 0.02)
+        # Traffic only now: windows close, and are written, after the snapshot just stored.
+        condition = kill_point()
+        feeder = threading.Thread(target=run.produce, args=(events[start:end], 2000.0))
+        feeder.start()
+        wait_for(condition, 90, f"{what} in cycle {cycle}", job, 0.02)
         job.kill()
+        after_kill()
         feeder.join()
         time.sleep(BOUND_S + 1)  # down longer than the lateness bound
     run.finish(workers)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import polars as pl
 import pytest
 
+from tests.chaos import FlakyProxy
 from tests.readers import PollingReader, crash_and_resume
-from tests.runs import ImpressionsRun, traffic
+from tests.runs import ImpressionsRun, SecondObjectOfAWrite, traffic
 
 pytestmark = pytest.mark.guarantees
 
@@ -34,19 +36,39 @@ def object_reader(run: ImpressionsRun) -> PollingReader:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_an_object_reader_never_sees_a_doubled_or_vanishing_row_through_sigkills(new_run, workers: int) -> None:
-    run: ImpressionsRun = new_run()
+def test_an_object_reader_never_sees_a_doubled_or_vanishing_row_through_sigkills(s3, new_run, workers: int) -> None:
+    proxy = FlakyProxy(s3.port)  # the job's S3; the reader reads S3 directly
+    run: ImpressionsRun = new_run(proxy.url)
     reader = object_reader(run)
     reader.start()
+
+    def half_a_write() -> Callable[[], bool]:
+        # A write hangs after its manifest and first object: what a reader may see of a write
+        # whose epoch bytewax never stores, so the resume replays it. Killed there.
+        proxy.stall_when(SecondObjectOfAWrite())
+        before = len(run.data_objects())
+        return lambda: proxy.stalled > 0 and len(run.data_objects()) > before
+
     try:
-        crash_and_resume(run, workers, traffic(24_000, seed=30 + workers), lambda: len(run.data_objects()), "a write")
+        # 2 kills per worker count keep the test near a minute.
+        events = traffic(16_000, seed=30 + workers)
+        crash_and_resume(
+            run,
+            workers,
+            events,
+            half_a_write,
+            "half of a sink write",
+            kills=2,
+            after_kill=lambda: proxy.set_mode("pass"),
+        )
         reader.wait_for_a_full_read()
     finally:
         reader.stop.set()
         reader.join(timeout=30)
+        proxy.close()
 
     assert reader.problems == [], "\n".join(reader.problems[:10])
-    assert reader.reads >= 20, reader.reads
+    assert reader.reads >= 10, reader.reads
     run.assert_exact()  # the oracle, no doubled row, every object in a manifest
     resumes = "".join(job.output() for job in run.jobs)
     assert "written after the restored snapshot stay" in resumes, "no resume found writes past its snapshot"
