@@ -319,19 +319,20 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         """
         bucket = self._location.bucket
 
-        def read() -> bytes | None:
-            try:
-                return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
-            except ClientError as exc:
-                if _error_code(exc) in ("NoSuchKey", "404"):
-                    return None
-                raise
+        def landed() -> bool:
+            # A LIST, not a GET: without an unconditioned s3:ListBucket a missing key answers 403, not 404.
+            listing = self._client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+            return any(entry["Key"] == key for entry in listing.get("Contents", []))
 
-        body = self._call("read object", read)
-        if body is None and self._call("claim object", partial(self._put_new, key, self._empty, claim=True)):
+        def read() -> bytes:
+            return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+        if not self._call("list object", landed) and self._call(
+            "claim object", partial(self._put_new, key, self._empty, claim=True)
+        ):
             return set()
-        body = body if body is not None else self._call("read object", read)
-        frame = decode(body or b"", self._sink.fmt, self._sink.schema)
+        body = self._call("read object", read)
+        frame = decode(body, self._sink.fmt, self._sink.schema)
         return set(frame.select(self._sink.unit_columns).unique().rows())
 
     def _put_new(self, key: str, body: bytes, *, claim: bool = False) -> bool:

@@ -34,8 +34,8 @@ def rows(movie: str, user: str, count: int, window: int = 0) -> ObjectRows:
     )
 
 
-def triples(s3, bucket: str) -> list[tuple[str, str, int]]:
-    table = read_s3_rows(s3, bucket, "out")
+def triples(s3, bucket: str, fmt: str = "parquet") -> list[tuple[str, str, int]]:
+    table = read_s3_rows(s3, bucket, "out", fmt)
     return sorted(table.select("movieId", "userId", "windowStart").rows()) if table.height else []
 
 
@@ -64,8 +64,11 @@ def test_a_resume_keeps_what_was_written_after_the_restored_snapshot_and_skips_i
     assert triples(s3, bucket) == sorted([*written, ("m3", "u1", 900_000)])
 
 
-def test_a_write_whose_object_never_landed_is_written_again_and_its_late_put_fails(s3, sink) -> None:
-    bucket, client = sink.location.bucket, s3.client()
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_write_whose_object_never_landed_is_written_again_and_its_late_put_fails(s3, unique, fmt: str) -> None:
+    bucket, client = f"sink-{unique}", s3.client()
+    s3.create_bucket(bucket)
+    sink = PartitionedS3Sink(S3Location(bucket, "out", s3.endpoint_url, "us-east-1"), OUTPUT_SCHEMA, fmt)
     crashed = sink.build_part("s3_out", "p00", None)
     crashed.write_batch([rows("m1", "u1", 1), rows("m2", "u1", 1)])
     crashed.snapshot()
@@ -74,14 +77,14 @@ def test_a_write_whose_object_never_landed_is_written_again_and_its_late_put_fai
     client.delete_object(Bucket=bucket, Key=lost["Key"])  # as if its PUT was still on its way at the crash
 
     resumed = sink.build_part("s3_out", "p00", 0)
-    assert triples(s3, bucket) == [("m1", "u1", 0)]
+    assert triples(s3, bucket, fmt) == [("m1", "u1", 0)]  # and an empty object where m2's never landed
     resumed.write_batch([rows("m1", "u1", 1), rows("m2", "u1", 1)])  # the replay
     resumed.close()
-    assert triples(s3, bucket) == [("m1", "u1", 0), ("m2", "u1", 0)]
+    assert triples(s3, bucket, fmt) == [("m1", "u1", 0), ("m2", "u1", 0)]
     # The crashed attempt's PUT arrives now: it finds the key claimed, and its process stops.
     with pytest.raises(S3SinkError, match="claimed by a resume of p00: this process is stale"):
         crashed._put_new(lost["Key"], body)
-    assert triples(s3, bucket) == [("m1", "u1", 0), ("m2", "u1", 0)]
+    assert triples(s3, bucket, fmt) == [("m1", "u1", 0), ("m2", "u1", 0)]
 
 
 def test_a_put_retried_after_its_answer_was_lost_succeeds(s3, sink) -> None:
