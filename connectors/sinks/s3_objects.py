@@ -254,7 +254,9 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._in_flight: list[Future[tuple[int, list[str]]]] = []
         self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"s3-{partition}")
         self._pending: dict[int, list[str]] = {}  # individual manifests not yet in a segment: seq -> objects
-        self._visible: set[tuple] = set()  # units a write past the restored snapshot already put in
+        # Units a write past the restored snapshot already put in, by object folder: only parts in
+        # these folders are looked at, and a unit goes once its replay has been dropped.
+        self._visible: dict[str, set[tuple]] = {}
         self._resume()
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
@@ -295,8 +297,9 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                 past[seq] = self._pending[seq]
         if past:
             objects = [key for seq in sorted(past) for key in past[seq]]
-            for units in self._uploads.map(self._landed_units, objects):
-                self._visible.update(units)
+            for key, units in zip(objects, self._uploads.map(self._landed_units, objects), strict=True):
+                if units:
+                    self._visible.setdefault(key.rsplit("/", 1)[0], set()).update(units)
             self._next_seq = max(past) + 1  # a manifest key is never written twice
             run = f" (run {self._namespace})" if self._namespace else ""
             log.info(
@@ -305,7 +308,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                 self._partition,
                 run,
                 ",".join(map(str, sorted(past))),
-                len(self._visible),
+                sum(map(len, self._visible.values())),
             )
         self._compact_if_due()
 
@@ -427,14 +430,23 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
     def _drop_visible(self) -> None:
         """Drop the replayed rows of units that a write past the restored snapshot already put in."""
         columns = list(self._sink.unit_columns)
-        kept: defaultdict[str, list[pl.DataFrame]] = defaultdict(list)
-        for directory, parts in self._buffer.items():
-            for part in parts:
-                rows, skipped = drop_units(part, self._visible, columns)
-                UNITS_SKIPPED.inc(skipped)
+        for directory in self._buffer.keys() & self._visible.keys():
+            visible, dropped = self._visible[directory], set()
+            kept = []
+            for part in self._buffer[directory]:
+                rows, skipped = drop_units(part, visible, columns)
+                if skipped:
+                    dropped.update(part.select(columns).unique().rows())
+                    UNITS_SKIPPED.inc(skipped)
                 if rows.height:
-                    kept[directory].append(rows)
-        self._buffer = kept
+                    kept.append(rows)
+            visible -= dropped  # a unit is replayed once, whole: in one write
+            if not visible:
+                del self._visible[directory]
+            if kept:
+                self._buffer[directory] = kept
+            else:
+                del self._buffer[directory]
 
     def _write(self, seq: int, batch: dict[str, list[pl.DataFrame]]) -> tuple[int, list[str]]:
         bucket, fmt, schema = self._location.bucket, self._sink.fmt, self._sink.schema

@@ -60,6 +60,7 @@ def test_a_resume_keeps_what_was_written_after_the_restored_snapshot_and_skips_i
     # The replay cuts epochs its own way: the written window again, and one that was not written.
     resumed.write_batch([rows("m1", "u2", 5, window=1), rows("m1", "u3", 5, window=1), rows("m3", "u1", 1, window=1)])
     assert resumed.snapshot() == 3, "numbering goes on past the seq the crashed attempt wrote"
+    assert resumed._visible == {}, "a unit dropped once is forgotten: later writes check nothing"
     resumed.close()
     assert triples(s3, bucket) == sorted([*written, ("m3", "u1", 900_000)])
 
