@@ -45,8 +45,8 @@ def test_an_object_reader_never_sees_a_doubled_or_vanishing_row_through_sigkills
     def half_a_write() -> Callable[[], bool]:
         # A write hangs after its manifest and first object: what a reader may see of a write
         # whose epoch bytewax never stores, so the resume replays it. Killed there.
+        before = len(run.data_objects())  # counted first: a write may begin as soon as the stall is armed
         proxy.stall_when(SecondObjectOfAWrite())
-        before = len(run.data_objects())
         return lambda: proxy.stalled > 0 and len(run.data_objects()) > before
 
     try:
