@@ -1,8 +1,9 @@
 """Which manifests a resuming object-sink partition reads, and which replayed rows it drops."""
 
 import polars as pl
+from botocore.exceptions import ClientError
 
-from connectors.sinks.s3_objects import drop_units, sort_manifests
+from connectors.sinks.s3_objects import S3Location, describe_s3_error, drop_units, sort_manifests
 
 DIR = "out/_sink/p00/run-a/"
 
@@ -51,3 +52,11 @@ def test_no_visible_unit_returns_the_rows_untouched() -> None:
     rows = pl.DataFrame({"movieId": ["m1"], "windowStart": [0]})
     kept, skipped = drop_units(rows, set(), ["movieId", "windowStart"])
     assert kept is rows and skipped == 0
+
+
+def test_an_endpoint_without_conditional_writes_is_one_clear_error() -> None:
+    refused = ClientError({"Error": {"Code": "NotImplemented", "Message": "If-None-Match"}}, "PutObject")
+    reason = describe_s3_error(refused, S3Location("out", "impressions"))
+    assert (
+        reason == "S3 bucket 'out': the S3 endpoint lacks conditional writes (PUT If-None-Match), which the sink needs"
+    )
