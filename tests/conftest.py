@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from dataflows.impression_rules import OUTPUT_SCHEMA
 from devstack import processes
 from devstack.kafka import KafkaBroker, create_topics
 from devstack.processes import child_setup, free_port
@@ -126,7 +127,7 @@ def read_s3_rows(server: S3Server, bucket: str, prefix: str, fmt: str = "parquet
             frame = (
                 pl.read_parquet(io.BytesIO(body))
                 if fmt == "parquet"
-                else pl.read_csv(io.BytesIO(body), schema_overrides={"movieId": pl.String, "userId": pl.String})
+                else pl.read_csv(io.BytesIO(body), schema=OUTPUT_SCHEMA)  # as docs/querying.md advises
             )
             frames.append(frame.with_columns(object=pl.lit(key)))
     return pl.concat(frames) if frames else pl.DataFrame()

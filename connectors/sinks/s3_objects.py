@@ -1,22 +1,33 @@
 """Partitioned, exactly-once S3 sink writing Parquet or CSV through polars (docs/architecture.md, section 5).
 
+Every object, once it can be listed, is final: nothing is ever deleted or rewritten, so
+a reader that lists and reads the objects at any instant (polars, DuckDB, Athena, a
+new-files ingester) sees each row at most once, and never sees one go away.
+
 Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
 1. rows are buffered, and written as the next `seq` once EARLY_WRITE_ROWS of them wait,
    in the background, while the job goes on; at a snapshot (or close) the rest is
    written and the snapshot waits for every write in flight before it records `seq`;
 2. each write first lists its objects in a manifest
-   `<prefix>/_sink/<partition>/<namespace>/<seq>.json`, then writes them;
-3. on (re)start, every manifest of the partition's namespace with a seq at or past the
-   restored `next_seq` belongs to output that the replay will produce again: its
-   objects are deleted.
-So the bucket holds each row once, whatever point a crash interrupted.
+   `<prefix>/_sink/<partition>/<namespace>/<seq>.json`, then puts them, each only if its
+   key is free (S3 conditional write, `If-None-Match: *`);
+3. on (re)start from `next_seq = K`, the manifests of the namespace numbered K or more
+   are writes the crashed attempt made after the snapshot bytewax restored. Their
+   objects stay. The partition reads the units (`unit_columns`: for the impressions
+   job, (movieId, windowStart)) of those that landed, drops the replay's rows of these
+   units, and numbers its writes on past the newest such seq. A key that never landed
+   is claimed with an empty object, so the crashed attempt's PUT, if it is still on
+   its way, fails instead of landing beside the replay's rows.
+Skipping by unit, not by seq, because a replay cuts epochs differently (they are
+wall-clock); a unit is one movie's window, emitted whole and once, so it is either
+wholly visible or wholly replayed.
 
-The namespace is what makes a rollback safe: only manifests of the run being resumed
-are ever read for deletion. A partition without restored state takes the namespace of
-its recovery store (`connectors/recovery_store.py`), so a new store, or a run without
-one, never touches another run's output: it appends. An `int` state (stores written
-before namespaces existed, or a sink built without one) is the legacy namespace,
-manifests directly in `<prefix>/_sink/<partition>/`, resumed exactly as before.
+The namespace keeps runs apart: only manifests of the run being resumed are ever read.
+A partition without restored state takes the namespace of its recovery store
+(`connectors/recovery_store.py`), so a new store, or a run without one, never mistakes
+another run's output for its own: it appends. An `int` state (stores written before
+namespaces existed, or a sink built without one) is the legacy namespace, manifests
+directly in `<prefix>/_sink/<partition>/`, resumed the same way.
 """
 
 from __future__ import annotations
@@ -48,12 +59,17 @@ OBJECTS_WRITTEN = Counter("waxstreams_s3_objects_written_total", "Data objects w
 ROWS_WRITTEN = Counter("waxstreams_s3_rows_written_total", "Rows written (committed or not)")
 S3_RETRIES = Counter("waxstreams_s3_retries_total", "S3 calls retried after a transient failure")
 MANIFESTS_COMPACTED = Counter("waxstreams_s3_manifests_compacted_total", "Sink manifests folded into segments")
+UNITS_SKIPPED = Counter(
+    "waxstreams_s3_replayed_units_skipped_total", "Replayed units found already written after the restored snapshot"
+)
 
 FORMATS = ("parquet", "csv")
 LEGACY_NAMESPACE = ""  # manifests directly in `_sink/<partition>/`: stores from before namespaces
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # The snapshot: `(namespace, next_seq)`, or a bare `next_seq` in the legacy namespace.
 SinkState = int | tuple[str, int]
+# Object metadata of the empty object a resume puts where a crashed write's object never landed.
+CLAIM_METADATA = "waxstreams-claim"
 # Client errors that retrying cannot fix; anything else (5xx, throttling, network) is retried.
 _TERMINAL_CODES = {
     "NoSuchBucket": "the bucket does not exist: create it or fix S3_BUCKET",
@@ -62,6 +78,7 @@ _TERMINAL_CODES = {
     "SignatureDoesNotMatch": "the AWS secret key does not match: fix the AWS credentials",
     "403": "access denied: check the AWS credentials and the bucket policy",
     "404": "the bucket does not exist: create it or fix S3_BUCKET",
+    "NotImplemented": "the S3 endpoint lacks conditional writes (PUT If-None-Match), which the sink needs",
 }
 
 
@@ -111,10 +128,44 @@ def _segment_span(key: str) -> tuple[int, int] | None:
     return (int(first), int(last)) if sep else None
 
 
+@dataclass(frozen=True)
+class ManifestListing:
+    """A partition's manifest keys as start-up sorts them."""
+
+    segments_past: list[str]  # segments reaching the restored seq or past it: read for those seqs
+    singles: dict[int, str]  # seq -> individual manifest not folded into a segment
+    folded: list[str]  # individual manifests a segment already holds: a compaction was cut short
+
+
+def sort_manifests(keys: list[str], next_seq: int) -> ManifestListing:
+    segments = {key: span for key in keys if (span := _segment_span(key)) is not None}
+    singles: dict[int, str] = {}
+    folded = []
+    for key in keys:
+        if key in segments:
+            continue
+        seq = int(key.rsplit("/", 1)[-1].split(".")[0])
+        if any(low <= seq <= high for low, high in segments.values()):
+            folded.append(key)
+        else:
+            singles[seq] = key
+    past = [key for key, (_, high) in segments.items() if high >= next_seq]
+    return ManifestListing(past, singles, folded)
+
+
+def drop_units(rows: pl.DataFrame, units: set[tuple], columns: list[str]) -> tuple[pl.DataFrame, int]:
+    """The rows whose unit (values of `columns`) is not in `units`, and how many units went."""
+    seen = [unit for unit in rows.select(columns).unique().rows() if unit in units]
+    if not seen:
+        return rows, 0
+    done = pl.DataFrame(seen, schema=rows.select(columns).schema, orient="row")
+    return rows.join(done, on=columns, how="anti"), len(seen)
+
+
 def describe_s3_error(exc: Exception, location: S3Location) -> str | None:
     """One-line reason with the fix for errors retrying cannot cure, None for transient ones."""
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = _error_code(exc)
         if code in _TERMINAL_CODES:
             return f"S3 bucket {location.bucket!r}: {_TERMINAL_CODES[code]}"
     if isinstance(exc, BotoCoreError) and "credentials" in type(exc).__name__.lower():
@@ -157,6 +208,16 @@ def check_bucket(location: S3Location) -> None:
         raise S3SinkError(describe_s3_error(exc, location) or f"S3 bucket {location.bucket!r}: {exc}") from None
 
 
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def decode(body: bytes, fmt: str, schema: pl.Schema) -> pl.DataFrame:
+    if fmt == "parquet":
+        return pl.read_parquet(io.BytesIO(body))
+    return pl.read_csv(io.BytesIO(body), schema=schema)
+
+
 def encode(frame: pl.DataFrame, fmt: str) -> bytes:
     buffer = io.BytesIO()
     if fmt == "parquet":
@@ -184,6 +245,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._next_seq = next_seq
         self._client = self._location.client()
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
+        self._empty = encode(pl.DataFrame(schema=sink.schema), sink.fmt)  # what claims a key (`_landed_units`)
         self._buffer: dict[str, list[pl.DataFrame]] = defaultdict(list)
         self._buffered_rows = 0
         self._failed = False
@@ -192,14 +254,19 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._in_flight: list[Future[tuple[int, list[str]]]] = []
         self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"s3-{partition}")
         self._pending: dict[int, list[str]] = {}  # individual manifests not yet in a segment: seq -> objects
-        self._roll_back_uncommitted()
+        # Units a write past the restored snapshot already put in, by object folder: only parts in
+        # these folders are looked at, and a unit goes once its replay has been dropped.
+        self._visible: dict[str, set[tuple]] = {}
+        self._resume()
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         return with_retries(call, what, self._location, self._sink.give_up_after)
 
-    def _roll_back_uncommitted(self) -> None:
-        """Delete what this run's namespace wrote after the snapshot we resume from.
+    def _resume(self) -> None:
+        """Find what this run's namespace wrote after the snapshot we resume from: it stays.
 
+        Those objects may already have been read, so they are final: their units go to
+        `_visible`, which the replay drops, and numbering goes on past the newest seq.
         Only keys numbered from `next_seq - manifests_per_segment` on are listed: older
         manifests are all committed (compaction keeps every individual manifest within
         that window of the newest snapshot), so start-up costs the same whatever the history.
@@ -218,27 +285,82 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                 )
             ),
         )
-        keys = [entry["Key"] for page in pages for entry in page.get("Contents", [])]
-        segments = {key: span for key in keys if (span := _segment_span(key)) is not None}
-        covered = [span for span in segments.values() if span[1] < self._next_seq]
-        for key, (low, high) in segments.items():
-            if high >= self._next_seq:
-                self._roll_back_segment(key, low)
-        for key in keys:
-            if key in segments:
-                continue
-            seq = int(key.rsplit("/", 1)[-1].split(".")[0])
-            if seq < self._next_seq:
-                if any(low <= seq <= high for low, high in covered):
-                    self._delete_keys([key])  # already in a segment: a compaction was cut short
-                else:
-                    self._pending[seq] = self._read_manifest(key)["objects"]
-                continue
-            objects = self._read_manifest(key)["objects"]
-            self._delete_keys(objects)
-            self._delete_keys([key])
-            self._log_rollback(len(objects), seq)
+        listing = sort_manifests([entry["Key"] for page in pages for entry in page.get("Contents", [])], self._next_seq)
+        self._delete_keys(listing.folded)
+        past: dict[int, list[str]] = {}  # seq -> objects, of writes at or past the restored seq
+        for key in listing.segments_past:
+            seqs = self._read_manifest(key)["seqs"].items()
+            past.update({int(seq): objects for seq, objects in seqs if int(seq) >= self._next_seq})
+        for seq, key in listing.singles.items():
+            self._pending[seq] = self._read_manifest(key)["objects"]
+            if seq >= self._next_seq:
+                past[seq] = self._pending[seq]
+        if past:
+            objects = [key for seq in sorted(past) for key in past[seq]]
+            for key, units in zip(objects, self._uploads.map(self._landed_units, objects), strict=True):
+                if units:
+                    self._visible.setdefault(key.rsplit("/", 1)[0], set()).update(units)
+            self._next_seq = max(past) + 1  # a manifest key is never written twice
+            run = f" (run {self._namespace})" if self._namespace else ""
+            log.info(
+                "%s%s: seqs %s written after the restored snapshot stay (%d units already visible); "
+                "the replay skips them",
+                self._partition,
+                run,
+                ",".join(map(str, sorted(past))),
+                sum(map(len, self._visible.values())),
+            )
         self._compact_if_due()
+
+    def _landed_units(self, key: str) -> set[tuple]:
+        """The units in an object of a write past the restored snapshot; none if it never landed.
+
+        A key that is not there is claimed with an empty object (PUT if none exists), so
+        the crashed write's PUT, should it still land, fails instead of doubling the
+        rows the replay writes anew; if that PUT landed first, the claim fails and its
+        units count as visible.
+        """
+        bucket = self._location.bucket
+
+        def landed() -> bool:
+            # A LIST, not a GET: without an unconditioned s3:ListBucket a missing key answers 403, not 404.
+            listing = self._client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+            return any(entry["Key"] == key for entry in listing.get("Contents", []))
+
+        def read() -> bytes:
+            return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+        if not self._call("list object", landed) and self._call(
+            "claim object", partial(self._put_new, key, self._empty, claim=True)
+        ):
+            return set()
+        body = self._call("read object", read)
+        frame = decode(body, self._sink.fmt, self._sink.schema)
+        return set(frame.select(self._sink.unit_columns).unique().rows())
+
+    def _put_new(self, key: str, body: bytes, *, claim: bool = False) -> bool:
+        """PUT only if the key is free (S3 conditional write); whether this call's body is the one stored.
+
+        A data write finding its key taken is either its own earlier attempt (a retry
+        whose first answer was lost: fine) or a resume's claim: this process is stale.
+        """
+        bucket = self._location.bucket
+        metadata = {CLAIM_METADATA: "resume"} if claim else {}
+        try:
+            self._client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", Metadata=metadata)
+        except ClientError as exc:
+            if _error_code(exc) not in ("PreconditionFailed", "412"):
+                raise
+            if claim:
+                return False
+            if CLAIM_METADATA in self._client.head_object(Bucket=bucket, Key=key).get("Metadata", {}):
+                msg = (
+                    f"s3://{bucket}/{key} was claimed by a resume of {self._partition}: this process is stale "
+                    "and stops; run one job per recovery store"
+                )
+                log.error("%s", msg)
+                raise S3SinkError(msg) from None
+        return True
 
     def _read_manifest(self, key: str) -> dict:
         body = self._call("read manifest", partial(self._client.get_object, Bucket=self._location.bucket, Key=key))
@@ -256,21 +378,6 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                 error = result["Errors"][0]
                 msg = f"S3 bucket {self._location.bucket!r}: cannot delete {error.get('Key')} ({error.get('Code')})"
                 raise S3SinkError(msg)
-
-    def _roll_back_segment(self, key: str, low: int) -> None:
-        """A segment reaching past the restored snapshot: delete its uncommitted part, keep the rest."""
-        seqs = {int(seq): objects for seq, objects in self._read_manifest(key)["seqs"].items()}
-        uncommitted = {seq: objects for seq, objects in seqs.items() if seq >= self._next_seq}
-        for seq, objects in sorted(uncommitted.items()):
-            self._delete_keys(objects)
-            self._log_rollback(len(objects), seq)
-        if low < self._next_seq:  # the committed part, written before the old segment goes
-            self._put_segment({seq: objects for seq, objects in seqs.items() if seq < self._next_seq})
-        self._delete_keys([key])
-
-    def _log_rollback(self, count: int, seq: int) -> None:
-        run = f" (run {self._namespace})" if self._namespace else ""
-        log.info("rolled back %d uncommitted objects of %s seq %d%s", count, self._partition, seq, run)
 
     def _put_segment(self, seqs: dict[int, list[str]]) -> None:
         low, high = min(seqs), max(seqs)
@@ -292,7 +399,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         Due when there are `manifests_per_segment` of them, or the oldest is about to
         leave the window that start-up lists: so no individual manifest is ever left
         where a later start-up would not see it. The segment keeps each seq's objects,
-        so a rollback into it stays exact (`_roll_back_segment`).
+        so a resume into it still finds the writes past its snapshot (`_resume`).
         """
         window = self._sink.manifests_per_segment
         if not self._pending or (len(self._pending) < window and min(self._pending) > self._next_seq - window):
@@ -312,11 +419,34 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
 
     def _start_write(self) -> None:
         """Write what is buffered as the next seq, in the background (manifest first, then objects)."""
+        if self._visible:
+            self._drop_visible()
         if not self._buffer:
             return
         seq, batch = self._next_seq, self._buffer
         self._next_seq, self._buffer, self._buffered_rows = seq + 1, defaultdict(list), 0
         self._in_flight.append(self._writes.submit(self._write, seq, batch))
+
+    def _drop_visible(self) -> None:
+        """Drop the replayed rows of units that a write past the restored snapshot already put in."""
+        columns = list(self._sink.unit_columns)
+        for directory in self._buffer.keys() & self._visible.keys():
+            visible, dropped = self._visible[directory], set()
+            kept = []
+            for part in self._buffer[directory]:
+                rows, skipped = drop_units(part, visible, columns)
+                if skipped:
+                    dropped.update(part.select(columns).unique().rows())
+                    UNITS_SKIPPED.inc(skipped)
+                if rows.height:
+                    kept.append(rows)
+            visible -= dropped  # a unit is replayed once, whole: in one write
+            if not visible:
+                del self._visible[directory]
+            if kept:
+                self._buffer[directory] = kept
+            else:
+                del self._buffer[directory]
 
     def _write(self, seq: int, batch: dict[str, list[pl.DataFrame]]) -> tuple[int, list[str]]:
         bucket, fmt, schema = self._location.bucket, self._sink.fmt, self._sink.schema
@@ -331,7 +461,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
             parts = [r if r.schema == schema else r.select(schema.names()).cast(schema) for r in batch[directory]]
             frame = parts[0] if len(parts) == 1 else pl.concat(parts)
             body = encode(frame, fmt)
-            self._call("write object", partial(self._client.put_object, Bucket=bucket, Key=key, Body=body))
+            self._call("write object", partial(self._put_new, key, body))
             OBJECTS_WRITTEN.inc()
             ROWS_WRITTEN.inc(frame.height)
 
@@ -371,8 +501,9 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
 
     `namespace`: where partitions that restore no state write their manifests (the
     jobs pass their recovery store's, see module docstring). None is the legacy
-    namespace, in which a partition without state rolls back the prefix's earlier
-    output of that partition: only for callers that own the prefix outright.
+    namespace, in which a partition without state skips the units of the prefix's
+    earlier output of that partition: only for callers that own the prefix outright.
+    `unit_columns`: what identifies a group of rows always emitted whole, and once.
     """
 
     def __init__(
@@ -384,6 +515,7 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
         give_up_after: float = 300.0,
         namespace: str | None = None,
         manifests_per_segment: int = 64,
+        unit_columns: tuple[str, ...] = ("movieId", "windowStart"),
     ) -> None:
         if fmt not in FORMATS:
             msg = f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}"
@@ -398,6 +530,7 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
         self.partitions = partitions
         self.give_up_after = give_up_after
         self.manifests_per_segment = manifests_per_segment
+        self.unit_columns = unit_columns
 
     def list_parts(self) -> list[str]:
         # Zero-padded: bytewax routes `part_fn(key) % n` into the names sorted as strings.

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import polars as pl
 import pytest
 
-from connectors.sinks.s3_objects import ObjectRows, PartitionedS3Sink, S3Location
+from connectors.sinks.s3_objects import ObjectRows, PartitionedS3Sink, S3Location, encode
 from dataflows.impression_rules import OUTPUT_SCHEMA
 from tests.conftest import read_s3_rows
 
@@ -74,13 +74,15 @@ def start_up_calls(s3, unique: str, history: int) -> tuple[Counter[str], set[str
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(manifest, range(history + 2)))
     for seq in (history, history + 1):  # written after the snapshot bytewax stored: uncommitted
-        client.put_object(Bucket=bucket, Key=f"out/data/{seq}.parquet", Body=b"x")
+        client.put_object(
+            Bucket=bucket, Key=f"out/data/{seq}.parquet", Body=encode(rows(f"m{seq}", "u1").rows, "parquet")
+        )
 
     sink = PartitionedS3Sink(CountingLocation(bucket, "out", s3.endpoint_url, "us-east-1"), OUTPUT_SCHEMA)
     CountingLocation.calls.clear()
     sink.build_part("s3_out", "p00", ("run-a", history))  # the resume
     calls = Counter(CountingLocation.calls)
-    assert keys(s3, bucket, "out/data/") == set(), "the uncommitted writes were not rolled back"
+    assert len(keys(s3, bucket, "out/data/")) == 2, "the writes past the snapshot stay"
     return calls, keys(s3, bucket, "out/_sink/")
 
 
@@ -88,10 +90,11 @@ def test_start_up_requests_do_not_grow_with_the_manifest_history(s3, unique) -> 
     short, _ = start_up_calls(s3, unique, 100)
     long, manifests = start_up_calls(s3, unique, 2000)
     assert long == short, f"start-up with 2,000 manifests made {dict(long)}, with 100 {dict(short)}"
-    # One listing from the window on; the window's 64 committed manifests and the 2 uncommitted read;
-    # the 64 folded into one segment (1 PUT, 1 batch delete); the rollback's 2 x 2 batch deletes.
-    assert long == Counter(ListObjectsV2=1, GetObject=64 + 2, PutObject=1, DeleteObjects=1 + 4)
-    assert "out/_sink/p00/run-a/000000001999-from-000000001936.json" in manifests
+    # One listing from the window on; the window's 64 committed manifests and the 2 uncommitted read,
+    # and the 2 objects these list (is it there, then its units); the 66 folded into one segment
+    # (1 PUT, 1 batch delete).
+    assert long == Counter(ListObjectsV2=1 + 2, GetObject=64 + 2 + 2, PutObject=1, DeleteObjects=1)
+    assert "out/_sink/p00/run-a/000000002001-from-000000001936.json" in manifests
     assert len(manifests) == 1936 + 1, "older manifests are left as they were (never listed again)"
 
 
@@ -116,7 +119,7 @@ def test_a_long_run_folds_its_manifests_and_lists_every_object(s3, unique) -> No
     assert read_s3_rows(s3, bucket, "out").height == 60
 
 
-def test_a_resume_into_a_segment_rolls_back_exactly_the_uncommitted_seqs(s3, unique) -> None:
+def test_a_resume_into_a_segment_keeps_and_skips_exactly_the_seqs_past_its_snapshot(s3, unique) -> None:
     bucket = f"hk-seg-{unique}"
     s3.create_bucket(bucket)
     sink = PartitionedS3Sink(
@@ -132,9 +135,11 @@ def test_a_resume_into_a_segment_rolls_back_exactly_the_uncommitted_seqs(s3, uni
     assert any(k.endswith("000000000015-from-000000000008.json") for k in keys(s3, bucket, "out/_sink/"))
 
     resumed = sink.build_part("s3_out", "p00", ("run-a", 13))  # bytewax's last stored snapshot: seqs 0..12
-    table = read_s3_rows(s3, bucket, "out")
-    assert sorted(table["movieId"]) == [f"m{seq:02d}" for seq in range(13)]
+    written = [f"m{seq:02d}" for seq in range(20)]
+    assert sorted(read_s3_rows(s3, bucket, "out")["movieId"]) == written, "nothing is taken back"
     assert listed_objects(s3, bucket) == keys(s3, bucket, "out/2019"), "an object outside every manifest"
-    resumed.write_batch([rows("m13", "u1")])  # the replay continues at seq 13
+    resumed.write_batch([rows(f"m{seq:02d}", "u1") for seq in range(13, 21)])  # the replay, and one more
+    assert resumed.snapshot() == ("run-a", 21)
     resumed.close()
-    assert sorted(read_s3_rows(s3, bucket, "out")["movieId"]) == [f"m{seq:02d}" for seq in range(14)]
+    assert sorted(read_s3_rows(s3, bucket, "out")["movieId"]) == [*written, "m20"]
+    assert listed_objects(s3, bucket) == keys(s3, bucket, "out/2019")

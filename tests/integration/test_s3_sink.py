@@ -17,7 +17,8 @@ from tests.conftest import read_s3_rows
 pytestmark = pytest.mark.integration
 
 
-def rows(movie: str, user: str, count: int) -> ObjectRows:
+def rows(movie: str, user: str, count: int, window: int = 0) -> ObjectRows:
+    """One row of (movie, window): a unit of the sink, emitted whole."""
     return ObjectRows(
         f"out/2019-01-07--07/{movie}",
         pl.DataFrame(
@@ -26,11 +27,16 @@ def rows(movie: str, user: str, count: int) -> ObjectRows:
                 "userId": [user],
                 "impressions": [count],
                 "latestImpression": [1],
-                "windowStart": [0],
-                "windowEnd": [900_000],
+                "windowStart": [window * 900_000],
+                "windowEnd": [(window + 1) * 900_000],
             }
         ),
     )
+
+
+def triples(s3, bucket: str, fmt: str = "parquet") -> list[tuple[str, str, int]]:
+    table = read_s3_rows(s3, bucket, "out", fmt)
+    return sorted(table.select("movieId", "userId", "windowStart").rows()) if table.height else []
 
 
 @pytest.fixture
@@ -40,34 +46,66 @@ def sink(s3, unique) -> PartitionedS3Sink:
     return PartitionedS3Sink(S3Location(bucket, "out", s3.endpoint_url, "us-east-1"), OUTPUT_SCHEMA)
 
 
-def test_resume_deletes_what_was_written_after_the_restored_snapshot(s3, sink) -> None:
+def test_a_resume_keeps_what_was_written_after_the_restored_snapshot_and_skips_its_replay(s3, sink) -> None:
+    bucket = sink.location.bucket
     first = sink.build_part("s3_out", "p00", None)
     first.write_batch([rows("m1", "u1", 1), rows("m2", "u1", 1)])
     assert first.snapshot() == 1  # committed by bytewax with this epoch
-    first.write_batch([rows("m1", "u2", 5)])
+    first.write_batch([rows("m1", "u2", 5, window=1), rows("m1", "u3", 5, window=1)])
     assert first.snapshot() == 2  # written, but say the crash came before bytewax stored this
 
     resumed = sink.build_part("s3_out", "p00", 1)  # bytewax restores the last stored state
-    table = read_s3_rows(s3, sink.location.bucket, "out").sort("movieId")
-    assert table["userId"].to_list() == ["u1", "u1"]
-    resumed.write_batch([rows("m1", "u2", 5)])  # the replay
+    written = [("m1", "u1", 0), ("m1", "u2", 900_000), ("m1", "u3", 900_000), ("m2", "u1", 0)]
+    assert triples(s3, bucket) == written, "a reader may have seen those rows: they stay"
+    # The replay cuts epochs its own way: the written window again, and one that was not written.
+    resumed.write_batch([rows("m1", "u2", 5, window=1), rows("m1", "u3", 5, window=1), rows("m3", "u1", 1, window=1)])
+    assert resumed.snapshot() == 3, "numbering goes on past the seq the crashed attempt wrote"
+    assert resumed._visible == {}, "a unit dropped once is forgotten: later writes check nothing"
     resumed.close()
-    table = read_s3_rows(s3, sink.location.bucket, "out")
-    assert sorted(zip(table["movieId"], table["userId"], strict=True)) == [("m1", "u1"), ("m1", "u2"), ("m2", "u1")]
+    assert triples(s3, bucket) == sorted([*written, ("m3", "u1", 900_000)])
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_write_whose_object_never_landed_is_written_again_and_its_late_put_fails(s3, unique, fmt: str) -> None:
+    bucket, client = f"sink-{unique}", s3.client()
+    s3.create_bucket(bucket)
+    sink = PartitionedS3Sink(S3Location(bucket, "out", s3.endpoint_url, "us-east-1"), OUTPUT_SCHEMA, fmt)
+    crashed = sink.build_part("s3_out", "p00", None)
+    crashed.write_batch([rows("m1", "u1", 1), rows("m2", "u1", 1)])
+    crashed.snapshot()
+    (lost,) = [k for k in client.list_objects_v2(Bucket=bucket, Prefix="out/2019")["Contents"] if "/m2/" in k["Key"]]
+    body = client.get_object(Bucket=bucket, Key=lost["Key"])["Body"].read()
+    client.delete_object(Bucket=bucket, Key=lost["Key"])  # as if its PUT was still on its way at the crash
+
+    resumed = sink.build_part("s3_out", "p00", 0)
+    assert triples(s3, bucket, fmt) == [("m1", "u1", 0)]  # and an empty object where m2's never landed
+    resumed.write_batch([rows("m1", "u1", 1), rows("m2", "u1", 1)])  # the replay
+    resumed.close()
+    assert triples(s3, bucket, fmt) == [("m1", "u1", 0), ("m2", "u1", 0)]
+    # The crashed attempt's PUT arrives now: it finds the key claimed, and its process stops.
+    with pytest.raises(S3SinkError, match="claimed by a resume of p00: this process is stale"):
+        crashed._put_new(lost["Key"], body)
+    assert triples(s3, bucket, fmt) == [("m1", "u1", 0), ("m2", "u1", 0)]
+
+
+def test_a_put_retried_after_its_answer_was_lost_succeeds(s3, sink) -> None:
+    part = sink.build_part("s3_out", "p00", None)
+    assert part._put_new("out/x.parquet", b"rows")
+    assert part._put_new("out/x.parquet", b"rows"), "the first attempt landed: the retry is not a conflict"
 
 
 def test_one_object_per_folder_per_epoch_and_names_never_reused(s3, sink) -> None:
     part = sink.build_part("s3_out", "p01", None)
     part.write_batch([rows("m1", "u1", 1), rows("m1", "u2", 1)])
     part.snapshot()
-    again = sink.build_part("s3_out", "p01", 0)  # resume before that write: same seq, new writer
-    again.write_batch([rows("m1", "u1", 1), rows("m1", "u2", 1)])
+    again = sink.build_part("s3_out", "p01", 0)  # resume before that write: a new writer
+    again.write_batch([rows("m1", "u1", 1, window=1), rows("m1", "u2", 1, window=1)])
     again.snapshot()
     table = read_s3_rows(s3, sink.location.bucket, "out")
-    assert table.height == 2 and table["object"].n_unique() == 1
+    assert table.height == 4 and table["object"].n_unique() == 2
 
 
-def test_fresh_start_replaces_an_earlier_run_of_the_same_partition(s3, sink) -> None:
+def test_a_fresh_start_in_the_legacy_namespace_does_not_double_an_earlier_run(s3, sink) -> None:
     old = sink.build_part("s3_out", "p00", None)
     old.write_batch([rows("m1", "u1", 1)])
     old.snapshot()

@@ -1,4 +1,4 @@
-"""Sink namespaces against a real S3 endpoint: a run rolls back only what it wrote itself."""
+"""Sink namespaces against a real S3 endpoint: a run reads and skips only what it wrote itself."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.conftest import read_s3_rows
 pytestmark = pytest.mark.integration
 
 
-def rows(movie: str, user: str) -> ObjectRows:
+def rows(movie: str, user: str, window: int = 0) -> ObjectRows:
     return ObjectRows(
         f"out/2019-01-07--07/{movie}",
         pl.DataFrame(
@@ -30,8 +30,8 @@ def rows(movie: str, user: str) -> ObjectRows:
                 "userId": [user],
                 "impressions": [1],
                 "latestImpression": [1],
-                "windowStart": [0],
-                "windowEnd": [900_000],
+                "windowStart": [window * 900_000],
+                "windowEnd": [(window + 1) * 900_000],
             }
         ),
     )
@@ -76,27 +76,27 @@ def test_a_new_namespace_appends_beside_committed_output_of_other_runs(s3, locat
     ]
 
 
-def test_a_resume_rolls_back_only_its_own_uncommitted_writes(s3, location) -> None:
+def test_a_resume_skips_only_units_its_own_namespace_wrote(s3, location) -> None:
     run_a = sink(location, "run-a")
     first = run_a.build_part("s3_out", "p00", None)
     first.write_batch([rows("m1", "u1")])
     committed = first.snapshot()  # bytewax stores this one
-    first.write_batch([rows("m1", "u2")])
+    first.write_batch([rows("m1", "u2", window=1)])
     first.snapshot()  # written, but the crash came before bytewax stored it
     other = sink(location, "run-b").build_part("s3_out", "p00", None)  # another run, seqs 0 and 1
     other.write_batch([rows("m9", "u1")])
     other.snapshot()
-    other.write_batch([rows("m9", "u2")])
+    other.write_batch([rows("m1", "u9", window=2)])  # a unit run-a has not written yet
     other.snapshot()
 
     resumed = run_a.build_part("s3_out", "p00", committed)
-    assert pairs(s3, location) == [("m1", "u1"), ("m9", "u1"), ("m9", "u2")]
-    resumed.write_batch([rows("m1", "u2")])  # the replay
+    assert pairs(s3, location) == [("m1", "u1"), ("m1", "u2"), ("m1", "u9"), ("m9", "u1")]
+    resumed.write_batch([rows("m1", "u2", window=1), rows("m1", "u3", window=2)])  # the replay
     resumed.close()
-    assert pairs(s3, location) == [("m1", "u1"), ("m1", "u2"), ("m9", "u1"), ("m9", "u2")]
+    assert pairs(s3, location) == [("m1", "u1"), ("m1", "u2"), ("m1", "u3"), ("m1", "u9"), ("m9", "u1")]
 
 
-def test_an_attempt_that_crashed_before_its_first_snapshot_is_rolled_back_by_the_next(s3, location) -> None:
+def test_an_attempt_that_crashed_before_its_first_snapshot_is_not_doubled_by_the_next(s3, location) -> None:
     # The same store (same namespace), still without state: the restart replays everything.
     crashed = sink(location, "run-a").build_part("s3_out", "p01", None)
     crashed.write_batch([rows("m1", "u1")])
@@ -115,10 +115,10 @@ def test_a_legacy_state_resumes_in_the_legacy_namespace_and_leaves_namespaces_al
     namespaced.write_batch([rows("m2", "u1")])
     namespaced.snapshot()
 
-    # A store written before namespaces holds a bare seq: 0 here, so the legacy seq 0 is rolled back.
+    # A store written before namespaces holds a bare seq: 0 here, so the legacy seq 0 is past it.
     resumed = sink(location, "run-new").build_part("s3_out", "p00", 0)
-    assert pairs(s3, location) == [("m2", "u1")]
-    resumed.write_batch([rows("m1", "u1")])
+    assert pairs(s3, location) == [("m1", "u1"), ("m2", "u1")]
+    resumed.write_batch([rows("m1", "u1")])  # the replay: skipped
     assert resumed.snapshot() == 1  # still the legacy state
     assert pairs(s3, location) == [("m1", "u1"), ("m2", "u1")]
 
