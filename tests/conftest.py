@@ -134,12 +134,21 @@ def read_s3_rows(server: S3Server, bucket: str, prefix: str, fmt: str = "parquet
 
 
 def run_dataflow(
-    target: str, env: dict[str, str], *, workers: int = 1, recovery: Path | None = None, timeout: float = 300
+    target: str,
+    env: dict[str, str],
+    *,
+    workers: int = 1,
+    recovery: Path | None = None,
+    timeout: float = 300,
+    backup_s: int = 0,
 ) -> subprocess.CompletedProcess:
-    """Run a dataflow the way a user does: `python -m bytewax.run`, in its own process."""
+    """Run a dataflow the way a user does: `python -m bytewax.run`, in its own process.
+
+    `backup_s`: bytewax's -b, the seconds of snapshot history it keeps (epochs are 1 s here).
+    """
     argv = [sys.executable, "-m", "bytewax.run", target, "-w", str(workers)]
     if recovery is not None:
-        argv += ["-r", str(recovery), "-s", "1", "-b", "0"]
+        argv += ["-r", str(recovery), "-s", "1", "-b", str(backup_s)]
     else:
         env = {"ALLOW_NO_RECOVERY": "true", **env}  # the jobs refuse to run without a store unless told
     result = subprocess.run(

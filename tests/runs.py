@@ -88,9 +88,11 @@ class ImpressionsRun:
         for job in self.jobs:
             job.kill()
 
-    def finish(self, workers: int = 1) -> None:
-        """A last, bounded run from the recovery store up to the end of the topic."""
-        result = run_dataflow(FLOW, {**self.env, "BOUNDED": "true"}, workers=workers, recovery=self.recovery)
+    def finish(self, workers: int = 1, backup_s: int = 0) -> None:
+        """A last, bounded run from the recovery store up to the end of the topic (`backup_s`: bytewax's -b)."""
+        result = run_dataflow(
+            FLOW, {**self.env, "BOUNDED": "true"}, workers=workers, recovery=self.recovery, backup_s=backup_s
+        )
         assert result.returncode == 0, result.stderr[-3000:]
 
     def data_objects(self) -> set[str]:
