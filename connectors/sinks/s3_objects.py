@@ -21,10 +21,12 @@ manifests directly in `<prefix>/_sink/<partition>/`, resumed exactly as before.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 import zlib
@@ -101,6 +103,16 @@ class ObjectRows:
             offset += count
 
 
+_SESSION_LOCK = threading.Lock()
+
+
+@functools.cache
+def _session() -> boto3.session.Session:
+    """One per process: it loads the S3 model once for every client (a session per client
+    costs about 0.1 s each, and a job makes one per sink partition and per start-up check)."""
+    return boto3.session.Session()
+
+
 @dataclass(frozen=True)
 class S3Location:
     bucket: str
@@ -113,9 +125,8 @@ class S3Location:
         config = Config(
             retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30, max_pool_connections=16
         )
-        return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config
-        )
+        with _SESSION_LOCK:  # a session is not thread-safe; its clients are
+            return _session().client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
 
     def root(self) -> str:
         """The prefix as a key prefix: `impressions/`, or empty for the whole bucket."""
