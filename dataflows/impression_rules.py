@@ -133,12 +133,13 @@ TALLY_SCHEMA = pl.Schema(
 )
 
 
-def _summed(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    """One row per (movie, user): counts added, latest the newest."""
-    if len(parts) == 1:
-        return parts[0]
+def _summed(parts: list[pl.DataFrame]) -> pl.LazyFrame:
+    """One row per (movie, user): counts added, latest the newest (lazy: callers add their steps)."""
+    if len(parts) <= 1:  # a slice has one row per (movie, user) already
+        return (parts[0] if parts else TALLY_SCHEMA.to_frame()).lazy()
     return (
         pl.concat(parts)
+        .lazy()
         .group_by("movieId", "userId")
         .agg(pl.col("impressions").sum(), pl.col("latestImpression").max())
     )
@@ -175,7 +176,7 @@ class WindowTallies:
         """Appends a slice's tallies; returns the movies that start being counted (see class doc)."""
         self.parts.append(tallies)
         if len(self.parts) >= self._FOLD_AT:
-            self.parts = [_summed(self.parts)]
+            self.parts = [_summed(self.parts).collect()]
         if self.counted:
             new = [m for m in movies if m not in self.movies]
             self.movies.update(new)
@@ -190,28 +191,27 @@ class WindowTallies:
         return self
 
     def summed(self) -> pl.DataFrame:
-        return _summed(self.parts) if self.parts else TALLY_SCHEMA.to_frame()
+        return _summed(self.parts).collect()
 
 
 def window_rows(window_start_ms: int, length_ms: int, tallies: WindowTallies) -> pl.DataFrame:
     """Output rows (OUTPUT_SCHEMA) of one closed window of a shard's movies, sorted by movie and user."""
     return (
-        tallies.summed()
+        _summed(tallies.parts)
         .sort("movieId", "userId")
-        .with_columns(
-            windowStart=pl.lit(window_start_ms, pl.Int64), windowEnd=pl.lit(window_start_ms + length_ms, pl.Int64)
+        .select(
+            *TALLY_SCHEMA.names(),
+            windowStart=pl.lit(window_start_ms, pl.Int64),
+            windowEnd=pl.lit(window_start_ms + length_ms, pl.Int64),
         )
-        .select(OUTPUT_SCHEMA.names())
+        .collect()
     )
 
 
 def folder_runs(prefix: str, window_start_ms: int, rows: pl.DataFrame) -> list[tuple[str, int]]:
     """(object folder, row count) of rows sorted by movie, in row order: the sink's split."""
-    runs = rows["movieId"].rle()
-    return [
-        (object_folder(prefix, window_start_ms, movie), count)
-        for movie, count in zip(runs.struct.field("value").to_list(), runs.struct.field("len").to_list(), strict=True)
-    ]
+    runs = rows.group_by("movieId", maintain_order=True).len().rows()
+    return [(object_folder(prefix, window_start_ms, movie), count) for movie, count in runs]
 
 
 @dataclass(slots=True)
