@@ -170,7 +170,7 @@ def polars_ceiling(values: list[bytes]) -> float:
 def run_job(
     target: str, topic: str, processes: int = 1, workers: int = 1, env: dict | None = None, events: int | None = None
 ) -> dict:
-    """One bounded run; events/s from process start to exit, peak RSS summed over processes.
+    """One bounded run; events/s from process start to exit, peak RSS and CPU summed over processes.
 
     `topic` is a Kafka topic, or a Kinesis stream with TRANSPORT=kinesis in `env` (then `events` is its size).
     """
@@ -195,7 +195,7 @@ def run_job(
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["/usr/bin/time", "-f", "%M", *argv, *(["-i", str(i), "-a", addresses] if processes > 1 else [])],
+            ["/usr/bin/time", "-f", "%M %U %S", *argv, *(["-i", str(i), "-a", addresses] if processes > 1 else [])],
             env=job_env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -210,7 +210,10 @@ def run_job(
         if p.returncode != 0:
             msg = f"{target} failed:\n{err[-3000:]}"
             raise RuntimeError(msg)
-    peak_kb = sum(int(err.strip().splitlines()[-1]) for _, err in outputs)
+    # /usr/bin/time's line: peak RSS (KB), user and system CPU seconds, summed over processes.
+    usage = [err.strip().splitlines()[-1].split() for _, err in outputs]
+    peak_kb = sum(int(kb) for kb, _, _ in usage)
+    cpu_s = sum(float(user) + float(system) for _, user, system in usage)
     storage = {
         "aws_endpoint_url": S3,
         "aws_region": "us-east-1",
@@ -228,6 +231,8 @@ def run_job(
         "seconds": elapsed,
         "events_per_s": (events if events is not None else topic_size(topic)) / elapsed,
         "peak_mb": peak_kb / 1024,
+        # The job's own CPU: on a shared machine, steadier than the wall clock (excludes the broker and S3).
+        "cpu_seconds": cpu_s,
         "impressions_out": rows,
     }
 
