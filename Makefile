@@ -84,11 +84,14 @@ bench-peers: up ## Quix Streams and PyFlink SQL on the same topic as `make bench
 	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
 	$(PEERS)/bin/pip install -q quixstreams==3.28.1  # not the project: Quix pins an older confluent-kafka
 	PYTHONPATH=. $(PEERS)/bin/python -m bench.peers
+	PYTHONPATH=. $(PEERS)/bin/python -m bench.peers --small-topic bench-high-2h-1000000  # steady state
 	test -x $(FLINK)/bin/python || $(PYTHON) -m venv $(FLINK)
 	$(FLINK)/bin/pip install -q apache-flink==2.3.0
 	test -f $(FLINK_KAFKA_JAR) || mvn -q -B dependency:copy -Dartifact=org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2 \
 		-DoutputDirectory=.cache/peer-jars
 	PYTHONPATH=. $(FLINK)/bin/python -m bench.flink_peer --jar $(abspath $(FLINK_KAFKA_JAR))
+	PYTHONPATH=. $(FLINK)/bin/python -m bench.flink_peer --jar $(abspath $(FLINK_KAFKA_JAR)) \
+		--small-topic bench-high-2h-1000000  # steady state
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .

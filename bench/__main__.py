@@ -25,6 +25,7 @@ import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
 from bench import kinesis as bench_kinesis
+from bench.steady import steady_rate
 from devstack.kafka import create_topics
 from devstack.processes import free_port
 from devstack.s3 import LOCAL_CREDENTIALS, create_bucket, s3_client
@@ -42,18 +43,19 @@ class Workload:
     events: int
     movies: int
     users: int
+    hours: int = 4  # of event time
 
     @property
     def topic(self) -> str:
         return f"bench-{self.name}-{self.events}"
 
     def shape(self) -> TrafficShape:
-        # About 4 hours of event time whatever the size: many windows, realistic spacing.
+        # Hours of event time whatever the size: many windows, realistic spacing.
         return TrafficShape(
             count=self.events,
             movies=self.movies,
             users=self.users,
-            step_ms=max(1, 4 * 3600 * 1000 // self.events),
+            step_ms=max(1, self.hours * 3600 * 1000 // self.events),
             jitter_ms=2_000,
             seed=1,
         )
@@ -168,7 +170,7 @@ def polars_ceiling(values: list[bytes]) -> float:
 def run_job(
     target: str, topic: str, processes: int = 1, workers: int = 1, env: dict | None = None, events: int | None = None
 ) -> dict:
-    """One bounded run; events/s from process start to exit, peak RSS summed over processes.
+    """One bounded run; events/s from process start to exit, peak RSS and CPU summed over processes.
 
     `topic` is a Kafka topic, or a Kinesis stream with TRANSPORT=kinesis in `env` (then `events` is its size).
     """
@@ -193,7 +195,7 @@ def run_job(
     started = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["/usr/bin/time", "-f", "%M", *argv, *(["-i", str(i), "-a", addresses] if processes > 1 else [])],
+            ["/usr/bin/time", "-f", "%M %U %S", *argv, *(["-i", str(i), "-a", addresses] if processes > 1 else [])],
             env=job_env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -208,7 +210,10 @@ def run_job(
         if p.returncode != 0:
             msg = f"{target} failed:\n{err[-3000:]}"
             raise RuntimeError(msg)
-    peak_kb = sum(int(err.strip().splitlines()[-1]) for _, err in outputs)
+    # /usr/bin/time's line: peak RSS (KB), user and system CPU seconds, summed over processes.
+    usage = [err.strip().splitlines()[-1].split() for _, err in outputs]
+    peak_kb = sum(int(kb) for kb, _, _ in usage)
+    cpu_s = sum(float(user) + float(system) for _, user, system in usage)
     storage = {
         "aws_endpoint_url": S3,
         "aws_region": "us-east-1",
@@ -226,6 +231,8 @@ def run_job(
         "seconds": elapsed,
         "events_per_s": (events if events is not None else topic_size(topic)) / elapsed,
         "peak_mb": peak_kb / 1024,
+        # The job's own CPU: on a shared machine, steadier than the wall clock (excludes the broker and S3).
+        "cpu_seconds": cpu_s,
         "impressions_out": rows,
     }
 
@@ -333,7 +340,9 @@ def main() -> int:
     create_bucket(S3, BUCKET)
     workloads = [Workload("high", args.high_events, 200, 5_000), Workload("seed", args.seed_events, 20, 100)]
     baseline = Workload("high", args.baseline_events, 200, 5_000)
-    for w in [*workloads, baseline]:
+    # Steady state (bench/steady.py): the high workload's first half, as dense in event time.
+    half = Workload("high-2h", args.high_events // 2, 200, 5_000, hours=2)
+    for w in [*workloads, baseline, half]:
         load(w)
 
     flow = "dataflows.movie_impressions:flow"
@@ -352,6 +361,13 @@ def main() -> int:
         if w.name == "high":
             r["textbook_bytewax"] = median_of(args.runs, lambda: run_job("bench.textbook:flow", baseline.topic))
         r["ours_1_worker"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic))
+        if w.name == "high":
+            small = median_of(args.runs, lambda: run_job(flow, half.topic))
+            large = r["ours_1_worker"]["seconds"]
+            r["ours_1_worker_steady"] = {
+                "events_per_s": steady_rate(half.events, small["seconds"], w.events, large),
+                "from": f"{half.topic} ({small['seconds']:.1f} s) and {w.topic} ({large:.1f} s)",
+            }
         r["ours_2_workers"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic, workers=2))
         r["ours_2_processes"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic, processes=2))
         results["workloads"][w.name] = r
@@ -379,7 +395,7 @@ def print_table(results: dict) -> None:
         print("| configuration | events/s | x raw consume | x textbook | peak MB |")
         print("|---|---:|---:|---:|---:|")
         for config, m in r.items():
-            if "events_per_s" not in m:
+            if m.get("events_per_s") is None:
                 continue
             base = r.get("textbook_bytewax", {}).get("events_per_s")
             print(

@@ -16,6 +16,8 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from bench.steady import report, timed_run
+
 
 def quix_streams(brokers: str, topic: str, events: int) -> float:
     from quixstreams import Application
@@ -47,11 +49,20 @@ def main() -> int:
     parser.add_argument("--brokers", default="127.0.0.1:19092")
     parser.add_argument("--topic", default="bench-high-2000000")
     parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--small-topic", help="the same shape, half the events (for the steady state)")
+    parser.add_argument("--small-events", type=int, default=1_000_000)
     parser.add_argument("--results", default="bench-results.json")
     args = parser.parse_args()
+    if args.small_topic is not None:
+        runs = []
+        for topic, events in ((args.small_topic, args.small_events), (args.topic, args.events)):
+            argv = [sys.executable, "-m", "bench.peers", "--brokers", args.brokers, "--results", ""]
+            runs.append((events, timed_run([*argv, "--topic", topic, "--events", str(events)])))
+        print(report("Quix Streams, 1 process (process start to exit, 5 s idle end)", runs[0], runs[1]))
+        return 0
     rate = quix_streams(args.brokers, args.topic, args.events)
     ours = None
-    if Path(args.results).exists():
+    if args.results and Path(args.results).exists():
         ours = json.loads(Path(args.results).read_text())["workloads"]["high"]["ours_1_worker"]["events_per_s"]
     print(
         f"Quix Streams, 1 process, {args.topic}: {rate:,.0f} events/s"

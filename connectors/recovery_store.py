@@ -244,6 +244,10 @@ def store_namespace(directory: Path) -> str:
 
 
 SHAPE_FILE = "waxstreams-state-settings.json"
+# Entries of the record that came after stores were made, with what such a store holds: an
+# older record (or none) is judged by it, not taken to match whatever runs now.
+RECORDED_LATER = {"WINDOW_STATE": "one key per movieId, per-user tallies"}
+CODE_SHAPED = ("WINDOW_STATE",)  # not settings: how the job's version lays its state out
 
 
 def _write_once(path: Path, text: str) -> None:
@@ -277,19 +281,25 @@ def check_state_settings(directory: Path, shape: Mapping[str, str], fresh: bool)
         return
     if not path.exists():  # a store from before the record existed: record what it runs with now
         log.info("recovery store %s: recording the settings that shape its state", directory)
-        _write_once(path, text)
+        held = {**shape, **{name: value for name, value in RECORDED_LATER.items() if name in shape}}
+        _write_once(path, json.dumps(held, indent=1, sort_keys=True) + "\n")
     try:
         recorded = json.loads(path.read_text())
     except ValueError:
         msg = f"recovery directory {directory}: {SHAPE_FILE} is not JSON: restore it from a backup of the store"
         raise RecoveryStoreError(msg) from None
-    changed = [
-        f"{name} {recorded[name]!r} -> {value!r}" for name, value in shape.items() if recorded.get(name, value) != value
-    ]
+    held = {name: recorded.get(name, RECORDED_LATER.get(name, value)) for name, value in shape.items()}
+    changed = [name for name, value in shape.items() if held[name] != value]
     if changed:
+        what = "; ".join(f"{name} {held[name]!r} -> {shape[name]!r}" for name in changed)
+        back = (
+            "resume it with the version of the job that started it"
+            if any(name in CODE_SHAPED for name in changed)
+            else "put them back"
+        )
         msg = (
-            f"settings that shape the stored state changed since this recovery store started ({'; '.join(changed)}): "
-            "put them back, or start a new run (a new recovery store and a new S3_PREFIX) and backfill the history "
+            f"settings that shape the stored state changed since this recovery store started ({what}): "
+            f"{back}, or start a new run (a new recovery store and a new S3_PREFIX) and backfill the history "
             "into it (README, Running it in production: upgrades)"
         )
         raise RecoveryStoreError(msg)

@@ -222,10 +222,8 @@ class _EventTimeClockLogic(ClockLogic[V, None], Generic[V]):
 class _IgnoreHeartbeats(WindowerLogic[Any]):
     """Delegates to the real windower but never opens or reports a window for a heartbeat."""
 
-    def __init__(self, inner: WindowerLogic[Any], count_keys: Callable[[int], None]) -> None:
+    def __init__(self, inner: WindowerLogic[Any]) -> None:
         self._inner = inner
-        self._count_keys = count_keys
-        count_keys(1)
 
     def open_for(self, timestamp: datetime) -> Iterable[int]:
         return () if timestamp == UTC_MIN else self._inner.open_for(timestamp)
@@ -243,30 +241,20 @@ class _IgnoreHeartbeats(WindowerLogic[Any]):
         return self._inner.notify_at()
 
     def is_empty(self) -> bool:
-        # bytewax asks only once its key holds no window, and drops the key on True.
-        empty = self._inner.is_empty()
-        if empty:
-            self._count_keys(-1)
-        return empty
+        return self._inner.is_empty()
 
     def snapshot(self) -> Any:
         return self._inner.snapshot()
 
 
 class HeartbeatAwareWindower(Windower[Any]):
-    """Wraps a windower for streams that carry `Heartbeat`s (their timestamp is UTC_MIN).
+    """Wraps a windower for streams that carry `Heartbeat`s (their timestamp is UTC_MIN)."""
 
-    `count_keys(+1 / -1)` follows the keys holding window state; bytewax builds a
-    key's windower for new keys and for every key restored at a resume, so a gauge fed
-    by it stays right across restarts (counting window builders does not).
-    """
-
-    def __init__(self, inner: Windower[Any], count_keys: Callable[[int], None] = lambda delta: None) -> None:
+    def __init__(self, inner: Windower[Any]) -> None:
         self._inner = inner
-        self._count_keys = count_keys
 
     def build(self, resume_state: Any) -> _IgnoreHeartbeats:
-        return _IgnoreHeartbeats(self._inner.build(resume_state), self._count_keys)
+        return _IgnoreHeartbeats(self._inner.build(resume_state))
 
 
 class EventTimeClock(Clock[V, None], Generic[V]):

@@ -5,9 +5,11 @@ Pure functions only; the dataflow module wires them, connectors do the I/O.
 
 from __future__ import annotations
 
+import functools
 import json
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain
 from urllib.parse import quote
 
 import msgspec
@@ -112,116 +114,121 @@ def object_folder(prefix: str, window_start_ms: int, movie_id: str) -> str:
     return "/".join([*parts, hour_folder(window_start_ms), folder])
 
 
-TALLY_SCHEMA = pl.Schema({"userId": pl.String, "impressions": pl.Int64, "latestImpression": pl.Int64})
+# Windows are keyed by a shard of movies, not by movie: each batch then feeds the window
+# operator a handful of columnar slices instead of one item per movie (docs/architecture.md,
+# "Where the time goes"). Fixed, and part of the state's shape (settings.state_shape):
+# a movie's open windows live under its shard's key, so another count would split them.
+MOVIE_SHARDS = 16
+WINDOW_STATE = f"movieId crc32 % {MOVIE_SHARDS}, columnar tallies"
 
 
-@dataclass(frozen=True, slots=True)
-class UserTallies:
-    """Per-user (impressions, latestImpression) of one movie in one window, as three columns.
-
-    Plain lists: a batch's slices are cut from its aggregated columns without per-row
-    Python work, and a window only appends them (summed once, at close).
-    """
-
-    users: list[str]
-    counts: list[int]
-    latest: list[int]
-
-    def rows(self) -> list[tuple[str, int, int]]:
-        return list(zip(self.users, self.counts, self.latest, strict=True))
+@functools.lru_cache(maxsize=1 << 16)
+def movie_shard(movie_id: str) -> str:
+    """The window key of a movie: stable across processes and runs, unlike hash()."""
+    return f"movies-{zlib.crc32(movie_id.encode()) % MOVIE_SHARDS:02d}"
 
 
-_SUM_IN_POLARS_FROM = 50_000  # rows; below, a dict is faster than building a frame
+TALLY_SCHEMA = pl.Schema(
+    {"movieId": pl.String, "userId": pl.String, "impressions": pl.Int64, "latestImpression": pl.Int64}
+)
 
 
-def _summed(parts: list[UserTallies]) -> UserTallies:
-    """One row per user: counts added, latest the newest (each part has one row per user)."""
-    if len(parts) == 1:
-        return parts[0]
-    if sum(len(p.users) for p in parts) < _SUM_IN_POLARS_FROM:
-        acc: dict[str, tuple[int, int]] = {}
-        for part in parts:
-            for user, count, latest in zip(part.users, part.counts, part.latest, strict=True):
-                seen = acc.get(user)
-                acc[user] = (count, latest) if seen is None else (seen[0] + count, max(seen[1], latest))
-        return UserTallies(list(acc), [c for c, _ in acc.values()], [t for _, t in acc.values()])
-    frame = pl.DataFrame(
-        {
-            "userId": list(chain.from_iterable(p.users for p in parts)),
-            "impressions": list(chain.from_iterable(p.counts for p in parts)),
-            "latestImpression": list(chain.from_iterable(p.latest for p in parts)),
-        },
-        schema=TALLY_SCHEMA,
+def _summed(parts: list[pl.DataFrame]) -> pl.LazyFrame:
+    """One row per (movie, user): counts added, latest the newest (lazy: callers add their steps)."""
+    if len(parts) <= 1:  # a slice has one row per (movie, user) already
+        return (parts[0] if parts else TALLY_SCHEMA.to_frame()).lazy()
+    return (
+        pl.concat(parts)
+        .lazy()
+        .group_by("movieId", "userId")
+        .agg(pl.col("impressions").sum(), pl.col("latestImpression").max())
     )
-    frame = frame.group_by("userId").agg(pl.col("impressions").sum(), pl.col("latestImpression").max())
-    return UserTallies(frame["userId"].to_list(), frame["impressions"].to_list(), frame["latestImpression"].to_list())
 
 
 class WindowTallies:
-    """A window's accumulator: the batches' tallies, appended; summed at close, and folded
-    together whenever many pile up, so that the state (pickled at every snapshot) stays small."""
+    """A window's accumulator for one shard of movies: the batches' tallies (TALLY_SCHEMA
+    frames), appended; summed once at close, and folded together whenever many pile up, so
+    that the state (pickled at every snapshot) stays small.
 
-    __slots__ = ("parts",)
+    `movies`: the movies it holds. `counted`: whether this process counts them in the open
+    movies gauge; a restored window is not counted until its next slice (`add`).
+    """
+
+    __slots__ = ("counted", "movies", "parts")
     _FOLD_AT = 64
 
-    def __init__(self, parts: list[UserTallies] | None = None) -> None:
-        self.parts: list[UserTallies] = parts if parts is not None else []
+    def __init__(self, parts: list[pl.DataFrame] | None = None, movies: set[str] | None = None) -> None:
+        self.parts: list[pl.DataFrame] = parts if parts is not None else []
+        self.movies: set[str] = movies if movies is not None else set()
+        self.counted = False
 
     def __deepcopy__(self, memo: dict) -> WindowTallies:
-        return WindowTallies(list(self.parts))  # the parts are never changed in place
+        return WindowTallies(list(self.parts), set(self.movies))  # frames are never changed in place
 
-    def __getstate__(self) -> tuple[list[UserTallies]]:
-        return (self.parts,)  # a tuple: never falsy, so unpickling always calls __setstate__
+    def __getstate__(self) -> tuple[list[pl.DataFrame], set[str]]:
+        return (self.parts, self.movies)
 
-    def __setstate__(self, state: tuple[list[UserTallies]]) -> None:
-        (self.parts,) = state
+    def __setstate__(self, state: tuple[list[pl.DataFrame], set[str]]) -> None:
+        self.parts, self.movies = state
+        self.counted = False
 
-    def add(self, tallies: UserTallies) -> WindowTallies:
+    def add(self, tallies: pl.DataFrame, movies: Iterable[str]) -> list[str]:
+        """Appends a slice's tallies; returns the movies that start being counted (see class doc)."""
         self.parts.append(tallies)
         if len(self.parts) >= self._FOLD_AT:
-            self.parts = [_summed(self.parts)]
-        return self
+            self.parts = [_summed(self.parts).collect()]
+        if self.counted:
+            new = [m for m in movies if m not in self.movies]
+            self.movies.update(new)
+            return new
+        self.movies.update(movies)
+        self.counted = True
+        return list(self.movies)
 
     def merge(self, other: WindowTallies) -> WindowTallies:
         for tallies in other.parts:
-            self.add(tallies)
+            self.add(tallies, other.movies)
         return self
 
-    def summed(self) -> UserTallies:
-        return _summed(self.parts) if self.parts else UserTallies([], [], [])
+    def summed(self) -> pl.DataFrame:
+        return _summed(self.parts).collect()
 
 
-def window_rows(movie_id: str, window_start_ms: int, length_ms: int, tallies: WindowTallies) -> pl.DataFrame:
-    """Output rows (OUTPUT_SCHEMA) of one closed window of one movie, sorted by user."""
-    total = tallies.summed()
-    order = sorted(range(len(total.users)), key=total.users.__getitem__)
-    rows = len(order)
-    return pl.DataFrame(
-        {
-            "movieId": [movie_id] * rows,
-            "userId": [total.users[i] for i in order],
-            "impressions": [total.counts[i] for i in order],
-            "latestImpression": [total.latest[i] for i in order],
-            "windowStart": [window_start_ms] * rows,
-            "windowEnd": [window_start_ms + length_ms] * rows,
-        },
-        schema=OUTPUT_SCHEMA,
+def window_rows(window_start_ms: int, length_ms: int, tallies: WindowTallies) -> pl.DataFrame:
+    """Output rows (OUTPUT_SCHEMA) of one closed window of a shard's movies, sorted by movie and user."""
+    return (
+        _summed(tallies.parts)
+        .sort("movieId", "userId")
+        .select(
+            *TALLY_SCHEMA.names(),
+            windowStart=pl.lit(window_start_ms, pl.Int64),
+            windowEnd=pl.lit(window_start_ms + length_ms, pl.Int64),
+        )
+        .collect()
     )
+
+
+def folder_runs(prefix: str, window_start_ms: int, rows: pl.DataFrame) -> list[tuple[str, int]]:
+    """(object folder, row count) of rows sorted by movie, in row order: the sink's split."""
+    runs = rows.group_by("movieId", maintain_order=True).len().rows()
+    return [(object_folder(prefix, window_start_ms, movie), count) for movie, count in runs]
 
 
 @dataclass(slots=True)
 class WindowSlice:
-    """One input batch's valid, on-time impressions of one movie in one window, per user.
+    """One input batch's valid, on-time impressions of one shard of movies in one window,
+    one TALLY_SCHEMA row per (movie, user).
 
     Pre-aggregating each batch keeps per-event work out of the window operator
-    (docs/architecture.md, "Where the time goes"). `source_watermark` is the input
-    partition's watermark after the batch.
+    (docs/architecture.md, "Where the time goes"). `latest` is the newest event time in
+    it; `source_watermark` is the input partition's watermark after the batch.
     """
 
-    movie_id: str
+    shard: str
     window_start: int
     latest: int
-    tallies: UserTallies
+    movies: list[str]
+    tallies: pl.DataFrame
     source: str
     source_watermark: int
 
@@ -276,6 +283,8 @@ def decode_batch(values: list) -> pl.DataFrame | None:
     if not values or None in values:
         return None
     joined = b",".join(values)
+    if b"\\" in joined or b"\x7f" in joined:  # a byte search: faster than a pass of numpy
+        return None
     buf = np.frombuffer(joined, np.uint8)
     lengths = np.fromiter(map(len, values), np.int64, len(values))
     if lengths.min() == 0 or lengths.max() > MAX_EVENT_BYTES:
@@ -285,11 +294,12 @@ def decode_batch(values: list) -> pl.DataFrame | None:
     ends = starts + lengths - 1
     if not ((buf[starts] == ord("{")).all() and (buf[ends] == ord("}")).all()):
         return None
-    if (buf == ord("\\")).any() or (buf == 0x7F).any():
+    c1_lead = b"\xc2" in joined  # every C1 control in UTF-8 starts with it
+    if c1_lead and ((buf[:-1] == 0xC2) & (buf[1:] >= 0x80) & (buf[1:] <= 0x9F)).any():
         return None
-    if ((buf[:-1] == 0xC2) & (buf[1:] >= 0x80) & (buf[1:] <= 0x9F)).any():  # C1 controls in UTF-8
-        return None
-    if not (np.add.reduceat((buf == ord('"')).astype(np.int32), starts) == 10).all():
+    quotes = np.flatnonzero(buf == ord('"'))
+    # A record's quotes: from the first at or after its start to the first of the next record.
+    if not (np.diff(np.searchsorted(quotes, starts), append=len(quotes)) == 10).all():
         return None
     wires = _typed_batch.decode(b"[" + joined + b"]")
     if len(wires) != len(values):
@@ -337,21 +347,18 @@ def _slice_columns(
     on_time = frame.with_columns(start=pl.Series(starts))
     if late.any():
         on_time = on_time.filter(pl.Series(~late))
-    tallies = (
-        on_time.group_by("movieId", "start", "userId")
-        .agg(impressions=pl.len().cast(pl.Int64), latestImpression=pl.col("ts").max())
-        .sort("movieId", "start")
+    tallies = on_time.group_by("movieId", "start", "userId").agg(
+        impressions=pl.len().cast(pl.Int64), latestImpression=pl.col("ts").max()
     )
-    groups = tallies.group_by("movieId", "start", maintain_order=True).agg(
-        rows=pl.len(), latest=pl.col("latestImpression").max()
+    movies = tallies["movieId"].unique()
+    tallies = tallies.with_columns(
+        shard=tallies["movieId"].replace_strict(movies, [movie_shard(m) for m in movies.to_list()])
     )
-    users, counts, newest = (tallies[c].to_list() for c in ("userId", "impressions", "latestImpression"))
-    first = 0
-    for movie_id, start, rows, latest in groups.iter_rows():
-        end = first + rows
-        piece = UserTallies(users[first:end], counts[first:end], newest[first:end])
-        out.append(WindowSlice(movie_id, start, latest, piece, source, watermark))
-        first = end
+    # Per (shard, window): its newest event and its movies in one pass, then its rows.
+    heads = tallies.group_by("shard", "start").agg(pl.col("latestImpression").max(), pl.col("movieId").unique())
+    pieces = tallies.partition_by("shard", "start", as_dict=True, include_key=False)
+    for shard, start, latest, movie_ids in heads.iter_rows():
+        out.append(WindowSlice(shard, start, latest, movie_ids, pieces[shard, start], source, watermark))
     return out, max_timestamp
 
 
@@ -365,7 +372,7 @@ def slice_records(
 ) -> tuple[list[WindowSlice | DeadLetter | LateEvent], int]:
     """`slice_batch` record by record, each through the record boundary: exact for any input."""
     out: list[WindowSlice | DeadLetter | LateEvent] = []
-    slices: dict[tuple[str, int], tuple[list[int], dict[str, tuple[int, int]]]] = {}
+    slices: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
     watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
     for msg in messages:
         try:
@@ -381,27 +388,37 @@ def slice_records(
         if ts > max_timestamp:
             max_timestamp = ts
             watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
-        newest_in_slice, users = slices.setdefault((movie_id, start), ([ts], {}))
-        newest_in_slice[0] = max(newest_in_slice[0], ts)
+        users = slices.setdefault((movie_id, start), {})
         count, newest = users.get(user_id, (0, ts))
         users[user_id] = (count + 1, max(newest, ts))
     watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
-    for (movie_id, start), ([newest_ts], users) in slices.items():
-        names = list(users)
-        piece = UserTallies(names, [users[u][0] for u in names], [users[u][1] for u in names])
-        out.append(WindowSlice(movie_id, start, newest_ts, piece, source, watermark))
+    shards: dict[tuple[str, int], list[tuple[str, str, int, int]]] = {}
+    for (movie_id, start), users in slices.items():
+        rows = shards.setdefault((movie_shard(movie_id), start), [])
+        rows.extend((movie_id, user, count, newest) for user, (count, newest) in users.items())
+    for (shard, start), rows in shards.items():
+        piece = pl.DataFrame(rows, schema=TALLY_SCHEMA, orient="row")
+        movies = list(dict.fromkeys(movie for movie, _, _, _ in rows))
+        out.append(WindowSlice(shard, start, max(r[3] for r in rows), movies, piece, source, watermark))
     return out, max_timestamp
 
 
-def late_slice_record(piece: WindowSlice) -> bytes:
-    """Late-topic record for impressions the window operator found late (already aggregated)."""
-    return json.dumps(
-        {
-            "reason": f"window starting {piece.window_start} closed before these impressions arrived "
-            "(an idle input partition let the watermark pass)",
-            "movieId": piece.movie_id,
-            "windowStart": piece.window_start,
-            "source": piece.source,
-            "impressions": {user: [count, latest] for user, count, latest in piece.tallies.rows()},
-        }
-    ).encode()
+def late_slice_records(piece: WindowSlice) -> list[tuple[bytes, bytes]]:
+    """Late-topic records, one per movie keyed by it, for impressions the window operator
+    found late (already aggregated)."""
+    return [
+        (
+            movie_id.encode(),
+            json.dumps(
+                {
+                    "reason": f"window starting {piece.window_start} closed before these impressions arrived "
+                    "(an idle input partition let the watermark pass)",
+                    "movieId": movie_id,
+                    "windowStart": piece.window_start,
+                    "source": piece.source,
+                    "impressions": {user: [count, latest] for _, user, count, latest in rows.iter_rows()},
+                }
+            ).encode(),
+        )
+        for (movie_id,), rows in piece.tallies.partition_by("movieId", as_dict=True, maintain_order=True).items()
+    ]

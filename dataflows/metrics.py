@@ -26,7 +26,9 @@ INTERNAL_ERRORS = Counter(
     ["job"],
 )
 BOOKING_OUTCOMES = Counter("waxstreams_booking_outcomes_total", "Correlation results", ["outcome"])
-KEYS_IN_STATE = Gauge("waxstreams_keys_in_state", "Bookings, or open movie windows, holding state", ["job"])
+KEYS_IN_STATE = Gauge(
+    "waxstreams_keys_in_state", "Bookings, or movies with an open window, holding state (per process)", ["job"]
+)
 WATERMARK_LAG = Gauge("waxstreams_watermark_lag_seconds", "Wall clock minus the event-time watermark", ["job"])
 
 

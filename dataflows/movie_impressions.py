@@ -4,16 +4,19 @@
 
 The job's middle (the rest is dataflows/skeleton.py): each input batch decoded,
 judged for lateness and pre-aggregated (in the source, snapshotted with the position)
--> windows keyed by movieId with a per-user accumulator -> rows -> the rows sink
-(exactly-once partitioned S3 objects). Late events -> the late stream.
+-> windows keyed by a shard of movies (`movie_shard`) with a columnar per-(movie, user)
+accumulator -> one frame per (shard, window) -> the rows sink, which writes each movie's
+rows to its folder (exactly-once partitioned S3 objects). Late events -> the late stream.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bytewax.operators as op
 import bytewax.operators.windowing as win
@@ -23,7 +26,6 @@ from bytewax.operators.windowing import UTC_MIN
 from bytewax.outputs import Sink
 
 from connectors.recovery_store import Resume
-from connectors.sinks.delta_table import DeltaLocation, DeltaTableSink, check_existing_table, ensure_table
 from connectors.sinks.s3_objects import (
     ObjectRows,
     PartitionedS3Sink,
@@ -40,20 +42,52 @@ from dataflows.impression_rules import (
     OUTPUT_SCHEMA,
     WindowSlice,
     WindowTallies,
-    late_slice_record,
-    object_folder,
+    folder_runs,
+    late_slice_records,
     slice_batch,
     window_rows,
 )
 from dataflows.metrics import KEYS_IN_STATE
 from dataflows.settings import MovieImpressionsSettings
 
+if TYPE_CHECKING:
+    from connectors.sinks.delta_table import DeltaTableSink
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 JOB = "movie_impressions"
 
 
+class OpenMovies:
+    """Movies holding window state in this process, for the keys gauge: windows are keyed
+    by shard, so the movies are counted from the accumulators (`WindowTallies.add`)."""
+
+    def __init__(self) -> None:
+        self._windows: Counter[str] = Counter()  # movie -> its open windows
+        self._lock = threading.Lock()  # workers are threads of one process
+        self._gauge = KEYS_IN_STATE.labels(JOB)
+
+    def opened(self, movies: Iterable[str]) -> None:
+        with self._lock:
+            for movie in movies:
+                self._windows[movie] += 1
+                if self._windows[movie] == 1:
+                    self._gauge.inc()
+
+    def closed(self, movies: Iterable[str]) -> None:
+        with self._lock:
+            for movie in movies:
+                self._windows[movie] -= 1
+                if self._windows[movie] == 0:
+                    del self._windows[movie]
+                    self._gauge.dec()
+
+
+OPEN_MOVIES = OpenMovies()
+
+
 def _fold(tallies: WindowTallies, piece: WindowSlice) -> WindowTallies:
-    return tallies.add(piece.tallies)
+    OPEN_MOVIES.opened(tallies.add(piece.tallies, piece.movies))
+    return tallies
 
 
 def build_flow(
@@ -86,29 +120,28 @@ def build_flow(
     )
     windows = win.fold_window(
         "impressions",
-        op.key_on("by_movie", late.falses, lambda s: s.key if isinstance(s, Heartbeat) else s.movie_id),
+        op.key_on("by_movie_shard", late.falses, lambda s: s.key if isinstance(s, Heartbeat) else s.shard),
         clock,
-        HeartbeatAwareWindower(
-            win.TumblingWindower(length=settings.window, align_to=EPOCH), KEYS_IN_STATE.labels(JOB).inc
-        ),
+        HeartbeatAwareWindower(win.TumblingWindower(length=settings.window, align_to=EPOCH)),
         WindowTallies,
         _fold,
         WindowTallies.merge,
         ordered=False,  # count and max do not depend on order
     )
 
-    def to_rows(movie_window: tuple[str, tuple[int, WindowTallies]]) -> tuple[str, ObjectRows]:
-        movie_id, (window_id, tallies) = movie_window
+    def to_rows(shard_window: tuple[str, tuple[int, WindowTallies]]) -> tuple[str, ObjectRows]:
+        shard, (window_id, tallies) = shard_window
+        if tallies.counted:
+            OPEN_MOVIES.closed(tallies.movies)
         start = window_id * window_ms  # bytewax numbers epoch-aligned tumbling windows from 0
-        return movie_id, ObjectRows(
-            object_folder(settings.s3_prefix, start, movie_id), window_rows(movie_id, start, window_ms, tallies)
-        )
+        rows = window_rows(start, window_ms, tallies)
+        return shard, ObjectRows.split(rows, folder_runs(settings.s3_prefix, start, rows))
 
     op.output("s3_out", op.map("rows", windows.down, to_rows), rows_sink)
 
     late_events = op.map("late_event", late.trues, lambda e: (e.position.key(), e.to_json()))
     # Only reachable when an idle partition let the watermark pass (dataflows/event_time.py).
-    late_slices = op.map("late_slice", windows.late, lambda kv: (kv[0].encode(), late_slice_record(kv[1][1])))
+    late_slices = op.flat_map("late_slice", windows.late, lambda kv: late_slice_records(kv[1][1]))
     transport.write("late_out", op.merge("all_late", late_events, late_slices), settings.late_topic)
     return flow
 
@@ -151,6 +184,9 @@ def with_window_hour(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def _delta_sink(settings: MovieImpressionsSettings, resume: Resume) -> DeltaTableSink:
+    # Imported here: deltalake takes a while to import, and only this format needs it.
+    from connectors.sinks.delta_table import DeltaLocation, DeltaTableSink, check_existing_table, ensure_table
+
     location = DeltaLocation(settings.delta_table_uri, settings.s3_endpoint_url, settings.s3_region)
     try:
         check_bucket(S3Location(location.bucket, "", settings.s3_endpoint_url, settings.s3_region))

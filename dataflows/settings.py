@@ -17,6 +17,7 @@ from connectors.transports import kafka_client
 from connectors.transports.kafka_client import KafkaClientConfig, KafkaConfigError
 from connectors.transports.kafka_source import EARLIEST, StartPosition
 from dataflows.booking_rules import CREATED, DEFAULT_CREATED, DEFAULT_EVENT, EVENT, SideSchema, parse_field_spec
+from dataflows.impression_rules import WINDOW_STATE
 
 LOCAL_KAFKA = "127.0.0.1:19092"
 LOCAL_S3 = "http://127.0.0.1:4566"
@@ -204,6 +205,7 @@ class MovieImpressionsSettings:
             "OUTPUT_FORMAT": self.output_format,
             "S3_BUCKET": self.s3_bucket,
             "S3_PREFIX": self.s3_prefix,
+            "WINDOW_STATE": WINDOW_STATE,
         }
 
 

@@ -31,6 +31,9 @@ def kafka_message(value: bytes | None, offset: int = 0, partition: int = 0, topi
     return FakeMessage(value, offset, partition, topic)
 
 
-def tally_dict(tallies) -> dict[str, tuple[int, int]]:
-    """A slice's UserTallies as {userId: (impressions, latestImpression)}."""
-    return {user: (count, latest) for user, count, latest in tallies.rows()}
+def tally_dict(tallies) -> dict[tuple[str, str], tuple[int, int]]:
+    """A slice's tallies frame as {(movieId, userId): (impressions, latestImpression)}; one row each."""
+    rows = tallies.select("movieId", "userId", "impressions", "latestImpression").rows()
+    out = {(movie, user): (count, latest) for movie, user, count, latest in rows}
+    assert len(out) == len(rows), "one row per (movie, user)"
+    return out

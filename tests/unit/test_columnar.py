@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK
-from dataflows.impression_rules import WindowSlice, decode_batch, slice_batch, slice_records
+from dataflows.impression_rules import MOVIE_SHARDS, WindowSlice, decode_batch, slice_batch, slice_records
 from tests.factories import kafka_message, tally_dict
 from tests.hostile import hostile, odd_but_valid
 
@@ -25,13 +26,22 @@ def canonical(result: tuple[list, int]) -> tuple:
     late = sorted(
         (e.position.offset, e.timestamp, e.watermark, e.window_start) for e in items if isinstance(e, LateEvent)
     )
+    pieces = [s for s in items if isinstance(s, WindowSlice)]
+    assert len({(s.shard, s.window_start) for s in pieces}) == len(pieces), "one slice per (shard, window)"
     slices = {
-        (s.movie_id, s.window_start): (s.latest, s.source, s.source_watermark, tally_dict(s.tallies))
-        for s in items
-        if isinstance(s, WindowSlice)
+        (s.shard, s.window_start): (s.latest, s.source, s.source_watermark, sorted(s.movies), tally_dict(s.tallies))
+        for s in pieces
     }
-    assert len(slices) == sum(isinstance(s, WindowSlice) for s in items), "one slice per (movie, window)"
+    for (shard, _), (latest, _, _, movies, tallies) in slices.items():
+        assert movies == sorted({movie for movie, _ in tallies}), "a slice names the movies it holds"
+        assert {shard_of(movie) for movie in movies} == {shard}, "each movie in its own shard's slice"
+        assert latest == max(newest for _, newest in tallies.values())
     return dead, late, slices, max_timestamp
+
+
+def shard_of(movie: str) -> str:
+    """The window key of a movie, computed here as the state's shape says: crc32 modulo the shards."""
+    return f"movies-{zlib.crc32(movie.encode()) % MOVIE_SHARDS:02d}"
 
 
 def events(seed: int, count: int, dirty: bool) -> list[bytes]:

@@ -1,23 +1,32 @@
 import json
 import pickle
+import zlib
 from datetime import UTC, datetime
 
+import polars as pl
 import pytest
 
+from connectors.sinks.s3_objects import ObjectRows
+from dataflows import movie_impressions
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK, window_bounds
 from dataflows.impression_rules import (
+    MOVIE_SHARDS,
     OUTPUT_SCHEMA,
+    TALLY_SCHEMA,
     MovieImpression,
-    UserTallies,
     WindowSlice,
     WindowTallies,
     decode_impression,
+    folder_runs,
     hour_folder,
+    late_slice_records,
+    movie_shard,
     object_folder,
     slice_batch,
     window_rows,
 )
+from dataflows.metrics import KEYS_IN_STATE
 from dataflows.untrusted_json import InvalidEvent
 from tests.factories import kafka_message, tally_dict
 
@@ -120,31 +129,101 @@ def test_hour_folder_is_utc_regardless_of_local_zone(monkeypatch: pytest.MonkeyP
         time.tzset()
 
 
-def test_window_rows_in_schema_order_sorted_by_user() -> None:
-    tallies = WindowTallies().add(UserTallies(["u2", "u1"], [2, 1], [30, 10])).add(UserTallies(["u2"], [1], [20]))
-    assert window_rows("m", 900_000, MIN15, tallies).to_dict(as_series=False) == {
-        "movieId": ["m", "m"],
-        "userId": ["u1", "u2"],
-        "impressions": [1, 3],
-        "latestImpression": [10, 30],
-        "windowStart": [900_000, 900_000],
-        "windowEnd": [1_800_000, 1_800_000],
+def tallies(*rows: tuple[str, str, int, int]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=TALLY_SCHEMA, orient="row")
+
+
+def test_window_rows_in_schema_order_sorted_by_movie_and_user() -> None:
+    acc = WindowTallies()
+    acc.add(tallies(("m2", "u2", 2, 30), ("m", "u1", 1, 10)), ["m2", "m"])
+    acc.add(tallies(("m2", "u2", 1, 20), ("m", "u2", 4, 5)), ["m2", "m"])
+    assert window_rows(900_000, MIN15, acc).to_dict(as_series=False) == {
+        "movieId": ["m", "m", "m2"],
+        "userId": ["u1", "u2", "u2"],
+        "impressions": [1, 4, 3],
+        "latestImpression": [10, 5, 30],
+        "windowStart": [900_000] * 3,
+        "windowEnd": [1_800_000] * 3,
     }
-    assert window_rows("m", 0, MIN15, tallies).schema == OUTPUT_SCHEMA
+    assert window_rows(0, MIN15, acc).schema == OUTPUT_SCHEMA
+    assert window_rows(0, MIN15, WindowTallies()).schema == OUTPUT_SCHEMA
 
 
-@pytest.mark.parametrize("rows_per_part", [1, 2_000])  # summed in Python, and in polars
+@pytest.mark.parametrize("rows_per_part", [1, 2_000])
 def test_tallies_merge_adds_counts_and_keeps_latest_and_folds_when_many(rows_per_part: int) -> None:
-    merged = WindowTallies().add(UserTallies(["a"], [2], [50]))
-    merged.merge(WindowTallies().add(UserTallies(["a", "b"], [1, 1], [40, 7])))
+    merged = WindowTallies()
+    merged.add(tallies(("m", "a", 2, 50)), ["m"])
+    other = WindowTallies()
+    other.add(tallies(("m", "a", 1, 40), ("m", "b", 1, 7)), ["m"])
+    merged.merge(other)
     filler = [f"f{i}" for i in range(rows_per_part - 1)]
     for _ in range(100):  # past the fold threshold: the state stays small
-        merged.add(UserTallies(["c", *filler], [1] * rows_per_part, [5] * rows_per_part))
+        merged.add(tallies(*[("m", u, 1, 5) for u in ["c", *filler]]), ["m"])
     assert len(merged.parts) < 100
     summed = tally_dict(merged.summed())
-    assert summed == {"a": (3, 50), "b": (1, 7), "c": (100, 5), **{f: (100, 5) for f in filler}}
+    assert summed == {
+        ("m", "a"): (3, 50),
+        ("m", "b"): (1, 7),
+        ("m", "c"): (100, 5),
+        **{("m", f): (100, 5) for f in filler},
+    }
     restored = pickle.loads(pickle.dumps(merged))
     assert tally_dict(restored.summed()) == summed
+
+
+def test_tallies_count_their_movies_once_and_a_restored_window_again_from_its_next_slice() -> None:
+    acc = WindowTallies()
+    assert sorted(acc.add(tallies(("a", "u", 1, 1), ("b", "u", 1, 1)), ["a", "b"])) == ["a", "b"]
+    assert acc.add(tallies(("b", "v", 1, 1), ("c", "u", 1, 1)), ["b", "c"]) == ["c"]
+    restored = pickle.loads(pickle.dumps(acc))  # a resume: this process has not counted it
+    assert not restored.counted
+    assert sorted(restored.add(tallies(("a", "w", 1, 1)), ["a"])) == ["a", "b", "c"]
+    assert restored.counted and restored.movies == {"a", "b", "c"}
+
+
+def test_open_movies_gauge_counts_movies_not_windows() -> None:
+    gauge = KEYS_IN_STATE.labels(movie_impressions.JOB)
+    before = gauge._value.get()
+    movies = movie_impressions.OpenMovies()
+    movies.opened(["a", "b"])  # window 1
+    movies.opened(["b", "c"])  # window 2, another shard or time
+    assert gauge._value.get() - before == 3
+    movies.closed(["a", "b"])
+    assert gauge._value.get() - before == 2  # b still has its second window open, and c
+    movies.closed(["b", "c"])
+    assert gauge._value.get() == before
+
+
+def test_object_rows_split_by_folder_equal_the_per_movie_frames() -> None:
+    """A shard's window frame, split into its folders, is each movie's own rows in its own folder."""
+    acc = WindowTallies()
+    expected: dict[str, set[tuple[str, int, int]]] = {}
+    for movie in ["b/1", "a", "..", "c"]:
+        for i in range(3):
+            expected.setdefault(movie, set()).add((f"u{i}", i + 1, 100 + i))
+            acc.add(tallies((movie, f"u{i}", i + 1, 100 + i)), [movie])
+    start = ms(2019, 1, 7, 7, 15)
+    rows = window_rows(start, MIN15, acc)
+    split = ObjectRows.split(rows, folder_runs("out", start, rows))
+    got = {folder: frame for folder, frame in split.by_folder()}
+    assert set(got) == {f"out/2019-01-07--07/{m}" for m in ["b%2F1", "a", "%2E%2E", "c"]}
+    for movie, users in expected.items():
+        frame = got[object_folder("out", start, movie)]
+        assert frame.schema == OUTPUT_SCHEMA
+        assert set(frame["movieId"]) == {movie}
+        assert set(frame.select("userId", "impressions", "latestImpression").rows()) == users
+        assert set(frame["windowStart"]) == {start} and set(frame["windowEnd"]) == {start + MIN15}
+    assert sum(f.height for f in got.values()) == rows.height
+    assert list(ObjectRows("one/folder", rows).by_folder()) == [("one/folder", rows)]
+
+
+def test_every_movie_has_one_stable_shard_among_a_few() -> None:
+    movies = [str(2000 + m) for m in range(500)] + ["a/b", "..", "\u00e9t\u00e9", "x" * 200]
+    shards = {movie: movie_shard(movie) for movie in movies}
+    assert len(set(shards.values())) == MOVIE_SHARDS  # all used, and no more
+    assert all(movie_shard(m) == shard for m, shard in shards.items())  # the same every time
+    # Stable across processes (unlike hash()): a fixed expectation from crc32.
+    assert movie_shard("2000") == f"movies-{zlib.crc32(b'2000') % MOVIE_SHARDS:02d}"
 
 
 def event(movie: str, user: str, ts: int) -> bytes:
@@ -169,14 +248,14 @@ def test_slice_batch_preaggregates_and_routes_bad_and_late_in_offset_order() -> 
     assert newest == base + MIN15 + 20_000
     dead = [i for i in items if isinstance(i, DeadLetter)]
     late = [i for i in items if isinstance(i, LateEvent)]
-    slices = {(s.movie_id, s.window_start): s for s in items if isinstance(s, WindowSlice)}
+    slices = {(movie, s.window_start): s for s in items if isinstance(s, WindowSlice) for movie in s.movies}
     assert [(d.position.offset, d.raw) for d in dead] == [(1, b"{oops")]
     assert dead[0].error.startswith("not valid JSON")
     assert [(e.position.offset, e.window_end, e.watermark) for e in late] == [(4, base + MIN15, base + MIN15 + 10_000)]
-    assert tally_dict(slices[("m1", base)].tallies) == {"u1": (2, base + 3000)}
+    assert tally_dict(slices[("m1", base)].tallies) == {("m1", "u1"): (2, base + 3000)}
     assert tally_dict(slices[("m1", base + MIN15)].tallies) == {
-        "u2": (1, base + MIN15 + 20_000),
-        "u3": (1, base + MIN15 + 1),
+        ("m1", "u2"): (1, base + MIN15 + 20_000),
+        ("m1", "u3"): (1, base + MIN15 + 1),
     }
     assert all(s.source_watermark == newest - bound and s.source == "0-t" for s in slices.values())
 
@@ -202,3 +281,24 @@ def test_dead_letter_record_keeps_binary_raw_as_base64() -> None:
     assert base64.b64decode(record["raw"]) == b"\xff\x00"
     assert (record["topic"], record["partition"], record["offset"]) == ("t", 0, 9)
     assert record["error"]
+
+
+def test_a_late_slice_becomes_one_late_record_per_movie() -> None:
+    piece = WindowSlice(
+        movie_shard("m1"),
+        900_000,
+        900_010,
+        ["m1", "m2"],
+        tallies(("m1", "u1", 2, 900_010), ("m2", "u1", 1, 900_005), ("m1", "u2", 1, 900_001)),
+        "0-t",
+        1_000_000,
+    )
+    records = {key.decode(): json.loads(value) for key, value in late_slice_records(piece)}
+    assert set(records) == {"m1", "m2"}
+    assert records["m1"]["impressions"] == {"u1": [2, 900_010], "u2": [1, 900_001]}
+    assert records["m2"]["impressions"] == {"u1": [1, 900_005]}
+    assert {(r["movieId"], r["windowStart"], r["source"]) for r in records.values()} == {
+        ("m1", 900_000, "0-t"),
+        ("m2", 900_000, "0-t"),
+    }
+    assert all("closed before these impressions arrived" in r["reason"] for r in records.values())

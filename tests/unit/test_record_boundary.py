@@ -137,7 +137,7 @@ def test_a_failure_of_our_own_code_is_an_internal_dead_letter_and_the_batch_goes
     assert json.loads(dead[1].to_json())["kind"] == "internal_error"
     assert json.loads(dead[2].to_json())["kind"] == "invalid"
     [piece] = [s for s in items if isinstance(s, WindowSlice)]
-    assert tally_dict(piece.tallies) == {"1003": (2, IMPRESSION["timestamp"])}
+    assert tally_dict(piece.tallies) == {(IMPRESSION["movieId"], "1003"): (2, IMPRESSION["timestamp"])}
 
     before = (INTERNAL_ERRORS.labels("t")._value.get(), EVENTS.labels("t", "valid")._value.get())
     count_inputs("t", len(messages), items)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from contextlib import closing
@@ -11,6 +12,8 @@ import pytest
 
 from connectors.recovery_store import (
     NAMESPACE_FILE,
+    RECORDED_LATER,
+    SHAPE_FILE,
     RecoveryStoreError,
     check_state_settings,
     check_store,
@@ -18,6 +21,7 @@ from connectors.recovery_store import (
     prepare_resume,
     store_namespace,
 )
+from dataflows.settings import MovieImpressionsSettings
 
 
 def test_init_creates_the_directory_and_is_idempotent(tmp_path: Path) -> None:
@@ -120,3 +124,20 @@ def test_state_settings_bind_only_once_the_store_holds_state(tmp_path: Path) -> 
     check_state_settings(tmp_path, {"TRANSPORT": "kafka"}, fresh=False)  # resumes with what it ran with
     with pytest.raises(RecoveryStoreError, match="TRANSPORT 'kafka' -> 'kinesis'"):
         check_state_settings(tmp_path, {"TRANSPORT": "kinesis"}, fresh=False)
+
+
+def test_a_store_of_the_earlier_window_state_is_refused_with_one_line(tmp_path: Path) -> None:
+    """Windows keyed by movie shard: a store from before (its record lacks WINDOW_STATE,
+    or it has no record at all) holds per-movie window state, which this version would misread."""
+    shape = MovieImpressionsSettings.from_env({}).state_shape()
+    assert shape["WINDOW_STATE"] != RECORDED_LATER["WINDOW_STATE"]
+    before = {name: value for name, value in shape.items() if name != "WINDOW_STATE"}
+    (tmp_path / SHAPE_FILE).write_text(json.dumps(before))
+    with pytest.raises(RecoveryStoreError, match=r"WINDOW_STATE 'one key per movieId.*resume it with the version"):
+        check_state_settings(tmp_path, shape, fresh=False)
+    unrecorded = tmp_path / "older"
+    unrecorded.mkdir()
+    with pytest.raises(RecoveryStoreError, match="WINDOW_STATE"):
+        check_state_settings(unrecorded, shape, fresh=False)
+    check_state_settings(tmp_path, shape, fresh=True)  # a new run records what it runs with
+    check_state_settings(tmp_path, shape, fresh=False)

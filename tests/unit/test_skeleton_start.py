@@ -15,7 +15,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from connectors.recovery_store import RecoveryStoreError
+from connectors.recovery_store import RecoveryStoreError, check_state_settings
 from dataflows import skeleton
 from dataflows.settings import MovieImpressionsSettings
 from devstack.processes import free_port
@@ -51,6 +51,7 @@ def test_start_serves_metrics_repairs_the_store_and_says_what_it_resumes(tmp_pat
     assert _snapshots_from(tmp_path, frontier) == 1
     port = free_port()
     settings = MovieImpressionsSettings.from_env({"METRICS_PORT": str(port)})
+    check_state_settings(tmp_path, settings.state_shape(), fresh=True)  # as the run that made it recorded
 
     resume = skeleton.start(settings, ["dataflows.movie_impressions:flow", "-r", str(tmp_path)], {})
 
