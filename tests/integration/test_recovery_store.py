@@ -77,6 +77,10 @@ def test_resume_drops_the_snapshots_past_bytewaxs_resume_epoch(new_run, tmp_path
     # then loads real state (open windows, sink sequence numbers, offsets), not a fresh start.
     job = run.start(workers=2)
     wait_for(lambda: _snapshotted_offsets(run.recovery) == len(run.produced), 120, "snapshots of the whole input", job)
+    # ... and once the frontiers passed those snapshots: else (a loaded machine) the finish
+    # resumes before them, drops them as abandoned, and starts afresh.
+    covering = run.newest_snapshot_epoch()
+    wait_for(lambda: resume_epoch_of(read_progress(run.recovery)) > covering, 120, "the frontiers past them", job)
     job.kill()
     run.finish(workers=2, backup_s=1)  # its last epoch stays uncommitted, as at a crash
     _lose_last_frontier(run.recovery)
