@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,23 +151,10 @@ def from_env(env: Mapping[str, str]) -> KafkaClientConfig:
             prop = setting[len(PROPERTY_PREFIX) :].lower().replace("__", ".")
             put(prop, env[setting].strip(), setting)
 
-    protocol = properties.get("security.protocol")
-    if protocol is not None:
-        if protocol.upper() not in SECURITY_PROTOCOLS:
-            raise KafkaConfigError(
-                f"{sources['security.protocol']}={protocol!r} is not a security protocol: "
-                f"use one of {', '.join(SECURITY_PROTOCOLS)}"
-            )
-        properties["security.protocol"] = protocol.upper()
-    mechanism = properties.get("sasl.mechanism")
+    protocol = _upper_choice(properties, sources, "security.protocol", SECURITY_PROTOCOLS, "security protocol")
+    mechanism = _upper_choice(properties, sources, "sasl.mechanism", SASL_MECHANISMS, "SASL mechanism")
     if mechanism is not None:
-        if mechanism.upper() not in SASL_MECHANISMS:
-            raise KafkaConfigError(
-                f"{sources['sasl.mechanism']}={mechanism!r} is not a SASL mechanism: "
-                f"use one of {', '.join(SASL_MECHANISMS)}"
-            )
-        properties["sasl.mechanism"] = mechanism = mechanism.upper()
-        if not (protocol or "").upper().startswith("SASL_"):
+        if not (protocol or "").startswith("SASL_"):
             raise KafkaConfigError(
                 f"{sources['sasl.mechanism']}={mechanism} needs SASL: set KAFKA_SECURITY_PROTOCOL to SASL_SSL "
                 "(or SASL_PLAINTEXT)"
@@ -190,6 +177,19 @@ def from_env(env: Mapping[str, str]) -> KafkaClientConfig:
             raise KafkaConfigError(f"{sources[prop]}={path} is not readable by this user: fix its permissions")
 
     return KafkaClientConfig(properties, sources)
+
+
+def _upper_choice(
+    properties: dict[str, str], sources: dict[str, str], prop: str, allowed: Sequence[str], what: str
+) -> str | None:
+    """`prop` upper-cased in `properties` if set, after checking it is one of `allowed`."""
+    value = properties.get(prop)
+    if value is None:
+        return None
+    if value.upper() not in allowed:
+        raise KafkaConfigError(f"{sources[prop]}={value!r} is not a {what}: use one of {', '.join(allowed)}")
+    properties[prop] = value.upper()
+    return properties[prop]
 
 
 NAMED_SETTINGS_OF = {v: k for k, v in NAMED_SETTINGS.items()}
