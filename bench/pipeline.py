@@ -34,7 +34,7 @@ class MemoryS3:
         self.objects: dict[str, int] = {}
         self.manifests: dict[str, bytes] = {}
 
-    def put_object(self, Bucket: str, Key: str, Body: bytes) -> dict:
+    def put_object(self, Bucket: str, Key: str, Body: bytes, **conditions: Any) -> dict:
         if "/_sink/" in Key:
             self.manifests[Key] = Body
         else:

@@ -167,6 +167,7 @@ def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
         settings.sink_partitions,
         settings.s3_give_up_after.total_seconds(),
         namespace=resume.sink_namespace,
+        direct_put=settings.s3_direct_put,
     )
     return build_flow(settings, transport, sink)
 

@@ -169,6 +169,7 @@ class MovieImpressionsSettings:
     consumer_group: str
     metrics_port: int | None
     start: StartSettings = field(default_factory=StartSettings)
+    s3_direct_put: bool = True  # data PUTs signed and sent without botocore (connectors/sinks/s3_put.py)
     delta_table_uri: str = ""  # OUTPUT_FORMAT=delta: DELTA_TABLE_URI, else s3://<S3_BUCKET>/<S3_PREFIX>
 
     @classmethod
@@ -192,6 +193,7 @@ class MovieImpressionsSettings:
             sink_partitions=int(e.number("SINK_PARTITIONS", 4, minimum=1, integer=True)),
             s3_give_up_after=timedelta(seconds=e.number("S3_RETRY_SECONDS", 300, minimum=0)),
             consumer_group=e.text("CONSUMER_GROUP", "movie-impressions"),
+            s3_direct_put=e.flag("S3_DIRECT_PUT", True),
             delta_table_uri=_delta_table_uri(e),
         )
 

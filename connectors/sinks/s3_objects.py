@@ -55,6 +55,8 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from prometheus_client import Counter
 
+from connectors.sinks.s3_put import DirectPut
+
 log = logging.getLogger(__name__)
 
 OBJECTS_WRITTEN = Counter("waxstreams_s3_objects_written_total", "Data objects written (committed or not)")
@@ -275,6 +277,10 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._namespace = namespace
         self._next_seq = next_seq
         self._client = self._location.client()
+        # Data objects are most of the PUTs: sent without botocore's per-request Python (s3_put.py).
+        self._data_put = (
+            DirectPut(self._client, path_style=bool(self._location.endpoint_url)) if sink.direct_put else self._client
+        )
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
         self._empty = encode(pl.DataFrame(schema=sink.schema), sink.fmt)  # what claims a key (`_landed_units`)
         self._buffer: dict[str, list[pl.DataFrame]] = defaultdict(list)
@@ -376,9 +382,13 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         whose first answer was lost: fine) or a resume's claim: this process is stale.
         """
         bucket = self._location.bucket
-        metadata = {CLAIM_METADATA: "resume"} if claim else {}
         try:
-            self._client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", Metadata=metadata)
+            if claim:
+                self._client.put_object(
+                    Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", Metadata={CLAIM_METADATA: "resume"}
+                )
+            else:
+                self._data_put.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
         except ClientError as exc:
             if _error_code(exc) not in ("PreconditionFailed", "412"):
                 raise
@@ -536,6 +546,7 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
     namespace, in which a partition without state skips the units of the prefix's
     earlier output of that partition: only for callers that own the prefix outright.
     `unit_columns`: what identifies a group of rows always emitted whole, and once.
+    `direct_put`: data objects PUT by `s3_put.DirectPut`, not the boto3 client (S3_DIRECT_PUT).
     """
 
     def __init__(
@@ -548,6 +559,7 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
         namespace: str | None = None,
         manifests_per_segment: int = 64,
         unit_columns: tuple[str, ...] = ("movieId", "windowStart"),
+        direct_put: bool = True,
     ) -> None:
         if fmt not in FORMATS:
             msg = f"unknown output format {fmt!r}: use one of {', '.join(FORMATS)}"
@@ -563,6 +575,7 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
         self.give_up_after = give_up_after
         self.manifests_per_segment = manifests_per_segment
         self.unit_columns = unit_columns
+        self.direct_put = direct_put
 
     def list_parts(self) -> list[str]:
         # Zero-padded: bytewax routes `part_fn(key) % n` into the names sorted as strings.

@@ -145,3 +145,30 @@ def test_unreachable_endpoint_is_one_clear_error() -> None:
         S3SinkError, match=r"cannot reach S3 at http://127\.0\.0\.1:\d+: start it or fix S3_ENDPOINT_URL"
     ):
         check_bucket(S3Location("b", "p", f"http://127.0.0.1:{free_port()}", "us-east-1"))
+
+
+def test_direct_puts_store_what_boto3_stores(s3, unique) -> None:
+    stored = {}
+    for direct in (True, False):
+        bucket = f"sink-{unique}-{str(direct).lower()}"
+        s3.create_bucket(bucket)
+        sink = PartitionedS3Sink(
+            S3Location(bucket, "out", s3.endpoint_url, "us-east-1"), OUTPUT_SCHEMA, direct_put=direct
+        )
+        part = sink.build_part("s3_out", "p00", None)
+        part.write_batch([rows("%2E%2E", "u1", 1), rows("a b+é😀", "u2", 3)])
+        part.close()
+        table = read_s3_rows(s3, bucket, "out")
+        stored[direct] = sorted(table.select("object", "movieId", "userId", "impressions").rows())
+    # Same folders (their percent signs included) and rows; only the writer id in the name differs.
+    assert [(o.rsplit("/", 1)[0], *rest) for o, *rest in stored[True]] == [
+        (o.rsplit("/", 1)[0], *rest) for o, *rest in stored[False]
+    ]
+    assert [movie for _, movie, _, _ in stored[True]] == ["%2E%2E", "a b+é😀"]
+
+
+def test_a_refused_direct_put_is_one_clear_error(s3, sink) -> None:
+    part = sink.build_part("s3_out", "p00", None)
+    s3.client().delete_bucket(Bucket=sink.location.bucket)
+    with pytest.raises(S3SinkError, match="the bucket does not exist: create it or fix S3_BUCKET"):
+        part._call("write object", lambda: part._put_new("out/x.parquet", b"rows"))
