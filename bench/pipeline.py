@@ -68,7 +68,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--movies", type=int, default=200)
     parser.add_argument("--users", type=int, default=5_000)
-    parser.add_argument("--batch", type=int, default=5_000, help="KAFKA_BATCH_SIZE")
+    parser.add_argument("--batch", type=int, default=50_000, help="KAFKA_BATCH_SIZE")
     parser.add_argument("--epoch", type=float, default=5.0, help="snapshot interval, seconds")
     parser.add_argument("--root", help="run the code of this checkout instead")
     parser.add_argument("--profile", help="write a pyinstrument profile here (text if it ends in .txt, else HTML)")
@@ -84,7 +84,7 @@ def main() -> int:
 
     from connectors.sinks import s3_objects
     from connectors.transports.memory import MemoryTransport
-    from dataflows import movie_impressions
+    from dataflows import movie_impressions, skeleton
     from dataflows.impression_rules import OUTPUT_SCHEMA
     from dataflows.settings import MovieImpressionsSettings
     from producers.movie_impressions import TrafficShape, generate
@@ -110,8 +110,12 @@ def main() -> int:
     store = MemoryS3()
     s3_objects.S3Location.client = lambda self: store  # type: ignore[method-assign]
     location = s3_objects.S3Location("bench", "pipeline")
-    sink = s3_objects.PartitionedS3Sink(location, OUTPUT_SCHEMA, "parquet", settings.sink_partitions, namespace="bench")
+    sink = s3_objects.PartitionedS3Sink(
+        location, OUTPUT_SCHEMA, "parquet", settings.sink_partitions, namespace="bench", direct_put=False
+    )
     flow = movie_impressions.build_flow(settings, transport, sink)
+    if hasattr(skeleton, "tune_garbage_collector"):  # as the job's start-up does (absent from older checkouts)
+        skeleton.tune_garbage_collector()
     recovery = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     init_db_dir(recovery, 1)
 

@@ -308,7 +308,7 @@ def _shared_settings(env: Mapping[str, str]) -> dict:
         "max_out_of_orderness": timedelta(seconds=e.number("MAX_OUT_OF_ORDERNESS_SECONDS", 30, minimum=0)),
         "idle_timeout": timedelta(seconds=e.number("IDLE_TIMEOUT_SECONDS", 60, minimum=1)),
         "bounded": e.flag("BOUNDED", False),
-        "kafka_batch_size": int(e.number("KAFKA_BATCH_SIZE", 5000, minimum=1, integer=True)),
+        "kafka_batch_size": int(e.number("KAFKA_BATCH_SIZE", 50_000, minimum=1, integer=True)),
         "metrics_port": e.port("METRICS_PORT"),
         "start": StartSettings.from_env(env),
     }
