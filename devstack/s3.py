@@ -30,7 +30,7 @@ class S3Server:
 
     def start(self, timeout: float = 30.0) -> None:
         self._process = ManagedProcess.spawn(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "devstack.s3_server", "-H", "127.0.0.1", "-p", str(self.port)],
             self.log_file,
             env={**os.environ, **self.env},
         )
