@@ -107,11 +107,16 @@ def object_folder(prefix: str, window_start_ms: int, movie_id: str) -> str:
     The id is percent-encoded so that '/' in an id cannot escape its folder, and an id
     of only dots ('.', '..') has its dots encoded too: path tools would resolve them.
     """
-    parts = [prefix.strip("/")] if prefix.strip("/") else []
+    return f"{_hour_directory(prefix, window_start_ms)}/{_movie_directory(movie_id)}"
+
+
+def _hour_directory(prefix: str, window_start_ms: int) -> str:
+    return "/".join([*([prefix.strip("/")] if prefix.strip("/") else []), hour_folder(window_start_ms)])
+
+
+def _movie_directory(movie_id: str) -> str:
     folder = quote(movie_id, safe="")
-    if not folder.strip("."):
-        folder = folder.replace(".", "%2E")
-    return "/".join([*parts, hour_folder(window_start_ms), folder])
+    return folder if folder.strip(".") else folder.replace(".", "%2E")
 
 
 # Windows are keyed by a shard of movies, not by movie: each batch then feeds the window
@@ -133,13 +138,14 @@ TALLY_SCHEMA = pl.Schema(
 )
 
 
-def _summed(parts: list[pl.DataFrame]) -> pl.LazyFrame:
-    """One row per (movie, user): counts added, latest the newest (lazy: callers add their steps)."""
+def _summed(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """One row per (movie, user): counts added, latest the newest.
+
+    Eager: on frames of a window's size, a lazy query's planning costs as much as the work."""
     if len(parts) <= 1:  # a slice has one row per (movie, user) already
-        return (parts[0] if parts else TALLY_SCHEMA.to_frame()).lazy()
+        return parts[0] if parts else TALLY_SCHEMA.to_frame()
     return (
         pl.concat(parts)
-        .lazy()
         .group_by("movieId", "userId")
         .agg(pl.col("impressions").sum(), pl.col("latestImpression").max())
     )
@@ -176,7 +182,7 @@ class WindowTallies:
         """Appends a slice's tallies; returns the movies that start being counted (see class doc)."""
         self.parts.append(tallies)
         if len(self.parts) >= self._FOLD_AT:
-            self.parts = [_summed(self.parts).collect()]
+            self.parts = [_summed(self.parts)]
         if self.counted:
             new = [m for m in movies if m not in self.movies]
             self.movies.update(new)
@@ -191,7 +197,7 @@ class WindowTallies:
         return self
 
     def summed(self) -> pl.DataFrame:
-        return _summed(self.parts).collect()
+        return _summed(self.parts)
 
 
 def window_rows(window_start_ms: int, length_ms: int, tallies: WindowTallies) -> pl.DataFrame:
@@ -204,14 +210,14 @@ def window_rows(window_start_ms: int, length_ms: int, tallies: WindowTallies) ->
             windowStart=pl.lit(window_start_ms, pl.Int64),
             windowEnd=pl.lit(window_start_ms + length_ms, pl.Int64),
         )
-        .collect()
     )
 
 
 def folder_runs(prefix: str, window_start_ms: int, rows: pl.DataFrame) -> list[tuple[str, int]]:
     """(object folder, row count) of rows sorted by movie, in row order: the sink's split."""
-    runs = rows.group_by("movieId", maintain_order=True).len().rows()
-    return [(object_folder(prefix, window_start_ms, movie), count) for movie, count in runs]
+    hour = _hour_directory(prefix, window_start_ms)
+    runs = rows.get_column("movieId").rle().struct.unnest().rows()  # (length, movie) of each run
+    return [(f"{hour}/{_movie_directory(movie)}", count) for count, movie in runs]
 
 
 @dataclass(slots=True)
