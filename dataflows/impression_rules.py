@@ -284,7 +284,8 @@ def decode_batch(values: list) -> pl.DataFrame | None:
     Clean, checked on the batch's bytes at once: each record is one JSON object of exactly
     five strings (3 keys, 2 ids: so no key repeats, no other field) with no escapes, no
     DEL or C1 control characters; ids of at most MAX_ID_BYTES holding an ASCII letter or
-    digit (so never blank); timestamps in range. One typed decode then reads them all.
+    digit (so never blank); timestamps in range. Read natively when every record has the
+    producers' layout (`_template_frame`), else by one typed decode of the whole batch.
     """
     if not values or None in values:
         return None
@@ -307,16 +308,11 @@ def decode_batch(values: list) -> pl.DataFrame | None:
     # A record's quotes: from the first at or after its start to the first of the next record.
     if not (np.diff(np.searchsorted(quotes, starts), append=len(quotes)) == 10).all():
         return None
-    wires = _typed_batch.decode(b"[" + joined + b"]")
-    if len(wires) != len(values):
+    frame = _template_frame(joined, buf, values, starts, ends, quotes.reshape(-1, 10))
+    if frame is None:
+        frame = _typed_frame(joined, values)
+    if frame is None:
         return None
-    frame = pl.DataFrame(
-        {
-            "movieId": [w.movie_id for w in wires],
-            "userId": [w.user_id for w in wires],
-            "ts": np.fromiter((w.timestamp for w in wires), np.int64, len(wires)),
-        }
-    )
     ids = pl.col("movieId", "userId")
     clean = frame.select(
         (ids.str.len_bytes() <= MAX_ID_BYTES).all().name.suffix("_short"),
@@ -324,6 +320,76 @@ def decode_batch(values: list) -> pl.DataFrame | None:
         pl.col("ts").is_between(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS, closed="left").all(),
     ).row(0)
     return frame if all(clean) else None
+
+
+def _typed_frame(joined: bytes, values: list) -> pl.DataFrame | None:
+    """The batch's columns by one typed decode of it as a JSON array (any clean layout)."""
+    wires = _typed_batch.decode(b"[" + joined + b"]")
+    if len(wires) != len(values):
+        return None
+    return pl.DataFrame(
+        {
+            "movieId": [w.movie_id for w in wires],
+            "userId": [w.user_id for w in wires],
+            "ts": np.fromiter((w.timestamp for w in wires), np.int64, len(wires)),
+        }
+    )
+
+
+# The layout producers write: the keys in this order, each ':' and ',' with at most one space
+# after it, nothing else. (quote index opening the key, key); a record's quotes are numbered 0-9.
+_TEMPLATE_KEYS = ((0, b"movieId"), (4, b"userId"), (8, b"timestamp"))
+_TEMPLATE_GAPS = ((1, ord(":")), (3, ord(",")), (5, ord(":")), (7, ord(",")))
+_NDJSON_SCHEMA = pl.Schema({"movieId": pl.String, "userId": pl.String, "timestamp": pl.Int64})
+
+
+def _template_frame(
+    joined: bytes, buf: np.ndarray, values: list, starts: np.ndarray, ends: np.ndarray, quotes: np.ndarray
+) -> pl.DataFrame | None:
+    """The batch's columns parsed natively by polars, if every record has the producers' exact layout
+    `{"movieId": "<id>", "userId": "<id>", "timestamp": <digits>}`, else None.
+
+    Proven on the bytes of each record, between its own ten quotes (`quotes`, one row per
+    record), so each is a JSON object with exactly these three keys, two strings without
+    escapes and an integer without sign, fraction, exponent or leading zero; with no C0
+    control byte and valid UTF-8, any JSON reader reads it the same, and the per-record
+    path would take it as it is. About a third of the typed decode's cost (no Python
+    object per field).
+    """
+    if buf.min() < 0x20 or not (quotes[:, 0] == starts + 1).all():
+        return None
+    if not joined.isascii():
+        try:
+            joined.decode()
+        except UnicodeDecodeError:
+            return None
+    for opening, key in _TEMPLATE_KEYS:
+        if not (quotes[:, opening + 1] - quotes[:, opening] - 1 == len(key)).all():
+            return None
+        at = quotes[:, opening, None] + 1 + np.arange(len(key))
+        if not (buf[at] == np.frombuffer(key, np.uint8)).all():
+            return None
+    for closing, separator in _TEMPLATE_GAPS:
+        gap = quotes[:, closing + 1] - quotes[:, closing] - 1
+        if not (((gap == 1) | (gap == 2)).all() and (buf[quotes[:, closing] + 1] == separator).all()):
+            return None
+        if not (buf[quotes[:, closing][gap == 2] + 2] == ord(" ")).all():
+            return None
+    after_key = quotes[:, 9] + 1  # then ':', an optional space, the digits, and '}' at `ends`
+    if not (buf[after_key] == ord(":")).all():
+        return None
+    first = after_key + 1 + (buf[after_key + 1] == ord(" "))
+    digits = ends - first
+    if not ((digits >= 1) & (digits <= 18)).all() or (buf[first] == ord("0")).any():
+        return None
+    for k in range(int(digits.max())):
+        byte = buf[first[k < digits] + k]
+        if not ((byte >= ord("0")) & (byte <= ord("9"))).all():
+            return None
+    frame = pl.read_ndjson(b"\n".join(values), schema=_NDJSON_SCHEMA).rename({"timestamp": "ts"})
+    if frame.height != len(values) or frame.null_count().sum_horizontal().item():
+        return None
+    return frame
 
 
 def _slice_columns(

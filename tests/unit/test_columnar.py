@@ -6,6 +6,7 @@ import json
 import random
 import zlib
 
+import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -98,3 +99,47 @@ def test_a_batch_that_only_looks_clean_as_a_whole_is_judged_record_by_record() -
     assert decode_batch(values) is None
     columnar, reference = both_paths(values, NO_WATERMARK)
     assert columnar == reference
+
+
+TEMPLATE_LIKE = [
+    b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001}',  # the producers' layout
+    b'{"movieId":"2000","userId":"1000","timestamp":1546844400002}',  # compact
+    b'{"movieId":"\xc3\xa9t\xc3\xa9","userId":"a,b}{","timestamp":1546844400003}',  # UTF-8, structure inside ids
+]
+NEAR_MISSES = [
+    b'{"movieId": "2000", "userId": "1000", "timestamp": 01546844400001}',  # leading zero: not JSON
+    b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001.0}',
+    b'{"movieId": "2000", "userId": "1000", "timestamp": 1.546844400001e12}',
+    b'{"movieId": "2000", "userId": "1000", "timestamp": -1546844400001}',
+    b'{"movieId": "2000", "userId": "1000", "timestamp":  1546844400001}',  # two spaces
+    b'{"movieId" : "2000", "userId": "1000", "timestamp": 1546844400001}',
+    b'{"movieId":\t"2000", "userId": "1000", "timestamp": 1546844400001}',
+    b'{"userId": "1000", "movieId": "2000", "timestamp": 1546844400001}',  # valid, another order
+    b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001 }',
+    b'{"movieId": "20\x0100", "userId": "1000", "timestamp": 1546844400001}',  # a raw control byte
+    b'{"movieId": "20\xff00", "userId": "1000", "timestamp": 1546844400001}',  # not UTF-8
+    b'{"movieId": "2000", "userId": "1000", "timestamp": 15468444000010000000}',  # past int64
+    b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001, "x": 1}',
+    b'{"movieId": "2000", "userId": "1000", "userId": 1546844400001}',  # a repeated key
+    b'{"movieId": "2000", "userId": "1000", "timestamq": 1546844400001}',
+]
+
+
+def test_the_producers_layout_is_read_natively_and_anything_else_by_the_reference_rules(monkeypatch) -> None:
+    natively: list[bytes] = []
+    read_ndjson = pl.read_ndjson
+    monkeypatch.setattr(pl, "read_ndjson", lambda data, **kw: (natively.append(data), read_ndjson(data, **kw))[1])
+    for record in TEMPLATE_LIKE:
+        fast = decode_batch([record, TEMPLATE_LIKE[0]])
+        assert natively.pop() == record + b"\n" + TEMPLATE_LIKE[0]
+        assert fast is not None and fast.rows() == [slice_fields(record), slice_fields(TEMPLATE_LIKE[0])]
+    for record in NEAR_MISSES:
+        values = [TEMPLATE_LIKE[0], record, TEMPLATE_LIKE[1]]
+        columnar, reference = both_paths(values, NO_WATERMARK)
+        assert columnar == reference, record
+        assert natively == [], f"not the exact layout, yet read natively: {record!r}"
+
+
+def slice_fields(record: bytes) -> tuple[str, str, int]:
+    obj = json.loads(record)
+    return obj["movieId"], obj["userId"], obj["timestamp"]
