@@ -251,20 +251,97 @@ def slice_batch(
 
     Takes and returns the partition's newest event time (its watermark state). The batch
     is handled as columns when it is provably clean (`decode_batch`); otherwise, or if
-    that path fails in any way, record by record (`slice_records`, the reference).
+    that path fails in any way, it is halved until the clean parts are found, and the
+    rest goes record by record (`slice_records`, the reference): a rare bad record costs
+    a few small pieces, not the whole batch at the per-record path's speed.
     """
     values = [m.value() for m in messages]
-    try:
-        columns = decode_batch(values)
-    except Exception:  # the record boundary's batch side: the per-record path judges each record
-        columns = None
-    if columns is None:
-        return slice_records(
-            source, messages, max_timestamp, window_ms=window_ms, max_out_of_orderness_ms=max_out_of_orderness_ms
-        )
-    return _slice_columns(
-        source, messages, values, columns, max_timestamp, window_ms=window_ms, bound_ms=max_out_of_orderness_ms
+    out: list[WindowSlice | DeadLetter | LateEvent] = []
+    max_timestamp = _slice_pieces(
+        source,
+        messages,
+        values,
+        _decoded(values),
+        max_timestamp,
+        out,
+        window_ms=window_ms,
+        bound_ms=max_out_of_orderness_ms,
     )
+    return _one_slice_per_shard_window(out, partition_watermark(max_timestamp, max_out_of_orderness_ms)), max_timestamp
+
+
+# Pieces this small go record by record: halving further costs more than it saves. So do
+# pieces up to _DENSE_PIECE neither half of which is clean: bad records are dense there.
+_PER_RECORD_PIECE = 256
+_DENSE_PIECE = 4096
+
+
+def _decoded(values: list) -> pl.DataFrame | None:
+    try:
+        return decode_batch(values)
+    except Exception:  # the record boundary's batch side: the per-record path judges each record
+        return None
+
+
+def _slice_pieces(
+    source: str,
+    messages: list,
+    values: list,
+    columns: pl.DataFrame | None,
+    max_timestamp: int,
+    out: list,
+    *,
+    window_ms: int,
+    bound_ms: int,
+) -> int:
+    """Appends the items of `messages` (in offset order; `columns`: their `decode_batch`) to
+    `out`, and returns the newest event time.
+
+    A piece that is not clean is halved, down to pieces where bad records are dense."""
+    if columns is not None:
+        items, max_timestamp = _slice_columns(
+            source, messages, values, columns, max_timestamp, window_ms=window_ms, bound_ms=bound_ms
+        )
+        out.extend(items)
+        return max_timestamp
+    middle = len(messages) // 2
+    halves = [(messages[:middle], values[:middle]), (messages[middle:], values[middle:])]
+    decoded = [_decoded(part) for _, part in halves] if len(messages) > _PER_RECORD_PIECE else [None, None]
+    if all(part is None for part in decoded) and len(messages) <= _DENSE_PIECE:
+        items, max_timestamp = slice_records(
+            source, messages, max_timestamp, window_ms=window_ms, max_out_of_orderness_ms=bound_ms
+        )
+        out.extend(items)
+        return max_timestamp
+    for (part_messages, part_values), part_columns in zip(halves, decoded, strict=True):
+        max_timestamp = _slice_pieces(
+            source, part_messages, part_values, part_columns, max_timestamp, out, window_ms=window_ms, bound_ms=bound_ms
+        )
+    return max_timestamp
+
+
+def _one_slice_per_shard_window(items: list, watermark: int) -> list:
+    """Slices of the same (shard, window) from several pieces folded into one, each with the
+    partition's watermark after the batch: what one piece gives."""
+    slices: dict[tuple[str, int], list[WindowSlice]] = {}
+    others = []
+    for item in items:
+        if isinstance(item, WindowSlice):
+            slices.setdefault((item.shard, item.window_start), []).append(item)
+        else:
+            others.append(item)
+    merged = []
+    for group in slices.values():
+        if len(group) == 1:
+            group[0].source_watermark = watermark
+            merged.append(group[0])
+            continue
+        movies = list(dict.fromkeys(movie for piece in group for movie in piece.movies))
+        tallies = _summed([piece.tallies for piece in group])
+        first = group[0]
+        latest = max(piece.latest for piece in group)
+        merged.append(WindowSlice(first.shard, first.window_start, latest, movies, tallies, first.source, watermark))
+    return others + merged
 
 
 class _WireText(msgspec.Struct, rename="camel", gc=False):

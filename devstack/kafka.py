@@ -53,6 +53,7 @@ def _resolve_jars(lib: Path) -> None:
             "mvn",
             "-q",
             "-B",
+            "-Dstyle.color=never",  # -B alone still prints colour resets around its quiet output
             "-f",
             str(POM),
             "dependency:copy-dependencies",

@@ -10,6 +10,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dataflows import impression_rules
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK
 from dataflows.impression_rules import MOVIE_SHARDS, WindowSlice, decode_batch, slice_batch, slice_records
@@ -143,3 +144,41 @@ def test_the_producers_layout_is_read_natively_and_anything_else_by_the_referenc
 def slice_fields(record: bytes) -> tuple[str, str, int]:
     obj = json.loads(record)
     return obj["movieId"], obj["userId"], obj["timestamp"]
+
+
+def test_a_few_bad_records_cost_small_pieces_not_the_batch(monkeypatch) -> None:
+    values = [
+        json.dumps({"movieId": f"m{i % 50}", "userId": f"u{i % 999}", "timestamp": BASE + i}).encode()
+        for i in range(20_000)
+    ]
+    bad = [3, 9_999, 19_998]
+    for i in bad:
+        values[i] = b'{"movieId": "m1", "userId": "u1", "timestamp": "soon"}'
+    by_record: list[int] = []
+    reference = impression_rules.slice_records
+
+    def spy(source, messages, *args, **kwargs):
+        by_record.append(len(messages))
+        return reference(source, messages, *args, **kwargs)
+
+    monkeypatch.setattr(impression_rules, "slice_records", spy)
+    columnar = canonical(
+        slice_batch(
+            "0-t",
+            [kafka_message(v, offset=i) for i, v in enumerate(values)],
+            NO_WATERMARK,
+            window_ms=W,
+            max_out_of_orderness_ms=2_000,
+        )
+    )
+    monkeypatch.setattr(impression_rules, "slice_records", reference)
+    _, expected = both_paths(values, NO_WATERMARK)
+    assert columnar == expected
+    assert len(columnar[0]) == len(bad), "each bad record a dead letter"
+    assert sum(by_record) <= len(bad) * 256, f"records judged one by one: {sum(by_record)} of {len(values)}"
+
+
+def test_dense_bad_records_go_record_by_record_and_agree() -> None:
+    values = events(11, 6_000, dirty=True)
+    columnar, reference = both_paths(values, BASE)
+    assert columnar == reference
