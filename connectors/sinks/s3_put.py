@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import urllib3
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 _DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")  # no dots: a dotted name breaks the TLS wildcard
 
@@ -102,6 +102,8 @@ class DirectPut:
         self._region = client.meta.region_name or "us-east-1"
         self._path_style = path_style
         self._credentials = client._request_signer._credentials  # the client's own (refreshable) credentials
+        if self._credentials is None:
+            raise NoCredentialsError  # as boto3 would on its first call: one line (s3_objects.describe_s3_error)
         config = client.meta.config
         verify = client._endpoint.http_session._verify  # True, False or a CA bundle path, as boto3 resolved it
         pool: dict[str, Any] = {"maxsize": 16, "retries": False, "timeout": urllib3.Timeout(connect=5, read=30)}
