@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench import kinesis as bench_kinesis
 from bench.steady import steady_rate
-from dataflows.skeleton import GC_YOUNG_THRESHOLD
+from dataflows.skeleton import GC_THRESHOLDS
 from devstack.kafka import create_topics
 from devstack.processes import free_port
 from devstack.s3 import LOCAL_CREDENTIALS, create_bucket, s3_client
@@ -111,12 +111,12 @@ CONSUME_SIZES = (10_000, 50_000)  # messages per consume() call; 50,000 is the j
 
 def raw_consume(topic: str, config: dict | None = None, size: int = 10_000) -> float:
     """The I/O ceiling: confluent-kafka batch consume() of the whole topic, no work."""
-    young, *older = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *older)  # as the job runs (dataflows/skeleton.py)
+    before = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)  # as the job runs (dataflows/skeleton.py)
     try:
         return _raw_consume(topic, config, size)
     finally:
-        gc.set_threshold(young, *older)
+        gc.set_threshold(*before)
 
 
 def _raw_consume(topic: str, config: dict | None, size: int) -> float:

@@ -111,17 +111,19 @@ def start(settings: JobSettings, argv: Sequence[str], environ: Mapping[str, str]
     return resume
 
 
-# Allocations between collections of the youngest generation (CPython's default: 700).
-GC_YOUNG_THRESHOLD = 50_000
+# gc.set_threshold's three: allocations between collections of the youngest generation
+# (CPython's default: 700), then how many of those before each older one is collected.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def tune_garbage_collector() -> None:
     """Collect cycles far less often: the hot path makes no cycles but allocates a Python
     object per record (the consumer's messages), so at the default threshold the
-    collector runs every few hundred records and walks the young objects each time, a
-    fifth of the job's CPU (`make bench`). What start-up made is frozen: never walked again."""
+    collector runs every few hundred records and walks the young objects each time (a
+    fifth of the in-process run's time: `python -m bench.pipeline`). What start-up made is
+    frozen: never walked again."""
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], Dataflow]) -> Dataflow:
