@@ -15,6 +15,15 @@ Two halves (docs/architecture.md, "Event time"):
   outside the per-key state, so a key whose windows all closed (and whose state
   bytewax dropped) cannot re-open an emitted window. Partitions silent for the idle
   timeout stop holding it back.
+
+* Per key, at once (optional, `arrival_watermark_getter`): a key sees each partition's
+  items in log order (one reader per partition, FIFO channels, bytewax keeps a key's
+  items in arrival order). An item can carry a watermark that no later item of its
+  partition undercuts: its batch's watermark *before* the batch (a later event was
+  judged against at least that), or a heartbeat's (sent after its batch). Once a key
+  holds such a watermark from every partition, their minimum closes its windows without
+  waiting for the epoch boundary, so a backfill's output flows while it reads. Which
+  events are late is unchanged: only when windows close moves.
 """
 
 from __future__ import annotations
@@ -124,15 +133,20 @@ class Heartbeat:
 
 
 class HeartbeatSchedule:
-    """Emits a round of heartbeats per input partition at most every `interval`."""
+    """Emits a round of heartbeats per input partition at most every `interval`.
+
+    `keys`: keys that get every round too (a job whose keys are a small fixed set, so
+    each of its keys hears every partition: "Per key" in the module docstring).
+    """
 
     KEYS_PER_ROUND = 16
     # Keys repeat after this many rounds: bytewax keeps the last snapshot of every key
     # it ever saw in the recovery store, so fresh keys forever would grow it forever.
     ROUNDS = 64
 
-    def __init__(self, interval: timedelta = timedelta(milliseconds=200)) -> None:
+    def __init__(self, interval: timedelta = timedelta(milliseconds=200), keys: Iterable[str] = ()) -> None:
         self._interval_s = interval.total_seconds()
+        self._keys = list(keys)
         self._last: dict[str, float] = {}
         self._round = 0
 
@@ -142,7 +156,8 @@ class HeartbeatSchedule:
             return []
         self._last[source] = now
         self._round = (self._round + 1) % self.ROUNDS
-        return [Heartbeat(f"\x00heartbeat/{self._round}/{i}", source, watermark_ms) for i in range(self.KEYS_PER_ROUND)]
+        rotating = [f"\x00heartbeat/{self._round}/{i}" for i in range(self.KEYS_PER_ROUND)]
+        return [Heartbeat(key, source, watermark_ms) for key in rotating + self._keys]
 
 
 class WorkerWatermarks:
@@ -184,13 +199,30 @@ def wake_time(passed: bool, recheck: timedelta) -> datetime:
     return now if passed else now + recheck
 
 
+class KeyWatermark:
+    """One key's minimum over every partition of the arrival-safe watermarks it was handed."""
+
+    def __init__(self, sources: Iterable[str]) -> None:
+        self._heard: dict[str, int] = dict.fromkeys(sources, NO_WATERMARK)
+        self.value = NO_WATERMARK
+
+    def observe(self, source: str, watermark_ms: int) -> None:
+        heard = self._heard.get(source)
+        if heard is not None and watermark_ms > heard:
+            self._heard[source] = watermark_ms
+            self.value = min(self._heard.values())
+
+
 class _EventTimeClockLogic(ClockLogic[V, None], Generic[V]):
     def __init__(self, clock: EventTimeClock[V], view: WatermarkView) -> None:
         self._clock = clock
         self._view = view
+        self._key = KeyWatermark(clock.watermarks.sources) if clock.arrival_watermark_getter else None
 
     def _watermark(self) -> datetime:
         wm = self._view.watermark(time.monotonic())
+        if self._key is not None:
+            wm = max(wm, self._key.value)
         if wm == NO_WATERMARK:
             return UTC_MIN
         return to_datetime(align_down(wm, self._clock.window_ms))
@@ -201,6 +233,8 @@ class _EventTimeClockLogic(ClockLogic[V, None], Generic[V]):
     def on_item(self, value: V) -> tuple[datetime, datetime]:
         source, source_watermark = self._clock.source_watermark_getter(value)
         self._view.observe(source, source_watermark)
+        if self._key is not None:
+            self._key.observe(source, self._clock.arrival_watermark_getter(value))  # type: ignore[misc]
         return self._clock.ts_getter(value), self._watermark()
 
     def on_notify(self) -> datetime:
@@ -261,7 +295,9 @@ class EventTimeClock(Clock[V, None], Generic[V]):
     """A `Clock` whose watermark is driven by event time carried in the items.
 
     `ts_getter` gives an item's event time; `source_watermark_getter` the input
-    partition it came from and that partition's watermark (epoch ms) at the time.
+    partition it came from and that partition's watermark (epoch ms) at the time;
+    `arrival_watermark_getter`, if given, a watermark of that partition that no later
+    item of it undercuts (module docstring, "Per key"), so windows close on arrival.
     """
 
     def __init__(
@@ -273,9 +309,11 @@ class EventTimeClock(Clock[V, None], Generic[V]):
         idle_timeout: timedelta,
         recheck: timedelta = timedelta(milliseconds=500),
         on_commit: Callable[[int], None] = lambda wm: None,
+        arrival_watermark_getter: Callable[[V], int] | None = None,
     ) -> None:
         self.ts_getter = ts_getter
         self.source_watermark_getter = source_watermark_getter
+        self.arrival_watermark_getter = arrival_watermark_getter
         self.window_ms = int(window / timedelta(milliseconds=1))
         self.recheck = recheck
         self.watermarks = WorkerWatermarks(sources, idle_timeout, on_commit)

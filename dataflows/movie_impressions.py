@@ -40,10 +40,12 @@ from dataflows.dead_letters import LateEvent
 from dataflows.event_time import EventTimeClock, Heartbeat, HeartbeatAwareWindower, to_datetime
 from dataflows.impression_rules import (
     OUTPUT_SCHEMA,
+    HourFolders,
     WindowSlice,
     WindowTallies,
     folder_runs,
     late_slice_records,
+    movie_shards,
     slice_batch,
     window_rows,
 )
@@ -107,6 +109,7 @@ def build_flow(
         ),
         max_out_of_orderness=settings.max_out_of_orderness,
         dead_letter_stream=settings.dead_letter_topic,
+        heartbeat_keys=movie_shards(),  # so each shard closes its windows as the watermark passes them
     )
     late = op.branch("split_late", items, lambda i: isinstance(i, LateEvent))
 
@@ -117,6 +120,7 @@ def build_flow(
         window=settings.window,
         idle_timeout=settings.idle_timeout,
         on_commit=metrics.record_watermark_lag(JOB),
+        arrival_watermark_getter=lambda s: s.source_watermark if isinstance(s, Heartbeat) else s.watermark_before,
     )
     windows = win.fold_window(
         "impressions",
@@ -129,13 +133,18 @@ def build_flow(
         ordered=False,  # count and max do not depend on order
     )
 
+    # A shard's windows close on the worker that holds its key: one tracker each, no sharing.
+    hour_folders = {shard: HourFolders() for shard in movie_shards()}
+
     def to_rows(shard_window: tuple[str, tuple[int, WindowTallies]]) -> tuple[str, ObjectRows]:
         shard, (window_id, tallies) = shard_window
         if tallies.counted:
             OPEN_MOVIES.closed(tallies.movies)
         start = window_id * window_ms  # bytewax numbers epoch-aligned tumbling windows from 0
         rows = window_rows(start, window_ms, tallies)
-        return shard, ObjectRows.split(rows, folder_runs(settings.s3_prefix, start, rows))
+        runs = folder_runs(settings.s3_prefix, start, rows)
+        complete = hour_folders[shard].closed(start, window_ms, (folder for folder, _ in runs))
+        return shard, ObjectRows.split(rows, runs, complete)
 
     op.output("s3_out", op.map("rows", windows.down, to_rows), rows_sink)
 

@@ -54,8 +54,9 @@ def read_input(
     *,
     max_out_of_orderness: timedelta,
     dead_letter_stream: str,
+    heartbeat_keys: Sequence[str] = (),
 ) -> Stream[Any]:
-    heartbeats = HeartbeatSchedule()
+    heartbeats = HeartbeatSchedule(keys=heartbeat_keys)
     bound_ms = int(max_out_of_orderness.total_seconds() * 1000)
 
     def step(source: str, records: list[Any], max_timestamp: int) -> tuple[list[Any], int]:

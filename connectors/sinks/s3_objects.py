@@ -102,15 +102,20 @@ class ObjectRows:
     of many folders, each folder's rows together, `runs` saying which: (folder, row
     count) in row order. Either way the sink writes each folder's rows to its own object;
     one frame for many folders spares the job a frame (and an item) per folder.
+
+    `complete`: folders (of these rows or earlier ones) that will get no more rows, so
+    the sink may write them before the epoch ends, one object each. A hint: rows that
+    still come for such a folder only go to another object.
     """
 
     directory: str
     rows: pl.DataFrame
     runs: tuple[tuple[str, int], ...] = ()
+    complete: tuple[str, ...] = ()
 
     @classmethod
-    def split(cls, rows: pl.DataFrame, runs: Iterable[tuple[str, int]]) -> ObjectRows:
-        return cls("", rows, tuple(runs))
+    def split(cls, rows: pl.DataFrame, runs: Iterable[tuple[str, int]], complete: Iterable[str] = ()) -> ObjectRows:
+        return cls("", rows, tuple(runs), tuple(complete))
 
     def by_folder(self) -> Iterator[tuple[str, pl.DataFrame]]:
         if not self.runs:
@@ -265,8 +270,10 @@ def stable_partition(key: str) -> int:
     return zlib.crc32(key.encode())
 
 
-# Rows buffered before a write starts in the background, not waiting for the snapshot.
+# Rows of complete folders buffered before they are written in the background, not
+# waiting for the snapshot; and rows buffered in all, before everything is (a memory bound).
 EARLY_WRITE_ROWS = 20_000
+BUFFER_LIMIT_ROWS = 1_000_000
 
 
 class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
@@ -284,6 +291,8 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
         self._empty = encode(pl.DataFrame(schema=sink.schema), sink.fmt)  # what claims a key (`_landed_units`)
         self._buffer: dict[str, list[pl.DataFrame]] = defaultdict(list)
+        self._folder_rows: dict[str, int] = defaultdict(int)
+        self._complete: set[str] = set()  # buffered folders that get no more rows (ObjectRows.complete)
         self._buffered_rows = 0
         self._failed = False
         # Writes run while the job goes on; a snapshot waits only for what is still in flight.
@@ -455,18 +464,27 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         for item in items:
             for folder, rows in item.by_folder():
                 self._buffer[folder].append(rows)
+                self._folder_rows[folder] += rows.height
             self._buffered_rows += item.rows.height
-        if self._buffered_rows >= EARLY_WRITE_ROWS:
+            self._complete.update(folder for folder in item.complete if folder in self._buffer)
+        if self._buffered_rows >= BUFFER_LIMIT_ROWS:
             self._start_write()
+        elif sum(self._folder_rows[folder] for folder in self._complete) >= EARLY_WRITE_ROWS:
+            self._start_write(self._complete)
 
-    def _start_write(self) -> None:
-        """Write what is buffered as the next seq, in the background (manifest first, then objects)."""
+    def _start_write(self, folders: set[str] | None = None) -> None:
+        """Write what is buffered (or only `folders` of it) as the next seq, in the
+        background (manifest first, then objects)."""
         if self._visible:
             self._drop_visible()
-        if not self._buffer:
+        taken = self._buffer.keys() if folders is None else folders & self._buffer.keys()
+        if not taken:
             return
-        seq, batch = self._next_seq, self._buffer
-        self._next_seq, self._buffer, self._buffered_rows = seq + 1, defaultdict(list), 0
+        seq, batch = self._next_seq, {folder: self._buffer.pop(folder) for folder in list(taken)}
+        self._next_seq = seq + 1
+        for folder in batch:
+            self._buffered_rows -= self._folder_rows.pop(folder)
+        self._complete -= batch.keys()
         self._in_flight.append(self._writes.submit(self._write, seq, batch))
 
     def _drop_visible(self) -> None:
