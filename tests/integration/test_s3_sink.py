@@ -1,8 +1,11 @@
 """The exactly-once protocol of the S3 sink against a real S3 endpoint."""
 
+from dataclasses import replace
+
 import polars as pl
 import pytest
 
+from connectors.sinks import s3_objects
 from connectors.sinks.s3_objects import (
     ObjectRows,
     PartitionedS3Sink,
@@ -103,6 +106,40 @@ def test_one_object_per_folder_per_epoch_and_names_never_reused(s3, sink) -> Non
     again.snapshot()
     table = read_s3_rows(s3, sink.location.bucket, "out")
     assert table.height == 4 and table["object"].n_unique() == 2
+
+
+def objects_by_folder(s3, bucket: str) -> dict[str, int]:
+    table = read_s3_rows(s3, bucket, "out")
+    counts = table.group_by("movieId").agg(pl.col("object").n_unique()).rows() if table.height else []
+    return dict(counts)
+
+
+def test_complete_folders_are_written_before_the_epoch_ends_one_object_each(s3, sink, monkeypatch) -> None:
+    monkeypatch.setattr(s3_objects, "EARLY_WRITE_ROWS", 2)
+    bucket, part = sink.location.bucket, sink.build_part("s3_out", "p00", None)
+    part.write_batch([rows("m1", "u1", 1), rows("m2", "u1", 1)])
+    part.write_batch([replace(rows("m1", "u2", 1), complete=("out/2019-01-07--07/m1",))])
+    for write in list(part._in_flight):
+        write.result()  # the early write, started by write_batch, not by a snapshot
+    assert objects_by_folder(s3, bucket) == {"m1": 1}, "m1 is complete and has 2 rows; m2 may still grow"
+    part.write_batch([rows("m2", "u2", 1)])
+    assert part.snapshot() == 2
+    assert objects_by_folder(s3, bucket) == {"m1": 1, "m2": 1}
+    assert triples(s3, bucket) == [("m1", "u1", 0), ("m1", "u2", 0), ("m2", "u1", 0), ("m2", "u2", 0)]
+
+
+def test_past_the_buffer_limit_everything_buffered_is_written(s3, sink, monkeypatch) -> None:
+    monkeypatch.setattr(s3_objects, "BUFFER_LIMIT_ROWS", 3)
+    bucket, part = sink.location.bucket, sink.build_part("s3_out", "p00", None)
+    part.write_batch([rows("m1", "u1", 1), rows("m2", "u1", 1)])
+    assert part._in_flight == []
+    part.write_batch([rows("m3", "u1", 1)])
+    for write in list(part._in_flight):
+        write.result()
+    assert objects_by_folder(s3, bucket) == {"m1": 1, "m2": 1, "m3": 1}
+    part.write_batch([rows("m1", "u2", 1)])
+    part.close()
+    assert objects_by_folder(s3, bucket) == {"m1": 2, "m2": 1, "m3": 1}
 
 
 def test_a_fresh_start_in_the_legacy_namespace_does_not_double_an_earlier_run(s3, sink) -> None:

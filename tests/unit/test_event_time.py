@@ -1,3 +1,4 @@
+import json
 from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
@@ -6,17 +7,24 @@ import polars as pl
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from dataflows.dead_letters import LateEvent
 from dataflows.event_time import (
     NO_WATERMARK,
     EventTimeClock,
+    Heartbeat,
     HeartbeatSchedule,
+    KeyWatermark,
     WatermarkView,
     align_down,
     is_late,
+    partition_watermark,
     to_datetime,
 )
-from dataflows.impression_rules import TALLY_SCHEMA, WindowSlice, WindowTallies
+from dataflows.impression_rules import TALLY_SCHEMA, WindowSlice, WindowTallies, movie_shards, slice_batch
+from tests.factories import kafka_message
 
 W = 15 * 60 * 1000
 
@@ -135,3 +143,97 @@ def test_heartbeat_keys_come_from_a_bounded_set() -> None:
     later = {beat.key for _ in range(10_000) for beat in schedule.due("topic-0", 1_000)}
     assert later == first
     assert len({beat.key for beat in schedule.due("topic-0", 1_000)}) == HeartbeatSchedule.KEYS_PER_ROUND
+
+
+def _partition_items(source: str, batches: list[list[int]], window_ms: int, bound_ms: int) -> list:
+    """The source's output for one partition: each batch's items (real `slice_batch`), then a heartbeat per shard."""
+    items, newest, offset = [], NO_WATERMARK, 0
+    for batch in batches:
+        messages = []
+        for ms in batch:
+            ts = 1_546_844_400_000 + ms
+            value = json.dumps({"movieId": f"m{ms % 3}", "userId": f"u{ms % 5}", "timestamp": ts}).encode()
+            messages.append(kafka_message(value, offset))
+            offset += 1
+        out, newest = slice_batch(source, messages, newest, window_ms=window_ms, max_out_of_orderness_ms=bound_ms)
+        assert not [i for i in out if not isinstance(i, (WindowSlice, LateEvent))]
+        items += [i for i in out if isinstance(i, WindowSlice)]
+        items += [Heartbeat(shard, source, partition_watermark(newest, bound_ms)) for shard in movie_shards()]
+    return items
+
+
+def _arrival_watermark(item: WindowSlice | Heartbeat) -> int:
+    return item.source_watermark if isinstance(item, Heartbeat) else item.watermark_before
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    partitions=st.lists(
+        st.lists(st.lists(st.integers(0, 20_000), min_size=1, max_size=12), min_size=1, max_size=6),
+        min_size=1,
+        max_size=3,
+    ),
+    rng=st.randoms(use_true_random=False),
+)
+def test_no_on_time_slice_reaches_a_window_its_key_already_closed(partitions, rng) -> None:
+    """The claim of "Per key" (dataflows/event_time.py): a key that hears each partition in log
+    order, however the partitions interleave, never closes a window an on-time slice is still bound for."""
+    window_ms, bound_ms = 1_000, 1_500
+    streams = {
+        f"{i}-t": _partition_items(f"{i}-t", batches, window_ms, bound_ms) for i, batches in enumerate(partitions)
+    }
+    for shard in movie_shards():
+        queues = {
+            source: [i for i in items if (i.key if isinstance(i, Heartbeat) else i.shard) == shard]
+            for source, items in streams.items()
+        }
+        key = KeyWatermark(streams)
+        while any(queues.values()):
+            source = rng.choice([s for s, q in queues.items() if q])  # any interleaving, each partition in order
+            item = queues[source].pop(0)
+            key.observe(source, _arrival_watermark(item))
+            if isinstance(item, WindowSlice):
+                assert item.window_start + window_ms > key.value, (shard, item, key.value)
+
+
+def test_a_key_closes_its_windows_when_every_partition_passed_them_not_at_the_epoch_end() -> None:
+    """Through bytewax's own fold_window, with epochs far longer than the run: a window's output
+    comes out while later input still flows in, not only at the end."""
+    t0 = 1_546_844_400_000  # a window start
+    items = [
+        _slice("m", t0 + 1, "u1", NO_WATERMARK),
+        *[_slice("m", t0 + W + i, "u2", t0 + W + i) for i in range(1, 40)],  # the watermark before passes W
+    ]
+    for item in items:
+        item.watermark_before = item.source_watermark
+    seen: list[int] = []
+    clock = EventTimeClock(
+        ts_getter=lambda s: to_datetime(s.latest),
+        source_watermark_getter=lambda s: (s.source, s.source_watermark),
+        sources=["s"],
+        window=timedelta(milliseconds=W),
+        idle_timeout=timedelta(hours=1),
+        recheck=timedelta(hours=1),
+        arrival_watermark_getter=lambda s: s.watermark_before,
+    )
+    flow = Dataflow("per_key_close")
+    inputs = op.map(
+        "count_in", op.input("in", flow, TestingSource(items, batch_size=1)), lambda s: (seen.append(1), s)[1]
+    )
+    out = win.fold_window(
+        "w",
+        op.key_on("key", inputs, lambda s: s.shard),
+        clock,
+        win.TumblingWindower(timedelta(milliseconds=W), datetime(1970, 1, 1, tzinfo=UTC)),
+        WindowTallies,
+        _fold,
+        WindowTallies.merge,
+        ordered=False,
+    )
+    closed_after: list[tuple[int, int]] = []
+    op.output("down", op.map("when", out.down, lambda kv: (kv[1][0], len(seen))), TestingSink(closed_after))
+    run_main(flow, epoch_interval=timedelta(hours=1))
+
+    first_window, second_window = t0 // W, t0 // W + 1
+    assert [w for w, _ in closed_after] == [first_window, second_window]
+    assert closed_after[0][1] < len(items), "the first window waited for the end of the input"

@@ -14,6 +14,7 @@ from dataflows.impression_rules import (
     MOVIE_SHARDS,
     OUTPUT_SCHEMA,
     TALLY_SCHEMA,
+    HourFolders,
     MovieImpression,
     WindowSlice,
     WindowTallies,
@@ -302,3 +303,26 @@ def test_a_late_slice_becomes_one_late_record_per_movie() -> None:
         ("m2", 900_000, "0-t"),
     }
     assert all("closed before these impressions arrived" in r["reason"] for r in records.values())
+
+
+HOUR = 3_600_000
+T0 = 1_546_844_400_000  # 2019-01-07 07:00 UTC
+
+
+def test_an_hour_folder_is_complete_once_the_last_window_of_its_hour_closed() -> None:
+    folders, quarter = HourFolders(), 900_000
+    assert folders.closed(T0, quarter, ["h07/m1", "h07/m2"]) == []
+    assert folders.closed(T0 + 2 * quarter, quarter, ["h07/m1"]) == []
+    # The shard had no rows in 07:45-08:00; its 08:00 window closing shows 07:xx is done.
+    assert sorted(folders.closed(T0 + HOUR, quarter, ["h08/m1"])) == ["h07/m1", "h07/m2"]
+    assert folders.closed(T0 + HOUR + 3 * quarter, quarter, ["h08/m2"]) == ["h08/m1", "h08/m2"]
+    assert folders.closed(T0 + 2 * HOUR, quarter, []) == [], "each folder is complete once"
+
+
+def test_with_windows_that_straddle_the_hour_a_folder_waits_for_the_last_window_starting_in_it() -> None:
+    folders, seven = HourFolders(), 7 * 60_000  # 7-minute windows: one starts before 08:00, ends after
+    straddling = (T0 + HOUR) - (T0 + HOUR) % seven
+    assert straddling < T0 + HOUR < straddling + seven
+    assert folders.closed(straddling - seven, seven, ["h07/m1"]) == [], "the straddling window may hold 07 rows"
+    assert folders.closed(straddling, seven, ["h07/m1"]) == ["h07/m1"]
+    assert folders.closed(straddling + seven, seven, ["h08/m1"]) == []
