@@ -23,7 +23,9 @@ Two halves (docs/architecture.md, "Event time"):
   judged against at least that), or a heartbeat's (sent after its batch). Once a key
   holds such a watermark from every partition, their minimum closes its windows without
   waiting for the epoch boundary, so a backfill's output flows while it reads. Which
-  events are late is unchanged: only when windows close moves.
+  events are late is unchanged: only when windows close moves. It needs every partition
+  known at start (`Transport.partitions_fixed`): a Kinesis shard made by resharding
+  starts its own watermark afresh, behind windows a key may have closed.
 """
 
 from __future__ import annotations

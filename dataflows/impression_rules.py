@@ -231,11 +231,13 @@ HOUR_MS = 3_600_000
 class HourFolders:
     """Which of one shard's hour folders can get no more rows, as its windows close.
 
-    A shard's windows close in order of their end (all those ending at or before the
-    watermark), so once a window ending at `end` closed, every folder of an hour that
-    ended by `end` rounded down to the hour is complete: its objects can be written
-    before the epoch ends, as one object each. Only a hint to the sink (a wrong one costs
-    an extra object, never a row), so it lives outside the recovered state.
+    A shard's windows close once the watermark passes their end, so once a window ending
+    at `end` closed, every folder of an hour that ended by `end` rounded down to the hour
+    is complete: its objects can be written before the epoch ends, as one object each.
+    Only a hint to the sink, so it lives outside the recovered state: bytewax closes the
+    windows one watermark passes in the order they opened, so after out-of-order input an
+    earlier window can come out just after a later one, and its rows then cost an extra
+    object (never a row).
     """
 
     def __init__(self) -> None:

@@ -92,6 +92,10 @@ def _fold(tallies: WindowTallies, piece: WindowSlice) -> WindowTallies:
     return tallies
 
 
+def _arrival_watermark(item: WindowSlice | Heartbeat) -> int:
+    return item.source_watermark if isinstance(item, Heartbeat) else item.watermark_before
+
+
 def build_flow(
     settings: MovieImpressionsSettings, transport: Transport, rows_sink: Sink[tuple[str, ObjectRows]]
 ) -> Dataflow:
@@ -109,7 +113,8 @@ def build_flow(
         ),
         max_out_of_orderness=settings.max_out_of_orderness,
         dead_letter_stream=settings.dead_letter_topic,
-        heartbeat_keys=movie_shards(),  # so each shard closes its windows as the watermark passes them
+        # So each shard closes its windows as the watermark passes them (if the partitions are fixed).
+        heartbeat_keys=movie_shards() if transport.partitions_fixed else (),
     )
     late = op.branch("split_late", items, lambda i: isinstance(i, LateEvent))
 
@@ -120,7 +125,7 @@ def build_flow(
         window=settings.window,
         idle_timeout=settings.idle_timeout,
         on_commit=metrics.record_watermark_lag(JOB),
-        arrival_watermark_getter=lambda s: s.source_watermark if isinstance(s, Heartbeat) else s.watermark_before,
+        arrival_watermark_getter=_arrival_watermark if transport.partitions_fixed else None,
     )
     windows = win.fold_window(
         "impressions",

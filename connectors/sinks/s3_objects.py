@@ -467,6 +467,8 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                 self._folder_rows[folder] += rows.height
             self._buffered_rows += item.rows.height
             self._complete.update(folder for folder in item.complete if folder in self._buffer)
+        if self._visible:  # before counting: the rows a write past the snapshot holds are not written again
+            self._drop_visible()
         if self._buffered_rows >= BUFFER_LIMIT_ROWS:
             self._start_write()
         elif sum(self._folder_rows[folder] for folder in self._complete) >= EARLY_WRITE_ROWS:
@@ -475,8 +477,6 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
     def _start_write(self, folders: set[str] | None = None) -> None:
         """Write what is buffered (or only `folders` of it) as the next seq, in the
         background (manifest first, then objects)."""
-        if self._visible:
-            self._drop_visible()
         taken = self._buffer.keys() if folders is None else folders & self._buffer.keys()
         if not taken:
             return
@@ -503,10 +503,14 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
             visible -= dropped  # a unit is replayed once, whole: in one write
             if not visible:
                 del self._visible[directory]
+            self._buffered_rows -= self._folder_rows.pop(directory)
             if kept:
                 self._buffer[directory] = kept
+                self._folder_rows[directory] = sum(part.height for part in kept)
+                self._buffered_rows += self._folder_rows[directory]
             else:
                 del self._buffer[directory]
+                self._complete.discard(directory)
 
     def _write(self, seq: int, batch: dict[str, list[pl.DataFrame]]) -> tuple[int, list[str]]:
         bucket, fmt, schema = self._location.bucket, self._sink.fmt, self._sink.schema

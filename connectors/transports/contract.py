@@ -14,7 +14,7 @@ after a crash a replayed epoch's records are written again, byte-identical.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from bytewax.dataflow import Stream
 from bytewax.inputs import Source
@@ -24,6 +24,11 @@ BatchStep = Callable[[str, list[Any], Any], tuple[list[Any], Any]]
 
 
 class Transport(Protocol):
+    # True when `partitions` lists every partition a run reads (none appear while it runs,
+    # as Kinesis resharding makes them): only then may a key close its windows on arrival
+    # (dataflows/event_time.py, "Per key").
+    partitions_fixed: ClassVar[bool]
+
     def check(self, read: list[str], write: list[str]) -> None:
         """Raise TransportUnavailable (one line naming the setting and the fix) if a stream is missing."""
 

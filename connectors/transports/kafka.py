@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
@@ -31,6 +31,7 @@ CONSUMER_DEFAULTS = {
 
 @dataclass(frozen=True)
 class KafkaTransport:
+    partitions_fixed: ClassVar[bool] = True  # a partition added while running is read after a restart
     brokers: list[str]
     consumer_group: str  # offsets are committed here at every snapshot, for lag tools only
     bounded: bool  # stop at the end of every partition as it was at start

@@ -12,7 +12,7 @@ one watermark per stream would make every other shard's records late.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
@@ -33,6 +33,7 @@ _STREAM_SETTINGS = "the job's stream settings (e.g. IMPRESSIONS_TOPIC, CREATED_T
 
 @dataclass(frozen=True)
 class KinesisTransport:
+    partitions_fixed: ClassVar[bool] = False  # resharding adds shards while it runs
     settings: KinesisSettings
 
     def check(self, read: list[str], write: list[str]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
@@ -99,6 +99,8 @@ class _Source(FixedPartitionedSource[Any, tuple[int, Any]]):
 
 
 class MemoryTransport:
+    partitions_fixed: ClassVar[bool] = True  # its streams are given whole
+
     def __init__(
         self, streams: dict[str, list[list[Any]]], batch_size: int = 100, pace: timedelta | None = None
     ) -> None:

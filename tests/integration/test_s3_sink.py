@@ -128,6 +128,23 @@ def test_complete_folders_are_written_before_the_epoch_ends_one_object_each(s3, 
     assert triples(s3, bucket) == [("m1", "u1", 0), ("m1", "u2", 0), ("m2", "u1", 0), ("m2", "u2", 0)]
 
 
+def test_replayed_rows_dropped_on_resume_do_not_count_toward_an_early_write(s3, sink, monkeypatch) -> None:
+    monkeypatch.setattr(s3_objects, "EARLY_WRITE_ROWS", 3)
+    first = sink.build_part("s3_out", "p00", None)
+    first.write_batch([rows("m1", "u1", 1), rows("m1", "u2", 1)])
+    assert first.snapshot() == 1  # written, but say the crash came before bytewax stored this
+    resumed = sink.build_part("s3_out", "p00", 0)
+    complete = "out/2019-01-07--07/"
+    # The replay: m1's unit is already in S3 (dropped), then two small complete folders.
+    unit = pl.concat([rows("m1", "u1", 1).rows, rows("m1", "u2", 1).rows])  # a unit comes whole
+    resumed.write_batch([replace(rows("m1", "u1", 1), rows=unit, complete=(f"{complete}m1",))])
+    resumed.write_batch([replace(rows("m2", "u1", 1), complete=(f"{complete}m2",))])
+    resumed.write_batch([replace(rows("m3", "u1", 1), complete=(f"{complete}m3",))])
+    assert resumed._in_flight == [], "2 rows of complete folders are under EARLY_WRITE_ROWS"
+    assert resumed.snapshot() == 2, "m2 and m3 in one write, after the seq the crashed attempt wrote"
+    assert objects_by_folder(s3, sink.location.bucket) == {"m1": 1, "m2": 1, "m3": 1}
+
+
 def test_past_the_buffer_limit_everything_buffered_is_written(s3, sink, monkeypatch) -> None:
     monkeypatch.setattr(s3_objects, "BUFFER_LIMIT_ROWS", 3)
     bucket, part = sink.location.bucket, sink.build_part("s3_out", "p00", None)
