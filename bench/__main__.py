@@ -193,6 +193,10 @@ def run_job(
     `topic` is a Kafka topic, or a Kinesis stream with TRANSPORT=kinesis in `env` (then `events` is its size).
     """
     prefix = f"run-{uuid.uuid4().hex[:8]}"
+    # A bucket per run: the local S3 server lists a bucket by walking all of its keys (S3
+    # lists by prefix), so earlier runs' objects would slow each later run's start-up checks.
+    bucket = f"{BUCKET}-{prefix}"
+    create_bucket(S3, bucket)
     recovery = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), str(max(processes, 1))], check=True)
     job_env = {
@@ -200,7 +204,7 @@ def run_job(
         **LOCAL_CREDENTIALS,
         "KAFKA_BROKERS": BROKERS,
         "S3_ENDPOINT_URL": S3,
-        "S3_BUCKET": BUCKET,
+        "S3_BUCKET": bucket,
         "S3_PREFIX": prefix,
         "IMPRESSIONS_TOPIC": topic,
         "BOUNDED": "true",
@@ -240,7 +244,7 @@ def run_job(
         "aws_secret_access_key": LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     }
     rows = (
-        pl.scan_parquet(f"s3://{BUCKET}/{prefix}/**/*.parquet", storage_options=storage)
+        pl.scan_parquet(f"s3://{bucket}/{prefix}/**/*.parquet", storage_options=storage)
         .select(pl.col("impressions").sum())
         .collect()
         .item()
