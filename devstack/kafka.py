@@ -48,20 +48,27 @@ def _resolve_jars(lib: Path) -> None:
     shutil.rmtree(lib, ignore_errors=True)
     lib.mkdir(parents=True)
     log.info("resolving Kafka jars from Maven Central into %s", lib)
-    subprocess.run(
+    # Its output only when it fails: even quiet, in batch mode and without colour, Maven
+    # 3.8 prints colour resets on success.
+    done = subprocess.run(
         [
             "mvn",
             "-q",
             "-B",
-            "-Dstyle.color=never",  # -B alone still prints colour resets around its quiet output
+            "-Dstyle.color=never",
             "-f",
             str(POM),
             "dependency:copy-dependencies",
             f"-DoutputDirectory={lib}",
             "-DincludeScope=runtime",
         ],
-        check=True,
+        capture_output=True,
+        text=True,
     )
+    if done.returncode != 0:
+        output = f"{done.stdout}{done.stderr}".strip()
+        msg = f"Maven could not resolve the Kafka jars (check access to Maven Central); it said:\n{output}"
+        raise RuntimeError(msg)
 
 
 # How the client listener is secured; the broker's own traffic (inter-broker, controller)
