@@ -91,6 +91,32 @@ def _fold(acc: WindowTallies, piece: WindowSlice) -> WindowTallies:
     return acc
 
 
+def _clock(recheck: timedelta, arrival=None) -> EventTimeClock:
+    return EventTimeClock(
+        ts_getter=lambda s: to_datetime(s.latest),
+        source_watermark_getter=lambda s: (s.source, s.source_watermark),
+        sources=["s"],
+        window=timedelta(milliseconds=W),
+        idle_timeout=timedelta(hours=1),
+        recheck=recheck,
+        arrival_watermark_getter=arrival,
+    )
+
+
+def _impression_windows(slices, clock: EventTimeClock):
+    """The impressions job's windowing of slices keyed by shard, through bytewax's own fold_window."""
+    return win.fold_window(
+        "w",
+        op.key_on("key", slices, lambda s: s.shard),
+        clock,
+        win.TumblingWindower(timedelta(milliseconds=W), datetime(1970, 1, 1, tzinfo=UTC)),
+        WindowTallies,
+        _fold,
+        WindowTallies.merge,
+        ordered=False,
+    )
+
+
 def test_closed_window_never_reopens_for_a_key_whose_state_was_dropped() -> None:
     """The re-open pitfall (docs/architecture.md), through bytewax's own fold_window."""
     t0 = 1_546_844_400_000  # a window start
@@ -101,25 +127,9 @@ def test_closed_window_never_reopens_for_a_key_whose_state_was_dropped() -> None
         _slice("busy", t0 + W + 3, "u2", t0 + W + 3),
         _slice("quiet", t0 + 2, "u3", t0 + W + 3),  # "quiet" has no open window any more
     ]
-    clock = EventTimeClock(
-        ts_getter=lambda s: to_datetime(s.latest),
-        source_watermark_getter=lambda s: (s.source, s.source_watermark),
-        sources=["s"],
-        window=timedelta(milliseconds=W),
-        idle_timeout=timedelta(hours=1),
-        recheck=timedelta(milliseconds=10),
-    )
     flow = Dataflow("reopen")
-    keyed = op.key_on("key", op.input("in", flow, TestingSource(items, batch_size=1)), lambda s: s.shard)
-    out = win.fold_window(
-        "w",
-        keyed,
-        clock,
-        win.TumblingWindower(timedelta(milliseconds=W), datetime(1970, 1, 1, tzinfo=UTC)),
-        WindowTallies,
-        _fold,
-        WindowTallies.merge,
-        ordered=False,
+    out = _impression_windows(
+        op.input("in", flow, TestingSource(items, batch_size=1)), _clock(timedelta(milliseconds=10))
     )
     down: list = []
     late: list = []
@@ -207,29 +217,11 @@ def test_a_key_closes_its_windows_when_every_partition_passed_them_not_at_the_ep
     for item in items:
         item.watermark_before = item.source_watermark
     seen: list[int] = []
-    clock = EventTimeClock(
-        ts_getter=lambda s: to_datetime(s.latest),
-        source_watermark_getter=lambda s: (s.source, s.source_watermark),
-        sources=["s"],
-        window=timedelta(milliseconds=W),
-        idle_timeout=timedelta(hours=1),
-        recheck=timedelta(hours=1),
-        arrival_watermark_getter=lambda s: s.watermark_before,
-    )
     flow = Dataflow("per_key_close")
     inputs = op.map(
         "count_in", op.input("in", flow, TestingSource(items, batch_size=1)), lambda s: (seen.append(1), s)[1]
     )
-    out = win.fold_window(
-        "w",
-        op.key_on("key", inputs, lambda s: s.shard),
-        clock,
-        win.TumblingWindower(timedelta(milliseconds=W), datetime(1970, 1, 1, tzinfo=UTC)),
-        WindowTallies,
-        _fold,
-        WindowTallies.merge,
-        ordered=False,
-    )
+    out = _impression_windows(inputs, _clock(timedelta(hours=1), arrival=lambda s: s.watermark_before))
     closed_after: list[tuple[int, int]] = []
     op.output("down", op.map("when", out.down, lambda kv: (kv[1][0], len(seen))), TestingSink(closed_after))
     run_main(flow, epoch_interval=timedelta(hours=1))
