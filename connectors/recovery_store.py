@@ -173,8 +173,12 @@ def prepare_resume(
         log.warning("running without a recovery store (ALLOW_NO_RECOVERY=true): a restart starts a new run")
         return Resume.without_store()
     check_store(directory)
+    # Before the drop: a process whose only record is a crashed first epoch's snapshots
+    # (with one directory per pod, the executions may be recorded in another pod's) has
+    # run, and its sink may have written output: it resumes, it does not start anew.
+    fresh = is_fresh(directory)
     drop_abandoned_snapshots(directory, agree)
-    return Resume(directory, store_namespace(directory), is_fresh(directory))
+    return Resume(directory, store_namespace(directory), fresh)
 
 
 def check_store(directory: Path) -> list[tuple[int, int]]:

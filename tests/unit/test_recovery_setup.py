@@ -141,3 +141,15 @@ def test_a_store_of_the_earlier_window_state_is_refused_with_one_line(tmp_path: 
         check_state_settings(unrecorded, shape, fresh=False)
     check_state_settings(tmp_path, shape, fresh=True)  # a new run records what it runs with
     check_state_settings(tmp_path, shape, fresh=False)
+
+
+def test_a_pod_whose_only_record_is_a_crashed_first_epoch_resumes_rather_than_starting_anew(tmp_path: Path) -> None:
+    """With one directory per pod, the executions may be recorded in another pod's partition:
+    this pod holds only the snapshots its crashed first epoch left (dropped as abandoned).
+    Its sink may have written output then, so the start is a resume, not a fresh run."""
+    store = tmp_path / "pod-1"
+    init_store(store, partitions=1)  # this pod's part of the store: no execution recorded in it
+    with closing(sqlite3.connect(store / "part-0.sqlite3")) as db, db:
+        db.execute("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES ('s', 'k', 1, NULL)")
+    resume = prepare_resume(["x:flow", "-r", str(store)], {})
+    assert not resume.fresh
