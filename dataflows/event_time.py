@@ -201,15 +201,16 @@ def wake_time(passed: bool, recheck: timedelta) -> datetime:
     return now if passed else now + recheck
 
 
-class KeyWatermark:
-    """One key's minimum over every partition of the arrival-safe watermarks it was handed."""
+class KeyWatermark(Generic[V]):
+    """One key's minimum over every partition of the arrival-safe watermarks its items carry."""
 
-    def __init__(self, sources: Iterable[str]) -> None:
+    def __init__(self, sources: Iterable[str], arrival_watermark: Callable[[V], int]) -> None:
+        self._arrival_watermark = arrival_watermark
         self._heard: dict[str, int] = dict.fromkeys(sources, NO_WATERMARK)
         self.value = NO_WATERMARK
 
-    def observe(self, source: str, watermark_ms: int) -> None:
-        heard = self._heard.get(source)
+    def observe(self, source: str, item: V) -> None:
+        heard, watermark_ms = self._heard.get(source), self._arrival_watermark(item)
         if heard is not None and watermark_ms > heard:
             self._heard[source] = watermark_ms
             self.value = min(self._heard.values())
@@ -219,7 +220,8 @@ class _EventTimeClockLogic(ClockLogic[V, None], Generic[V]):
     def __init__(self, clock: EventTimeClock[V], view: WatermarkView) -> None:
         self._clock = clock
         self._view = view
-        self._key = KeyWatermark(clock.watermarks.sources) if clock.arrival_watermark_getter else None
+        arrival = clock.arrival_watermark_getter
+        self._key = KeyWatermark(clock.watermarks.sources, arrival) if arrival is not None else None
 
     def _watermark(self) -> datetime:
         wm = self._view.watermark(time.monotonic())
@@ -236,7 +238,7 @@ class _EventTimeClockLogic(ClockLogic[V, None], Generic[V]):
         source, source_watermark = self._clock.source_watermark_getter(value)
         self._view.observe(source, source_watermark)
         if self._key is not None:
-            self._key.observe(source, self._clock.arrival_watermark_getter(value))  # type: ignore[misc]
+            self._key.observe(source, value)
         return self._clock.ts_getter(value), self._watermark()
 
     def on_notify(self) -> datetime:

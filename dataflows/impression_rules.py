@@ -127,15 +127,19 @@ MOVIE_SHARDS = 16
 WINDOW_STATE = f"movieId crc32 % {MOVIE_SHARDS}, columnar tallies"
 
 
+def _shard_key(shard: int) -> str:
+    return f"movies-{shard:02d}"
+
+
 def movie_shards() -> list[str]:
     """Every key `movie_shard` gives."""
-    return [f"movies-{i:02d}" for i in range(MOVIE_SHARDS)]
+    return [_shard_key(i) for i in range(MOVIE_SHARDS)]
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def movie_shard(movie_id: str) -> str:
     """The window key of a movie: stable across processes and runs, unlike hash()."""
-    return f"movies-{zlib.crc32(movie_id.encode()) % MOVIE_SHARDS:02d}"
+    return _shard_key(zlib.crc32(movie_id.encode()) % MOVIE_SHARDS)
 
 
 TALLY_SCHEMA = pl.Schema(
@@ -245,10 +249,10 @@ class HourFolders:
 
     def closed(self, window_start_ms: int, window_ms: int, folders: Iterable[str]) -> list[str]:
         """Folders of the window just closed are noted; returns the folders complete now."""
-        hour_end = window_start_ms - window_start_ms % HOUR_MS + HOUR_MS
+        hour_end = window_start(window_start_ms, HOUR_MS) + HOUR_MS
         for folder in folders:
             self._open[folder] = hour_end
-        complete_before = window_start_ms + window_ms - (window_start_ms + window_ms) % HOUR_MS
+        complete_before = window_start(window_start_ms + window_ms, HOUR_MS)
         done = [folder for folder, end in self._open.items() if end <= complete_before]
         for folder in done:
             del self._open[folder]
@@ -516,12 +520,14 @@ def _template_frame(
 
 def template_fields(values: list, fields: dict[str, tuple[np.ndarray, np.ndarray]]) -> pl.DataFrame:
     """The proven fields cut out of each record's text at once (no JSON parse left to do)."""
-    cuts = {f"{name}{end}": part for name, pair in fields.items() for end, part in zip("01", pair, strict=True)}
+    columns = {"line": pl.Series(values, dtype=pl.Binary)}
+    for name, (offsets, lengths) in fields.items():
+        columns[f"{name}_at"], columns[f"{name}_len"] = pl.Series(offsets), pl.Series(lengths)
     line = pl.col("line")  # bytes: the offsets count bytes, a string's slice would count characters
-    return pl.DataFrame({"line": pl.Series(values, dtype=pl.Binary), **cuts}).select(
-        line.bin.slice("movieId0", "movieId1").cast(pl.String).alias("movieId"),
-        line.bin.slice("userId0", "userId1").cast(pl.String).alias("userId"),
-        line.bin.slice("ts0", "ts1").cast(pl.String).cast(pl.Int64).alias("ts"),
+    return pl.DataFrame(columns).select(
+        line.bin.slice("movieId_at", "movieId_len").cast(pl.String).alias("movieId"),
+        line.bin.slice("userId_at", "userId_len").cast(pl.String).alias("userId"),
+        line.bin.slice("ts_at", "ts_len").cast(pl.String).cast(pl.Int64).alias("ts"),
     )
 
 

@@ -100,6 +100,8 @@ def build_flow(
     settings: MovieImpressionsSettings, transport: Transport, rows_sink: Sink[tuple[str, ObjectRows]]
 ) -> Dataflow:
     window_ms = int(settings.window.total_seconds() * 1000)
+    # Windows close per key as the watermark passes them, when every partition is known at start.
+    per_key = transport.partitions_fixed
     flow = Dataflow(JOB)
     items = skeleton.read_input(
         flow,
@@ -113,8 +115,7 @@ def build_flow(
         ),
         max_out_of_orderness=settings.max_out_of_orderness,
         dead_letter_stream=settings.dead_letter_topic,
-        # So each shard closes its windows as the watermark passes them (if the partitions are fixed).
-        heartbeat_keys=movie_shards() if transport.partitions_fixed else (),
+        heartbeat_keys=movie_shards() if per_key else (),  # so each shard hears every partition
     )
     late = op.branch("split_late", items, lambda i: isinstance(i, LateEvent))
 
@@ -125,7 +126,7 @@ def build_flow(
         window=settings.window,
         idle_timeout=settings.idle_timeout,
         on_commit=metrics.record_watermark_lag(JOB),
-        arrival_watermark_getter=_arrival_watermark if transport.partitions_fixed else None,
+        arrival_watermark_getter=_arrival_watermark if per_key else None,
     )
     windows = win.fold_window(
         "impressions",

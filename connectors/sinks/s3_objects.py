@@ -291,9 +291,8 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
         self._empty = encode(pl.DataFrame(schema=sink.schema), sink.fmt)  # what claims a key (`_landed_units`)
         self._buffer: dict[str, list[pl.DataFrame]] = defaultdict(list)
-        self._folder_rows: dict[str, int] = defaultdict(int)
+        self._folder_rows: dict[str, int] = defaultdict(int)  # buffered rows by folder
         self._complete: set[str] = set()  # buffered folders that get no more rows (ObjectRows.complete)
-        self._buffered_rows = 0
         self._failed = False
         # Writes run while the job goes on; a snapshot waits only for what is still in flight.
         self._writes = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"s3-{partition}-seq")
@@ -465,11 +464,10 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
             for folder, rows in item.by_folder():
                 self._buffer[folder].append(rows)
                 self._folder_rows[folder] += rows.height
-            self._buffered_rows += item.rows.height
             self._complete.update(folder for folder in item.complete if folder in self._buffer)
         if self._visible:  # before counting: the rows a write past the snapshot holds are not written again
             self._drop_visible()
-        if self._buffered_rows >= BUFFER_LIMIT_ROWS:
+        if sum(self._folder_rows.values()) >= BUFFER_LIMIT_ROWS:
             self._start_write()
         elif sum(self._folder_rows[folder] for folder in self._complete) >= EARLY_WRITE_ROWS:
             self._start_write(self._complete)
@@ -483,7 +481,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         seq, batch = self._next_seq, {folder: self._buffer.pop(folder) for folder in list(taken)}
         self._next_seq = seq + 1
         for folder in batch:
-            self._buffered_rows -= self._folder_rows.pop(folder)
+            del self._folder_rows[folder]
         self._complete -= batch.keys()
         self._in_flight.append(self._writes.submit(self._write, seq, batch))
 
@@ -503,13 +501,11 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
             visible -= dropped  # a unit is replayed once, whole: in one write
             if not visible:
                 del self._visible[directory]
-            self._buffered_rows -= self._folder_rows.pop(directory)
             if kept:
                 self._buffer[directory] = kept
                 self._folder_rows[directory] = sum(part.height for part in kept)
-                self._buffered_rows += self._folder_rows[directory]
             else:
-                del self._buffer[directory]
+                del self._buffer[directory], self._folder_rows[directory]
                 self._complete.discard(directory)
 
     def _write(self, seq: int, batch: dict[str, list[pl.DataFrame]]) -> tuple[int, list[str]]:

@@ -197,11 +197,11 @@ def test_no_on_time_slice_reaches_a_window_its_key_already_closed(partitions, rn
             source: [i for i in items if (i.key if isinstance(i, Heartbeat) else i.shard) == shard]
             for source, items in streams.items()
         }
-        key = KeyWatermark(streams)
+        key = KeyWatermark(streams, _arrival_watermark)
         while any(queues.values()):
             source = rng.choice([s for s, q in queues.items() if q])  # any interleaving, each partition in order
             item = queues[source].pop(0)
-            key.observe(source, _arrival_watermark(item))
+            key.observe(source, item)
             if isinstance(item, WindowSlice):
                 assert item.window_start + window_ms > key.value, (shard, item, key.value)
 
