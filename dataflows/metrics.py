@@ -9,6 +9,8 @@ these with the engine's; locally, METRICS_PORT starts a loopback-only server for
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -74,11 +76,25 @@ def run_summary(job: str, elapsed_s: float) -> str:
 
 
 def record_watermark_lag(job: str) -> Callable[[int], None]:
-    """A WorkerWatermarks `on_commit` that sets the job's watermark-lag gauge."""
+    """A WorkerWatermarks `on_commit` for the job's watermark-lag gauge.
+
+    The lag is taken at scrape time against the slowest worker's committed watermark,
+    so a stalled job's lag keeps growing instead of freezing at its last commit.
+    """
+    committed: dict[int, int] = {}  # worker thread -> its last committed watermark
+    lock = threading.Lock()
+
+    def lag_s() -> float:
+        with lock:
+            slowest = min(committed.values(), default=None)
+        return math.nan if slowest is None else time.time() - slowest / 1000
+
+    WATERMARK_LAG.labels(job).set_function(lag_s)
 
     def record(watermark_ms: int) -> None:
         if watermark_ms != NO_WATERMARK:
-            WATERMARK_LAG.labels(job).set(time.time() - watermark_ms / 1000)
+            with lock:
+                committed[threading.get_ident()] = watermark_ms
 
     return record
 

@@ -1,4 +1,7 @@
 import json
+import math
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
@@ -9,7 +12,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
+from dataflows import metrics
 from dataflows.dead_letters import LateEvent
 from dataflows.event_time import (
     NO_WATERMARK,
@@ -229,3 +234,18 @@ def test_a_key_closes_its_windows_when_every_partition_passed_them_not_at_the_ep
     first_window, second_window = t0 // W, t0 // W + 1
     assert [w for w, _ in closed_after] == [first_window, second_window]
     assert closed_after[0][1] < len(items), "the first window waited for the end of the input"
+
+
+def test_the_watermark_lag_is_the_slowest_workers_and_keeps_growing_while_nothing_commits(monkeypatch) -> None:
+    wall_s = 1_700_000_000.0
+    monkeypatch.setattr(time, "time", lambda: wall_s)
+    record = metrics.record_watermark_lag("lag_test")
+    sample = lambda: REGISTRY.get_sample_value("waxstreams_watermark_lag_seconds", {"job": "lag_test"})  # noqa: E731
+    assert math.isnan(sample())  # no watermark yet: no lag to claim
+    record(int(wall_s * 1000) - 5_000)
+    other = threading.Thread(target=record, args=(int(wall_s * 1000) - 60_000,))  # a second worker, further behind
+    other.start()
+    other.join()
+    assert sample() == 60
+    wall_s += 30  # the job stalls: nothing commits
+    assert sample() == 90
