@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -405,14 +406,92 @@ def decode_batch(values: list) -> pl.DataFrame | None:
     """(movieId, userId, ts) of a batch every record of which is a clean impression that the
     per-record path would accept as it is, or None (then it decides record by record).
 
-    Clean, checked on the batch's bytes at once: each record is one JSON object of exactly
-    five strings (3 keys, 2 ids: so no key repeats, no other field) with no escapes, no
-    DEL or C1 control characters; ids of at most MAX_ID_BYTES holding an ASCII letter or
-    digit (so never blank); timestamps in range. Read natively when every record has the
-    producers' layout (`_template_frame`), else by one typed decode of the whole batch.
+    Clean: each record is one JSON object of exactly its three fields, the ids strings
+    with no escapes, no DEL or C1 control characters, of at most MAX_ID_BYTES and holding
+    an ASCII letter or digit (so never blank), the timestamp an integer in range. Read
+    natively when every record has one of the producers' layouts (`_layout_frame`), else
+    by one typed decode of the whole batch (`_typed_frame`).
     """
     if not values or None in values:
         return None
+    frame = _layout_frame(values)
+    if frame is None:
+        frame = _typed_frame(values)
+    if frame is None:
+        return None
+    ids = pl.col("movieId", "userId")
+    clean = frame.select(
+        (ids.str.len_bytes() <= MAX_ID_BYTES).all().name.suffix("_short"),
+        ids.str.contains(_ASCII_ALNUM).all().name.suffix("_named"),
+        pl.col("ts").is_between(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS, closed="left").all(),
+    ).row(0)
+    return frame if all(clean) else None
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A producer's exact layout: `head` <movieId> `middle` <userId> `tail` <digits> `}`."""
+
+    head: str
+    middle: str
+    tail: str
+
+    @functools.cached_property
+    def pattern(self) -> str:
+        # An id the per-record path takes as it is: no quote, escape, C0, DEL or C1 control
+        # (its length in bytes is checked after); the digits an integer without sign,
+        # fraction, exponent or leading zero that fits an int64.
+        text_id = r'[^"\\\x00-\x1f\x7f-\x9f]+'
+        parts = (re.escape(self.head), text_id, re.escape(self.middle), text_id, re.escape(self.tail))
+        return "^" + "".join(parts) + r"[1-9][0-9]{0,17}\}$"
+
+
+# json.dumps' default and the compact one (JSON.stringify, Jackson), keys in the producers' order.
+_LAYOUTS = (
+    _Layout('{"movieId": "', '", "userId": "', '", "timestamp": '),
+    _Layout('{"movieId":"', '","userId":"', '","timestamp":'),
+)
+
+
+def _layout_frame(values: list) -> pl.DataFrame | None:
+    """The batch's columns cut natively by polars, if every record has the same one of
+    `_LAYOUTS`, else None.
+
+    One regex match per record proves it (valid UTF-8 first, by the cast): a JSON object
+    with exactly these keys, whose ids hold no quote, so the literal pieces around them
+    are found where they first occur. No Python object per field and no JSON parse (on
+    50,000-record batches: about 290 ns per event, against 650 for proving the layout with
+    numpy over the bytes and 960 for polars' NDJSON reader).
+    """
+    line = pl.Series("line", values, dtype=pl.Binary)
+    try:
+        text = line.cast(pl.String)
+    except pl.exceptions.PolarsError:  # not UTF-8
+        return None
+    layout = next((lay for lay in _LAYOUTS if text.str.starts_with(lay.head).all()), None)
+    if layout is None or not text.str.contains(layout.pattern).all():
+        return None
+    head, middle, tail = len(layout.head), len(layout.middle), len(layout.tail)
+    # Byte offsets (`str.find` counts bytes, `str.slice` would count characters).
+    cuts = pl.DataFrame(
+        {
+            "line": line,
+            "movie_end": text.str.find(layout.middle, literal=True),
+            "user_end": text.str.find(layout.tail, literal=True),
+            "end": text.str.len_bytes() - 1,
+        }
+    )
+    raw, movie_end, user_end = pl.col("line"), pl.col("movie_end"), pl.col("user_end")
+    return cuts.select(
+        raw.bin.slice(head, movie_end - head).cast(pl.String).alias("movieId"),
+        raw.bin.slice(movie_end + middle, user_end - movie_end - middle).cast(pl.String).alias("userId"),
+        raw.bin.slice(user_end + tail, pl.col("end") - user_end - tail).cast(pl.String).cast(pl.Int64).alias("ts"),
+    )
+
+
+def _typed_frame(values: list) -> pl.DataFrame | None:
+    """The batch's columns by one typed decode of it as a JSON array (any clean layout),
+    once the bytes prove that each record is one object of five strings without escapes."""
     joined = b",".join(values)
     if b"\\" in joined or b"\x7f" in joined:  # a byte search: faster than a pass of numpy
         return None
@@ -432,22 +511,6 @@ def decode_batch(values: list) -> pl.DataFrame | None:
     # A record's quotes: from the first at or after its start to the first of the next record.
     if not (np.diff(np.searchsorted(quotes, starts), append=len(quotes)) == 10).all():
         return None
-    frame = _template_frame(joined, buf, values, starts, ends, quotes.reshape(-1, 10))
-    if frame is None:
-        frame = _typed_frame(joined, values)
-    if frame is None:
-        return None
-    ids = pl.col("movieId", "userId")
-    clean = frame.select(
-        (ids.str.len_bytes() <= MAX_ID_BYTES).all().name.suffix("_short"),
-        ids.str.contains(_ASCII_ALNUM).all().name.suffix("_named"),
-        pl.col("ts").is_between(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS, closed="left").all(),
-    ).row(0)
-    return frame if all(clean) else None
-
-
-def _typed_frame(joined: bytes, values: list) -> pl.DataFrame | None:
-    """The batch's columns by one typed decode of it as a JSON array (any clean layout)."""
     wires = _typed_batch.decode(b"[" + joined + b"]")
     if len(wires) != len(values):
         return None
@@ -457,77 +520,6 @@ def _typed_frame(joined: bytes, values: list) -> pl.DataFrame | None:
             "userId": [w.user_id for w in wires],
             "ts": np.fromiter((w.timestamp for w in wires), np.int64, len(wires)),
         }
-    )
-
-
-# The layout producers write: the keys in this order, each ':' and ',' with at most one space
-# after it, nothing else. (quote index opening the key, key); a record's quotes are numbered 0-9.
-_TEMPLATE_KEYS = ((0, b"movieId"), (4, b"userId"), (8, b"timestamp"))
-_TEMPLATE_GAPS = ((1, ord(":")), (3, ord(",")), (5, ord(":")), (7, ord(",")))
-
-
-def _template_frame(
-    joined: bytes, buf: np.ndarray, values: list, starts: np.ndarray, ends: np.ndarray, quotes: np.ndarray
-) -> pl.DataFrame | None:
-    """The batch's columns cut natively by polars, if every record has the producers' exact layout
-    `{"movieId": "<id>", "userId": "<id>", "timestamp": <digits>}`, else None.
-
-    Proven on the bytes of each record, between its own ten quotes (`quotes`, one row per
-    record), so each is a JSON object with exactly these three keys, two strings without
-    escapes and an integer without sign, fraction, exponent or leading zero; with no C0
-    control byte and valid UTF-8, any JSON reader reads it the same, and the per-record
-    path would take it as it is. The fields are then cut out where the quotes put them:
-    no Python object per field and no JSON parse (on 50,000-record batches the decode
-    takes about 960 ns per event with polars' NDJSON reader, 560 by cutting).
-    """
-    if buf.min() < 0x20 or not (quotes[:, 0] == starts + 1).all():
-        return None
-    if not joined.isascii():
-        try:
-            joined.decode()
-        except UnicodeDecodeError:
-            return None
-    for opening, key in _TEMPLATE_KEYS:
-        if not (quotes[:, opening + 1] - quotes[:, opening] - 1 == len(key)).all():
-            return None
-        at = quotes[:, opening, None] + 1 + np.arange(len(key))
-        if not (buf[at] == np.frombuffer(key, np.uint8)).all():
-            return None
-    for closing, separator in _TEMPLATE_GAPS:
-        gap = quotes[:, closing + 1] - quotes[:, closing] - 1
-        if not (((gap == 1) | (gap == 2)).all() and (buf[quotes[:, closing] + 1] == separator).all()):
-            return None
-        if not (buf[quotes[:, closing][gap == 2] + 2] == ord(" ")).all():
-            return None
-    after_key = quotes[:, 9] + 1  # then ':', an optional space, the digits, and '}' at `ends`
-    if not (buf[after_key] == ord(":")).all():
-        return None
-    first = after_key + 1 + (buf[after_key + 1] == ord(" "))
-    digits = ends - first
-    if not ((digits >= 1) & (digits <= 18)).all() or (buf[first] == ord("0")).any():
-        return None
-    for k in range(int(digits.max())):
-        byte = buf[first[k < digits] + k]
-        if not ((byte >= ord("0")) & (byte <= ord("9"))).all():
-            return None
-    fields = {  # (offset in the record, byte length) of each field's text
-        "movieId": (quotes[:, 2] + 1 - starts, quotes[:, 3] - quotes[:, 2] - 1),
-        "userId": (quotes[:, 6] + 1 - starts, quotes[:, 7] - quotes[:, 6] - 1),
-        "ts": (first - starts, digits),
-    }
-    return template_fields(values, fields)
-
-
-def template_fields(values: list, fields: dict[str, tuple[np.ndarray, np.ndarray]]) -> pl.DataFrame:
-    """The proven fields cut out of each record's text at once (no JSON parse left to do)."""
-    columns = {"line": pl.Series(values, dtype=pl.Binary)}
-    for name, (offsets, lengths) in fields.items():
-        columns[f"{name}_at"], columns[f"{name}_len"] = pl.Series(offsets), pl.Series(lengths)
-    line = pl.col("line")  # bytes: the offsets count bytes, a string's slice would count characters
-    return pl.DataFrame(columns).select(
-        line.bin.slice("movieId_at", "movieId_len").cast(pl.String).alias("movieId"),
-        line.bin.slice("userId_at", "userId_len").cast(pl.String).alias("userId"),
-        line.bin.slice("ts_at", "ts_len").cast(pl.String).cast(pl.Int64).alias("ts"),
     )
 
 

@@ -101,23 +101,31 @@ def test_a_batch_that_only_looks_clean_as_a_whole_is_judged_record_by_record() -
     assert columnar == reference
 
 
-TEMPLATE_LIKE = [
-    b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001}',  # the producers' layout
-    b'{"movieId":"2000","userId":"1000","timestamp":1546844400002}',  # compact
-    b'{"movieId":"\xc3\xa9t\xc3\xa9","userId":"a,b}{","timestamp":1546844400003}',  # UTF-8, structure inside ids
+SPACED = b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001}'  # the producers' layout
+COMPACT = b'{"movieId":"2000","userId":"1000","timestamp":1546844400002}'
+LAYOUT_LIKE = [
+    [SPACED, b'{"movieId": "m 7", "userId": "u:1, x", "timestamp": 1546844400009}'],
+    [COMPACT, b'{"movieId":"\xc3\xa9t\xc3\xa9","userId":"a,b}{","timestamp":1546844400003}'],  # UTF-8, structure in ids
 ]
 NEAR_MISSES = [
+    COMPACT,  # a layout of its own, but not the batch's
     b'{"movieId": "2000", "userId": "1000", "timestamp": 01546844400001}',  # leading zero: not JSON
     b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001.0}',
     b'{"movieId": "2000", "userId": "1000", "timestamp": 1.546844400001e12}',
     b'{"movieId": "2000", "userId": "1000", "timestamp": -1546844400001}',
     b'{"movieId": "2000", "userId": "1000", "timestamp":  1546844400001}',  # two spaces
+    b'{"movieId": "2000","userId": "1000", "timestamp": 1546844400001}',  # spacing of both layouts
     b'{"movieId" : "2000", "userId": "1000", "timestamp": 1546844400001}',
     b'{"movieId":\t"2000", "userId": "1000", "timestamp": 1546844400001}',
     b'{"userId": "1000", "movieId": "2000", "timestamp": 1546844400001}',  # valid, another order
     b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001 }',
+    b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001}\n',
     b'{"movieId": "20\x0100", "userId": "1000", "timestamp": 1546844400001}',  # a raw control byte
+    b'{"movieId": "20\xc2\x8500", "userId": "1000", "timestamp": 1546844400001}',  # a C1 control
+    b'{"movieId": "20\x7f00", "userId": "1000", "timestamp": 1546844400001}',  # DEL
+    b'{"movieId": "20\\"00", "userId": "1000", "timestamp": 1546844400001}',  # an escape
     b'{"movieId": "20\xff00", "userId": "1000", "timestamp": 1546844400001}',  # not UTF-8
+    b'{"movieId": "", "userId": "1000", "timestamp": 1546844400001}',
     b'{"movieId": "2000", "userId": "1000", "timestamp": 15468444000010000000}',  # past int64
     b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001, "x": 1}',
     b'{"movieId": "2000", "userId": "1000", "userId": 1546844400001}',  # a repeated key
@@ -125,21 +133,26 @@ NEAR_MISSES = [
 ]
 
 
-def test_the_producers_layout_is_read_natively_and_anything_else_by_the_reference_rules(monkeypatch) -> None:
+def test_the_producers_layouts_are_read_natively_and_anything_else_by_the_reference_rules(monkeypatch) -> None:
     natively: list[list[bytes]] = []
-    cut = impression_rules.template_fields
-    monkeypatch.setattr(
-        impression_rules, "template_fields", lambda values, fields: (natively.append(values), cut(values, fields))[1]
-    )
-    for record in TEMPLATE_LIKE:
-        fast = decode_batch([record, TEMPLATE_LIKE[0]])
-        assert natively.pop() == [record, TEMPLATE_LIKE[0]]
-        assert fast is not None and fast.rows() == [slice_fields(record), slice_fields(TEMPLATE_LIKE[0])]
+    cut = impression_rules._layout_frame
+
+    def spy(values: list) -> object:
+        frame = cut(values)
+        if frame is not None:
+            natively.append(values)
+        return frame
+
+    monkeypatch.setattr(impression_rules, "_layout_frame", spy)
+    for batch in LAYOUT_LIKE:
+        fast = decode_batch(batch)
+        assert natively.pop() == batch
+        assert fast is not None and fast.rows() == [slice_fields(record) for record in batch]
     for record in NEAR_MISSES:
-        values = [TEMPLATE_LIKE[0], record, TEMPLATE_LIKE[1]]
+        values = [SPACED, record, SPACED]
         columnar, reference = both_paths(values, NO_WATERMARK)
         assert columnar == reference, record
-        assert natively == [], f"not the exact layout, yet read natively: {record!r}"
+        assert natively == [], f"not the batch's exact layout, yet read natively: {record!r}"
 
 
 def slice_fields(record: bytes) -> tuple[str, str, int]:
