@@ -88,11 +88,11 @@ def load(workload: Workload) -> None:
 # (`CONSUME_SIZES`), so nothing the job gains from either flatters it against the ceiling.
 FETCH_SWEEP: dict[str, dict[str, int]] = {
     "defaults": {},
-    "1 MB fetches, 200 K / 32 MiB queue (the jobs' defaults)": {
+    "1 MB fetches, 400 K / 32 MiB queue (the jobs' defaults)": {
         "fetch.min.bytes": 1_000_000,
         "fetch.wait.max.ms": 100,
         "max.partition.fetch.bytes": 10_000_000,
-        "queued.min.messages": 200_000,
+        "queued.min.messages": 400_000,
         "queued.max.messages.kbytes": 32_768,
     },
     "1 MB fetches, 1 M / 1 GB queue": {

@@ -5,9 +5,10 @@ a reader that lists and reads the objects at any instant (polars, DuckDB, Athena
 new-files ingester) sees each row at most once, and never sees one go away.
 
 Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
-1. rows are buffered, and written as the next `seq` once EARLY_WRITE_ROWS of them wait,
-   in the background, while the job goes on; at a snapshot (or close) the rest is
-   written and the snapshot waits for every write in flight before it records `seq`;
+1. rows are buffered; complete folders are written as the next `seq` once there are
+   EARLY_WRITE_FOLDERS of them or EARLY_WRITE_ROWS rows in them, in the background,
+   while the job goes on; at a snapshot (or close) the rest is written and the
+   snapshot waits for every write in flight before it records `seq`;
 2. each write first lists its objects in a manifest
    `<prefix>/_sink/<partition>/<namespace>/<seq>.json`, then puts them, each only if its
    key is free (S3 conditional write, `If-None-Match: *`);
@@ -270,9 +271,12 @@ def stable_partition(key: str) -> int:
     return zlib.crc32(key.encode())
 
 
-# Rows of complete folders buffered before they are written in the background, not
-# waiting for the snapshot; and rows buffered in all, before everything is (a memory bound).
+# Complete folders are written in the background, not waiting for the snapshot, once
+# they hold this many rows or are this many (their objects are the same either way; a
+# write costs one manifest PUT more, small beside several objects); and all buffered rows
+# are written past the buffer limit (a memory bound).
 EARLY_WRITE_ROWS = 20_000
+EARLY_WRITE_FOLDERS = 4
 BUFFER_LIMIT_ROWS = 1_000_000
 
 
@@ -469,7 +473,10 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
             self._drop_visible()
         if sum(self._folder_rows.values()) >= BUFFER_LIMIT_ROWS:
             self._start_write()
-        elif sum(self._folder_rows[folder] for folder in self._complete) >= EARLY_WRITE_ROWS:
+        elif (
+            len(self._complete) >= EARLY_WRITE_FOLDERS
+            or sum(self._folder_rows[folder] for folder in self._complete) >= EARLY_WRITE_ROWS
+        ):
             self._start_write(self._complete)
 
     def _start_write(self, folders: set[str] | None = None) -> None:

@@ -140,9 +140,24 @@ def test_replayed_rows_dropped_on_resume_do_not_count_toward_an_early_write(s3, 
     resumed.write_batch([replace(rows("m1", "u1", 1), rows=unit, complete=(f"{complete}m1",))])
     resumed.write_batch([replace(rows("m2", "u1", 1), complete=(f"{complete}m2",))])
     resumed.write_batch([replace(rows("m3", "u1", 1), complete=(f"{complete}m3",))])
-    assert resumed._in_flight == [], "2 rows of complete folders are under EARLY_WRITE_ROWS"
+    assert resumed._in_flight == [], "2 rows of complete folders are under EARLY_WRITE_ROWS (and 2 folders)"
     assert resumed.snapshot() == 2, "m2 and m3 in one write, after the seq the crashed attempt wrote"
     assert objects_by_folder(s3, sink.location.bucket) == {"m1": 1, "m2": 1, "m3": 1}
+
+
+def test_enough_complete_folders_are_written_early_however_few_their_rows(s3, sink, monkeypatch) -> None:
+    monkeypatch.setattr(s3_objects, "EARLY_WRITE_FOLDERS", 3)
+    bucket, part = sink.location.bucket, sink.build_part("s3_out", "p00", None)
+    hour = "out/2019-01-07--07/"
+    part.write_batch([replace(rows(m, "u1", 1), complete=(f"{hour}{m}",)) for m in ("m1", "m2")])
+    part.write_batch([rows("m4", "u1", 1)])  # not complete: does not count
+    assert part._in_flight == []
+    part.write_batch([replace(rows("m3", "u1", 1), complete=(f"{hour}m3",))])
+    for write in list(part._in_flight):
+        write.result()  # started by write_batch: three complete folders, one row each
+    assert objects_by_folder(s3, bucket) == {"m1": 1, "m2": 1, "m3": 1}
+    part.close()
+    assert objects_by_folder(s3, bucket) == {"m1": 1, "m2": 1, "m3": 1, "m4": 1}
 
 
 def test_past_the_buffer_limit_everything_buffered_is_written(s3, sink, monkeypatch) -> None:
