@@ -187,5 +187,7 @@ def wait_for(condition, timeout: float, what: str, job: Job | None = None, inter
             raise AssertionError(msg)
         if time.monotonic() > deadline:
             msg = f"timed out waiting for {what}"
+            if job is not None:
+                msg += f"; the job's output ends:\n{job.output()[-3000:]}"
             raise AssertionError(msg)
         time.sleep(interval)
