@@ -293,139 +293,71 @@ def slice_batch(
 ) -> tuple[list[WindowSlice | DeadLetter | LateEvent], int]:
     """Decode, judge lateness and pre-aggregate one input partition's batch, in offset order.
 
-    Takes and returns the partition's newest event time (its watermark state). The batch
-    is handled as columns when it is provably clean (`decode_batch`); otherwise, or if
-    that path fails in any way, it is halved until the clean parts are found, and the
-    rest goes record by record (`slice_records`, the reference): a rare bad record costs
-    a few small pieces, not the whole batch at the per-record path's speed.
+    Takes and returns the partition's newest event time (its watermark state). The batch's
+    valid records are handled as columns (`decode_batch`); only the records it cannot prove
+    clean are judged one by one, so bad records cost themselves, not their batch. Equal to
+    `slice_records`, the reference (tests/unit/test_columnar.py).
     """
     values = [m.value() for m in messages]
-    out: list[WindowSlice | DeadLetter | LateEvent] = []
-    before = partition_watermark(max_timestamp, max_out_of_orderness_ms)
-    max_timestamp = _slice_pieces(
-        source,
-        messages,
-        values,
-        _decoded(values),
-        max_timestamp,
-        out,
-        window_ms=window_ms,
-        bound_ms=max_out_of_orderness_ms,
+    rows, invalid = decode_batch(values)
+    out: list[WindowSlice | DeadLetter | LateEvent] = [rejected(messages[i], exc) for i, exc in invalid]
+    if rows.height == 0:
+        return out, max_timestamp
+    items, max_timestamp = _slice_columns(
+        source, messages, values, rows, max_timestamp, window_ms=window_ms, bound_ms=max_out_of_orderness_ms
     )
-    after = partition_watermark(max_timestamp, max_out_of_orderness_ms)
-    return _one_slice_per_shard_window(out, before, after), max_timestamp
+    return out + items, max_timestamp
 
 
-# Pieces this small go record by record: halving further costs more than it saves. So do
-# pieces up to _DENSE_PIECE neither half of which is clean: bad records are dense there.
-_PER_RECORD_PIECE = 256
-_DENSE_PIECE = 4096
+# A decoded batch's valid records: their index in the batch (offset order) and fields.
+ROWS_SCHEMA = pl.Schema({"row": pl.Int64, "movieId": pl.String, "userId": pl.String, "ts": pl.Int64})
 
 
-def _decoded(values: list) -> pl.DataFrame | None:
+def decode_batch(values: list) -> tuple[pl.DataFrame, list[tuple[int, Exception]]]:
+    """The batch's valid records (ROWS_SCHEMA, in offset order), and each invalid record's
+    index with the reason.
+
+    Records in one of the producers' layouts are proven clean and cut natively
+    (`_layout_rows`); a batch in no such layout is tried as a whole by one typed decode
+    (`_typed_rows`); every record left is judged alone by the per-record rules
+    (`decode_fields`), which accept the same events and explain the rejections.
+    """
     try:
-        return decode_batch(values)
-    except Exception:  # the record boundary's batch side: the per-record path judges each record
-        return None
+        native = _layout_rows(values)
+        if native.height == 0:
+            native = _typed_rows(values)
+    except Exception:  # the record boundary's batch side: each record is then judged alone
+        native = ROWS_SCHEMA.to_frame()
+    if native.height == len(values):
+        return native, []
+    alone = np.ones(len(values), dtype=bool)
+    alone[native.get_column("row").to_numpy()] = False
+    valid: list[tuple[int, str, str, int]] = []
+    invalid: list[tuple[int, Exception]] = []
+    for i in np.flatnonzero(alone).tolist():
+        try:
+            valid.append((i, *decode_fields(values[i])))
+        except Exception as exc:  # the record boundary: see dead_letters.rejected
+            invalid.append((i, exc))
+    if valid:
+        native = pl.concat([native, pl.DataFrame(valid, schema=ROWS_SCHEMA, orient="row")]).sort("row")
+    return native, invalid
 
 
-def _slice_pieces(
-    source: str,
-    messages: list,
-    values: list,
-    columns: pl.DataFrame | None,
-    max_timestamp: int,
-    out: list,
-    *,
-    window_ms: int,
-    bound_ms: int,
-) -> int:
-    """Appends the items of `messages` (in offset order; `columns`: their `decode_batch`) to
-    `out`, and returns the newest event time.
-
-    A piece that is not clean is halved, down to pieces where bad records are dense."""
-    if columns is not None:
-        items, max_timestamp = _slice_columns(
-            source, messages, values, columns, max_timestamp, window_ms=window_ms, bound_ms=bound_ms
-        )
-        out.extend(items)
-        return max_timestamp
-    middle = len(messages) // 2
-    halves = [(messages[:middle], values[:middle]), (messages[middle:], values[middle:])]
-    decoded = [_decoded(part) for _, part in halves] if len(messages) > _PER_RECORD_PIECE else [None, None]
-    if all(part is None for part in decoded) and len(messages) <= _DENSE_PIECE:
-        items, max_timestamp = slice_records(
-            source, messages, max_timestamp, window_ms=window_ms, max_out_of_orderness_ms=bound_ms
-        )
-        out.extend(items)
-        return max_timestamp
-    for (part_messages, part_values), part_columns in zip(halves, decoded, strict=True):
-        max_timestamp = _slice_pieces(
-            source, part_messages, part_values, part_columns, max_timestamp, out, window_ms=window_ms, bound_ms=bound_ms
-        )
-    return max_timestamp
-
-
-def _one_slice_per_shard_window(items: list, before: int, after: int) -> list:
-    """Slices of the same (shard, window) from several pieces folded into one, each with the
-    partition's watermarks before and after the batch: what one piece gives."""
-    slices: dict[tuple[str, int], list[WindowSlice]] = {}
-    others = []
-    for item in items:
-        if isinstance(item, WindowSlice):
-            slices.setdefault((item.shard, item.window_start), []).append(item)
-        else:
-            others.append(item)
-    merged = []
-    for group in slices.values():
-        if len(group) == 1:
-            group[0].source_watermark, group[0].watermark_before = after, before
-            merged.append(group[0])
-            continue
-        movies = list(dict.fromkeys(movie for piece in group for movie in piece.movies))
-        tallies = _summed([piece.tallies for piece in group])
-        first = group[0]
-        latest = max(piece.latest for piece in group)
-        merged.append(
-            WindowSlice(first.shard, first.window_start, latest, movies, tallies, first.source, after, before)
-        )
-    return others + merged
-
-
-class _WireText(msgspec.Struct, rename="camel", gc=False):
-    movie_id: str
-    user_id: str
-    timestamp: int
-
-
-_typed_batch = msgspec.json.Decoder(list[_WireText])
 _ASCII_ALNUM = r"[0-9A-Za-z]"
 
 
-def decode_batch(values: list) -> pl.DataFrame | None:
-    """(movieId, userId, ts) of a batch every record of which is a clean impression that the
-    per-record path would accept as it is, or None (then it decides record by record).
-
-    Clean: each record is one JSON object of exactly its three fields, the ids strings
-    with no escapes, no DEL or C1 control characters, of at most MAX_ID_BYTES and holding
-    an ASCII letter or digit (so never blank), the timestamp an integer in range. Read
-    natively when every record has one of the producers' layouts (`_layout_frame`), else
-    by one typed decode of the whole batch (`_typed_frame`).
-    """
-    if not values or None in values:
-        return None
-    frame = _layout_frame(values)
-    if frame is None:
-        frame = _typed_frame(values)
-    if frame is None:
-        return None
+def _accepted_as_is(rows: pl.DataFrame) -> pl.DataFrame:
+    """The rows whose fields the per-record path would accept as they are: ids of at most
+    MAX_ID_BYTES holding an ASCII letter or digit (so never blank), the time in range."""
     ids = pl.col("movieId", "userId")
-    clean = frame.select(
-        (ids.str.len_bytes() <= MAX_ID_BYTES).all().name.suffix("_short"),
-        ids.str.contains(_ASCII_ALNUM).all().name.suffix("_named"),
-        pl.col("ts").is_between(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS, closed="left").all(),
-    ).row(0)
-    return frame if all(clean) else None
+    ok = pl.all_horizontal(
+        ids.str.len_bytes() <= MAX_ID_BYTES,
+        ids.str.contains(_ASCII_ALNUM),
+        pl.col("ts").is_between(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS, closed="left"),
+    )
+    checked = rows.select(ok.all()).item()
+    return rows if checked else rows.filter(ok)
 
 
 @dataclass(frozen=True)
@@ -445,6 +377,27 @@ class _Layout:
         parts = (re.escape(self.head), text_id, re.escape(self.middle), text_id, re.escape(self.tail))
         return "^" + "".join(parts) + r"[1-9][0-9]{0,17}\}$"
 
+    def cut(self, lines: pl.DataFrame) -> pl.DataFrame:
+        """ROWS_SCHEMA of `lines` (row, line, text) that match `pattern`, cut between the
+        literal pieces (found where they first occur: the ids hold no quote)."""
+        head, middle, tail = len(self.head), len(self.middle), len(self.tail)
+        text = pl.col("text")
+        # Byte offsets (`str.find` counts bytes, `str.slice` would count characters).
+        cuts = lines.select(
+            "row",
+            "line",
+            movie_end=text.str.find(self.middle, literal=True),
+            user_end=text.str.find(self.tail, literal=True),
+            end=text.str.len_bytes() - 1,
+        )
+        raw, movie_end, user_end = pl.col("line"), pl.col("movie_end"), pl.col("user_end")
+        return cuts.select(
+            pl.col("row").cast(pl.Int64),
+            raw.bin.slice(head, movie_end - head).cast(pl.String).alias("movieId"),
+            raw.bin.slice(movie_end + middle, user_end - movie_end - middle).cast(pl.String).alias("userId"),
+            raw.bin.slice(user_end + tail, pl.col("end") - user_end - tail).cast(pl.String).cast(pl.Int64).alias("ts"),
+        )
+
 
 # json.dumps' default and the compact one (JSON.stringify, Jackson), keys in the producers' order.
 _LAYOUTS = (
@@ -453,101 +406,128 @@ _LAYOUTS = (
 )
 
 
-def _layout_frame(values: list) -> pl.DataFrame | None:
-    """The batch's columns cut natively by polars, if every record has the same one of
-    `_LAYOUTS`, else None.
+def _layout_rows(values: list) -> pl.DataFrame:
+    """ROWS_SCHEMA of the records in one of `_LAYOUTS` whose fields are accepted as they are.
 
     One regex match per record proves it (valid UTF-8 first, by the cast): a JSON object
-    with exactly these keys, whose ids hold no quote, so the literal pieces around them
-    are found where they first occur. No Python object per field and no JSON parse (on
-    50,000-record batches: about 290 ns per event, against 650 for proving the layout with
-    numpy over the bytes and 960 for polars' NDJSON reader).
+    with exactly these keys, whose ids hold no quote. No Python object per field and no
+    JSON parse (on 50,000-record batches: about 290 ns per event, against 650 for proving
+    the layout with numpy over the bytes and 960 for polars' NDJSON reader).
     """
     line = pl.Series("line", values, dtype=pl.Binary)
     try:
         text = line.cast(pl.String)
-    except pl.exceptions.PolarsError:  # not UTF-8
-        return None
-    layout = next((lay for lay in _LAYOUTS if text.str.starts_with(lay.head).all()), None)
-    if layout is None or not text.str.contains(layout.pattern).all():
-        return None
-    head, middle, tail = len(layout.head), len(layout.middle), len(layout.tail)
-    # Byte offsets (`str.find` counts bytes, `str.slice` would count characters).
-    cuts = pl.DataFrame(
-        {
-            "line": line,
-            "movie_end": text.str.find(layout.middle, literal=True),
-            "user_end": text.str.find(layout.tail, literal=True),
-            "end": text.str.len_bytes() - 1,
-        }
-    )
-    raw, movie_end, user_end = pl.col("line"), pl.col("movie_end"), pl.col("user_end")
-    return cuts.select(
-        raw.bin.slice(head, movie_end - head).cast(pl.String).alias("movieId"),
-        raw.bin.slice(movie_end + middle, user_end - movie_end - middle).cast(pl.String).alias("userId"),
-        raw.bin.slice(user_end + tail, pl.col("end") - user_end - tail).cast(pl.String).cast(pl.Int64).alias("ts"),
-    )
+    except pl.exceptions.PolarsError:  # not all UTF-8 (polars has no lenient cast): those are judged alone
+        line = pl.Series("line", [v if v is None or _is_utf8(v) else None for v in values], dtype=pl.Binary)
+        text = line.cast(pl.String)
+    lines = pl.DataFrame({"line": line, "text": text}).with_row_index("row")
+    found = []
+    for layout in _LAYOUTS:
+        matches = lines.get_column("text").str.contains(layout.pattern).fill_null(False)
+        if matches.all():
+            found.append(layout.cut(lines))
+            break
+        if matches.any():
+            found.append(layout.cut(lines.filter(matches)))
+            lines = lines.filter(~matches)
+    if not found:
+        return ROWS_SCHEMA.to_frame()
+    rows = _accepted_as_is(found[0] if len(found) == 1 else pl.concat(found).sort("row"))
+    return rows
 
 
-def _typed_frame(values: list) -> pl.DataFrame | None:
-    """The batch's columns by one typed decode of it as a JSON array (any clean layout),
-    once the bytes prove that each record is one object of five strings without escapes."""
+def _is_utf8(raw: bytes) -> bool:
+    if raw.isascii():
+        return True
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _WireText(msgspec.Struct, rename="camel", gc=False):
+    movie_id: str
+    user_id: str
+    timestamp: int
+
+
+_typed_batch = msgspec.json.Decoder(list[_WireText])
+
+
+def _typed_rows(values: list) -> pl.DataFrame:
+    """ROWS_SCHEMA of the whole batch by one typed decode of it as a JSON array (any clean
+    layout), once the bytes prove that each record is one object of five strings without
+    escapes, and each record's fields are accepted as they are; else no rows."""
+    none = ROWS_SCHEMA.to_frame()
+    if not values or None in values:
+        return none
     joined = b",".join(values)
     if b"\\" in joined or b"\x7f" in joined:  # a byte search: faster than a pass of numpy
-        return None
+        return none
     buf = np.frombuffer(joined, np.uint8)
     lengths = np.fromiter(map(len, values), np.int64, len(values))
     if lengths.min() == 0 or lengths.max() > MAX_EVENT_BYTES:
-        return None
+        return none
     starts = np.zeros(len(values), np.int64)
     np.cumsum(lengths[:-1] + 1, out=starts[1:])
     ends = starts + lengths - 1
     if not ((buf[starts] == ord("{")).all() and (buf[ends] == ord("}")).all()):
-        return None
+        return none
     c1_lead = b"\xc2" in joined  # every C1 control in UTF-8 starts with it
     if c1_lead and ((buf[:-1] == 0xC2) & (buf[1:] >= 0x80) & (buf[1:] <= 0x9F)).any():
-        return None
+        return none
     quotes = np.flatnonzero(buf == ord('"'))
     # A record's quotes: from the first at or after its start to the first of the next record.
     if not (np.diff(np.searchsorted(quotes, starts), append=len(quotes)) == 10).all():
-        return None
+        return none
     wires = _typed_batch.decode(b"[" + joined + b"]")
     if len(wires) != len(values):
-        return None
-    return pl.DataFrame(
+        return none
+    rows = pl.DataFrame(
         {
+            "row": np.arange(len(wires), dtype=np.int64),
             "movieId": [w.movie_id for w in wires],
             "userId": [w.user_id for w in wires],
             "ts": np.fromiter((w.timestamp for w in wires), np.int64, len(wires)),
-        }
+        },
+        schema=ROWS_SCHEMA,
     )
+    accepted = _accepted_as_is(rows)
+    return rows if accepted.height == rows.height else none
 
 
 def _slice_columns(
     source: str,
     messages: list,
     values: list,
-    frame: pl.DataFrame,
+    rows: pl.DataFrame,
     max_timestamp: int,
     *,
     window_ms: int,
     bound_ms: int,
 ) -> tuple[list[WindowSlice | DeadLetter | LateEvent], int]:
-    ts = frame["ts"].to_numpy()
+    """`slice_batch` of the batch's valid records (`rows`: ROWS_SCHEMA, in offset order)."""
+    ts = rows["ts"].to_numpy()
     # Lateness in offset order: each event against the watermark of the events before it.
     before = np.maximum.accumulate(np.concatenate(([max_timestamp], ts)))[:-1]
     watermarks = np.where(before > NO_WATERMARK, before - bound_ms, NO_WATERMARK)
     starts = ts - ts % window_ms
     late = starts + window_ms <= watermarks
     out: list[WindowSlice | DeadLetter | LateEvent] = []
-    for i in np.flatnonzero(late).tolist():
-        msg = messages[i]
-        position = SourcePosition(msg.topic(), msg.partition(), msg.offset())
-        start = int(starts[i])
-        out.append(LateEvent(position, values[i], int(ts[i]), int(watermarks[i]), start, start + window_ms))
+    if late.any():
+        indices = rows["row"].to_numpy()
+        for i in np.flatnonzero(late).tolist():
+            msg = messages[indices[i]]
+            position = SourcePosition(msg.topic(), msg.partition(), msg.offset())
+            start = int(starts[i])
+            out.append(
+                LateEvent(position, values[indices[i]], int(ts[i]), int(watermarks[i]), start, start + window_ms)
+            )
+    watermark_before = partition_watermark(max_timestamp, bound_ms)
     max_timestamp = max(max_timestamp, int(ts.max()))  # a late event is older than the newest
     watermark = partition_watermark(max_timestamp, bound_ms)
-    on_time = frame.with_columns(start=pl.Series(starts))
+    on_time = rows.select("movieId", "userId", "ts", start=pl.Series(starts))
     if late.any():
         on_time = on_time.filter(pl.Series(~late))
     tallies = on_time.group_by("movieId", "start", "userId").agg(
@@ -561,7 +541,8 @@ def _slice_columns(
     heads = tallies.group_by("shard", "start").agg(pl.col("latestImpression").max(), pl.col("movieId").unique())
     pieces = tallies.partition_by("shard", "start", as_dict=True, include_key=False)
     for shard, start, latest, movie_ids in heads.iter_rows():
-        out.append(WindowSlice(shard, start, latest, movie_ids, pieces[shard, start], source, watermark))
+        piece = pieces[shard, start]
+        out.append(WindowSlice(shard, start, latest, movie_ids, piece, source, watermark, watermark_before))
     return out, max_timestamp
 
 

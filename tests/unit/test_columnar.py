@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import zlib
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,7 +82,9 @@ def both_paths(values: list[bytes], max_timestamp: int) -> tuple[tuple, tuple]:
 @settings(max_examples=60, deadline=None)
 def test_clean_batches_take_the_columnar_path_and_agree(seed: int, count: int, max_timestamp: int) -> None:
     values = events(seed, count, dirty=False)
-    assert decode_batch(values) is not None
+    with judged_alone() as alone:
+        rows, invalid = decode_batch(values)
+    assert alone == [] and invalid == [] and rows.height == len(values)
     columnar, reference = both_paths(values, max_timestamp)
     assert columnar == reference
 
@@ -96,9 +101,27 @@ def test_a_batch_that_only_looks_clean_as_a_whole_is_judged_record_by_record() -
     split_a = b'{"movieId":"a","userId":"},{","timestamp":1546844400001}'  # 10 quotes, yet a string spans records
     two_in_one = b'{"movieId":"a","userId":"b","timestamp":1546844400001},{"movieId":"c","userId":"d","timestamp":1}'
     values = [split_a, two_in_one, json.dumps({"movieId": "m", "userId": "u", "timestamp": BASE}).encode()]
-    assert decode_batch(values) is None
+    with judged_alone() as alone:
+        rows, invalid = decode_batch(values)
+    assert alone == [split_a, two_in_one]
+    assert rows["row"].to_list() == [0, 2] and [i for i, _ in invalid] == [1]  # "},{" is an id
     columnar, reference = both_paths(values, NO_WATERMARK)
     assert columnar == reference
+
+
+@contextlib.contextmanager
+def judged_alone() -> Iterator[list[bytes]]:
+    """The records `slice_batch` judges one by one (by the per-record rules), in call order."""
+    alone: list[bytes] = []
+    per_record = impression_rules.decode_fields
+
+    def spy(raw: bytes | None) -> tuple[str, str, int]:
+        alone.append(raw)
+        return per_record(raw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(impression_rules, "decode_fields", spy)
+        yield alone
 
 
 SPACED = b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001}'  # the producers' layout
@@ -106,9 +129,9 @@ COMPACT = b'{"movieId":"2000","userId":"1000","timestamp":1546844400002}'
 LAYOUT_LIKE = [
     [SPACED, b'{"movieId": "m 7", "userId": "u:1, x", "timestamp": 1546844400009}'],
     [COMPACT, b'{"movieId":"\xc3\xa9t\xc3\xa9","userId":"a,b}{","timestamp":1546844400003}'],  # UTF-8, structure in ids
+    [SPACED, COMPACT, SPACED],  # both layouts in one batch
 ]
 NEAR_MISSES = [
-    COMPACT,  # a layout of its own, but not the batch's
     b'{"movieId": "2000", "userId": "1000", "timestamp": 01546844400001}',  # leading zero: not JSON
     b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001.0}',
     b'{"movieId": "2000", "userId": "1000", "timestamp": 1.546844400001e12}',
@@ -126,6 +149,7 @@ NEAR_MISSES = [
     b'{"movieId": "20\\"00", "userId": "1000", "timestamp": 1546844400001}',  # an escape
     b'{"movieId": "20\xff00", "userId": "1000", "timestamp": 1546844400001}',  # not UTF-8
     b'{"movieId": "", "userId": "1000", "timestamp": 1546844400001}',
+    b'{"movieId": "--", "userId": "1000", "timestamp": 1546844400001}',  # no letter or digit
     b'{"movieId": "2000", "userId": "1000", "timestamp": 15468444000010000000}',  # past int64
     b'{"movieId": "2000", "userId": "1000", "timestamp": 1546844400001, "x": 1}',
     b'{"movieId": "2000", "userId": "1000", "userId": 1546844400001}',  # a repeated key
@@ -133,26 +157,19 @@ NEAR_MISSES = [
 ]
 
 
-def test_the_producers_layouts_are_read_natively_and_anything_else_by_the_reference_rules(monkeypatch) -> None:
-    natively: list[list[bytes]] = []
-    cut = impression_rules._layout_frame
-
-    def spy(values: list) -> object:
-        frame = cut(values)
-        if frame is not None:
-            natively.append(values)
-        return frame
-
-    monkeypatch.setattr(impression_rules, "_layout_frame", spy)
+def test_the_producers_layouts_are_read_natively_and_anything_else_by_the_reference_rules() -> None:
     for batch in LAYOUT_LIKE:
-        fast = decode_batch(batch)
-        assert natively.pop() == batch
-        assert fast is not None and fast.rows() == [slice_fields(record) for record in batch]
+        with judged_alone() as alone:
+            rows, invalid = decode_batch(batch)
+        assert alone == [] and invalid == []
+        assert rows.rows() == [(i, *slice_fields(record)) for i, record in enumerate(batch)]
     for record in NEAR_MISSES:
         values = [SPACED, record, SPACED]
+        with judged_alone() as alone:
+            decode_batch(values)
+        assert alone == [record], f"read natively, yet not exactly a producer's layout: {record!r}"
         columnar, reference = both_paths(values, NO_WATERMARK)
         assert columnar == reference, record
-        assert natively == [], f"not the batch's exact layout, yet read natively: {record!r}"
 
 
 def slice_fields(record: bytes) -> tuple[str, str, int]:
@@ -160,39 +177,23 @@ def slice_fields(record: bytes) -> tuple[str, str, int]:
     return obj["movieId"], obj["userId"], obj["timestamp"]
 
 
-def test_a_few_bad_records_cost_small_pieces_not_the_batch(monkeypatch) -> None:
+@pytest.mark.parametrize("bad", [[3, 9_999, 19_998], list(range(7, 20_000, 50))])  # rare, and 2 % spread out
+def test_bad_records_are_judged_alone_and_the_rest_as_columns(bad: list[int]) -> None:
     values = [
         json.dumps({"movieId": f"m{i % 50}", "userId": f"u{i % 999}", "timestamp": BASE + i}).encode()
         for i in range(20_000)
     ]
-    bad = [3, 9_999, 19_998]
     for i in bad:
         values[i] = b'{"movieId": "m1", "userId": "u1", "timestamp": "soon"}'
-    by_record: list[int] = []
-    reference = impression_rules.slice_records
-
-    def spy(source, messages, *args, **kwargs):
-        by_record.append(len(messages))
-        return reference(source, messages, *args, **kwargs)
-
-    monkeypatch.setattr(impression_rules, "slice_records", spy)
-    columnar = canonical(
-        slice_batch(
-            "0-t",
-            [kafka_message(v, offset=i) for i, v in enumerate(values)],
-            NO_WATERMARK,
-            window_ms=W,
-            max_out_of_orderness_ms=2_000,
-        )
-    )
-    monkeypatch.setattr(impression_rules, "slice_records", reference)
-    _, expected = both_paths(values, NO_WATERMARK)
-    assert columnar == expected
-    assert len(columnar[0]) == len(bad), "each bad record a dead letter"
-    assert sum(by_record) <= len(bad) * 256, f"records judged one by one: {sum(by_record)} of {len(values)}"
+    with judged_alone() as alone:
+        decode_batch(values)
+    assert alone == [values[i] for i in bad], "only the bad records judged one by one"
+    columnar, reference = both_paths(values, NO_WATERMARK)
+    assert columnar == reference
+    assert [offset for offset, *_ in columnar[0]] == bad, "each bad record a dead letter"
 
 
-def test_dense_bad_records_go_record_by_record_and_agree() -> None:
+def test_dense_bad_records_agree() -> None:
     values = events(11, 6_000, dirty=True)
     columnar, reference = both_paths(values, BASE)
     assert columnar == reference

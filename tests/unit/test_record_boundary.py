@@ -124,7 +124,8 @@ def _boom(*args: object) -> object:
 
 def test_a_failure_of_our_own_code_is_an_internal_dead_letter_and_the_batch_goes_on(monkeypatch) -> None:
     real = impressions.decode_fields
-    poisoned = json.dumps({**IMPRESSION, "userId": "poison"}).encode()
+    # Keys in another order than the producers': judged alone, by decode_fields.
+    poisoned = json.dumps({"userId": "poison", **IMPRESSION} | {"userId": "poison"}).encode()
     monkeypatch.setattr(impressions, "decode_fields", lambda raw: _boom() if raw == poisoned else real(raw))
     values = [json.dumps(IMPRESSION).encode(), poisoned, b"{", json.dumps(IMPRESSION).encode()]
     messages = [kafka_message(v, offset=i) for i, v in enumerate(values)]
@@ -178,3 +179,15 @@ def test_a_dead_letter_fits_a_kafka_message(raw: bytes, exact: bool) -> None:
         assert fields["rawTruncated"] is True and fields["rawBytes"] == len(raw)
         assert fields["rawSha256"] == hashlib.sha256(raw).hexdigest()
         assert raw.startswith(base64.b64decode(fields["raw"]))
+
+
+def test_a_failure_of_the_batch_path_leaves_every_record_to_the_per_record_rules(monkeypatch) -> None:
+    monkeypatch.setattr(impressions, "_layout_rows", _boom)
+    values = [json.dumps(IMPRESSION).encode(), b"{", json.dumps(IMPRESSION).encode()]
+    messages = [kafka_message(v, offset=i) for i, v in enumerate(values)]
+    items, _ = slice_batch("0-t", messages, NO_WATERMARK, window_ms=900_000, max_out_of_orderness_ms=0)
+
+    [dead] = [d for d in items if isinstance(d, DeadLetter)]
+    assert dead.position.offset == 1 and not dead.internal
+    [piece] = [s for s in items if isinstance(s, WindowSlice)]
+    assert tally_dict(piece.tallies) == {(IMPRESSION["movieId"], IMPRESSION["userId"]): (2, IMPRESSION["timestamp"])}
