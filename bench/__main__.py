@@ -46,6 +46,7 @@ class Workload:
     movies: int
     users: int
     hours: int = 4  # of event time
+    invalid_fraction: float = 0.0  # records the job must send to the dead letters
 
     @property
     def topic(self) -> str:
@@ -59,6 +60,7 @@ class Workload:
             users=self.users,
             step_ms=max(1, self.hours * 3600 * 1000 // self.events),
             jitter_ms=2_000,
+            invalid_fraction=self.invalid_fraction,
             seed=1,
         )
 
@@ -379,7 +381,9 @@ def main() -> int:
     baseline = Workload("high", args.baseline_events, 200, 5_000)
     # Steady state (bench/steady.py): each workload's first half, as dense in event time.
     halves = {w.name: replace(w, name=f"{w.name}-2h", events=w.events // 2, hours=w.hours // 2) for w in workloads}
-    for w in [*workloads, baseline, *halves.values()]:
+    # The high workload with one record in 1,000 invalid: bad records must cost only themselves.
+    dirty = replace(workloads[0], name="high-dirty", invalid_fraction=0.001)
+    for w in [*workloads, baseline, *halves.values(), dirty]:
         load(w)
 
     flow = "dataflows.movie_impressions:flow"
@@ -398,6 +402,8 @@ def main() -> int:
         if w.name == "high":
             r["textbook_bytewax"] = median_of(args.runs, lambda: run_job("bench.textbook:flow", baseline.topic))
         r["ours_1_worker"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic))
+        if w.name == "high":
+            r["ours_1_worker_0.1%_invalid"] = median_of(args.runs, lambda: run_job(flow, dirty.topic))
         half = halves[w.name]
         small = median_of(args.runs, lambda half=half: run_job(flow, half.topic))
         large = r["ours_1_worker"]["seconds"]

@@ -33,10 +33,20 @@ def child_setup() -> Callable[[], None] | None:
     return None
 
 
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, and never one this process was given before: the kernel may
+    hand a just-released port out again, and a broker given one port for two listeners
+    refuses to start (seen in CI)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 @dataclass
