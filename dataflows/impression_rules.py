@@ -318,23 +318,24 @@ def decode_batch(values: list) -> tuple[pl.DataFrame, list[tuple[int, Exception]
     index with the reason.
 
     Records in one of the producers' layouts are proven clean and cut natively
-    (`_layout_rows`); a batch in no such layout is tried as a whole by one typed decode
-    (`_typed_rows`); every record left is judged alone by the per-record rules
+    (`_layout_rows`); the others are tried together by one typed decode (`_typed_rows`,
+    all or none of them); every record left is judged alone by the per-record rules
     (`decode_fields`), which accept the same events and explain the rejections.
     """
     try:
         native = _layout_rows(values)
-        if native.height == 0:
-            native = _typed_rows(values)
+        rest = _others(native, len(values))
+        if len(rest):
+            typed = _typed_rows([values[i] for i in rest])
+            if typed.height:  # all of `rest`, numbered within it
+                native = pl.concat([native, typed.with_columns(row=pl.Series(rest))]).sort("row")
     except Exception:  # the record boundary's batch side: each record is then judged alone
         native = ROWS_SCHEMA.to_frame()
     if native.height == len(values):
         return native, []
-    alone = np.ones(len(values), dtype=bool)
-    alone[native.get_column("row").to_numpy()] = False
     valid: list[tuple[int, str, str, int]] = []
     invalid: list[tuple[int, Exception]] = []
-    for i in np.flatnonzero(alone).tolist():
+    for i in _others(native, len(values)).tolist():
         try:
             valid.append((i, *decode_fields(values[i])))
         except Exception as exc:  # the record boundary: see dead_letters.rejected
@@ -342,6 +343,13 @@ def decode_batch(values: list) -> tuple[pl.DataFrame, list[tuple[int, Exception]
     if valid:
         native = pl.concat([native, pl.DataFrame(valid, schema=ROWS_SCHEMA, orient="row")]).sort("row")
     return native, invalid
+
+
+def _others(rows: pl.DataFrame, count: int) -> np.ndarray:
+    """The indices of a batch of `count` records that `rows` does not hold, in order."""
+    others = np.ones(count, dtype=bool)
+    others[rows.get_column("row").to_numpy()] = False
+    return np.flatnonzero(others)
 
 
 _ASCII_ALNUM = r"[0-9A-Za-z]"

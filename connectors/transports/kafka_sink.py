@@ -6,14 +6,15 @@ bytewax's own KafkaSink waits for every batch to be delivered (a broker round tr
 the worker's thread per batch, so a few dead letters a batch slowed the whole job) and
 drops a record whose delivery fails (it asks for no delivery reports). This one sends
 in the background and waits for delivery at the end of each epoch, in `snapshot`, so
-the epoch commits only once its records are in Kafka. A failed delivery stops the job
-with one line naming the topic and the cause; the restart replays the epoch and sends
-its records again: at least once, never silently dropped. During a broker outage the
-job reads on until the epoch ends, then waits there (librdkafka retries for up to
+the epoch commits only once its records are in Kafka. A failed write stops the job with
+one line naming the topic, the cause and the fix; the restart replays the epoch and
+sends its records again: at least once, never silently dropped. During a broker outage
+the job reads on until the epoch ends, then waits there (librdkafka retries for up to
 `message.timeout.ms`).
 
-Records are routed to `PARTS` sink partitions by key, so a key's records stay in order;
-the partitions of one process share one producer.
+Records are routed to `PARTS` sink partitions by key and the producer is idempotent, so
+a key's records stay in order, retries included; the partitions of one process share
+one producer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,29 @@ class KafkaDeliveryError(RuntimeError):
     """A record could not be delivered; the message names the topic, the cause and the fix."""
 
 
+# What to do about a failed delivery, by librdkafka's error name; else the general advice.
+_FIXES = {
+    "MSG_SIZE_TOO_LARGE": "raise the topic's max.message.bytes (and message.max.bytes in KAFKA_PROPERTIES)",
+    "_MSG_TIMED_OUT": "the broker could not be reached for message.timeout.ms: check KAFKA_BROKERS and the broker",
+    "TOPIC_AUTHORIZATION_FAILED": "grant this job's principal WRITE on the topic",
+    "CLUSTER_AUTHORIZATION_FAILED": "grant this job's principal IDEMPOTENT_WRITE on the cluster",
+    "UNKNOWN_TOPIC_OR_PART": "create the topic or fix the topic setting",
+}
+
+
+def delivery_failure(topic: str, error: KafkaError | KafkaException) -> str:
+    """The one line a failed write stops the job with: the topic, the cause and the fix."""
+    if isinstance(error, KafkaException):
+        error = error.args[0]
+    fix = _FIXES.get(error.name(), "fix the topic, its ACLs or the broker")
+    return (
+        f"Kafka topic {topic}: a record could not be written ({error.name()}: {error.str()}): {fix}, then restart "
+        "(the restart writes the epoch's records again)"
+    )
+
+
 class _SharedProducer:
-    """One producer for the partitions of one process, and the first delivery failure."""
+    """One producer for the partitions of one process, and the delivery failures."""
 
     def __init__(self, config: dict[str, Any], topic: str) -> None:
         self.topic = topic
@@ -45,10 +67,13 @@ class _SharedProducer:
 
         def delivered(error: KafkaError | None, msg: Message) -> None:
             if error is not None:
-                failures.append(f"{error.name()}: {error.str()}")
+                failures.append(delivery_failure(topic, error))
 
         self._failures = failures
-        self.producer = Producer({**config, "delivery.report.only.error": True, "on_delivery": delivered})
+        self.failed = False  # raised once: the job is stopping, later closes neither wait nor raise again
+        # Idempotent: a retried request can neither repeat nor reorder a key's records.
+        settings = {"enable.idempotence": True, **config, "delivery.report.only.error": True}
+        self.producer = Producer({**settings, "on_delivery": delivered})
 
     def produce(self, key: bytes | None, value: bytes) -> None:
         while True:
@@ -57,18 +82,23 @@ class _SharedProducer:
                 break
             except BufferError:  # librdkafka's local queue is full: let it drain
                 self.producer.poll(_QUEUE_FULL_WAIT_S)
+            except KafkaException as exc:  # refused before sending, e.g. over the client's message.max.bytes
+                self._failures.append(delivery_failure(self.topic, exc))
+                self._raise()
         self.producer.poll(0)  # serves delivery reports
 
     def flush(self) -> None:
         """Returns once every record produced so far is in Kafka; raises if any could not be."""
+        if self.failed:
+            return
         self.producer.flush()
         if self._failures:
-            msg = (
-                f"Kafka topic {self.topic}: a record could not be delivered ({self._failures[0]}); the job stops so "
-                "that its restart sends the epoch again: fix the topic, its ACLs or the broker, then restart"
-            )
-            log.error("%s", msg)  # a raising snapshot may abort the process without a word
-            raise KafkaDeliveryError(msg)
+            self._raise()
+
+    def _raise(self) -> None:
+        self.failed = True
+        log.error("%s", self._failures[0])  # a raising snapshot may abort the process without a word
+        raise KafkaDeliveryError(self._failures[0])
 
 
 class _Part(StatefulSinkPartition[tuple[bytes | None, bytes], None]):

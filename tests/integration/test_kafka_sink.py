@@ -45,4 +45,17 @@ def test_a_record_the_broker_refuses_stops_the_job_with_one_line_naming_the_topi
         part.snapshot()
     message = str(raised.value)
     assert "\n" not in message
-    assert f"Kafka topic {topic}" in message and "MSG_SIZE_TOO_LARGE" in message and "restart" in message
+    assert f"Kafka topic {topic}" in message and "MSG_SIZE_TOO_LARGE" in message
+    assert "raise the topic's max.message.bytes" in message
+    part.close()  # the job is already stopping: closing neither waits nor raises again
+
+
+def test_a_record_over_the_clients_limit_stops_the_job_with_one_line(kafka) -> None:
+    topic = f"sink-{uuid.uuid4().hex[:8]}"
+    make_topics(kafka, topic, partitions=1)
+    sink = KafkaTopicSink([kafka.bootstrap], topic, {"message.max.bytes": "1000"})
+    part = sink.build_part("out", "p0", None)
+
+    with pytest.raises(KafkaDeliveryError, match=f"^Kafka topic {topic}: .*MSG_SIZE_TOO_LARGE.*message.max.bytes"):
+        part.write_batch([(b"k", b"x" * 5_000)])
+    part.close()

@@ -172,6 +172,15 @@ def test_the_producers_layouts_are_read_natively_and_anything_else_by_the_refere
         assert columnar == reference, record
 
 
+def test_records_in_another_clean_layout_are_decoded_together_not_one_by_one() -> None:
+    reordered = [json.dumps({"userId": f"u{i}", "movieId": "m", "timestamp": BASE + i}).encode() for i in range(5)]
+    values = [SPACED, *reordered, COMPACT]
+    with judged_alone() as alone:
+        rows, invalid = decode_batch(values)
+    assert alone == [] and invalid == []
+    assert rows.rows() == [(i, *slice_fields(record)) for i, record in enumerate(values)]
+
+
 def slice_fields(record: bytes) -> tuple[str, str, int]:
     obj = json.loads(record)
     return obj["movieId"], obj["userId"], obj["timestamp"]
