@@ -322,15 +322,19 @@ def decode_batch(values: list) -> tuple[pl.DataFrame, list[tuple[int, Exception]
     all or none of them); every record left is judged alone by the per-record rules
     (`decode_fields`), which accept the same events and explain the rejections.
     """
+    # The record boundary's batch side: whatever a batch decode trips on, its records are judged alone.
     try:
         native = _layout_rows(values)
-        rest = _others(native, len(values))
-        if len(rest):
-            typed = _typed_rows([values[i] for i in rest])
-            if typed.height:  # all of `rest`, numbered within it
-                native = pl.concat([native, typed.with_columns(row=pl.Series(rest))]).sort("row")
-    except Exception:  # the record boundary's batch side: each record is then judged alone
+    except Exception:
         native = ROWS_SCHEMA.to_frame()
+    rest = _others(native, len(values))
+    if len(rest):
+        try:
+            typed = _typed_rows([values[i] for i in rest])
+        except Exception:
+            typed = ROWS_SCHEMA.to_frame()
+        if typed.height:  # all of `rest`, numbered within it
+            native = pl.concat([native, typed.with_columns(row=pl.Series(rest))]).sort("row")
     if native.height == len(values):
         return native, []
     valid: list[tuple[int, str, str, int]] = []

@@ -49,11 +49,10 @@ _FIXES = {
 
 def delivery_failure(topic: str, error: KafkaError | KafkaException) -> str:
     """The one line a failed write stops the job with: the topic, the cause and the fix."""
-    if isinstance(error, KafkaException):
-        error = error.args[0]
-    fix = _FIXES.get(error.name(), "fix the topic, its ACLs or the broker")
+    cause: KafkaError = error.args[0] if isinstance(error, KafkaException) else error
+    fix = _FIXES.get(cause.name(), "fix the topic, its ACLs or the broker")
     return (
-        f"Kafka topic {topic}: a record could not be written ({error.name()}: {error.str()}): {fix}, then restart "
+        f"Kafka topic {topic}: a record could not be written ({cause.name()}: {cause.str()}): {fix}, then restart "
         "(the restart writes the epoch's records again)"
     )
 
