@@ -426,13 +426,13 @@ def _layout_rows(values: list) -> pl.DataFrame:
     JSON parse (on 50,000-record batches: about 290 ns per event, against 650 for proving
     the layout with numpy over the bytes and 960 for polars' NDJSON reader).
     """
-    line = pl.Series("line", values, dtype=pl.Binary)
+    lines = pl.Series("line", values, dtype=pl.Binary).to_frame().with_row_index("row")
     try:
-        text = line.cast(pl.String)
-    except pl.exceptions.PolarsError:  # not all UTF-8 (polars has no lenient cast): those are judged alone
-        line = pl.Series("line", [v if v is None or _is_utf8(v) else None for v in values], dtype=pl.Binary)
-        text = line.cast(pl.String)
-    lines = pl.DataFrame({"line": line, "text": text}).with_row_index("row")
+        text = lines.get_column("line").cast(pl.String)
+    except pl.exceptions.PolarsError:  # not all UTF-8 (polars has no lenient cast): the others are judged alone
+        lines = lines.filter(pl.Series(_utf8(values)))
+        text = lines.get_column("line").cast(pl.String)
+    lines = lines.with_columns(text=text)
     found = []
     for layout in _LAYOUTS:
         matches = lines.get_column("text").str.contains(layout.pattern).fill_null(False)
@@ -448,14 +448,20 @@ def _layout_rows(values: list) -> pl.DataFrame:
     return rows
 
 
-def _is_utf8(raw: bytes) -> bool:
-    if raw.isascii():
-        return True
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
+def _utf8(values: list) -> np.ndarray:
+    """Which records are valid UTF-8 (a missing one counts as valid: it has no bytes).
+
+    One numpy pass finds the records with a byte over 0x7F; only those are decoded."""
+    lengths = np.fromiter((0 if v is None else len(v) for v in values), np.int64, len(values))
+    data = np.frombuffer(b"".join(v for v in values if v is not None), np.uint8)
+    ends = np.cumsum(lengths)
+    valid = np.ones(len(values), dtype=bool)
+    for i in np.unique(np.searchsorted(ends, np.flatnonzero(data > 0x7F), side="right")).tolist():
+        try:
+            values[i].decode()
+        except UnicodeDecodeError:
+            valid[i] = False
+    return valid
 
 
 class _WireText(msgspec.Struct, rename="camel", gc=False):
