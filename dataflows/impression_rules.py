@@ -605,22 +605,28 @@ def slice_records(
     return out, max_timestamp
 
 
+# Users per late-slice record, so that it fits a Kafka message as a dead letter does
+# (MAX_DEAD_LETTER_BYTES): a user's entry is at most about 1,250 bytes (an id of
+# MAX_ID_BYTES, each byte escaped to at most six characters, and two integers).
+LATE_USERS_PER_RECORD = 500
+
+
 def late_slice_records(piece: WindowSlice) -> list[tuple[bytes, bytes]]:
-    """Late-topic records, one per movie keyed by it, for impressions the window operator
-    found late (already aggregated)."""
-    return [
-        (
-            movie_id.encode(),
-            json.dumps(
-                {
-                    "reason": f"window starting {piece.window_start} closed before these impressions arrived "
-                    "(an idle input partition let the watermark pass)",
-                    "movieId": movie_id,
-                    "windowStart": piece.window_start,
-                    "source": piece.source,
-                    "impressions": {user: [count, latest] for _, user, count, latest in rows.iter_rows()},
-                }
-            ).encode(),
-        )
-        for (movie_id,), rows in piece.tallies.partition_by("movieId", as_dict=True, maintain_order=True).items()
-    ]
+    """Late-topic records for impressions the window operator found late (already
+    aggregated): per movie, keyed by it, one record per LATE_USERS_PER_RECORD users."""
+    reason = (
+        f"window starting {piece.window_start} closed before these impressions arrived "
+        "(an idle input partition let the watermark pass)"
+    )
+    records = []
+    for (movie_id,), rows in piece.tallies.partition_by("movieId", as_dict=True, maintain_order=True).items():
+        for chunk in rows.iter_slices(LATE_USERS_PER_RECORD):
+            record = {
+                "reason": reason,
+                "movieId": movie_id,
+                "windowStart": piece.window_start,
+                "source": piece.source,
+                "impressions": {user: [count, latest] for _, user, count, latest in chunk.iter_rows()},
+            }
+            records.append((movie_id.encode(), json.dumps(record).encode()))
+    return records

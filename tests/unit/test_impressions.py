@@ -8,7 +8,7 @@ import pytest
 
 from connectors.sinks.s3_objects import ObjectRows
 from dataflows import movie_impressions
-from dataflows.dead_letters import DeadLetter, LateEvent
+from dataflows.dead_letters import MAX_DEAD_LETTER_BYTES, DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK, window_bounds
 from dataflows.impression_rules import (
     MOVIE_SHARDS,
@@ -28,7 +28,7 @@ from dataflows.impression_rules import (
     window_rows,
 )
 from dataflows.metrics import KEYS_IN_STATE
-from dataflows.untrusted_json import InvalidEvent
+from dataflows.untrusted_json import MAX_ID_BYTES, InvalidEvent
 from tests.factories import kafka_message, tally_dict
 
 MIN15 = 15 * 60 * 1000
@@ -303,6 +303,21 @@ def test_a_late_slice_becomes_one_late_record_per_movie() -> None:
         ("m2", 900_000, "0-t"),
     }
     assert all("closed before these impressions arrived" in r["reason"] for r in records.values())
+
+
+def test_a_late_slice_of_many_users_is_cut_into_records_that_fit_a_kafka_message() -> None:
+    longest_id = "\u00e9" * (MAX_ID_BYTES // 2)  # escaped by JSON to six characters per character
+    users = [f"{i:06d}{longest_id}"[: MAX_ID_BYTES // 2] for i in range(2_000)]
+    rows = [("m1", user, 1_000_000_000_000_000_000, 900_000 + i) for i, user in enumerate(users)]
+    piece = WindowSlice(movie_shard("m1"), 900_000, 901_999, ["m1"], tallies(*rows), "0-t", 1_000_000)
+
+    records = late_slice_records(piece)
+    assert all(len(value) <= MAX_DEAD_LETTER_BYTES for _, value in records)
+    merged: dict[str, list[int]] = {}
+    for key, value in records:
+        assert key == b"m1"
+        merged.update(json.loads(value)["impressions"])
+    assert merged == {user: [1_000_000_000_000_000_000, 900_000 + i] for i, user in enumerate(users)}
 
 
 HOUR = 3_600_000
