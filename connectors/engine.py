@@ -1,11 +1,13 @@
-"""bytewax 0.21.1's private parts this project relies on, in one place.
+"""The private parts of pinned libraries this project relies on, in one place.
 
-The pinned engine does not make these public: the Kafka source partition's consumer,
+bytewax 0.21.1 does not make these public: the Kafka source partition's consumer,
 batch size, end-of-partition flag and next offset (its own snapshot() and lag metrics
 read `_offset`), the Kafka source's extra client config, and the recovery store's
-sqlite tables (bytewax's src/recovery.rs). tests/integration/test_engine.py checks each
-against the installed engine, so an upgrade that moves one fails there, loudly, rather
-than as wrong output.
+sqlite tables (bytewax's src/recovery.rs). Nor does botocore a client's resolved
+credentials and TLS verification, which the sink's own signed PUTs reuse
+(connectors/sinks/s3_put.py). tests/integration/test_engine.py checks each against the
+installed libraries, so an upgrade that moves one fails there, loudly, rather than as
+wrong output.
 """
 
 from __future__ import annotations
@@ -140,3 +142,13 @@ def snapshot_epochs(db: sqlite3.Connection) -> list[int]:
 def delete_snapshots_from(db: sqlite3.Connection, epoch: int) -> int:
     """Delete every snapshot at or past `epoch` (in the caller's transaction); returns how many."""
     return db.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,)).rowcount
+
+
+def boto3_client_credentials(client: Any) -> Any:
+    """A boto3 client's own credentials (refreshable ones refresh themselves), or None."""
+    return client._request_signer._credentials
+
+
+def boto3_client_verify(client: Any) -> bool | str:
+    """A boto3 client's TLS verification as boto3 resolved it: True, False or a CA bundle path."""
+    return client._endpoint.http_session._verify

@@ -29,6 +29,8 @@ from urllib.parse import quote, urlsplit
 import urllib3
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+from connectors.engine import boto3_client_credentials, boto3_client_verify
+
 _DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")  # no dots: a dotted name breaks the TLS wildcard
 
 
@@ -101,11 +103,11 @@ class DirectPut:
         self._endpoint = client.meta.endpoint_url
         self._region = client.meta.region_name or "us-east-1"
         self._path_style = path_style
-        self._credentials = client._request_signer._credentials  # the client's own (refreshable) credentials
+        self._credentials = boto3_client_credentials(client)
         if self._credentials is None:
             raise NoCredentialsError  # as boto3 would on its first call: one line (s3_objects.describe_s3_error)
         config = client.meta.config
-        verify = client._endpoint.http_session._verify  # True, False or a CA bundle path, as boto3 resolved it
+        verify = boto3_client_verify(client)
         pool: dict[str, Any] = {"maxsize": 16, "retries": False, "timeout": urllib3.Timeout(connect=5, read=30)}
         if verify is False:
             pool["cert_reqs"] = "CERT_NONE"

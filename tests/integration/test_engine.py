@@ -9,6 +9,7 @@ from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
+import boto3
 import pytest
 from bytewax import operators as op
 from bytewax.connectors.kafka import KafkaSource
@@ -84,3 +85,21 @@ def test_recovery_store_tables(tmp_path: Path) -> None:
         with db:
             assert engine.delete_snapshots_from(db, max(epochs)) == epochs.count(max(epochs))
         assert max(engine.snapshot_epochs(db), default=0) < max(epochs)
+
+
+def test_boto3_client_credentials_and_tls_verification(tmp_path: Path, monkeypatch) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    for name in ("AWS_CA_BUNDLE", "REQUESTS_CA_BUNDLE"):  # botocore falls back to both
+        monkeypatch.delenv(name, raising=False)
+    cases = [(None, None, True), (False, None, False), (str(bundle), None, str(bundle)), (None, bundle, str(bundle))]
+    for verify, env_bundle, expected in cases:
+        if env_bundle is not None:
+            monkeypatch.setenv("AWS_CA_BUNDLE", str(env_bundle))
+        session = boto3.session.Session(
+            aws_access_key_id="AKID", aws_secret_access_key="secret", aws_session_token="tok"
+        )
+        client = session.client("s3", region_name="us-east-1", verify=verify)
+        frozen = engine.boto3_client_credentials(client).get_frozen_credentials()
+        assert (frozen.access_key, frozen.secret_key, frozen.token) == ("AKID", "secret", "tok")
+        assert engine.boto3_client_verify(client) == expected
