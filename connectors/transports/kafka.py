@@ -7,13 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSource
+from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Stream
 
 from connectors.engine import list_parts_quietly
 from connectors.transports.contract import BatchStep, TransportUnavailable
 from connectors.transports.kafka_client import KafkaClientConfig
-from connectors.transports.kafka_sink import KafkaTopicSink
 from connectors.transports.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
 from connectors.transports.progress import BoundedProgress
 
@@ -82,6 +81,5 @@ class KafkaTransport:
         )
 
     def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
-        # Routed by the record's key (latin-1: any bytes), so a key's records stay in order.
-        routed = op.map(f"{step_id}_route", records, lambda kv: (kv[0].decode("latin-1") if kv[0] else "", kv))
-        op.output(step_id, routed, KafkaTopicSink(self.brokers, stream, self.client_config))
+        messages = op.map(f"{step_id}_message", records, lambda kv: KafkaSinkMessage(kv[0], kv[1]))
+        op.output(step_id, messages, KafkaSink(self.brokers, stream, self.client_config))
