@@ -327,19 +327,18 @@ def decode_batch(values: list) -> tuple[pl.DataFrame, list[tuple[int, Exception]
         native = _layout_rows(values)
     except Exception:
         native = ROWS_SCHEMA.to_frame()
-    rest = _others(native, len(values))
-    if len(rest):
-        try:
-            typed = _typed_rows([values[i] for i in rest])
-        except Exception:
-            typed = ROWS_SCHEMA.to_frame()
-        if typed.height:  # all of `rest`, numbered within it
-            native = pl.concat([native, typed.with_columns(row=pl.Series(rest))]).sort("row")
     if native.height == len(values):
         return native, []
+    rest = _others(native, len(values))
+    try:
+        typed = _typed_rows([values[i] for i in rest])
+    except Exception:
+        typed = ROWS_SCHEMA.to_frame()
+    if typed.height:  # all of `rest`, numbered within it
+        return pl.concat([native, typed.with_columns(row=pl.Series(rest))]).sort("row"), []
     valid: list[tuple[int, str, str, int]] = []
     invalid: list[tuple[int, Exception]] = []
-    for i in _others(native, len(values)).tolist():
+    for i in rest.tolist():
         try:
             valid.append((i, *decode_fields(values[i])))
         except Exception as exc:  # the record boundary: see dead_letters.rejected
@@ -444,8 +443,7 @@ def _layout_rows(values: list) -> pl.DataFrame:
             lines = lines.filter(~matches)
     if not found:
         return ROWS_SCHEMA.to_frame()
-    rows = _accepted_as_is(found[0] if len(found) == 1 else pl.concat(found).sort("row"))
-    return rows
+    return _accepted_as_is(found[0] if len(found) == 1 else pl.concat(found).sort("row"))
 
 
 def _utf8(values: list) -> np.ndarray:

@@ -39,7 +39,7 @@ _ports_given: set[int] = set()
 def free_port() -> int:
     """A loopback port free now, and never one this process was given before: the kernel may
     hand a just-released port out again, and a broker given one port for two listeners
-    refuses to start (seen in CI)."""
+    refuses to start (seen in a test run)."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
