@@ -7,20 +7,32 @@ position, so after a resume both describe the same point of the log. Records han
 to the step have Kafka's accessor names: `value()`, `topic()` (the stream),
 `partition()`, `offset()` (the position in the partition).
 
-A transport also writes keyed records `(key, value)` to named streams, at least once:
-after a crash a replayed epoch's records are written again, byte-identical.
+A transport also writes `OutputRecord`s to named streams, exactly once as readers of
+that stream see it: each record names its unit, a deterministic id from the input, and
+the transport's sink fences the units it committed past the snapshot a resume restores
+(connectors/sinks/fence.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from bytewax.dataflow import Stream
 from bytewax.inputs import Source
 
 # (partition id, records in log order, partition state) -> (items, new state)
 BatchStep = Callable[[str, list[Any], Any], tuple[list[Any], Any]]
+
+
+class OutputRecord(NamedTuple):
+    """A record for an output stream. `unit`: what a replay must not emit twice, a
+    function of the input alone (dead letters and late events: their input position;
+    booking outcomes: the positions of the records that settled them)."""
+
+    unit: str
+    key: bytes
+    value: bytes
 
 
 class Transport(Protocol):
@@ -38,8 +50,11 @@ class Transport(Protocol):
     def source(self, streams: list[str], step: BatchStep, initial_state: Any) -> Source:
         """Reads `streams`, running `step` on every batch of every partition."""
 
-    def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
-        """Writes `(key, value)` records to `stream`."""
+    def max_record_bytes(self, stream: str) -> int:
+        """The largest record (key + value) `stream` takes: larger ones become `output_refused` dead letters."""
+
+    def write(self, step_id: str, records: Stream[OutputRecord], stream: str) -> None:
+        """Writes `records` to `stream`, each unit once across crashes and replays."""
 
 
 class TransportUnavailable(RuntimeError):
