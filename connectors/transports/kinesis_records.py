@@ -7,7 +7,12 @@ field, `{"outputId":"<id>", ...the value's fields}`. Readers that parse JSON see
 field more (camelCase like the jobs' own; named so that a user's own `id` field cannot
 clash); a reader can drop a record whose `outputId` it has seen. The id is the record's
 unit (connectors/sinks/fence.py), with `#<n>` appended for the n-th further record of
-the same unit in an epoch, so that every record has its own id.
+the same unit in an epoch, so that every record has its own id, provided a unit's
+records share one key (they then go through one sink partition, which numbers them).
+
+Why not elsewhere: a prefix before the JSON would break every reader's parser; the
+partition key (with ExplicitHashKey to keep the routing) would take away the key users
+read; a JSON field is what Flink users add themselves for idempotent readers.
 """
 
 from __future__ import annotations

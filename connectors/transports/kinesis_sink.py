@@ -261,11 +261,11 @@ class _KinesisSinkPartition(StatefulSinkPartition[OutputRecord, State]):
 
     def _settle(self, call: list[Pending], sent_ms: int, deadline: float) -> list[Result]:
         """Which records of a call whose answer was lost are in the stream: read it back."""
-        ids = {p.id for p in call}
+        sent_keys = {p.id: p.key for p in call}
 
         def sent(key: str, data: bytes) -> str | None:
             rid = record_id(data)
-            return rid if rid in ids else None
+            return rid if rid is not None and sent_keys.get(rid) == key else None
 
         back = self._read_back(sent_ms - CLOCK_SKEW_MS, sent, deadline)
         return [back.found.get(p.id, "not found when read back") for p in call]

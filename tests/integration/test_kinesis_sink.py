@@ -22,9 +22,10 @@ from bytewax.testing import TestingSource, run_main
 
 from connectors.recovery_store import new_namespace
 from connectors.transports.contract import OutputRecord
+from connectors.transports.kinesis import KinesisTransport
 from connectors.transports.kinesis_records import MAX_ID_CHARS, MAX_RECORD_BYTES, route
 from connectors.transports.kinesis_sink import KinesisSink, KinesisSinkError
-from connectors.transports.kinesis_source import StatefulKinesisSource
+from connectors.transports.kinesis_source import KinesisSettings, StatefulKinesisSource
 from devstack.processes import free_port
 from tests.kinesis_fixtures import drain, open_shards, record_step, split
 
@@ -103,7 +104,7 @@ def sink_for(kinesis, stream: str, client: Any = None, **kwargs: Any) -> Kinesis
 def test_a_flow_writes_each_record_once_with_its_id_first_and_a_keys_records_in_order(kinesis, kinesis_stream) -> None:
     stream = kinesis_stream(shards=2)
     recording = RecordingClient(kinesis.client())
-    records = [rec(f"u{i}", f"k{i % 13}", n=i) for i in range(1200)]
+    records = [rec(f"u{i}", f"k{i % 300}", n=i) for i in range(1200)]
     flow = Dataflow("kinesis_sink")
     keyed = op.key_on("key", op.input("in", flow, TestingSource(records, 600)), lambda r: r.key.decode())
     op.output("out", keyed, sink_for(kinesis, stream, recording, partitions=4))
@@ -113,7 +114,7 @@ def test_a_flow_writes_each_record_once_with_its_id_first_and_a_keys_records_in_
     assert sorted(data["outputId"] for _, data in written) == sorted(r.unit for r in records)
     for key, data in written:  # the value's fields, with the id first
         assert list(data) == ["outputId", "unit", "n"] and data["outputId"] == data["unit"] == f"u{data['n']}"
-        assert key == f"k{data['n'] % 13}"
+        assert key == f"k{data['n'] % 300}"
     for key in {r.key.decode() for r in records}:
         assert [d["n"] for k, d in written if k == key] == [
             json.loads(r.value)["n"] for r in records if r.key == key.encode()
@@ -301,3 +302,16 @@ def test_a_lost_put_records_answer_is_settled_by_reading_back_not_by_sending_aga
     assert ids(kinesis, stream) == Counter([f"first{i}" for i in range(4)] + [r.unit for r in batch])
     # Only what did not land went again.
     assert recording.sent_ids()[4:] == [r.unit for r in batch] + [r.unit for r in batch[landing:]]
+
+
+def test_the_transport_writes_output_records_once_through_its_sink(kinesis, kinesis_stream) -> None:
+    stream = kinesis_stream(shards=2)
+    transport = KinesisTransport(
+        KinesisSettings(endpoint_url=kinesis.endpoint_url), job="test", sink_namespace=new_namespace()
+    )
+    assert transport.max_record_bytes(stream) == KinesisSink.max_record_bytes()
+    records = [rec(f"u{i}", f"k{i % 5}", n=i) for i in range(40)] + [rec("late", "k0", n=40)]
+    flow = Dataflow("kinesis_transport")
+    transport.write("out", op.input("in", flow, TestingSource(records, 7)), stream)
+    run_main(flow)
+    assert ids(kinesis, stream) == Counter(r.unit for r in records)
