@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from connectors.transports.contract import BatchStep, TransportUnavailable
+from connectors.transports.contract import BatchStep, OutputRecord, TransportUnavailable
 from connectors.transports.kinesis_sink import KinesisSink
 from connectors.transports.kinesis_source import (
     KinesisSettings,
@@ -55,7 +55,10 @@ class KinesisTransport:
 
         return StatefulKinesisSource.from_settings(self.settings, per_shard, {}, streams, _STREAM_SETTINGS)
 
-    def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
+    def max_record_bytes(self, stream: str) -> int:
+        return 1024 * 1024
+
+    def write(self, step_id: str, records: Stream[OutputRecord], stream: str) -> None:
         # Keys are booking ids or `stream:shard:sequence`: UTF-8 by the input rules.
-        keyed = op.map(f"{step_id}_record", records, lambda kv: (kv[0].decode(), kv[1]))
+        keyed = op.map(f"{step_id}_record", records, lambda r: (r.key.decode(), r.value))
         op.output(step_id, keyed, KinesisSink.from_settings(self.settings, stream))
