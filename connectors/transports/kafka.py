@@ -11,7 +11,7 @@ from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
 from bytewax.dataflow import Stream
 
 from connectors.engine import list_parts_quietly
-from connectors.transports.contract import BatchStep, TransportUnavailable
+from connectors.transports.contract import BatchStep, OutputRecord, TransportUnavailable
 from connectors.transports.kafka_client import KafkaClientConfig
 from connectors.transports.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
 from connectors.transports.progress import BoundedProgress
@@ -80,6 +80,9 @@ class KafkaTransport:
             partition_check_s=self.partition_check_s,
         )
 
-    def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
-        messages = op.map(f"{step_id}_message", records, lambda kv: KafkaSinkMessage(kv[0], kv[1]))
+    def max_record_bytes(self, stream: str) -> int:
+        return 1_000_000
+
+    def write(self, step_id: str, records: Stream[OutputRecord], stream: str) -> None:
+        messages = op.map(f"{step_id}_message", records, lambda r: KafkaSinkMessage(r.key, r.value))
         op.output(step_id, messages, KafkaSink(self.brokers, stream, self.client_config))

@@ -29,7 +29,7 @@ MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024  # data + partition key, as Kinesis counts them
 MAX_KEY_CHARS = 256
-MAX_ID_CHARS = 256
+MAX_ID_CHARS = 1024  # a booking alert's id names two positions of up to 278 characters each
 
 ID_FIELD = "outputId"
 _ID_PREFIX = b'{"' + ID_FIELD.encode() + b'":"'
