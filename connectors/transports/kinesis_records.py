@@ -111,6 +111,14 @@ def record_id(data: bytes) -> str | None:
     return data[len(_ID_PREFIX) : end].decode("ascii", "replace") if end > 0 else None
 
 
+def split_id(data: bytes) -> tuple[str | None, bytes]:
+    """A record's id and the value the job made (for readers and tests); (None, data) if it has none."""
+    rid = record_id(data)
+    if rid is None:
+        return None, data
+    return rid, b"{" + data[len(_ID_PREFIX) + len(rid) + 1 :].removeprefix(b",")
+
+
 class RecordIds:
     """Per epoch, the ids of a unit's records: the unit, then `unit#1`, `unit#2`... A unit is
     emitted whole by one step call, so within one epoch, and in the same order on a replay."""

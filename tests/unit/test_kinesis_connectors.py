@@ -24,6 +24,7 @@ from connectors.transports.kinesis_records import (
     max_record_bytes,
     namespace_start_ms,
     record_id,
+    split_id,
 )
 from connectors.transports.kinesis_sink import KinesisSink
 from connectors.transports.kinesis_source import (
@@ -158,6 +159,9 @@ def test_the_envelope_puts_the_id_first_and_keeps_the_value_as_it_was() -> None:
     }
     assert record_id(envelope("out", "s:0:12", "k", b'{"a": "b"}')) == "s:0:12"
     assert record_id(b'{"a": 1}') is None and record_id(b"not json") is None
+    for value in (b'{"a": 1}', b"{}", b'{"outputId2": ","}'):
+        assert split_id(envelope("out", "u,1", "k", value)) == ("u,1", value)
+    assert split_id(b'{"a": 1}') == (None, b'{"a": 1}')
 
 
 @pytest.mark.parametrize(
