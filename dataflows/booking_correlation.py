@@ -159,8 +159,8 @@ def _log_drop(step_id: str, dropped: Dropped) -> None:
 
 def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
     settings = BookingSettings.from_env(env)
-    skeleton.start(settings, argv, env)
-    transport = skeleton.transport_for(settings, env)
+    resume = skeleton.start(settings, argv, env)
+    transport = skeleton.transport_for(settings, env, JOB, resume)
     transport.check(
         read=[settings.created_topic, settings.events_topic],
         write=[settings.alerts_topic, settings.unmatched_topic, settings.dead_letter_topic],

@@ -183,7 +183,7 @@ def _late_slice_records(piece: WindowSlice) -> list[OutputRecord]:
 def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
     settings = MovieImpressionsSettings.from_env(env)
     resume = skeleton.start(settings, argv, env)
-    transport = skeleton.transport_for(settings, env)
+    transport = skeleton.transport_for(settings, env, JOB, resume)
     transport.check(read=[settings.input_topic], write=[settings.dead_letter_topic, settings.late_topic])
     if settings.output_format == "delta":
         return build_flow(settings, transport, _delta_sink(settings, resume))

@@ -109,9 +109,11 @@ def write_outputs(
     transport.write("dead_letter_out", op.merge("all_dead_letters", dead_letters, *refused), dead_letter_stream)
 
 
-def transport_for(settings: JobSettings, environ: Mapping[str, str]) -> Transport:
+def transport_for(settings: JobSettings, environ: Mapping[str, str], job: str, resume: Resume) -> Transport:
+    """`resume`: the run's namespace names its outputs' writers (Kafka transactional ids,
+    Kinesis record ids) and where their read-back starts."""
     if settings.transport == "kinesis":
-        return KinesisTransport(KinesisSettings.from_env(environ))
+        return KinesisTransport(KinesisSettings.from_env(environ), job=job, sink_namespace=resume.sink_namespace)
     kafka = settings.kafka
     return KafkaTransport(
         kafka.brokers,
