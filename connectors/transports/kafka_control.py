@@ -38,6 +38,7 @@ MANIFEST_PIECE_BYTES = 256 * 1024
 # varint framing and a few headers.
 RECORD_OVERHEAD_BYTES = 512
 PRODUCER_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
+PRODUCER_BATCH_BYTES = 1_000_000  # librdkafka's batch.size default
 # Manifests of a fresh partition are looked for from its namespace's creation time less
 # this (clocks of the pods that made the namespace and wrote the manifests may differ).
 NAMESPACE_CLOCK_SKEW_MS = 3_600_000
@@ -126,8 +127,9 @@ def _admin(bootstrap: str, config: dict[str, Any]) -> AdminClient:
 def topic_max_message_bytes(bootstrap: str, config: dict[str, Any], topic: str, timeout: float = 30.0) -> int:
     """The topic's max.message.bytes (its own or the broker's default), from describe_configs."""
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    admin = _admin(bootstrap, config)  # referenced until the answer is in: its destruction cancels it
     try:
-        configs = _admin(bootstrap, config).describe_configs([resource])[resource].result(timeout=timeout)
+        configs = admin.describe_configs([resource])[resource].result(timeout=timeout)
     except KafkaException as exc:
         msg = (
             f"Kafka output topic {topic}: cannot read its max.message.bytes ({_text(exc)}): "

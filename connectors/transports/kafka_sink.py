@@ -54,6 +54,8 @@ from connectors.sinks.fence import CommitState, Fence
 from connectors.transports.contract import OutputRecord
 from connectors.transports.kafka_control import (
     NAMESPACE_CLOCK_SKEW_MS,
+    PRODUCER_BATCH_BYTES,
+    PRODUCER_MESSAGE_MAX_BYTES,
     KafkaSinkError,
     committed_past,
     control_topic,
@@ -61,6 +63,8 @@ from connectors.transports.kafka_control import (
     manifest_values,
     namespace_time_ms,
     read_manifests,
+    record_limit,
+    topic_max_message_bytes,
     transactional_id,
 )
 
@@ -68,7 +72,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000
 # Readers see an epoch only once it commits: a short linger costs nothing.
-PRODUCER_DEFAULTS = {"linger.ms": "5", "compression.type": "lz4"}
+PRODUCER_DEFAULTS = {"linger.ms": "5"}
 
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 _NOT_AUTHORISED = {
@@ -165,11 +169,14 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
             {
                 "bootstrap.servers": sink.bootstrap,
                 **PRODUCER_DEFAULTS,
+                # The broker checks a whole record batch against the topic's max.message.bytes.
+                "batch.size": str(sink.batch_bytes),
                 "transaction.timeout.ms": str(DEFAULT_TRANSACTION_TIMEOUT_MS),
                 **sink.client_config,
                 "enable.idempotence": True,
                 "transactional.id": self._txid,
                 "on_delivery": self._delivered,
+                "error_cb": self._client_error,
                 "log_level": 3,
             }
         )
@@ -218,6 +225,12 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         elif msg.topic() == self._control:
             self._manifest_end = msg.offset() + 1
 
+    def _client_error(self, error: KafkaError) -> None:
+        # Fatal ones (fenced, not authorised) end the producer; the rest (a broker gone) it retries
+        # until message.timeout.ms, and the delivery reports say what became of the records.
+        if error.fatal() and self._failure is None:
+            self._failure = error
+
     def _fail(self, line: str) -> NoReturn:
         log.error("%s", line)  # bytewax may abort without a word if snapshot() and close() both raise
         raise KafkaSinkError(line)
@@ -234,18 +247,22 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
                 self._producer.produce(topic, value, key)
                 return
             except BufferError:  # librdkafka's queue is full: serve delivery reports while it sends
-                self._producer.poll(0.1)
-                self._check_deliveries("delivering records")
+                self._serve(0.1)
             except KafkaException as exc:
                 self._fail(refusal(self._topic, self._txid, _error(exc), when))
 
-    def _check_deliveries(self, when: str) -> None:
+    def _serve(self, timeout: float) -> None:
+        """Delivery reports and client errors; raises on the first refusal. Never flush(): with
+        confluent-kafka 2.16 a fatal error (fenced) inside flush() becomes a SystemError."""
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:  # a fatal error: the producer is done
+            self._failure = self._failure or _error(exc)
         if self._failure is not None:
-            self._fail(refusal(self._topic, self._txid, self._failure, when))
+            self._fail(refusal(self._topic, self._txid, self._failure, "delivering records"))
 
     def write_batch(self, values: list[OutputRecord]) -> None:
-        self._producer.poll(0)
-        self._check_deliveries("delivering records")
+        self._serve(0)
         fenced = {record.unit for record in values if record.unit in self._fence} if self._fence else set()
         if fenced:
             self._fence.passed(fenced)
@@ -258,8 +275,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
                 self._in_txn, self._txn_started = True, time.monotonic()
             self._units[record.unit] = None
             self._produce(self._topic, record.value, record.key, "producing")
-        self._producer.poll(0)
-        self._check_deliveries("delivering records")
+        self._serve(0)
 
     def _commit(self) -> None:
         """Manifest and commit of the open transaction, if any."""
@@ -271,8 +287,8 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
             self._produce(self._control, value, self._key, "writing the manifest")
         deadline = time.monotonic() + self._txn_timeout_s + 30
         while len(self._producer) and time.monotonic() < deadline:
-            self._producer.flush(1)
-        self._check_deliveries("delivering records")
+            self._serve(0.5)
+        self._serve(0)
         age = time.monotonic() - self._txn_started
         if age > self._txn_timeout_s / 2:
             log.warning(
@@ -311,7 +327,6 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
     def close(self) -> None:
         # The end of a bounded run: what is still open commits; a resume fences it by reading back.
         self._commit()
-        self._producer.flush(self._txn_timeout_s)
 
 
 class KafkaTxSink(FixedPartitionedSink[OutputRecord, dict]):
@@ -343,7 +358,7 @@ class KafkaTxSink(FixedPartitionedSink[OutputRecord, dict]):
         self.namespace = namespace
         self.partitions = partitions
         self.start_timeout_s = start_timeout_s
-        self._control_ready = False
+        self._batch_bytes: int | None = None
 
     def list_parts(self) -> list[str]:
         # Zero-padded: bytewax routes `part_fn(key) % n` into the names sorted as strings.
@@ -353,13 +368,20 @@ class KafkaTxSink(FixedPartitionedSink[OutputRecord, dict]):
     def part_fn(self, item_key: str) -> int:
         return int(item_key)
 
+    @property
+    def batch_bytes(self) -> int:
+        assert self._batch_bytes is not None, "set by build_part"
+        return self._batch_bytes
+
     def build_part(self, step_id: str, for_part: str, resume_state: dict | None) -> _TxPartition:
-        if not self._control_ready:
+        if self._batch_bytes is None:  # once per worker
             try:
                 ensure_control_topic(self.bootstrap, self.client_config, control_topic(self.topic))
+                topic_max = topic_max_message_bytes(self.bootstrap, self.client_config, self.topic)
             except KafkaSinkError as exc:
                 log.error("%s", exc)
                 raise
-            self._control_ready = True
+            wanted = int(self.client_config.get("batch.size", PRODUCER_BATCH_BYTES))
+            self._batch_bytes = max(1, min(wanted, record_limit(topic_max, PRODUCER_MESSAGE_MAX_BYTES)))
         state = CommitState.from_snapshot(resume_state, self.namespace)
         return _TxPartition(self, step_id, for_part, state)
