@@ -87,7 +87,7 @@ _NO_TRANSACTIONS = {
     KafkaError.COORDINATOR_NOT_AVAILABLE,
     KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
 }
-_INIT = "starting its transactions (init_transactions)"
+INIT_STEP = "starting its transactions (init_transactions)"
 _REPLAY = "the restart replays it from the last snapshot"
 
 
@@ -117,7 +117,7 @@ def refusal(topic: str, txid: str, error: KafkaError, when: str) -> str:
             f"{control_topic(topic)}, WRITE and DESCRIBE on transactional ids with prefix 'waxstreams.', "
             f"and IDEMPOTENT_WRITE on the cluster (brokers before 2.8); {_REPLAY}"
         )
-    if when == _INIT and code in _OUTAGE | _NO_TRANSACTIONS:
+    if when == INIT_STEP and code in _OUTAGE | _NO_TRANSACTIONS:
         return (
             f"{what}: no transaction coordinator answered: the brokers are unreachable, or do not offer "
             "transactions, which exactly-once output needs (Kafka >= 2.5, transaction.state.log.replication.factor "
@@ -183,7 +183,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         timeout_ms = int(self._producer_setting("transaction.timeout.ms", DEFAULT_TRANSACTION_TIMEOUT_MS))
         self._txn_timeout_s = timeout_ms / 1000
         self._fence = Fence(state.fence)
-        self._call(_INIT, lambda: self._producer.init_transactions(sink.start_timeout_s))
+        self._call(INIT_STEP, lambda: self._producer.init_transactions(sink.start_timeout_s))
         since = namespace_time_ms(state.namespace) if state.position is None else None
         units, self._next_seq, self._position = self._read_back(
             state, None if since is None else since - NAMESPACE_CLOCK_SKEW_MS

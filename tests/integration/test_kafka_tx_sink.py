@@ -156,6 +156,27 @@ def test_commits_past_a_stored_snapshot_are_not_repeated(kafka: KafkaBroker, top
     assert units_seen(kafka.bootstrap, topic) == Counter({f"u{i}": 1 for i in range(1, 7)})
 
 
+class Crash(Exception):
+    """The process dies here."""
+
+
+class DiesAtCommit:
+    """A producer whose process dies as it is about to commit: the transaction, manifest
+    included, is in the log and open."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def __len__(self) -> int:
+        return len(self._real)
+
+    def commit_transaction(self, *args: Any) -> None:
+        raise Crash
+
+
 def test_an_aborted_transaction_is_invisible_to_read_committed(
     kafka: KafkaBroker, topic: str, zombies: list[Any]
 ) -> None:
@@ -164,9 +185,12 @@ def test_an_aborted_transaction_is_invisible_to_read_committed(
     a.write_batch(records("u1"))
     stored = a.snapshot()
     a.write_batch(records("u2", "u3"))
-    a._producer.flush(30)  # the open transaction's records are in the log
-    zombies.append(a)  # dies before its snapshot: the restart's init_transactions aborts it
+    a._producer = DiesAtCommit(a._producer)
+    with pytest.raises(Crash):
+        a.snapshot()
+    zombies.append(a)  # the restart's init_transactions aborts its transaction, manifest and all
     b = sink.build_part("out", "p00", stored)
+    assert not b._fence, "an aborted manifest fenced units"
     b.write_batch(records("u2", "u3"))
     b.close()
     assert units_seen(kafka.bootstrap, topic, "read_uncommitted") == Counter({"u1": 1, "u2": 2, "u3": 2})
