@@ -8,6 +8,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from connectors.transports.contract import OutputRecord
+from connectors.transports.kafka_client import KafkaConfigError, from_env
 from connectors.transports.kafka_control import (
     Manifest,
     committed_past,
@@ -95,3 +96,9 @@ def test_every_refusal_is_one_line_naming_the_output_and_the_fix(code: int, says
 def test_a_coordinator_that_never_answers_at_start_is_one_line_about_transactions() -> None:
     line = refusal("alerts", "waxstreams.j.s.n.p00", KafkaError(KafkaError._TIMED_OUT), INIT_STEP)
     assert "no transaction coordinator answered" in line and "transaction.state.log.replication.factor" in line
+
+
+@pytest.mark.parametrize("prop", ["transactional.id", "enable.idempotence"])
+def test_the_sink_s_own_producer_properties_cannot_be_set(prop: str) -> None:
+    with pytest.raises(KafkaConfigError, match=f"KAFKA_PROPERTIES sets {prop}: the jobs' Kafka outputs"):
+        from_env({"KAFKA_PROPERTIES": f"{prop}=x"})
