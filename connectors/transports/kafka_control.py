@@ -1,4 +1,5 @@
-"""The Kafka sink's control topic and the pure pieces of its protocol (connectors/transports/kafka_sink.py).
+"""The Kafka sink's control topic and the pure pieces of its protocol (connectors/transports/kafka_sink.py):
+manifests, what a read-back fences, record limits, and the one line for each refusal.
 
 Each sink partition commits one transaction per epoch; in it, beside the epoch's
 records, go one or more *manifest* records into the output topic's control topic
@@ -115,6 +116,75 @@ def namespace_time_ms(namespace: str) -> int | None:
 def record_limit(topic_max_message_bytes: int, producer_message_max_bytes: int) -> int:
     """The largest key + value a topic takes from our producer."""
     return min(topic_max_message_bytes, producer_message_max_bytes) - RECORD_OVERHEAD_BYTES
+
+
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+_NOT_AUTHORISED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+}
+_OUTAGE = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
+_NO_TRANSACTIONS = {
+    KafkaError._UNSUPPORTED_FEATURE,
+    KafkaError.UNSUPPORTED_VERSION,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+}
+INIT_STEP = "starting its transactions (init_transactions)"
+_REPLAY = "the restart replays it from the last snapshot"
+
+
+def error_of(exc: KafkaException) -> KafkaError:
+    first = exc.args[0] if exc.args else None
+    return first if isinstance(first, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
+
+
+def refusal(topic: str, txid: str, error: KafkaError, when: str) -> str:
+    """One line for an output refused by Kafka: the output topic, the cause and the fix."""
+    code = error.code()
+    what = f"Kafka output topic {topic}: {when} failed ({error.str()})"
+    if code in _FENCED:
+        return (
+            f"{what}: a newer producer with transactional.id {txid} took over (another instance of this job "
+            "with the same recovery store is running, or this one was restarted): run one instance per "
+            f"recovery store; {_REPLAY}"
+        )
+    if code in _NOT_AUTHORISED:
+        return (
+            f"{what}: not authorised: grant the job WRITE and DESCRIBE on topics {topic} and "
+            f"{control_topic(topic)}, WRITE and DESCRIBE on transactional ids with prefix 'waxstreams.', "
+            f"and IDEMPOTENT_WRITE on the cluster (brokers before 2.8); {_REPLAY}"
+        )
+    if when == INIT_STEP and code in _OUTAGE | _NO_TRANSACTIONS:
+        return (
+            f"{what}: no transaction coordinator answered: the brokers are unreachable, or do not offer "
+            "transactions, which exactly-once output needs (Kafka >= 2.5, transaction.state.log.replication.factor "
+            "and transaction.state.log.min.isr no larger than the number of brokers): fix KAFKA_BROKERS or the "
+            "brokers' settings"
+        )
+    if code in _OUTAGE:
+        return (
+            f"{what}: Kafka did not take the epoch's records within message.timeout.ms / transaction.timeout.ms "
+            f"(broker down or unreachable): bring it back, or raise KAFKA_PROPERTY_MESSAGE__TIMEOUT__MS and "
+            f"KAFKA_PROPERTY_TRANSACTION__TIMEOUT__MS to ride out longer outages; {_REPLAY}"
+        )
+    if code in _NO_TRANSACTIONS:
+        return (
+            f"{what}: the brokers do not offer transactions, which exactly-once output needs: use Kafka >= 2.5 "
+            "with transaction.state.log.replication.factor and transaction.state.log.min.isr no larger than "
+            "the number of brokers"
+        )
+    if code == KafkaError.INVALID_TRANSACTION_TIMEOUT:
+        return (
+            f"{what}: transaction.timeout.ms is above the broker's transaction.max.timeout.ms: lower "
+            "KAFKA_PROPERTY_TRANSACTION__TIMEOUT__MS (it must still exceed the epoch interval)"
+        )
+    if code == KafkaError.MSG_SIZE_TOO_LARGE:
+        return f"{what}: a record is larger than the topic takes (max.message.bytes): raise it on the topic; {_REPLAY}"
+    if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION):
+        return f"{what}: the topic does not exist: create {topic} (and {control_topic(topic)}); {_REPLAY}"
+    return f"{what}: check the brokers and the job's Kafka settings; {_REPLAY}"
 
 
 # -- I/O --------------------------------------------------------------------------------------

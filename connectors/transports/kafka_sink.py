@@ -32,8 +32,9 @@ one epoch interval (bytewax's `-s`) after they are produced.
 
 transaction.timeout.ms (KAFKA_PROPERTY_TRANSACTION__TIMEOUT__MS, default 60000): a
 transaction is open from an epoch's first record to its snapshot, so this must exceed
-the epoch interval by a wide margin (at least twice it plus the commit time): the broker
-aborts a transaction older than it, and the commit then fails and stops the job. It is
+the epoch interval by a wide margin (at least twice it): the broker aborts a transaction
+older than it. A transaction open longer than half of it is committed within the epoch
+(with a warning): safe, since a resume fences it like any commit past its snapshot. It is
 capped by the broker's transaction.max.timeout.ms (15 min by default). It is also how
 long read_committed readers of an output partition may stall behind a crashed job's open
 transaction when the job is not restarted (a restart aborts it at once). librdkafka's
@@ -53,6 +54,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from connectors.sinks.fence import CommitState, Fence
 from connectors.transports.contract import OutputRecord
 from connectors.transports.kafka_control import (
+    INIT_STEP,
     NAMESPACE_CLOCK_SKEW_MS,
     PRODUCER_BATCH_BYTES,
     PRODUCER_MESSAGE_MAX_BYTES,
@@ -60,10 +62,12 @@ from connectors.transports.kafka_control import (
     committed_past,
     control_topic,
     ensure_control_topic,
+    error_of,
     manifest_values,
     namespace_time_ms,
     read_manifests,
     record_limit,
+    refusal,
     topic_max_message_bytes,
     transactional_id,
 )
@@ -74,78 +78,10 @@ DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000
 # Readers see an epoch only once it commits: a short linger costs nothing.
 PRODUCER_DEFAULTS = {"linger.ms": "5"}
 
-_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
-_NOT_AUTHORISED = {
-    KafkaError.TOPIC_AUTHORIZATION_FAILED,
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-}
-_OUTAGE = {KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
-_NO_TRANSACTIONS = {
-    KafkaError._UNSUPPORTED_FEATURE,
-    KafkaError.UNSUPPORTED_VERSION,
-    KafkaError.COORDINATOR_NOT_AVAILABLE,
-    KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
-}
-INIT_STEP = "starting its transactions (init_transactions)"
-_REPLAY = "the restart replays it from the last snapshot"
-
-
-def _error(exc: KafkaException) -> KafkaError:
-    first = exc.args[0] if exc.args else None
-    return first if isinstance(first, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
-
 
 def routing_key(record: OutputRecord) -> str:
     """bytewax's routing key for a record: stable across processes (never Python's hash())."""
     return str(zlib.crc32(record.key))
-
-
-def refusal(topic: str, txid: str, error: KafkaError, when: str) -> str:
-    """One line for an output refused by Kafka: the output topic, the cause and the fix."""
-    code = error.code()
-    what = f"Kafka output topic {topic}: {when} failed ({error.str()})"
-    if code in _FENCED:
-        return (
-            f"{what}: a newer producer with transactional.id {txid} took over (another instance of this job "
-            "with the same recovery store is running, or this one was restarted): run one instance per "
-            f"recovery store; {_REPLAY}"
-        )
-    if code in _NOT_AUTHORISED:
-        return (
-            f"{what}: not authorised: grant the job WRITE and DESCRIBE on topics {topic} and "
-            f"{control_topic(topic)}, WRITE and DESCRIBE on transactional ids with prefix 'waxstreams.', "
-            f"and IDEMPOTENT_WRITE on the cluster (brokers before 2.8); {_REPLAY}"
-        )
-    if when == INIT_STEP and code in _OUTAGE | _NO_TRANSACTIONS:
-        return (
-            f"{what}: no transaction coordinator answered: the brokers are unreachable, or do not offer "
-            "transactions, which exactly-once output needs (Kafka >= 2.5, transaction.state.log.replication.factor "
-            "and transaction.state.log.min.isr no larger than the number of brokers): fix KAFKA_BROKERS or the "
-            "brokers' settings"
-        )
-    if code in _OUTAGE:
-        return (
-            f"{what}: Kafka did not take the epoch's records within message.timeout.ms / transaction.timeout.ms "
-            f"(broker down or unreachable): bring it back, or raise KAFKA_PROPERTY_MESSAGE__TIMEOUT__MS and "
-            f"KAFKA_PROPERTY_TRANSACTION__TIMEOUT__MS to ride out longer outages; {_REPLAY}"
-        )
-    if code in _NO_TRANSACTIONS:
-        return (
-            f"{what}: the brokers do not offer transactions, which exactly-once output needs: use Kafka >= 2.5 "
-            "with transaction.state.log.replication.factor and transaction.state.log.min.isr no larger than "
-            "the number of brokers"
-        )
-    if code == KafkaError.INVALID_TRANSACTION_TIMEOUT:
-        return (
-            f"{what}: transaction.timeout.ms is above the broker's transaction.max.timeout.ms: lower "
-            "KAFKA_PROPERTY_TRANSACTION__TIMEOUT__MS (it must still exceed the epoch interval)"
-        )
-    if code == KafkaError.MSG_SIZE_TOO_LARGE:
-        return f"{what}: a record is larger than the topic takes (max.message.bytes): raise it on the topic; {_REPLAY}"
-    if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION):
-        return f"{what}: the topic does not exist: create {topic} (and {control_topic(topic)}); {_REPLAY}"
-    return f"{what}: check the brokers and the job's Kafka settings; {_REPLAY}"
 
 
 class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
@@ -165,6 +101,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         self._passed: set[str] = set()  # fenced units the replay reached this epoch
         self._failure: KafkaError | None = None
         self._manifest_end: int | None = None
+        self._warned_long_epoch = False
         self._producer = Producer(
             {
                 "bootstrap.servers": sink.bootstrap,
@@ -216,7 +153,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
             units, next_seq = committed_past(manifests, state.next_seq)
             return units, next_seq, end
         except KafkaException as exc:
-            self._fail(refusal(self._control, self._txid, _error(exc), "reading back the manifests"))
+            self._fail(refusal(self._control, self._txid, error_of(exc), "reading back the manifests"))
 
     def _delivered(self, error: KafkaError | None, msg: Any) -> None:
         if error is not None:
@@ -239,7 +176,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         try:
             return call()
         except KafkaException as exc:
-            self._fail(refusal(self._topic, self._txid, _error(exc), when))
+            self._fail(refusal(self._topic, self._txid, error_of(exc), when))
 
     def _produce(self, topic: str, value: bytes, key: bytes, when: str) -> None:
         while True:
@@ -249,7 +186,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
             except BufferError:  # librdkafka's queue is full: serve delivery reports while it sends
                 self._serve(0.1)
             except KafkaException as exc:
-                self._fail(refusal(self._topic, self._txid, _error(exc), when))
+                self._fail(refusal(self._topic, self._txid, error_of(exc), when))
 
     def _serve(self, timeout: float) -> None:
         """Delivery reports and client errors; raises on the first refusal. Never flush(): with
@@ -257,7 +194,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         try:
             self._producer.poll(timeout)
         except KafkaException as exc:  # a fatal error: the producer is done
-            self._failure = self._failure or _error(exc)
+            self._failure = self._failure or error_of(exc)
         if self._failure is not None:
             self._fail(refusal(self._topic, self._txid, self._failure, "delivering records"))
 
@@ -267,6 +204,18 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         if fenced:
             self._fence.passed(fenced)
             self._passed |= fenced
+        if self._in_txn and time.monotonic() - self._txn_started > self._txn_timeout_s / 2:
+            # Committing early is safe (a resume fences it like any commit past its snapshot);
+            # a transaction older than transaction.timeout.ms is aborted by the broker.
+            if not self._warned_long_epoch:
+                log.warning(
+                    "Kafka output topic %s: an epoch outlasts half of transaction.timeout.ms (%.0fs): committing "
+                    "within the epoch; set KAFKA_PROPERTY_TRANSACTION__TIMEOUT__MS above twice the epoch interval",
+                    self._topic,
+                    self._txn_timeout_s,
+                )
+                self._warned_long_epoch = True
+            self._commit()
         for record in values:
             if record.unit in self._passed:
                 continue
@@ -279,7 +228,6 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
 
     def _commit(self) -> None:
         """Manifest and commit of the open transaction, if any."""
-        self._passed.clear()
         if not self._in_txn:
             return
         self._manifest_end = None
@@ -289,22 +237,12 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         while len(self._producer) and time.monotonic() < deadline:
             self._serve(0.5)
         self._serve(0)
-        age = time.monotonic() - self._txn_started
-        if age > self._txn_timeout_s / 2:
-            log.warning(
-                "Kafka output topic %s: a transaction stayed open %.0fs, over half of transaction.timeout.ms "
-                "(%.0fs): the broker aborts older ones and the job stops; raise "
-                "KAFKA_PROPERTY_TRANSACTION__TIMEOUT__MS or shorten the epoch interval",
-                self._topic,
-                age,
-                self._txn_timeout_s,
-            )
         while True:
             try:
                 self._producer.commit_transaction(max(1.0, deadline - time.monotonic()))
                 break
             except KafkaException as exc:
-                error = _error(exc)
+                error = error_of(exc)
                 if error.retriable() and time.monotonic() < deadline:
                     continue
                 if error.txn_requires_abort():
@@ -322,6 +260,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
 
     def snapshot(self) -> dict:
         self._commit()
+        self._passed.clear()
         return CommitState(self._namespace, self._next_seq, self._position, self._fence.units()).to_snapshot()
 
     def close(self) -> None:

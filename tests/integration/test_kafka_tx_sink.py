@@ -220,6 +220,24 @@ def test_a_zombie_is_fenced_with_one_line(
     assert units_seen(kafka.bootstrap, topic) == Counter({"u1": 1, "u2": 1})
 
 
+def test_an_epoch_outlasting_half_the_transaction_timeout_commits_within_it(
+    kafka: KafkaBroker, topic: str, zombies: list[Any]
+) -> None:
+    sink = sink_for(kafka, topic, **{"transaction.timeout.ms": "10000"})
+    a = sink.build_part("out", "p00", None)
+    a.write_batch(records("u1"))
+    stored = a.snapshot()
+    a.write_batch(records("u2"))
+    a._txn_started -= 6.0  # the epoch has lasted 6 s of the transaction's 10
+    a.write_batch(records("u3"))
+    assert units_seen(kafka.bootstrap, topic) == Counter({"u1": 1, "u2": 1}), "u2 not committed within the epoch"
+    zombies.append(a)  # dies before its snapshot
+    b = sink.build_part("out", "p00", stored)
+    b.write_batch(records("u2", "u3"))
+    b.close()
+    assert units_seen(kafka.bootstrap, topic) == Counter({"u1": 1, "u2": 1, "u3": 1})
+
+
 def test_manifests_of_many_units_are_cut_and_read_back(kafka: KafkaBroker, topic: str, zombies: list[Any]) -> None:
     units = [f"input-topic:{i % 7}:{i:012d}/{'x' * 60}" for i in range(20_000)]  # ~1.7 MB of unit ids
     sink = sink_for(kafka, topic)

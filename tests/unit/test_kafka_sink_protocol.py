@@ -10,15 +10,17 @@ from confluent_kafka import KafkaError
 from connectors.transports.contract import OutputRecord
 from connectors.transports.kafka_client import KafkaConfigError, from_env
 from connectors.transports.kafka_control import (
+    INIT_STEP,
     Manifest,
     committed_past,
     manifest_values,
     namespace_time_ms,
     parse_manifest,
     record_limit,
+    refusal,
     transactional_id,
 )
-from connectors.transports.kafka_sink import INIT_STEP, KafkaTxSink, refusal, routing_key
+from connectors.transports.kafka_sink import KafkaTxSink, routing_key
 
 
 def test_a_large_manifest_is_cut_into_records_under_the_piece_size() -> None:
