@@ -124,6 +124,8 @@ def transport_for(settings: JobSettings, environ: Mapping[str, str], job: str, r
         settings.start.stop_at_ms,
         kafka.partition_check_seconds,
         kafka.client,
+        job=job,
+        sink_namespace=resume.sink_namespace,
     )
 
 
