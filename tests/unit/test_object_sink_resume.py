@@ -3,7 +3,8 @@
 import polars as pl
 from botocore.exceptions import ClientError
 
-from connectors.sinks.s3_objects import S3Location, describe_s3_error, drop_units, sort_manifests
+from connectors.sinks.s3_manifests import sort_manifests
+from connectors.sinks.s3_objects import S3Location, describe_s3_error, drop_units
 
 DIR = "out/_sink/p00/run-a/"
 
