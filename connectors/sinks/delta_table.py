@@ -6,7 +6,8 @@ Readers that go through the Delta log (polars `scan_delta`, DuckDB `delta_scan`,
 Athena, Trino) see a row once its transaction is committed and never see it go away:
 nothing is ever rolled back, so a crash must never commit a row twice.
 
-Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
+Protocol per sink partition (the commit-ahead protocol of `connectors/sinks/fence.py`;
+its snapshot is `CommitState(namespace, next_seq, None, fence)`):
 1. rows are buffered until bytewax snapshots the epoch (or closes the sink);
 2. the epoch becomes ONE Delta transaction carrying an application transaction
    (`txn` action) `app_id = <job>/<prefix>/<partition>/<namespace>`, `version = next_seq`,
@@ -16,12 +17,14 @@ Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
    over: this one stops), and delta-rs fails a commit when a concurrent commit
    carries the same app id (conflict check on the log's conditional put; no lock service).
 
-On resume from `next_seq = K`, the log may already hold this app's versions K..V,
-committed after the snapshot bytewax restored. A replay does not re-cut epochs the same
-way (epochs are wall-clock), so skipping by version alone could drop or double rows:
-the partition reads the units of versions K..V from the log, drops every replayed unit
-among them, and continues at V + 1. A unit is written whole or not at all (a window of
-one movie closes once), so every row lands in the table exactly once.
+On resume from `next_seq = K` with a fence, the log may already hold this app's versions
+K..V, committed after the snapshot bytewax restored. A replay does not re-cut epochs the
+same way (epochs are wall-clock), so skipping by version alone could drop or double rows:
+the units of versions K..V, read from the commit infos (no data file is read), join the
+fence; the replay drops fenced units (each leaves the fence once dropped) and continues
+at V + 1. The fence is in every snapshot until the replay passes each unit, so any
+number of crashes in a row commit a unit once. Old `(namespace, seq)` states resume with
+an empty fence.
 
 The namespace (the recovery store's, as for the object sink) is in the app id so that a
 new run with a new store never mistakes an earlier run's versions for its own.

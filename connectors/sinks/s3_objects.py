@@ -4,31 +4,33 @@ Every object, once it can be listed, is final: nothing is ever deleted or rewrit
 a reader that lists and reads the objects at any instant (polars, DuckDB, Athena, a
 new-files ingester) sees each row at most once, and never sees one go away.
 
-Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
+Protocol per sink partition (the commit-ahead protocol of `connectors/sinks/fence.py`;
+its snapshot is `CommitState(namespace, next_seq, None, fence)`):
 1. rows are buffered; complete folders are written as the next `seq` once there are
    EARLY_WRITE_FOLDERS of them or EARLY_WRITE_ROWS rows in them, in the background,
    while the job goes on; at a snapshot (or close) the rest is written and the
    snapshot waits for every write in flight before it records `seq`;
-2. each write first lists its objects in a manifest
-   `<prefix>/_sink/<partition>/<namespace>/<seq>.json`, then puts them, each only if its
-   key is free (S3 conditional write, `If-None-Match: *`);
-3. on (re)start from `next_seq = K`, the manifests of the namespace numbered K or more
-   are writes the crashed attempt made after the snapshot bytewax restored. Their
-   objects stay. The partition reads the units (`unit_columns`: for the impressions
-   job, (movieId, windowStart)) of those that landed, drops the replay's rows of these
-   units, and numbers its writes on past the newest such seq. A key that never landed
-   is claimed with an empty object, so the crashed attempt's PUT, if it is still on
-   its way, fails instead of landing beside the replay's rows.
-Skipping by unit, not by seq, because a replay cuts epochs differently (they are
-wall-clock); a unit is one movie's window, emitted whole and once, so it is either
-wholly visible or wholly replayed.
+2. each write first puts a manifest `<prefix>/_sink/<partition>/<namespace>/<seq>.json`
+   naming its objects and each object's units (`s3_manifests.py`), then the objects;
+   every PUT only if its key is free (S3 conditional write, `If-None-Match: *`): a
+   taken manifest key means another writer of this partition, and this one stops;
+3. on (re)start from `next_seq = K` with a fence, the manifests numbered K or more are
+   writes a crashed attempt made after the restored snapshot. Their objects stay; the
+   units (`unit_columns`: for the impressions job, (movieId, windowStart)) of those that
+   landed join the fence, the replay drops its rows of fenced units (each leaves the
+   fence once dropped), and numbering goes on past the newest such seq. A key that never
+   landed is claimed with an empty object, so the crashed attempt's PUT, if still on its
+   way, fails instead of landing beside the replay's rows; a claim holds no units.
+The fence is in every snapshot until the replay passes each unit, so a resume that stores
+a snapshot before re-reaching a unit does not make the next resume forget it. Skipping by
+unit, not by seq, because a replay cuts epochs differently (they are wall-clock).
 
 The namespace keeps runs apart: only manifests of the run being resumed are ever read.
 A partition without restored state takes the namespace of its recovery store
 (`connectors/recovery_store.py`), so a new store, or a run without one, never mistakes
-another run's output for its own: it appends. An `int` state (stores written before
-namespaces existed, or a sink built without one) is the legacy namespace, manifests
-directly in `<prefix>/_sink/<partition>/`, resumed the same way.
+another run's output for its own: it appends. Older states resume too: `(namespace, seq)`
+with an empty fence, and an `int` (stores written before namespaces existed, or a sink
+built without one) in the legacy namespace, manifests directly in `<prefix>/_sink/<partition>/`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from connectors.sinks import s3_objects
@@ -346,7 +346,12 @@ def play(runs: list[Run], build: Callable[[Any], Any], die: Callable[[Any, bool]
     assert read_rows(reader.read) == all_rows(UNITS), "every unit once"
 
 
+# A/B/C: commits units 0-1 ahead and dies; stores a snapshot before re-reaching 1 and dies; replays 1.
+ABC = [Run([(2, SNAPSHOT)], False), Run([(1, STORED)], False), Run([(1, STORED)], False)]
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(runs=ABC)
 @given(runs=runs_strategy)
 def test_object_sink_random_crash_sequences_never_double_or_lose_a_unit(s3, runs: list[Run]) -> None:
     bucket = f"rnd-{uuid.uuid4().hex[:12]}"
@@ -367,6 +372,7 @@ def test_object_sink_random_crash_sequences_never_double_or_lose_a_unit(s3, runs
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(runs=ABC)
 @given(runs=runs_strategy)
 def test_delta_sink_random_crash_sequences_never_double_or_lose_a_unit(s3, runs: list[Run]) -> None:
     bucket = f"drnd-{uuid.uuid4().hex[:12]}"
