@@ -339,16 +339,20 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                 if units:
                     self._visible.setdefault(key.rsplit("/", 1)[0], set()).update(units)
             self._next_seq = max(past) + 1  # a manifest key is never written twice
-        if past or fenced:
-            run = f" (run {self._namespace})" if self._namespace else ""
+        run = f" (run {self._namespace})" if self._namespace else ""
+        if past:
             log.info(
                 "%s%s: seqs %s written after the restored snapshot stay (%d units already visible, %d of them "
                 "fenced by the snapshot); the replay skips them",
                 self._partition,
                 run,
-                ",".join(map(str, sorted(past))) or "none",
+                ",".join(map(str, sorted(past))),
                 sum(map(len, self._visible.values())),
                 fenced,
+            )
+        elif fenced:
+            log.info(
+                "%s%s: %d units fenced by the restored snapshot; the replay skips them", self._partition, run, fenced
             )
         self._compact_if_due()
 

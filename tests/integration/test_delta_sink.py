@@ -122,6 +122,20 @@ def test_a_replayed_epoch_already_in_the_log_is_skipped(location) -> None:
     assert [int(c["waxstreams.version"]) for c in reversed(write_commits(location))] == [0, 1, 2]
 
 
+def test_a_state_of_an_older_release_resumes_with_an_empty_fence(location) -> None:
+    first = sink(location).build_part("out", "p00", None)
+    first.write_batch([window("m1", 0, "u1")])
+    first.snapshot()
+    first.write_batch([window("m2", 0, "u1")])
+    first.snapshot()  # version 1: past the stored snapshot
+
+    resumed = sink(location).build_part("out", "p00", ("run-a", 1))  # `(namespace, next_seq)`, as stored before
+    assert resumed.snapshot() == {"namespace": "run-a", "seq": 2, "position": None, "fence": {("m2", 0)}}
+    resumed.write_batch([window("m2", 0, "u1"), window("m3", 0, "u1")])
+    assert resumed.snapshot() == state("run-a", 3)
+    assert table_rows(location) == [("m1", "u1", 0), ("m2", "u1", 0), ("m3", "u1", 0)]
+
+
 def test_a_replay_cut_into_epochs_differently_writes_exactly_the_missing_windows(location) -> None:
     first = sink(location).build_part("out", "p00", None)
     stored = first.snapshot()
