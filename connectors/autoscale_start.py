@@ -40,7 +40,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
@@ -57,8 +56,9 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_POLL_SECONDS = 5.0
 STOP_GRACE_SECONDS = 10.0
 # The child is told its place with -a/-i only; bytewax.run would derive one from these too.
-_PLACE_VARIABLES = ("BYTEWAX_POD_NAME", "BYTEWAX_STATEFULSET_NAME", "BYTEWAX_HOSTFILE_PATH", "BYTEWAX_PROCESS_ID")
-_PLACE_VARIABLES += ("BYTEWAX_ADDRESSES",)
+_PLACE_VARIABLES = frozenset(
+    {"BYTEWAX_POD_NAME", "BYTEWAX_STATEFULSET_NAME", "BYTEWAX_HOSTFILE_PATH", "BYTEWAX_PROCESS_ID", "BYTEWAX_ADDRESSES"}
+)
 
 
 class StartError(RuntimeError):
@@ -90,7 +90,9 @@ def ordinal_from(environ: Mapping[str, str]) -> int:
         try:
             return int(environ["CLUSTER_ORDINAL"])
         except ValueError:
-            msg = f"CLUSTER_ORDINAL={environ['CLUSTER_ORDINAL']!r} is not a number: set this process's index (0, 1, ...)"
+            msg = (
+                f"CLUSTER_ORDINAL={environ['CLUSTER_ORDINAL']!r} is not a number: set this process's index (0, 1, ...)"
+            )
             raise StartError(msg) from None
     name = environ.get("BYTEWAX_POD_NAME") or environ.get("HOSTNAME", "")
     match = re.search(r"-(\d+)$", name)
@@ -330,8 +332,14 @@ class Settings:
 class ClusterProcess:
     """Runs the child for the current count; restarts it when the count changes."""
 
-    def __init__(self, settings: Settings, replicas: Replicas, environ: Mapping[str, str]) -> None:
-        self.settings, self.replicas = settings, replicas
+    def __init__(
+        self,
+        settings: Settings,
+        replicas: Replicas,
+        environ: Mapping[str, str],
+        launcher: Sequence[str] = (sys.executable, "-m", "bytewax.run"),
+    ) -> None:
+        self.settings, self.replicas, self.launcher = settings, replicas, list(launcher)
         self.env = {k: v for k, v in environ.items() if k not in _PLACE_VARIABLES}
         self.child: subprocess.Popen | None = None
         self.stopping = threading.Event()
@@ -356,7 +364,9 @@ class ClusterProcess:
                 self.stopping.wait(self.settings.poll_s)
                 continue
             if self.settings.ordinal >= count:
-                log.info("cluster: process %d is past the count %d: waiting to be removed", self.settings.ordinal, count)
+                log.info(
+                    "cluster: process %d is past the count %d: waiting to be removed", self.settings.ordinal, count
+                )
                 self._wait_for_change(count)
                 continue
             current = plan(count, self.settings.ordinal, self.settings.address_spec, self.settings.partitions)
@@ -372,8 +382,13 @@ class ClusterProcess:
 
     def _run_child(self, current: Plan) -> int | None:
         """The child's exit code, or None when the count changed (start again)."""
-        argv = [sys.executable, "-m", "bytewax.run", self.settings.target, *current.bytewax_args()]
-        log.info("cluster: starting process %d of %d (%s)", current.ordinal, current.count, " ".join(argv[3:]))
+        argv = [*self.launcher, self.settings.target, *current.bytewax_args()]
+        log.info(
+            "cluster: starting process %d of %d (%s)",
+            current.ordinal,
+            current.count,
+            " ".join(argv[len(self.launcher) :]),
+        )
         self.child = subprocess.Popen([*argv, *self.settings.passthrough], env=self.env)
         while True:
             if self.stopping.wait(self.settings.poll_s if self.child.poll() is None else 0):

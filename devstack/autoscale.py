@@ -246,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max", type=int, default=2, help="maximum processes")
     parser.add_argument("--period", type=float, default=5.0, help="seconds per datapoint (KDA: 60)")
     parser.add_argument("--up-periods", type=int, default=3, help="datapoints >= --up-threshold to scale up (KDA: 15)")
-    parser.add_argument("--down-periods", type=int, default=12, help="datapoints < --down-threshold to scale down (KDA: 360)")
+    parser.add_argument(
+        "--down-periods", type=int, default=12, help="datapoints < --down-threshold to scale down (KDA: 360)"
+    )
     parser.add_argument("--up-threshold", type=float, default=0.75)
     parser.add_argument("--down-threshold", type=float, default=0.10)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "autoscale")

@@ -129,7 +129,7 @@ def last_stop(cluster: LocalCluster, line: str) -> float:
     for log in cluster.workdir.glob("*.log"):
         for text in log.read_text(errors="replace").splitlines():
             if line in text:
-                times.append(datetime.strptime(text[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+                times.append(datetime.strptime(text[:23], "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp())
     assert len(times) == 2, times  # processes 0 and 1
     return max(times)
 
