@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from devstack.autoscale import LocalCluster
+from connectors.autoscale_policy import ScalingRule
+from devstack.autoscale import Autoscaler, LocalCluster
 from producers.bookings import BookingTraffic, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
 from tests.chaos import wait_for
@@ -77,6 +78,18 @@ def rescale_with_kills(cluster: LocalCluster, feed: Callable[[], None]) -> float
     return up_at
 
 
+def dump_s3(run, path: Path) -> None:
+    """Every object and manifest with its time, for the post-mortem of a failure."""
+    client = run.s3.client()
+    lines = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=run.bucket):
+        for entry in page.get("Contents", []):
+            lines.append(f"{entry['LastModified'].isoformat()} {entry['Key']}")
+            if entry["Key"].endswith(".json"):
+                lines.append("    " + client.get_object(Bucket=run.bucket, Key=entry["Key"])["Body"].read().decode())
+    path.write_text("\n".join(lines))
+
+
 def finish(cluster: LocalCluster) -> None:
     """The last start runs bounded to the end of the input, at 2 processes."""
     cluster.kill()
@@ -93,7 +106,11 @@ def test_impressions_into_s3_stay_exact_through_2_3_2_with_kills(new_run, local_
     cluster = local_cluster(FLOWS["movie-impressions"], run.env, 2, 3)
     rescale_with_kills(cluster, lambda: run.produce(events[2_000:], 200.0))
     finish(cluster)
-    run.assert_exact()
+    try:
+        run.assert_exact()
+    except AssertionError:
+        dump_s3(run, cluster.workdir / "s3-listing.txt")
+        raise
 
 
 def test_booking_alerts_into_kafka_stay_exact_through_2_3_2_with_kills(kafka, local_cluster) -> None:
@@ -160,3 +177,39 @@ class OutputWatch:
         """When the topic first held more records than it did at `instant`."""
         before = max((n for t, n in self.seen if t <= instant), default=0)
         return next(t for t, n in self.seen if t > instant and n > before)
+
+
+def test_the_autoscaler_follows_a_load_ramp_up_and_back_down(kafka, local_cluster) -> None:
+    """devstack/autoscale.py's supervisor, with KDA's rule on 1-second periods: a ramp of
+    bookings drives the CPU up (1 -> 2 processes), the quiet after it brings it down (2 -> 1);
+    every output still equals the oracle's."""
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"CREATED_TOPIC": f"created-a{suffix}", "EVENTS_TOPIC": f"events-a{suffix}"}
+    make_topics(kafka, *topics.values(), partitions=2)
+    env = {**topics, **output_env(kafka, f"autoscale-{suffix}"), "MAX_OUT_OF_ORDERNESS_SECONDS": str(BOUND_S)}
+    env["CONSUMER_GROUP"] = f"autoscale-{suffix}"
+    messages = generate_bookings(BookingTraffic(count=25_000, step_ms=200, seed=29, invalid_fraction=0.01))
+    records = list(messages_for(messages, topics["CREATED_TOPIC"], topics["EVENTS_TOPIC"]))
+    cluster = local_cluster(FLOWS["booking-correlation"], env, 1, 2)
+    rule = ScalingRule(period_s=1.0, up_threshold=0.5, up_periods=3, down_threshold=0.10, down_periods=4)
+    scaler = Autoscaler(cluster, rule, sample_s=0.25)
+    cluster.scale_to(1)
+    stop = threading.Event()
+    supervisor = threading.Thread(target=scaler.run, args=(stop,))
+    supervisor.start()
+    try:
+        # The ramp: a trickle, more, then as fast as the broker takes it; then nothing.
+        produce_messages(records[:500], kafka.bootstrap, 100.0)
+        produce_messages(records[500:4_000], kafka.bootstrap, 1_000.0)
+        produce_messages(records[4_000:], kafka.bootstrap)
+        wait_for(lambda: len(scaler.decisions) >= 2, 150, f"a scale up and down\n{cluster.logs()[-4000:]}")
+    finally:
+        stop.set()
+        supervisor.join()
+    print("\n" + "\n".join(f"{t:.1f} {a} -> {b}: {why}" for t, a, b, why in scaler.decisions))
+    assert [(a, b) for _, a, b, _ in scaler.decisions[:2]] == [(1, 2), (2, 1)]
+    cluster.kill()
+    cluster.common_env["BOUNDED"] = "true"
+    cluster.ensure_running()
+    assert cluster.wait(120) == [0], cluster.logs()[-6000:]
+    check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)
