@@ -218,11 +218,13 @@ class Autoscaler:
     sample_s: float = 0.5
     decisions: list[tuple[float, int, int, str]] = field(default_factory=list)  # (time, from, to, why)
     samples: list[Sample] = field(default_factory=list)
+    history: list[tuple[float, int, float | None]] = field(default_factory=list)  # (time, count, CPU)
 
     def step(self) -> None:
         self.cluster.ensure_running()
         now = time.monotonic()
         cpu = self.cluster.cpu_utilisation()
+        self.history.append((time.time(), self.cluster.count, cpu))
         if cpu is not None:
             self.samples.append(Sample(now, cpu))
         keep = self.rule.period_s * max(self.rule.up_periods, self.rule.down_periods) + self.rule.period_s

@@ -188,10 +188,11 @@ def test_the_autoscaler_follows_a_load_ramp_up_and_back_down(kafka, local_cluste
     make_topics(kafka, *topics.values(), partitions=2)
     env = {**topics, **output_env(kafka, f"autoscale-{suffix}"), "MAX_OUT_OF_ORDERNESS_SECONDS": str(BOUND_S)}
     env["CONSUMER_GROUP"] = f"autoscale-{suffix}"
-    messages = generate_bookings(BookingTraffic(count=25_000, step_ms=200, seed=29, invalid_fraction=0.01))
+    messages = generate_bookings(BookingTraffic(count=8_000, step_ms=200, seed=29, invalid_fraction=0.01))
     records = list(messages_for(messages, topics["CREATED_TOPIC"], topics["EVENTS_TOPIC"]))
     cluster = local_cluster(FLOWS["booking-correlation"], env, 1, 2)
-    rule = ScalingRule(period_s=1.0, up_threshold=0.5, up_periods=3, down_threshold=0.10, down_periods=4)
+    # Thresholds for a shared 2-core machine, where a busy process may get a fraction of a CPU.
+    rule = ScalingRule(period_s=1.0, up_threshold=0.2, up_periods=3, down_threshold=0.10, down_periods=4)
     scaler = Autoscaler(cluster, rule, sample_s=0.25)
     cluster.scale_to(1)
     stop = threading.Event()
@@ -202,14 +203,28 @@ def test_the_autoscaler_follows_a_load_ramp_up_and_back_down(kafka, local_cluste
         produce_messages(records[:500], kafka.bootstrap, 100.0)
         produce_messages(records[500:4_000], kafka.bootstrap, 1_000.0)
         produce_messages(records[4_000:], kafka.bootstrap)
-        wait_for(lambda: len(scaler.decisions) >= 2, 150, f"a scale up and down\n{cluster.logs()[-4000:]}")
+        wait_for(lambda: len(scaler.decisions) >= 2, 150, "a scale up and down")
     finally:
         stop.set()
         supervisor.join()
-    print("\n" + "\n".join(f"{t:.1f} {a} -> {b}: {why}" for t, a, b, why in scaler.decisions))
+        print("\n" + "\n".join(autoscale_log(scaler)))
     assert [(a, b) for _, a, b, _ in scaler.decisions[:2]] == [(1, 2), (2, 1)]
     cluster.kill()
     cluster.common_env["BOUNDED"] = "true"
     cluster.ensure_running()
     assert cluster.wait(120) == [0], cluster.logs()[-6000:]
     check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)
+
+
+def autoscale_log(scaler: Autoscaler) -> list[str]:
+    """The supervisor's view, one line per second: time, processes, CPU; and its decisions."""
+    lines, last = [], 0.0
+    for t, count, cpu in scaler.history:
+        if t - last >= 1.0:
+            lines.append(
+                f"{datetime.fromtimestamp(t).astimezone():%H:%M:%S} {count} processes, CPU {cpu if cpu is None else f'{cpu:.0%}'}"
+            )
+            last = t
+    return lines + [
+        f"{datetime.fromtimestamp(t).astimezone():%H:%M:%S} {a} -> {b}: {why}" for t, a, b, why in scaler.decisions
+    ]
