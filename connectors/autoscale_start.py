@@ -31,6 +31,7 @@ the count changed meanwhile (a peer went away in the rescale): then it restarts 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -389,7 +390,7 @@ class ClusterProcess:
             current.count,
             " ".join(argv[len(self.launcher) :]),
         )
-        self.child = subprocess.Popen([*argv, *self.settings.passthrough], env=self.env)
+        self.child = subprocess.Popen([*argv, *self.settings.passthrough], env=self.env, preexec_fn=_die_with_parent)
         while True:
             if self.stopping.wait(self.settings.poll_s if self.child.poll() is None else 0):
                 return self.child.wait()
@@ -419,6 +420,11 @@ class ClusterProcess:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+def _die_with_parent() -> None:
+    """The child gets SIGKILL if this process dies, however it dies: never a bytewax left behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (linux/prctl.h)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
