@@ -279,8 +279,6 @@ def check_state_settings(directory: Path, shape: Mapping[str, str], fresh: bool)
     length, the sink's partitions, the output's format or place, the input) stops with
     one line saying what changed and how to migrate. Settings not in `shape` may change.
     """
-    if not any(directory.glob("*.sqlite3")):
-        return  # a cluster process holding no partition holds no state (prepare_resume)
     path = directory / SHAPE_FILE
     text = json.dumps(dict(shape), indent=1, sort_keys=True) + "\n"
     if fresh:

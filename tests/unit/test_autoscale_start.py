@@ -212,3 +212,17 @@ def wait_until(condition, timeout: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_a_cluster_process_past_the_store_starts_with_an_empty_directory(tmp_path: Path) -> None:
+    """connectors/recovery_store.prepare_resume: one of a cluster (it has a way to agree with
+    the others) may hold no partition; alone, an empty directory is still a mistake."""
+    from connectors.recovery_store import RecoveryStoreError, prepare_resume
+
+    empty = tmp_path / "process-2"
+    empty.mkdir()
+    argv = ["-r", str(empty)]
+    resume = prepare_resume(argv, {}, agree=lambda directory, progress: pytest.fail("asked to agree"))
+    assert resume.directory == empty and resume.fresh is False  # the processes holding the store judge that
+    with pytest.raises(RecoveryStoreError, match="holds no recovery partitions"):
+        prepare_resume(argv, {})
