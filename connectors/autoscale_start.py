@@ -32,28 +32,23 @@ the count changed meanwhile (a peer went away in the rescale): then it restarts 
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import re
 import signal
-import ssl
 import subprocess
 import sys
 import threading
-import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
+from connectors.autoscale_replicas import Replicas, ReplicasError, replicas_from
 from connectors.recovery_store import NAMESPACE_FILE, RecoveryStoreError, init_store, recovery_directory
 
 log = logging.getLogger(__name__)
 
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_POLL_SECONDS = 5.0
 STOP_GRACE_SECONDS = 10.0
 # The child is told its place with -a/-i only; bytewax.run would derive one from these too.
@@ -62,7 +57,7 @@ _PLACE_VARIABLES = frozenset(
 )
 
 
-class StartError(RuntimeError):
+class StartError(ReplicasError):
     """A setting of the cluster start-up is wrong; the message names it and the fix."""
 
 
@@ -137,115 +132,6 @@ def plan(count: int, ordinal: int, address_spec: str, partitions: int) -> Plan:
 def namespace_of(identity: str) -> str:
     """A sink namespace (connectors/recovery_store.py's form) every process derives alike."""
     return re.sub(r"[^A-Za-z0-9._-]", "-", identity)[:64]
-
-
-# Where the replica count comes from ---------------------------------------------------------
-
-
-class Replicas(Protocol):
-    def count(self) -> int: ...
-
-    def identity(self) -> str | None:
-        """Names this cluster the same for every process (None: unknown)."""
-        ...
-
-
-@dataclass
-class FixedReplicas:
-    replicas: int
-
-    def count(self) -> int:
-        return self.replicas
-
-    def identity(self) -> str | None:
-        return None
-
-
-@dataclass
-class FileReplicas:
-    """`{"replicas": N, "id": "..."}`, replaced atomically by whoever decides (devstack/autoscale.py)."""
-
-    path: Path
-
-    def _read(self) -> dict:
-        return json.loads(self.path.read_text())
-
-    def count(self) -> int:
-        return int(self._read()["replicas"])
-
-    def identity(self) -> str | None:
-        return self._read().get("id")
-
-
-@dataclass
-class StatefulSetReplicas:
-    """`spec.replicas` of the StatefulSet, read with the pod's service account token (re-read
-    each time: projected tokens rotate). Needs `get` on it (k8s/<job>/rbac.yaml)."""
-
-    api: str  # https://host:port
-    namespace: str
-    name: str
-    token_file: Path | None
-    ca_file: Path | None
-    timeout_s: float = 10.0
-
-    def _get(self) -> dict:
-        url = f"{self.api}/apis/apps/v1/namespaces/{self.namespace}/statefulsets/{self.name}"
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
-        if self.token_file is not None:
-            request.add_header("Authorization", "Bearer " + self.token_file.read_text().strip())
-        context = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else None
-        with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as response:
-            return json.load(response)
-
-    def count(self) -> int:
-        return int(self._get()["spec"]["replicas"])
-
-    def identity(self) -> str | None:
-        meta = self._get()["metadata"]
-        created = datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
-        return f"{created:%Y%m%dT%H%M%SZ}-{meta['uid'].replace('-', '')[:6]}"
-
-
-def replicas_from(environ: Mapping[str, str]) -> Replicas:
-    setting = environ.get("CLUSTER_REPLICAS", "").strip()
-    if setting == "statefulset":
-        name = environ.get("BYTEWAX_STATEFULSET_NAME", "").strip()
-        if not name:
-            msg = "CLUSTER_REPLICAS=statefulset needs BYTEWAX_STATEFULSET_NAME (the StatefulSet's name)"
-            raise StartError(msg)
-        api = environ.get("CLUSTER_API_URL", "").strip()
-        if not api:
-            host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT", "443")
-            if not host:
-                msg = "CLUSTER_REPLICAS=statefulset outside Kubernetes: set CLUSTER_API_URL, or a number or file:PATH"
-                raise StartError(msg)
-            api = f"https://{host}:{port}"
-        namespace = environ.get("CLUSTER_NAMESPACE", "").strip()
-        if not namespace:
-            try:
-                namespace = (SERVICE_ACCOUNT / "namespace").read_text().strip()
-            except OSError:
-                msg = (
-                    f"no service account at {SERVICE_ACCOUNT}: mount its token (automountServiceAccountToken: true, "
-                    "k8s/<job>/statefulset.yaml) or set CLUSTER_NAMESPACE"
-                )
-                raise StartError(msg) from None
-        token = SERVICE_ACCOUNT / "token"
-        ca = SERVICE_ACCOUNT / "ca.crt"
-        return StatefulSetReplicas(
-            api.rstrip("/"),
-            namespace,
-            name,
-            token if token.exists() else None,
-            ca if ca.exists() and api.startswith("https:") else None,
-        )
-    if setting.startswith("file:"):
-        return FileReplicas(Path(setting.removeprefix("file:")))
-    if setting.isdigit() and int(setting) >= 1:
-        return FixedReplicas(int(setting))
-    msg = f"CLUSTER_REPLICAS={setting!r}: set it to statefulset (in a pod), file:PATH or a process count"
-    raise StartError(msg)
 
 
 # The store's layout --------------------------------------------------------------------------
@@ -435,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, process.terminate)  # as PID 1 in a pod, unhandled SIGTERM is ignored
         signal.signal(signal.SIGINT, process.terminate)
         return process.run()
-    except (StartError, RecoveryStoreError) as exc:
+    except (ReplicasError, RecoveryStoreError) as exc:
         print(f"autoscale_start: {exc}", file=sys.stderr)
         return 2
 

@@ -12,20 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from connectors.autoscale_replicas import FileReplicas, FixedReplicas, ReplicasError, StatefulSetReplicas, replicas_from
 from connectors.autoscale_start import (
     ClusterProcess,
-    FileReplicas,
-    FixedReplicas,
     Plan,
     Settings,
     StartError,
-    StatefulSetReplicas,
     addresses_for,
     namespace_of,
     ordinal_from,
     plan,
     prepare_store,
-    replicas_from,
 )
 from connectors.recovery_store import NAMESPACE_FILE, read_progress, store_namespace
 
@@ -84,12 +81,12 @@ def test_where_the_count_comes_from(setting: str, kind: type) -> None:
 
 @pytest.mark.parametrize("setting", ["", "0", "auto"])
 def test_a_wrong_count_setting_is_one_line(setting: str) -> None:
-    with pytest.raises(StartError, match="CLUSTER_REPLICAS="):
+    with pytest.raises(ReplicasError, match="CLUSTER_REPLICAS="):
         replicas_from({"CLUSTER_REPLICAS": setting})
 
 
 def test_statefulset_mode_outside_kubernetes_says_what_to_set() -> None:
-    with pytest.raises(StartError, match="CLUSTER_API_URL"):
+    with pytest.raises(ReplicasError, match="CLUSTER_API_URL"):
         replicas_from({"CLUSTER_REPLICAS": "statefulset", "BYTEWAX_STATEFULSET_NAME": "job"})
 
 
