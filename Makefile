@@ -9,7 +9,7 @@ RUN_DIR := .cache/run
 # The local stack (devstack) accepts any AWS credentials; real ones come from your AWS chain.
 LOCAL_AWS := AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
 
-.PHONY: help install up down run run-bookings test test-guarantees test-unit test-kinesis test-image image chaos bench bench-peers lint fmt deploy clean
+.PHONY: help install up down run run-bookings autoscale test test-guarantees test-unit test-kinesis test-image image chaos bench bench-peers lint fmt deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ run-bookings: up ## 2,000 generated bookings through the booking-correlation job
 	$(LOCAL_AWS) TRANSPORT=$(TRANSPORT) BOUNDED=true $(PY) -m bytewax.run dataflows.booking_correlation:flow \
 		-r $(RUN_DIR)/bookings -s 2 -b 0
 	$(LOCAL_AWS) TRANSPORT=$(TRANSPORT) $(PY) -m devstack.report bookings
+
+autoscale: up ## JOB as local processes scaling on their CPU (KDA's rule, 5-s periods; load it with the producers)
+	$(LOCAL_AWS) $(PY) -m devstack.autoscale --job $(JOB) --min 1 --max 2
 
 TEST_WORKERS ?= 2
 test: lint ## Lint, then every test (unit, integration, e2e); starts and stops its own services
