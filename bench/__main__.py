@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench import bookings as bench_bookings
 from bench import kinesis as bench_kinesis
+from bench import resume as bench_resume
 from bench.steady import steady_rate
 from dataflows.skeleton import GC_THRESHOLDS
 from devstack.kafka import create_topics
@@ -431,6 +432,7 @@ def main() -> int:
     print(f"== bookings: {args.bookings:,} bookings", file=sys.stderr)
     other = bench_bookings.checkout(bench_bookings.FLUSH_PER_BATCH)
     results["bookings"] = bench_bookings.compare(other, args.bookings, args.runs)
+    results["object_sink_resume"] = bench_resume.resume(writes=64, folders=20, runs=args.runs)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print_table(results)
     return 0
@@ -461,6 +463,7 @@ def print_table(results: dict) -> None:
         f"({ceiling:,.0f} records/s) on the same local stream\n"
     )
     bench_bookings.print_table(results["bookings"])
+    bench_resume.print_line(results["object_sink_resume"])
     lat = results["latency"]
     print(
         f"latency (window end -> object in S3): median {lat['median_s']:.1f} s, max {lat['max_s']:.1f} s over "
