@@ -46,3 +46,9 @@ def expiry_in_milliseconds(oauthbearer_config: str) -> tuple[str, float]:
     """The mistake the MSK signer invites (it returns milliseconds): refused with one line."""
     token, expiry = _make(3600)
     return token, expiry * 1000
+
+
+def stale(oauthbearer_config: str) -> tuple[str, float]:
+    """A token whose claims end in SHORT_LIFETIME_S while librdkafka is told an hour: never refreshed in time."""
+    now = time.time()
+    return unsigned_jwt(PRINCIPAL, now, now + SHORT_LIFETIME_S), now + 3600

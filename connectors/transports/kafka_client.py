@@ -336,7 +336,8 @@ def explain_connection_errors(
         text = config.redact(raw)
         if code == KafkaError._AUTHENTICATION or "Authentication failed" in text or "SASL authentication error" in text:
             mechanism = config.properties.get("sasl.mechanism", "")
-            if "nsupported SASL mechanism" in text or "mechanism handshake failed" in text.lower():
+            handshake = "mechanism handshake failed" in text.lower() and "current SASL state" not in text  # not re-auth
+            if "nsupported SASL mechanism" in text or handshake:
                 return (
                     f"{where} does not offer SASL {mechanism or 'GSSAPI'}: set "
                     f"{config.setting('sasl.mechanism', 'KAFKA_SASL_MECHANISM')} to a mechanism its listener enables"

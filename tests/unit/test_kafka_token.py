@@ -332,3 +332,8 @@ def test_a_refused_token_names_what_to_check(aws_env: None) -> None:
         "Kafka at b-1:9098: SASL authentication failed (SASL authentication error: Access denied): "
         "check the pod's IAM role: its policy needs kafka-cluster:Connect on the cluster"
     )
+    # A token refused when the broker asks to sign in again (KIP-368) is not a missing mechanism.
+    again = "sasl_ssl://b-1:9098/1: SASL OAUTHBEARER mechanism handshake failed: Broker: Request not valid in current SASL state: broker's supported mechanisms:  (after 6ms in state AUTH_HANDSHAKE)"  # fmt: skip
+    line = explain_connection_errors([(-169, again)], ["b-1:9098"], config)
+    assert line is not None and line.startswith("Kafka at b-1:9098: SASL authentication failed (SASL OAUTHBEARER")
+    assert line.endswith("check the pod's IAM role: its policy needs kafka-cluster:Connect on the cluster")
