@@ -57,28 +57,16 @@ def test_tokens_are_refreshed_before_they_expire_on_a_listener_that_signs_in_aga
     secured_broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The token listener ends every session after 3 s or when its token expires; tokens last 6 s.
-    A job run and a producer outlive several tokens: every record arrives, and new tokens were made."""
+    The generators' producer, spread over 12 s, outlives two tokens: every record arrives."""
     broker = secured_broker("oauthbearer")
-    source, sink, values = _topics(broker, count=600)
+    source, _, values = _topics(broker, count=600)
     token_log = tmp_path / "tokens.log"
-    monkeypatch.setenv("TOKEN_LOG", str(token_log))  # here and in the job's process
-    env = broker.token_client_env("tests.oauth_tokens:short_lived")
-    settings = KafkaSettings.from_env(env)
-    # The generators' path, spread over 12 s: two tokens' lifetimes.
-    sent = produce_messages(
-        ((source, b"k", v) for v in values), ",".join(settings.brokers), rate=50, client=settings.client
-    )
-    assert sent == len(values)
+    monkeypatch.setenv("TOKEN_LOG", str(token_log))
+    settings = KafkaSettings.from_env(broker.token_client_env("tests.oauth_tokens:short_lived"))
+    brokers = ",".join(settings.brokers)
+    assert produce_messages(((source, b"k", v) for v in values), brokers, rate=50, client=settings.client) == 600
     assert Counter(v for _, v in read_topic(broker.setup_bootstrap, source)) == Counter(values)
-    made_by_producer = len(token_log.read_text().splitlines())
-    assert made_by_producer >= 3  # one at start, then a refresh every ~5 s
-
-    result = run_dataflow(
-        "tests.token_flow:flow", {**env, "TOKEN_FLOW_IN": source, "TOKEN_FLOW_OUT": sink}, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert Counter(v for _, v in read_topic(broker.setup_bootstrap, sink)) == Counter(values)
-    assert len(token_log.read_text().splitlines()) > made_by_producer
+    assert len(token_log.read_text().splitlines()) >= 3  # one at start, then one every ~5 s
 
 
 def test_a_token_that_is_not_refreshed_ends_the_session(secured_broker) -> None:
