@@ -17,6 +17,7 @@ from bytewax.connectors.stdio import StdOutSink
 from bytewax.dataflow import Dataflow
 
 from connectors.transports import kafka_token
+from connectors.transports.contract import OutputRecord
 from connectors.transports.kafka import KafkaTransport
 from connectors.transports.kafka_source import EARLIEST
 from dataflows.settings import KafkaSettings
@@ -35,15 +36,17 @@ def build() -> Dataflow:
     if env.get("TOKEN_FLOW_COLD") == "1":
         kafka_token.REUSE_MIN_LEFT = 2.0  # no token is shared: each client waits for its own
     settings = KafkaSettings.from_env(env)
-    transport = KafkaTransport(settings.brokers, "token-flow", True, 100, EARLIEST, None, client=settings.client)
+    transport = KafkaTransport(
+        settings.brokers, "token-flow", True, 100, EARLIEST, None, client=settings.client, job="token-flow"
+    )
 
-    def step(part: str, messages: list, state: None) -> tuple[list[tuple[bytes, bytes]], None]:
-        return [(m.key(), m.value()) for m in messages], state
+    def step(part: str, messages: list, state: None) -> tuple[list[OutputRecord], None]:
+        return [OutputRecord(f"{part}@{m.offset()}", m.key(), m.value()) for m in messages], state
 
     flow = Dataflow("token_flow")
     records = op.input("in", flow, transport.source([env["TOKEN_FLOW_IN"]], step, None))
     transport.write("out", records, env["TOKEN_FLOW_OUT"])
-    op.output("print", op.map("value", records, lambda kv: kv[1].decode()), StdOutSink())
+    op.output("print", op.map("value", records, lambda record: record.value.decode()), StdOutSink())
     return flow
 
 
