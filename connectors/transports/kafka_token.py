@@ -14,14 +14,15 @@ signer returns milliseconds; a millisecond expiry reads as 50,000 years and the 
 never refreshed). Each client asks for its own token; one recently made is shared
 (`reuse_token`) so that N partition consumers do not sign N times.
 
-Why a token callback once made bytewax's consumer fail with `SystemError: _PyErr_SetObject:
-exception <class 'tuple'> ...` in `consume()`: with `oauth_cb` set, confluent-kafka's
-Consumer() blocks until the first token is set, in whole-second sleeps (>= 1 s); bytewax's
-KafkaSource asks for statistics every 1000 ms, so the first statistics were taken before
-its `assign()`, and its `stats_cb` then raised KeyError (the partition is not in them),
-which confluent-kafka on Python 3.11 re-raises as that SystemError. Nothing was wrong
-with the callback. Fix: with a token callback the first statistics come after the
-longest token wait (`STATISTICS_INTERVAL_MS`), so they always include the partition.
+Why a token callback made bytewax's consumer fail with `SystemError: _PyErr_SetObject:
+exception <class 'tuple'> ...` in `consume()`, and the worker hang: with `oauth_cb` set,
+confluent-kafka's Consumer() blocks until the first token is set, sleeping in whole seconds
+(>= 1 s); bytewax's KafkaSource asks for statistics every 1000 ms, so the first statistics
+were taken before its `assign()`, and its `stats_cb` raised KeyError (the partition is not
+in them), which confluent-kafka on Python 3.11 re-raises from the still-unnormalized value
+(a tuple) as that SystemError. Nothing was wrong with the callback. Fix: with a token
+callback the first statistics come after the longest token wait (`STATISTICS_INTERVAL_MS`),
+when the partition is assigned.
 """
 
 from __future__ import annotations
