@@ -22,9 +22,8 @@ from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import generate, produce
 from tests import oauth_tokens
-from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, run_dataflow
+from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
 from tests.e2e.test_secured_kafka import IMPRESSIONS, _client, booking_world
-from tests.kafka_committed import read_committed
 from tests.oracles import expected_rows, raw_of
 from tests.runs import check_booking_records
 
@@ -60,7 +59,7 @@ def test_booking_correlation_exact_with_refreshed_tokens(secured_broker, token_l
     assert result.returncode == 0, result.stderr[-3000:]
     plain = broker.setup_bootstrap
     check_booking_records(
-        *(read_committed(plain, env[name]) for name in ("ALERTS_TOPIC", "UNMATCHED_TOPIC", "DEAD_LETTER_TOPIC")),
+        *(read_topic(plain, env[name]) for name in ("ALERTS_TOPIC", "UNMATCHED_TOPIC", "DEAD_LETTER_TOPIC")),
         messages,
         allow_identical_repeats=False,
     )
@@ -95,6 +94,6 @@ def test_movie_impressions_exact_with_refreshed_tokens(secured_broker, s3, token
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_s3_rows(s3, env["S3_BUCKET"], "impressions")
     assert_frame_equal(rows.drop("object").sort("movieId", "userId", "windowStart"), expected_rows(events))
-    dead = [json.loads(v) for _, v in read_committed(broker.setup_bootstrap, env["DEAD_LETTER_TOPIC"])]
+    dead = [json.loads(v) for _, v in read_topic(broker.setup_bootstrap, env["DEAD_LETTER_TOPIC"])]
     assert Counter(raw_of(d) for d in dead) == Counter(e.value for e in events if e.kind == "invalid")
     assert_tokens_renewed(token_log, started, result.stdout, result.stderr)

@@ -18,7 +18,6 @@ from dataflows.settings import KafkaSettings
 from producers.kafka_producer import ProduceError, produce_messages
 from tests import oauth_tokens
 from tests.conftest import make_topics, read_topic, run_dataflow
-from tests.kafka_committed import read_committed
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +50,7 @@ def test_the_jobs_source_and_output_consume_and_produce_with_a_token_callback_in
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SystemError" not in result.stderr
     assert Counter(result.stdout.split()) == Counter(v.decode() for v in values)
-    assert Counter(v for _, v in read_committed(broker.setup_bootstrap, sink)) == Counter(values)
+    assert Counter(v for _, v in read_topic(broker.setup_bootstrap, sink)) == Counter(values)
 
 
 def test_tokens_are_refreshed_before_they_expire_on_a_listener_that_signs_in_again(
