@@ -152,3 +152,14 @@ def boto3_client_credentials(client: Any) -> Any:
 def boto3_client_verify(client: Any) -> bool | str:
     """A boto3 client's TLS verification as boto3 resolved it: True, False or a CA bundle path."""
     return client._endpoint.http_session._verify
+
+
+def commit_epochs(db: sqlite3.Connection) -> list[int]:
+    """The epoch up to which bytewax garbage-collected each partition's older snapshots (its
+    `commits` table): a copy can resume only from this epoch or later."""
+    return [epoch for (epoch,) in db.execute("SELECT commit_epoch FROM commits")]
+
+
+def cap_frontiers(db: sqlite3.Connection, epoch: int) -> None:
+    """Lower every recorded worker frontier to at most `epoch` (in the caller's transaction)."""
+    db.execute("UPDATE fronts SET worker_frontier = ? WHERE worker_frontier > ?", (epoch, epoch))
