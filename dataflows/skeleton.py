@@ -28,6 +28,7 @@ from bytewax.dataflow import Dataflow, Stream
 
 from connectors import backup, rendezvous
 from connectors.recovery_store import (
+    AgreeResumeEpoch,
     RecoveryStoreError,
     Resume,
     check_state_settings,
@@ -106,7 +107,7 @@ def start(settings: JobSettings, argv: Sequence[str], environ: Mapping[str, str]
     global _bounded_since
     _bounded_since = time.monotonic() if settings.bounded else None
     cluster = rendezvous.cluster_from(argv, environ)
-    agree = None
+    agree: AgreeResumeEpoch | None = None
     if cluster is not None:  # one of several processes: agree on the resume epoch if the store is spread
         meeting = rendezvous.RendezvousSettings(
             settings.start.rendezvous_port, settings.start.rendezvous_timeout_seconds
