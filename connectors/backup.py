@@ -139,7 +139,7 @@ class Backups:
     def __init__(self, config: BackupConfig, directory: Path, process_id: int | None) -> None:
         self.config, self.directory, self.process_id = config, directory, process_id
         latest = layout.held_epoch(read_progress(directory))
-        self.start_execution = latest[0] if latest else 0  # a backup waits for the next one
+        self.start_execution = latest[0] if latest else -1  # bytewax numbers executions from 0
         self.store = BackupStore(config)
         self.stopped = threading.Event()
 
@@ -197,7 +197,7 @@ class Backups:
         return latest is not None and latest[0] > self.start_execution
 
     def prune(self) -> None:
-        base = layout.round_dir(self.store.root, self.config.run, layout.BACKUPS, "")
+        base = f"{layout.run_root(self.store.root, self.config.run)}{layout.BACKUPS}/"
         keys = self.store.keys(base)
         listed = [i for k in keys if (i := layout.parse_key(self.store.root, self.config.run, k))]
         seen = {k[len(base) :].split("/", 1)[0] for k in keys}

@@ -78,7 +78,7 @@ def describe(store: BackupStore) -> list[str]:
     lines = []
     for kind, name in sorted({(i.kind, i.name) for i in listed}, key=lambda r: r[1]):
         if (kind, name) in done:
-            manifests = [store.manifest(i.key) for i in done[(kind, name)]]
+            manifests = [m for i in done[(kind, name)] if (m := store.manifest(i.key)) is not None]
             state = "complete" if layout.consistent(manifests) else "mixed executions"
             size = sum(m.stored_bytes for m in manifests)
             lines.append(f"{kind:10} {name:28} {state:16} epoch {min(m.epoch for m in manifests):>8}  {size:>10} bytes")

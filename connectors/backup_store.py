@@ -86,13 +86,28 @@ class BackupStore:
         base = layout.run_root(self.root, self.config.run)
         return [item for key in self.keys(base) if (item := layout.parse_key(self.root, self.config.run, key))]
 
-    def manifest(self, key: str) -> layout.Manifest:
-        body = self._call("read backup manifest", lambda: self.client.get_object(Bucket=self.location.bucket, Key=key))
-        return layout.Manifest.from_json(json.loads(body["Body"].read()))
+    def manifest(self, key: str) -> layout.Manifest | None:
+        """The manifest at `key`; None if it went since it was listed (its round was pruned)."""
+
+        def read() -> bytes | None:
+            try:
+                return self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
+                    return None
+                raise
+
+        body = self._call("read backup manifest", read)
+        return None if body is None else layout.Manifest.from_json(json.loads(body))
 
     def rounds(self) -> dict[tuple[str, str], list[layout.Manifest]]:
         """Every round that holds the whole store, with its manifests read."""
-        return {r: [self.manifest(i.key) for i in items] for r, items in layout.complete(self.listed()).items()}
+        rounds = {}
+        for key, items in layout.complete(self.listed()).items():
+            manifests = [self.manifest(i.key) for i in items]
+            if all(m is not None for m in manifests):
+                rounds[key] = [m for m in manifests if m is not None]
+        return rounds
 
     def put(self, key: str, body: bytes, *, new: bool = False) -> bool:
         """Put `body`; with `new`, only if the key is free (False if it was taken)."""
@@ -121,7 +136,7 @@ class BackupStore:
             self._call("prune backups", partial(self.client.delete_objects, Bucket=self.location.bucket, Delete=batch))
 
 
-def copy_store(directory: Path, into: Path, start_execution: int = 0) -> tuple[int, int, list[int], int]:
+def copy_store(directory: Path, into: Path, start_execution: int = -1) -> tuple[int, int, list[int], int]:
     """Copy the partitions of `directory` into `into`, cut at a consistent epoch.
 
     Returns (execution, epoch, parts, part_count). Refuses (BackupError) before the
@@ -165,7 +180,7 @@ def copy_store(directory: Path, into: Path, start_execution: int = 0) -> tuple[i
 
 
 def take(
-    directory: Path, store: BackupStore, kind: str, name: str, process_id: int | None, start_execution: int = 0
+    directory: Path, store: BackupStore, kind: str, name: str, process_id: int | None, start_execution: int = -1
 ) -> layout.Manifest:
     """Back up this process's partitions as round `name` of `kind`; the manifest goes last."""
     began = time.monotonic()
@@ -203,7 +218,7 @@ def take(
     key = layout.manifest_key(store.root, store.config.run, kind, name, parts, count)
     if not store.put(key, json.dumps(manifest.to_json(), indent=1).encode(), new=True):
         store.delete([str(f["key"]) for f in files])  # this round was already backed up (an earlier attempt)
-        return store.manifest(key)
+        return store.manifest(key) or manifest
     return manifest
 
 
