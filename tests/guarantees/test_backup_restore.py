@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from producers.kafka_producer import produce_messages
 from tests.chaos import Job, wait_for
 from tests.conftest import FLOWS, ROOT, init_recovery, make_topics, read_topic, run_dataflow
 from tests.e2e.test_booking_correlation import output_env
-from tests.runs import BOUND_S, PodCluster, check_booking_outputs, traffic
+from tests.runs import BOUND_S, PodCluster, check_booking_outputs, newest_snapshot_epoch, traffic
 
 pytestmark = pytest.mark.guarantees
 
@@ -42,15 +43,18 @@ def enable_backups(env: dict[str, str], s3, bucket: str) -> BackupStore:
     return BackupStore(BackupConfig(bucket, "state", run, s3.endpoint_url, "us-east-1"))
 
 
-def newest_round_ms(backups: BackupStore) -> int:
+def newest_round_epoch(backups: BackupStore) -> int:
+    """The epoch the newest complete round resumes from."""
     rounds = backups.rounds()
-    return max((m.created_ms for r in rounds.values() for m in r), default=0)
+    return max((min(m.epoch for m in r) for r in rounds.values()), default=0)
 
 
-def wait_for_backup_after(backups: BackupStore, job: Job | None = None) -> None:
-    """Until a complete round is made after this call: it holds what the job did so far."""
-    now_ms = int(time.time() * 1000)
-    wait_for(lambda: newest_round_ms(backups) > now_ms, 60, "a backup round", job, interval=0.5)
+def wait_for_backup_of_now(backups: BackupStore, newest_snapshot: Callable[[], int], job: Job) -> None:
+    """Until the job stored a snapshot after this call and a complete round holds it."""
+    before = newest_snapshot()
+    wait_for(lambda: newest_snapshot() > before, 60, "a snapshot", job)
+    stored = newest_snapshot()
+    wait_for(lambda: newest_round_epoch(backups) > stored, 60, f"a backup past epoch {stored}", job, interval=0.5)
 
 
 def test_impressions_restored_after_the_recovery_directory_is_deleted(s3, new_run) -> None:
@@ -60,7 +64,7 @@ def test_impressions_restored_after_the_recovery_directory_is_deleted(s3, new_ru
     run.produce(events[:6_000])
     job = run.start()
     wait_for(lambda: len(run.data_objects()) > 0, 90, "first objects", job)
-    wait_for_backup_after(backups, job)
+    wait_for_backup_of_now(backups, run.newest_snapshot_epoch, job)
     job.kill()
     shutil.rmtree(run.recovery)
     run.produce(events[6_000:])
@@ -93,7 +97,7 @@ def test_booking_alerts_restored_after_the_recovery_directory_is_deleted(kafka, 
     job = Job(FLOWS["booking-correlation"], {**env, "BOUNDED": "false"}, tmp_path / "run-1.log", recovery=recovery)
     try:
         wait_for(lambda: len(read_topic(kafka.bootstrap, env["ALERTS_TOPIC"])) >= 500, 120, "alerts", job)
-        wait_for_backup_after(backups, job)
+        wait_for_backup_of_now(backups, lambda: newest_snapshot_epoch(recovery), job)
     finally:
         job.kill()
     before = len(read_topic(kafka.bootstrap, env["ALERTS_TOPIC"]))
@@ -106,7 +110,8 @@ def test_booking_alerts_restored_after_the_recovery_directory_is_deleted(kafka, 
     # Resumed, not started over: a fresh start would repeat every alert sent before the kill.
     alerts = read_topic(kafka.bootstrap, env["ALERTS_TOPIC"])
     repeats = len(alerts) - len({key for key, _ in alerts})
-    assert repeats < before // 2, f"{repeats} of {before} alerts repeated: the run started over"
+    restored = [line for line in result.stderr.splitlines() if "restored" in line or "resum" in line]
+    assert repeats < before // 2, f"{repeats} of {before} alerts repeated: the run started over; {restored}"
 
 
 class BackedUpCluster(PodCluster):
@@ -154,8 +159,7 @@ def test_two_processes_restored_after_every_recovery_directory_is_deleted(
         feeder.start()
         for job in cluster.jobs:
             wait_for(lambda: cluster.every_directory_has_a_snapshot_past(1), 90, "a snapshot", job)
-        wait_for_backup_after(backups, cluster.jobs[0])
-        wait_for_backup_after(backups, cluster.jobs[0])  # a second round, taken while traffic flows
+        wait_for_backup_of_now(backups, cluster.newest_snapshot_epoch, cluster.jobs[0])
         cluster.kill()
         feeder.join()
         for directory in cluster.dirs:
