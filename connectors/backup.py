@@ -66,7 +66,7 @@ def _local_parts(directory: Path) -> list[int]:
 
 def choose(
     store: BackupStore, name: str | None, local_parts: list[int], process_id: int | None
-) -> list[layout.Manifest]:
+) -> tuple[list[layout.Manifest], int]:
     """The copies to restore: of round or savepoint `name`, else of the newest consistent round."""
     rounds = store.rounds()
     candidates = [r for r in layout.newest_first(rounds) if name is None or r[1] == name]
@@ -74,8 +74,8 @@ def choose(
         candidates.sort(key=lambda r: r[0] != layout.SAVEPOINTS)  # a savepoint before a round of the same name
     for key in candidates:
         if layout.consistent(rounds[key]) and (chosen := layout.mine(rounds[key], local_parts, process_id)):
-            return chosen
-    return []
+            return chosen, layout.round_epoch(rounds[key])
+    return [], 0
 
 
 def restore_at_start(config: BackupConfig, directory: Path | None, process_id: int | None) -> Restored | None:
@@ -95,9 +95,9 @@ def restore_at_start(config: BackupConfig, directory: Path | None, process_id: i
         return None
     store = BackupStore(config)
     local = _local_parts(directory) if directory.is_dir() else []
-    chosen = choose(store, config.restore_from, local, process_id)
+    chosen, epoch = choose(store, config.restore_from, local, process_id)
     if chosen:
-        return restore(directory, store, chosen)
+        return restore(directory, store, chosen, epoch)
     if config.restore_from is not None:
         msg = (
             f"RESTORE_FROM_SAVEPOINT={config.restore_from}: no complete backup of that name under {config.where()} "
@@ -138,8 +138,6 @@ class Backups:
 
     def __init__(self, config: BackupConfig, directory: Path, process_id: int | None) -> None:
         self.config, self.directory, self.process_id = config, directory, process_id
-        latest = layout.held_epoch(read_progress(directory))
-        self.start_execution = latest[0] if latest else -1  # bytewax numbers executions from 0
         self.store = BackupStore(config)
         self.stopped = threading.Event()
 
@@ -159,7 +157,7 @@ class Backups:
 
     def once(self, kind: str, name: str) -> layout.Manifest | None:
         try:
-            manifest = take(self.directory, self.store, kind, name, self.process_id, self.start_execution)
+            manifest = take(self.directory, self.store, kind, name, self.process_id)
             if kind == layout.BACKUPS:
                 self.prune()
         except (BackupError, S3SinkError, OSError, sqlite3.Error, ClientError) as exc:
@@ -183,18 +181,12 @@ class Backups:
 
     def savepoint(self, request: Path) -> None:
         name = request.name.removesuffix(REQUEST)
-        if not self._recorded():
-            return  # asked while starting: taken once the execution is recorded
         manifest = self.once(layout.SAVEPOINTS, name) if layout.valid_name(name) else None
         result = {"ok": manifest is not None, "where": self.config.where() + f"{layout.SAVEPOINTS}/{name}/"}
         if manifest is not None:
             result |= {"epoch": manifest.epoch, "bytes": manifest.stored_bytes, "seconds": round(manifest.seconds, 3)}
         (self.directory / f"{name}{RESULT}").write_text(json.dumps(result) + "\n")
         request.unlink(missing_ok=True)
-
-    def _recorded(self) -> bool:
-        latest = layout.held_epoch(read_progress(self.directory))
-        return latest is not None and latest[0] > self.start_execution
 
     def prune(self) -> None:
         base = f"{layout.run_root(self.store.root, self.config.run)}{layout.BACKUPS}/"

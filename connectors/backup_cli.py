@@ -79,9 +79,9 @@ def describe(store: BackupStore) -> list[str]:
     for kind, name in sorted({(i.kind, i.name) for i in listed}, key=lambda r: r[1]):
         if (kind, name) in done:
             manifests = [m for i in done[(kind, name)] if (m := store.manifest(i.key)) is not None]
-            state = "complete" if layout.consistent(manifests) else "mixed executions"
+            state = "complete" if layout.consistent(manifests) else "broken"
             size = sum(m.stored_bytes for m in manifests)
-            lines.append(f"{kind:10} {name:28} {state:16} epoch {min(m.epoch for m in manifests):>8}  {size:>10} bytes")
+            lines.append(f"{kind:10} {name:28} {state:16} epoch {layout.round_epoch(manifests):>8}  {size:>10} bytes")
         else:
             lines.append(f"{kind:10} {name:28} {'incomplete':16}")
     return lines
@@ -113,11 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             store = BackupStore(job_config(args.job))
             local = _local_parts(args.dir) if args.dir.is_dir() else []
-            chosen = choose(store, args.name, local, args.process_id)
+            chosen, epoch = choose(store, args.name, local, args.process_id)
             if not chosen:
                 msg = f"no complete backup {args.name} holds these partitions: see `python -m connectors.backup list`"
                 raise BackupError(msg)
-            restored = restore(args.dir, store, chosen)
+            restored = restore(args.dir, store, chosen, epoch)
             print(f"restored {args.name} into {args.dir}: resumes from epoch {restored.epoch} at most")
     except (RecoveryStoreError, S3SinkError, OSError) as exc:
         print(f"backup: {exc}", file=sys.stderr)

@@ -13,13 +13,15 @@ for (the round is its name). `owner` names the partitions one process holds (`p0
 holds every partition. A process's manifest is written last, after its files, and lists
 them with their checksums: files without a manifest are never restored.
 
-What a backup holds: a partition copy is complete for every epoch below the frontier
-recorded in the store when the copy began (timely's frontier passes an epoch only once
-every worker wrote that epoch's snapshots), so each copy is cut at that epoch `epoch`:
-later snapshots dropped, recorded frontiers lowered to it. A restored store then resumes
-from `epoch` or earlier. The copies of one round, taken by different processes at nearly
-the same instant, form a consistent store when they come from the same execution: the
-resume epoch bytewax computes from them is at most every copy's `epoch`.
+What a backup holds: bytewax writes a partition's snapshots in epoch order, each epoch
+once the frontier reached it, and collects old ones only up to an epoch every worker
+passed. So a partition file that holds a snapshot of epoch e, or records collection up
+to epoch c, is complete for every epoch below e (below c): the copy's `epoch` is the
+larger, over the files a process copies the smallest. Progress rows (which execution,
+which frontier) live in whichever partition their key hashes to, so they cannot vouch
+for the other files. A restore cuts every copy of a round at the round's smallest
+`epoch` (snapshots at or past it dropped, frontiers and resume epochs lowered to it), so
+bytewax resumes from that epoch or earlier, where every partition is complete.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-
-from connectors.recovery_store import PartitionProgress
 
 BACKUPS, SAVEPOINTS = "backups", "savepoints"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -107,7 +107,7 @@ class Manifest:
     parts: tuple[int, ...]
     part_count: int
     process_id: int | None  # None: a single process (its directory holds the whole store)
-    execution: int  # the latest bytewax execution the copy records
+    execution: int  # the latest bytewax execution the copy records (-1: none; progress may live elsewhere)
     epoch: int  # the copy resumes from this epoch or earlier
     created_ms: int
     seconds: float = 0.0
@@ -152,16 +152,14 @@ class Manifest:
         return sum(int(f["stored_bytes"]) for f in self.files)
 
 
-def held_epoch(progress: Sequence[PartitionProgress]) -> tuple[int, int] | None:
-    """(latest execution, the epoch below which the partitions are complete) from the
-    progress they record; None before any execution is recorded."""
-    exs = [ex for p in progress for ex in p.exs]
-    if not exs:
-        return None
-    last = max(n for n, _, _ in exs)
-    resume = max(r for n, _, r in exs if n == last)
-    fronts = [f for p in progress for n, _, f in p.fronts if n == last]
-    return last, max([resume, *fronts])
+def file_epoch(newest_snapshot: int | None, collected: int | None) -> int:
+    """The epoch below which one partition file is complete (see the module docstring)."""
+    return max(newest_snapshot or 1, collected or 1)
+
+
+def round_epoch(manifests: Sequence[Manifest]) -> int:
+    """Where a restored round is cut: every copy is complete below it."""
+    return min(m.epoch for m in manifests)
 
 
 def complete(listed: Iterable[Listed]) -> dict[tuple[str, str], list[Listed]]:
@@ -179,13 +177,12 @@ def complete(listed: Iterable[Listed]) -> dict[tuple[str, str], list[Listed]]:
 
 
 def consistent(manifests: Sequence[Manifest]) -> bool:
-    """A round's copies make one store: every partition once, all of the same execution."""
+    """A round's copies make one store: every partition once."""
     parts = sorted(p for m in manifests for p in m.parts)
     return (
         bool(manifests)
         and len({m.part_count for m in manifests}) == 1
         and parts == list(range(manifests[0].part_count))
-        and len({m.execution for m in manifests}) == 1
     )
 
 

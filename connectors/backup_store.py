@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from connectors import backup_layout as layout
 from connectors import engine
-from connectors.recovery_store import NAMESPACE_FILE, SHAPE_FILE, RecoveryStoreError, check_store, read_progress
+from connectors.recovery_store import NAMESPACE_FILE, SHAPE_FILE, RecoveryStoreError, check_store
 from connectors.sinks.s3_objects import S3Location, S3SinkError, with_retries
 
 log = logging.getLogger(__name__)
@@ -136,56 +136,45 @@ class BackupStore:
             self._call("prune backups", partial(self.client.delete_objects, Bucket=self.location.bucket, Delete=batch))
 
 
-def copy_store(directory: Path, into: Path, start_execution: int = -1) -> tuple[int, int, list[int], int]:
-    """Copy the partitions of `directory` into `into`, cut at a consistent epoch.
-
-    Returns (execution, epoch, parts, part_count). Refuses (BackupError) before the
-    current execution is recorded (`start_execution`: the latest one when this process
-    started: the store may hold its repair, not yet its new progress) and when bytewax
-    already collected snapshots the cut needs (its -b is too short)."""
-    before = layout.held_epoch(read_progress(directory))
-    if before is None or before[0] <= start_execution:
-        msg = "the running execution is not recorded in the store yet"
-        raise BackupError(msg)
-    execution, epoch = before
+def copy_store(directory: Path, into: Path) -> tuple[int, int, list[int], int]:
+    """Copy the partitions of `directory` into `into` (SQLite's online backup: bytewax goes on
+    writing), each cut where the copies are complete. Returns (latest execution recorded or
+    -1, epoch, parts, part_count)."""
     files = sorted(directory.glob("*.sqlite3"))
+    epochs, parts, counts, executions = [], [], set(), [-1]
     for file in files:
         with closing(sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as src:
             with closing(sqlite3.connect(into / file.name)) as dst:
                 src.backup(dst)
-    if len(files) == 1:  # one file was copied at one instant: its own progress is sound for it
-        own = layout.held_epoch(read_progress(into))
-        if own is not None and own[0] == execution:
-            epoch = own[1]
-    parts: list[int] = []
-    counts: set[int] = set()
-    for file in files:
-        with closing(sqlite3.connect(into / file.name)) as db, db:
-            engine.cap_frontiers(db, epoch)
-            engine.delete_snapshots_from(db, epoch)
-            collected = max(engine.commit_epochs(db), default=0)
+        with closing(sqlite3.connect(into / file.name)) as db:
+            epochs.append(
+                layout.file_epoch(engine.newest_snapshot_epoch(db), max(engine.commit_epochs(db), default=None))
+            )
+            executions += [ex for ex, _, _ in engine.executions(db)]
             for index, count in engine.store_parts(db):
                 parts.append(index)
                 counts.add(count)
-        if collected > epoch:
-            msg = (
-                f"bytewax already collected the snapshots of epoch {epoch} (up to {collected}): raise its "
-                "-b/BYTEWAX_RECOVERY_BACKUP_INTERVAL to at least BACKUP_INTERVAL_SECONDS"
-            )
-            raise BackupError(msg)
+    epoch = min(epochs)
+    for file in files:
+        cut(into / file.name, epoch)
     for extra in EXTRA_FILES:
         if (directory / extra).exists():
             shutil.copy(directory / extra, into / extra)
-    return execution, epoch, sorted(parts), counts.pop()
+    return max(executions), epoch, sorted(parts), counts.pop()
 
 
-def take(
-    directory: Path, store: BackupStore, kind: str, name: str, process_id: int | None, start_execution: int = -1
-) -> layout.Manifest:
+def cut(file: Path, epoch: int) -> None:
+    """Make a copied partition resume from `epoch` at most, with nothing from that epoch on."""
+    with closing(sqlite3.connect(file)) as db, db:
+        engine.cap_progress(db, epoch)
+        engine.delete_snapshots_from(db, epoch)
+
+
+def take(directory: Path, store: BackupStore, kind: str, name: str, process_id: int | None) -> layout.Manifest:
     """Back up this process's partitions as round `name` of `kind`; the manifest goes last."""
     began = time.monotonic()
     with tempfile.TemporaryDirectory(dir=directory, prefix=".backup-") as scratch:
-        execution, epoch, parts, count = copy_store(directory, Path(scratch), start_execution)
+        execution, epoch, parts, count = copy_store(directory, Path(scratch))
         folder = layout.round_dir(store.root, store.config.run, kind, name)
         attempt = f"{folder}{layout.owner_of(parts)}.{uuid.uuid4().hex[:8]}/"
         files: list[dict[str, Any]] = []
@@ -222,8 +211,9 @@ def take(
     return manifest
 
 
-def restore(directory: Path, store: BackupStore, manifests: Sequence[layout.Manifest]) -> Restored:
-    """Replace the partitions in `directory` with the copies in `manifests` (checked first)."""
+def restore(directory: Path, store: BackupStore, manifests: Sequence[layout.Manifest], epoch: int) -> Restored:
+    """Replace the partitions in `directory` with the copies in `manifests` (checked first),
+    cut at `epoch`: the round's, the same in every process that restores it."""
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".restore-") as scratch:
         for manifest in manifests:
@@ -234,12 +224,13 @@ def restore(directory: Path, store: BackupStore, manifests: Sequence[layout.Mani
                     raise BackupError(msg)
                 (Path(scratch) / entry["name"]).write_bytes(raw)
         check_store(Path(scratch))
+        for copied in Path(scratch).glob("*.sqlite3"):
+            cut(copied, epoch)
         for stale in [*directory.glob("*.sqlite3"), *directory.glob("*.sqlite3-wal"), *directory.glob("*.sqlite3-shm")]:
             stale.unlink()  # bytewax has not opened the store yet
         restored = sorted(Path(scratch).iterdir(), key=lambda p: p.suffix == ".sqlite3")  # the records first
         for path in restored:
             os.replace(path, directory / path.name)
-    epoch = min(m.epoch for m in manifests)
     marker = {"name": manifests[0].name, "kind": manifests[0].kind, "epoch": epoch, "at_ms": int(time.time() * 1000)}
     (directory / MARKER_FILE).write_text(json.dumps(marker) + "\n")
     log.info(

@@ -160,6 +160,12 @@ def commit_epochs(db: sqlite3.Connection) -> list[int]:
     return [epoch for (epoch,) in db.execute("SELECT commit_epoch FROM commits")]
 
 
-def cap_frontiers(db: sqlite3.Connection, epoch: int) -> None:
-    """Lower every recorded worker frontier to at most `epoch` (in the caller's transaction)."""
+def cap_progress(db: sqlite3.Connection, epoch: int) -> None:
+    """Lower every recorded worker frontier and execution resume epoch to at most `epoch`
+    (in the caller's transaction): bytewax then resumes from `epoch` or earlier."""
     db.execute("UPDATE fronts SET worker_frontier = ? WHERE worker_frontier > ?", (epoch, epoch))
+    db.execute("UPDATE exs SET resume_epoch = ? WHERE resume_epoch > ?", (epoch, epoch))
+
+
+def newest_snapshot_epoch(db: sqlite3.Connection) -> int | None:
+    return db.execute("SELECT MAX(snap_epoch) FROM snaps").fetchone()[0]

@@ -12,8 +12,8 @@ from bytewax.recovery import init_db_dir
 
 from connectors import backup_layout as layout
 from connectors.backup import history_seconds
-from connectors.backup_store import BackupError, copy_store
-from connectors.recovery_store import PartitionProgress, check_store, read_progress, resume_epoch_of
+from connectors.backup_store import copy_store, cut
+from connectors.recovery_store import check_store, read_progress, resume_epoch_of
 
 ROOT, RUN = "impressions/", "group-1"
 
@@ -60,22 +60,21 @@ def test_manifest_json_round_trips_and_refuses_other_formats() -> None:
         layout.Manifest.from_json({**m.to_json(), "format": 99})
 
 
-def progress(index: int, exs, fronts, count: int = 2) -> PartitionProgress:
-    return PartitionProgress(index, count, tuple(exs), tuple(fronts))
-
-
 @pytest.mark.parametrize(
-    ("parts", "expected"),
+    ("newest_snapshot", "collected", "expected"),
     [
-        ([], None),
-        ([progress(0, [(1, 1, 1)], [])], (1, 1)),  # an execution, no frontier yet: its resume epoch
-        ([progress(0, [(1, 1, 1)], [(1, 0, 7)])], (1, 7)),
-        ([progress(0, [(1, 2, 1), (2, 2, 5)], [(1, 0, 9), (2, 0, 6)])], (2, 6)),  # the latest execution only
-        ([progress(0, [(2, 2, 5)], [(2, 0, 8)]), progress(1, [(2, 2, 5)], [(2, 1, 6)])], (2, 8)),
+        (None, None, 1),  # nothing written yet: from the start
+        (7, None, 7),  # epoch 7 is being written: complete below it
+        (7, 9, 9),  # bytewax collected up to 9: every worker had passed it
+        (12, 9, 12),
     ],
 )
-def test_held_epoch_is_the_latest_executions_furthest_frontier(parts, expected) -> None:
-    assert layout.held_epoch(parts) == expected
+def test_a_file_is_complete_below_its_newest_snapshot_or_collection(newest_snapshot, collected, expected) -> None:
+    assert layout.file_epoch(newest_snapshot, collected) == expected
+
+
+def test_a_round_is_cut_where_every_copy_is_complete() -> None:
+    assert layout.round_epoch([manifest("r", (0,), at=4), manifest("r", (1,), at=2)]) == 12
 
 
 def test_a_round_is_complete_when_its_manifests_hold_every_partition() -> None:
@@ -93,11 +92,11 @@ def test_a_round_is_complete_when_its_manifests_hold_every_partition() -> None:
     assert set(layout.complete(items)) == {("backups", "r1"), ("savepoints", "sp")}
 
 
-def test_copies_of_one_execution_are_consistent_and_each_process_takes_its_own() -> None:
+def test_a_round_of_every_partition_once_is_restorable_and_each_process_takes_its_own() -> None:
     round_ = [manifest("r", (0,), pid=0, at=1), manifest("r", (1,), pid=1, at=2)]
     assert layout.consistent(round_)
-    assert not layout.consistent([round_[0], manifest("r", (1,), execution=4, pid=1)])  # a restart between
     assert not layout.consistent(round_[:1])
+    assert not layout.consistent([*round_, manifest("r", (1,), pid=1)])
     assert layout.mine(round_, [], 1) == [round_[1]]  # an empty directory: by process id
     assert layout.mine(round_, [0], 1) == [round_[0]]  # a freshly initialised partition: by its index
     assert layout.mine(round_, [], None) == round_  # one process: the whole store
@@ -168,8 +167,9 @@ def test_the_online_copy_of_a_store_being_written_is_a_consistent_store(tmp_path
     store = tmp_path / "store"
     store.mkdir()
     init_db_dir(store, 1)
-    with pytest.raises(BackupError, match="not recorded"):  # nothing ran yet: nothing to back up
-        copy_store(store, tmp_path)
+    first = tmp_path / "first"
+    first.mkdir()
+    assert copy_store(store, first) == (-1, 1, [0], 1)  # nothing ran yet: a copy from the start
     stop, written = threading.Event(), []
     writer = threading.Thread(target=write_epochs, args=(store, stop, written))
     writer.start()
@@ -200,13 +200,21 @@ def test_the_online_copy_of_a_store_being_written_is_a_consistent_store(tmp_path
     assert len({epoch for _, (_, epoch, _, _) in copies}) > 5, "the copies did not follow the writer"
 
 
-def test_a_copy_bytewax_already_collected_past_is_refused(tmp_path: Path) -> None:
+def test_a_restored_copy_resumes_no_later_than_the_round_allows(tmp_path: Path) -> None:
+    """The partition holding the progress may be newer than another process's copy: the cut
+    lowers frontiers and resume epochs, so bytewax resumes where every copy is complete."""
     store = tmp_path / "store"
     store.mkdir()
     init_db_dir(store, 1)
     with closing(sqlite3.connect(store / "part-0.sqlite3")) as db, db:
-        db.execute("INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (1, 1, 1)")
-        db.execute("INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (1, 0, 4)")
-        db.execute("INSERT INTO commits (part_index, commit_epoch) VALUES (0, 6)")
-    with pytest.raises(BackupError, match="BYTEWAX_RECOVERY_BACKUP_INTERVAL"):
-        copy_store(store, tmp_path)
+        db.execute("INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (0, 2, 1), (1, 2, 9)")
+        db.execute("INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (1, 0, 12), (1, 1, 11)")
+        for epoch in (3, 8, 10):
+            db.execute(
+                "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES ('s', 'k', ?, NULL)", (epoch,)
+            )
+    assert resume_epoch_of(read_progress(store)) == 11
+    cut(store / "part-0.sqlite3", 6)
+    assert resume_epoch_of(read_progress(store)) == 6
+    with closing(sqlite3.connect(store / "part-0.sqlite3")) as db:
+        assert db.execute("SELECT snap_epoch FROM snaps").fetchall() == [(3,)]
