@@ -39,17 +39,18 @@ from connectors.backup_store import (
     BackupError,
     BackupStore,
     Restored,
+    _local_parts,
+    choose,
     restore,
     take,
 )
-from connectors.recovery_store import AgreeResumeEpoch, PartitionProgress, is_fresh, read_progress
+from connectors.recovery_store import AgreeResumeEpoch, PartitionProgress, is_fresh
 from connectors.sinks.s3_objects import S3SinkError
 
 __all__ = ["BackupConfig", "BackupError", "Restored", "checked_agreement", "restore_at_start", "start_backups"]
 
 log = logging.getLogger(__name__)
 
-REQUEST, RESULT = ".savepoint-request", ".savepoint-result"
 _POLL_SECONDS = 0.5
 
 BACKUPS_TAKEN = Counter("waxstreams_backups_total", "Recovery store backups written to S3", ["kind"])
@@ -58,24 +59,6 @@ BACKUP_LAST = Gauge("waxstreams_backup_last_success_timestamp_seconds", "When th
 BACKUP_SECONDS = Gauge("waxstreams_backup_last_seconds", "How long the last backup took")
 BACKUP_BYTES = Gauge("waxstreams_backup_last_bytes", "Bytes the last backup stored in S3 (compressed)")
 BACKUP_EPOCH = Gauge("waxstreams_backup_last_epoch", "The epoch the last backup resumes from")
-
-
-def _local_parts(directory: Path) -> list[int]:
-    return sorted(p.index for p in read_progress(directory)) if any(directory.glob("*.sqlite3")) else []
-
-
-def choose(
-    store: BackupStore, name: str | None, local_parts: list[int], process_id: int | None
-) -> tuple[list[layout.Manifest], int]:
-    """The copies to restore: of round or savepoint `name`, else of the newest consistent round."""
-    rounds = store.rounds()
-    candidates = [r for r in layout.newest_first(rounds) if name is None or r[1] == name]
-    if name is not None:
-        candidates.sort(key=lambda r: r[0] != layout.SAVEPOINTS)  # a savepoint before a round of the same name
-    for key in candidates:
-        if layout.consistent(rounds[key]) and (chosen := layout.mine(rounds[key], local_parts, process_id)):
-            return chosen, layout.round_epoch(rounds[key])
-    return [], 0
 
 
 def restore_at_start(config: BackupConfig, directory: Path | None, process_id: int | None) -> Restored | None:
@@ -148,7 +131,7 @@ class Backups:
         interval = self.config.interval_seconds
         tick = layout.next_tick(time.time(), interval)
         while not self.stopped.is_set():
-            for request in sorted(self.directory.glob(f"*{REQUEST}")):
+            for request in sorted(self.directory.glob(f"*{layout.REQUEST}")):
                 self.savepoint(request)
             if time.time() >= tick:
                 self.once(layout.BACKUPS, layout.round_name(tick))
@@ -180,12 +163,12 @@ class Backups:
         return manifest
 
     def savepoint(self, request: Path) -> None:
-        name = request.name.removesuffix(REQUEST)
+        name = request.name.removesuffix(layout.REQUEST)
         manifest = self.once(layout.SAVEPOINTS, name) if layout.valid_name(name) else None
         result = {"ok": manifest is not None, "where": self.config.where() + f"{layout.SAVEPOINTS}/{name}/"}
         if manifest is not None:
             result |= {"epoch": manifest.epoch, "bytes": manifest.stored_bytes, "seconds": round(manifest.seconds, 3)}
-        (self.directory / f"{name}{RESULT}").write_text(json.dumps(result) + "\n")
+        (self.directory / f"{name}{layout.RESULT}").write_text(json.dumps(result) + "\n")
         request.unlink(missing_ok=True)
 
     def prune(self) -> None:

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from connectors import backup_layout as layout
-from connectors.backup import REQUEST, RESULT
-from connectors.backup_store import BackupConfig, BackupError, BackupStore, restore
+from connectors.backup_layout import REQUEST, RESULT
+from connectors.backup_store import BackupConfig, BackupError, BackupStore, _local_parts, choose, restore
 from connectors.recovery_store import RecoveryStoreError
 from connectors.sinks.s3_objects import S3SinkError
 
@@ -109,8 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "list":
             print("\n".join(describe(BackupStore(job_config(args.job)))) or "no backups")
         else:
-            from connectors.backup import _local_parts, choose
-
             store = BackupStore(job_config(args.job))
             local = _local_parts(args.dir) if args.dir.is_dir() else []
             chosen, epoch = choose(store, args.name, local, args.process_id)

@@ -16,7 +16,7 @@ them with their checksums: files without a manifest are never restored.
 What a backup holds: bytewax writes a partition's snapshots in epoch order, each epoch
 once the frontier reached it, and collects old ones only up to an epoch every worker
 passed. So a partition file that holds a snapshot of epoch e, or records collection up
-to epoch c, is complete for every epoch below e (below c): the copy's `epoch` is the
+to epoch c, is complete for every epoch below e (below c + 1): the copy's `epoch` is the
 larger, over the files a process copies the smallest. Progress rows (which execution,
 which frontier) live in whichever partition their key hashes to, so they cannot vouch
 for the other files. A restore cuts every copy of a round at the round's smallest
@@ -36,6 +36,7 @@ BACKUPS, SAVEPOINTS = "backups", "savepoints"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MANIFEST = re.compile(r"(?P<owner>p\d+(?:-\d+)*)\.of(?P<count>\d+)\.manifest\.json")
 FORMAT = 1
+REQUEST, RESULT = ".savepoint-request", ".savepoint-result"  # a savepoint asked of a running job, its answer
 
 
 def valid_name(name: str) -> bool:
@@ -112,6 +113,7 @@ class Manifest:
     created_ms: int
     seconds: float = 0.0
     files: tuple[dict, ...] = field(default_factory=tuple)  # {name, key, sha256, bytes, stored_bytes}
+    collected: int = 0  # bytewax collected this copy's snapshots up to this epoch
 
     def to_json(self) -> dict:
         return {
@@ -126,6 +128,7 @@ class Manifest:
             "created_ms": self.created_ms,
             "seconds": round(self.seconds, 3),
             "files": [dict(f) for f in self.files],
+            "collected": self.collected,
         }
 
     @classmethod
@@ -145,6 +148,7 @@ class Manifest:
             int(raw["created_ms"]),
             float(raw.get("seconds", 0.0)),
             tuple(dict(f) for f in raw["files"]),
+            int(raw.get("collected", 0)),
         )
 
     @property
@@ -153,13 +157,24 @@ class Manifest:
 
 
 def file_epoch(newest_snapshot: int | None, collected: int | None) -> int:
-    """The epoch below which one partition file is complete (see the module docstring)."""
-    return max(newest_snapshot or 1, collected or 1)
+    """The epoch below which one partition file is complete (see the module docstring).
+
+    bytewax resumes at R from each key's newest snapshot below R, and its collection at c
+    keeps only each key's newest snapshot at or below c: so c + 1 is the earliest epoch a
+    collected file can resume from, and it is complete below it (c is written once every
+    worker passed it)."""
+    return max(newest_snapshot or 1, (collected or 0) + 1)
 
 
 def round_epoch(manifests: Sequence[Manifest]) -> int:
     """Where a restored round is cut: every copy is complete below it."""
     return min(m.epoch for m in manifests)
+
+
+def resumable(manifests: Sequence[Manifest]) -> bool:
+    """No copy collected the snapshots a resume at the round's epoch loads (bytewax's -b too
+    short for the time between the copies)."""
+    return all(m.collected < round_epoch(manifests) for m in manifests)
 
 
 def complete(listed: Iterable[Listed]) -> dict[tuple[str, str], list[Listed]]:

@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from connectors import backup_layout as layout
 from connectors import engine
-from connectors.recovery_store import NAMESPACE_FILE, SHAPE_FILE, RecoveryStoreError, check_store
+from connectors.recovery_store import NAMESPACE_FILE, SHAPE_FILE, RecoveryStoreError, check_store, read_progress
 from connectors.sinks.s3_objects import S3Location, S3SinkError, with_retries
 
 log = logging.getLogger(__name__)
@@ -136,12 +136,12 @@ class BackupStore:
             self._call("prune backups", partial(self.client.delete_objects, Bucket=self.location.bucket, Delete=batch))
 
 
-def copy_store(directory: Path, into: Path) -> tuple[int, int, list[int], int]:
+def copy_store(directory: Path, into: Path) -> tuple[int, int, list[int], int, int]:
     """Copy the partitions of `directory` into `into` (SQLite's online backup: bytewax goes on
     writing), each cut where the copies are complete. Returns (latest execution recorded or
-    -1, epoch, parts, part_count)."""
+    -1, epoch, parts, part_count, the epoch bytewax collected up to)."""
     files = sorted(directory.glob("*.sqlite3"))
-    epochs, parts, counts, executions = [], [], set(), [-1]
+    epochs, parts, counts, executions, collections = [], [], set(), [-1], [0]
     for file in files:
         with closing(sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as src:
             with closing(sqlite3.connect(into / file.name)) as dst:
@@ -160,7 +160,7 @@ def copy_store(directory: Path, into: Path) -> tuple[int, int, list[int], int]:
     for extra in EXTRA_FILES:
         if (directory / extra).exists():
             shutil.copy(directory / extra, into / extra)
-    return max(executions), epoch, sorted(parts), counts.pop()
+    return max(executions), epoch, sorted(parts), counts.pop(), max(collections)
 
 
 def cut(file: Path, epoch: int) -> None:
@@ -174,7 +174,7 @@ def take(directory: Path, store: BackupStore, kind: str, name: str, process_id: 
     """Back up this process's partitions as round `name` of `kind`; the manifest goes last."""
     began = time.monotonic()
     with tempfile.TemporaryDirectory(dir=directory, prefix=".backup-") as scratch:
-        execution, epoch, parts, count = copy_store(directory, Path(scratch))
+        execution, epoch, parts, count, collected = copy_store(directory, Path(scratch))
         folder = layout.round_dir(store.root, store.config.run, kind, name)
         attempt = f"{folder}{layout.owner_of(parts)}.{uuid.uuid4().hex[:8]}/"
         files: list[dict[str, Any]] = []
@@ -203,6 +203,7 @@ def take(directory: Path, store: BackupStore, kind: str, name: str, process_id: 
         int(time.time() * 1000),
         time.monotonic() - began,
         tuple(files),
+        collected,
     )
     key = layout.manifest_key(store.root, store.config.run, kind, name, parts, count)
     if not store.put(key, json.dumps(manifest.to_json(), indent=1).encode(), new=True):
@@ -241,3 +242,30 @@ def restore(directory: Path, store: BackupStore, manifests: Sequence[layout.Mani
         epoch,
     )
     return Restored(manifests[0].name, epoch)
+
+
+def _local_parts(directory: Path) -> list[int]:
+    return sorted(p.index for p in read_progress(directory)) if any(directory.glob("*.sqlite3")) else []
+
+
+def choose(
+    store: BackupStore, name: str | None, local_parts: list[int], process_id: int | None
+) -> tuple[list[layout.Manifest], int]:
+    """The copies to restore: of round or savepoint `name`, else of the newest consistent round."""
+    rounds = store.rounds()
+    candidates = [r for r in layout.newest_first(rounds) if name is None or r[1] == name]
+    if name is not None:
+        candidates.sort(key=lambda r: r[0] != layout.SAVEPOINTS)  # a savepoint before a round of the same name
+    for key in candidates:
+        if not layout.consistent(rounds[key]):
+            continue
+        if not layout.resumable(rounds[key]):
+            log.warning(
+                "backup %s %s not restorable: bytewax collected snapshots it needs; raise -b "
+                "(BYTEWAX_RECOVERY_BACKUP_INTERVAL) to at least BACKUP_INTERVAL_SECONDS",
+                *key,
+            )
+            continue
+        if chosen := layout.mine(rounds[key], local_parts, process_id):
+            return chosen, layout.round_epoch(rounds[key])
+    return [], 0

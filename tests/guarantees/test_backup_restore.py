@@ -104,6 +104,7 @@ def test_booking_alerts_restored_after_the_recovery_directory_is_deleted(kafka, 
     shutil.rmtree(recovery)
     produce_messages(records[half:], kafka.bootstrap)
     result = run_dataflow(FLOWS["booking-correlation"], {**env, "BOUNDED": "true"}, recovery=recovery)
+    (tmp_path / "run-2.log").write_text(result.stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "restored backups" in result.stderr
     check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)

@@ -65,8 +65,9 @@ def test_manifest_json_round_trips_and_refuses_other_formats() -> None:
     [
         (None, None, 1),  # nothing written yet: from the start
         (7, None, 7),  # epoch 7 is being written: complete below it
-        (7, 9, 9),  # bytewax collected up to 9: every worker had passed it
+        (7, 9, 10),  # bytewax collected up to 9: a resume loads what it kept, below 10
         (12, 9, 12),
+        (10, 9, 10),
     ],
 )
 def test_a_file_is_complete_below_its_newest_snapshot_or_collection(newest_snapshot, collected, expected) -> None:
@@ -74,7 +75,11 @@ def test_a_file_is_complete_below_its_newest_snapshot_or_collection(newest_snaps
 
 
 def test_a_round_is_cut_where_every_copy_is_complete() -> None:
-    assert layout.round_epoch([manifest("r", (0,), at=4), manifest("r", (1,), at=2)]) == 12
+    round_ = [manifest("r", (0,), at=4), manifest("r", (1,), at=2)]
+    assert layout.round_epoch(round_) == 12
+    assert layout.resumable(round_)
+    collected_past = layout.Manifest(layout.BACKUPS, "r", (0,), 2, 0, 3, 14, 4, collected=12)
+    assert not layout.resumable([collected_past, round_[1]])  # it kept only snapshots at 12 or later
 
 
 def test_a_round_is_complete_when_its_manifests_hold_every_partition() -> None:
@@ -169,7 +174,7 @@ def test_the_online_copy_of_a_store_being_written_is_a_consistent_store(tmp_path
     init_db_dir(store, 1)
     first = tmp_path / "first"
     first.mkdir()
-    assert copy_store(store, first) == (-1, 1, [0], 1)  # nothing ran yet: a copy from the start
+    assert copy_store(store, first) == (-1, 1, [0], 1, 0)  # nothing ran yet: a copy from the start
     stop, written = threading.Event(), []
     writer = threading.Thread(target=write_epochs, args=(store, stop, written))
     writer.start()
@@ -186,7 +191,7 @@ def test_the_online_copy_of_a_store_being_written_is_a_consistent_store(tmp_path
     finally:
         stop.set()
         writer.join()
-    for into, (execution, epoch, parts, count) in copies:
+    for into, (execution, epoch, parts, count, _) in copies:
         with closing(sqlite3.connect(into / "part-0.sqlite3")) as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             held = db.execute("SELECT DISTINCT snap_epoch FROM snaps ORDER BY 1").fetchall()
@@ -197,7 +202,7 @@ def test_the_online_copy_of_a_store_being_written_is_a_consistent_store(tmp_path
         assert check_store(into) == [(0, 1)]
         assert (execution, parts, count) == (1, [0], 1)
         assert resume_epoch_of(read_progress(into)) == epoch
-    assert len({epoch for _, (_, epoch, _, _) in copies}) > 5, "the copies did not follow the writer"
+    assert len({copy[1] for _, copy in copies}) > 5, "the copies did not follow the writer"
 
 
 def test_a_restored_copy_resumes_no_later_than_the_round_allows(tmp_path: Path) -> None:
