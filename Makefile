@@ -9,7 +9,7 @@ RUN_DIR := .cache/run
 # The local stack (devstack) accepts any AWS credentials; real ones come from your AWS chain.
 LOCAL_AWS := AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
 
-.PHONY: help install up down run run-bookings test test-guarantees test-unit test-kinesis test-image image bench bench-peers lint fmt deploy clean
+.PHONY: help install up down run run-bookings autoscale test test-guarantees test-unit test-kinesis test-image image chaos bench bench-peers lint fmt deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ run-bookings: up ## 2,000 generated bookings through the booking-correlation job
 		-r $(RUN_DIR)/bookings -s 2 -b 0
 	$(LOCAL_AWS) TRANSPORT=$(TRANSPORT) $(PY) -m devstack.report bookings
 
+autoscale: up ## JOB as local processes scaling on their CPU (KDA's rule, 5-s periods; load it with the producers)
+	$(LOCAL_AWS) $(PY) -m devstack.autoscale --job $(JOB) --min 1 --max 2
+
 TEST_WORKERS ?= 2
 test: lint ## Lint, then every test (unit, integration, e2e); starts and stops its own services
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile  # each worker runs whole files, with its own services
@@ -62,6 +65,10 @@ test-unit: install ## The quick tier: tests that need no services (unit, and who
 test-kinesis: install ## Only the Kinesis connector tests (starts and stops its own kinesis-local)
 	$(PY) -m pytest tests/unit/test_kinesis_connectors.py tests/integration/test_kinesis_source.py \
 		tests/integration/test_kinesis_sink.py
+
+CHAOS_MINUTES ?= 20
+chaos: install ## Random crash, stall and outage sequences for every output kind, readers watching (CHAOS_MINUTES, default 20)
+	CHAOS_MINUTES=$(CHAOS_MINUTES) $(PY) -m pytest tests/soak -m chaos -n 2 --dist load -p no:cacheprovider
 
 IMAGE ?= localhost/waxstreams:latest
 image: ## Build the job image with buildah (installs buildah/debootstrap; a Debian-built base if the official cannot be pulled)

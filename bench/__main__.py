@@ -25,7 +25,9 @@ from pathlib import Path
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
+from bench import bookings as bench_bookings
 from bench import kinesis as bench_kinesis
+from bench import resume as bench_resume
 from bench.steady import steady_rate
 from dataflows.skeleton import GC_THRESHOLDS
 from devstack.kafka import create_topics
@@ -373,6 +375,7 @@ def main() -> int:
     parser.add_argument(
         "--kinesis-events", type=int, default=20_000, help="the local Kinesis server slows as a stream fills"
     )
+    parser.add_argument("--bookings", type=int, default=100_000, help="the booking job's workload (bench/bookings.py)")
     parser.add_argument("--out", default="bench-results.json")
     args = parser.parse_args()
     os.environ.update(LOCAL_CREDENTIALS)
@@ -426,6 +429,11 @@ def main() -> int:
     }
     results["latency"] = latency()
     Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"== bookings: {args.bookings:,} bookings", file=sys.stderr)
+    other = bench_bookings.checkout(bench_bookings.FLUSH_PER_BATCH)
+    results["bookings"] = bench_bookings.compare(other, args.bookings, args.runs)
+    results["object_sink_resume"] = bench_resume.resume(writes=64, folders=20, runs=args.runs)
+    Path(args.out).write_text(json.dumps(results, indent=2))
     print_table(results)
     return 0
 
@@ -454,6 +462,8 @@ def print_table(results: dict) -> None:
         f"kinesis: ours {ours_k:,.0f} events/s = {ours_k / ceiling:.2f} x a plain GetRecords loop "
         f"({ceiling:,.0f} records/s) on the same local stream\n"
     )
+    bench_bookings.print_table(results["bookings"])
+    bench_resume.print_line(results["object_sink_resume"])
     lat = results["latency"]
     print(
         f"latency (window end -> object in S3): median {lat['median_s']:.1f} s, max {lat['max_s']:.1f} s over "

@@ -172,6 +172,11 @@ def prepare_resume(
             raise RecoveryStoreError(msg)
         log.warning("running without a recovery store (ALLOW_NO_RECOVERY=true): a restart starts a new run")
         return Resume.without_store()
+    if agree is not None and directory.is_dir() and not any(directory.glob("*.sqlite3")):
+        # A cluster process past the ones holding the store (k8s/README.md, Scaling): bytewax finds
+        # the partitions on them, process 0's rendezvous waits for them, and they judge `fresh`.
+        log.info("recovery directory %s holds no partition: the cluster's other processes hold the store", directory)
+        return Resume(directory, store_namespace(directory), fresh=False)
     check_store(directory)
     # Before the drop: a process whose only record is a crashed first epoch's snapshots
     # (with one directory per pod, the executions may be recorded in another pod's) has

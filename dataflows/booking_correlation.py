@@ -20,7 +20,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.transports.contract import Transport
+from connectors.transports.contract import OutputRecord, Transport
 from dataflows import metrics, skeleton
 from dataflows.booking_rules import (
     EMPTY,
@@ -33,6 +33,7 @@ from dataflows.booking_rules import (
     advance,
     correlate,
     next_deadline,
+    no_counterpart,
     read_booking_batch,
 )
 from dataflows.event_time import Heartbeat, WatermarkView, WorkerWatermarks, wake_time
@@ -82,7 +83,7 @@ class CorrelationLogic(StatefulBatchLogic[BookingRecord | Heartbeat, Outcome, Bo
         self.state = EMPTY
         if pending is None:
             return self._result([])
-        return self._result([Unmatched(pending, f"no counterpart within {self.timeout_ms} ms (end of input)")])
+        return self._result([Unmatched(pending, no_counterpart(self.timeout_ms))])
 
     def notify_at(self) -> datetime | None:
         deadline = next_deadline(self.state, self.timeout_ms)
@@ -105,7 +106,7 @@ def build_flow(
 ) -> Dataflow:
     streams = [settings.created_topic, settings.events_topic]
     flow = Dataflow(JOB)
-    records = skeleton.read_input(
+    records, dead_letters = skeleton.read_input(
         flow,
         JOB,
         transport,
@@ -116,7 +117,6 @@ def build_flow(
             max_out_of_orderness_ms=int(settings.max_out_of_orderness.total_seconds() * 1000),
         ),
         max_out_of_orderness=settings.max_out_of_orderness,
-        dead_letter_stream=settings.dead_letter_topic,
     )
 
     watermarks = WorkerWatermarks(
@@ -136,12 +136,20 @@ def build_flow(
     unmatched = op.filter("unmatched", outcomes, lambda o: isinstance(o, Unmatched))
     op.inspect("dropped", op.filter("drops", outcomes, lambda o: isinstance(o, Dropped)), _log_drop)
 
-    def keyed_record(outcome: Alert | Unmatched) -> tuple[bytes, bytes]:
+    def keyed_record(outcome: Alert | Unmatched) -> OutputRecord:
         booking_id = outcome.created.booking_id if isinstance(outcome, Alert) else outcome.record.booking_id
-        return booking_id.encode(), outcome.to_json()
+        return OutputRecord(outcome.unit, booking_id.encode(), outcome.to_json())
 
-    transport.write("alerts_out", op.map("alert_record", alerts, keyed_record), settings.alerts_topic)
-    transport.write("unmatched_out", op.map("unmatched_record", unmatched, keyed_record), settings.unmatched_topic)
+    skeleton.write_outputs(
+        JOB,
+        transport,
+        {
+            "alerts_out": (op.map("alert_record", alerts, keyed_record), settings.alerts_topic),
+            "unmatched_out": (op.map("unmatched_record", unmatched, keyed_record), settings.unmatched_topic),
+        },
+        dead_letters,
+        settings.dead_letter_topic,
+    )
     return flow
 
 
@@ -151,8 +159,8 @@ def _log_drop(step_id: str, dropped: Dropped) -> None:
 
 def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
     settings = BookingSettings.from_env(env)
-    skeleton.start(settings, argv, env)
-    transport = skeleton.transport_for(settings, env)
+    resume = skeleton.start(settings, argv, env)
+    transport = skeleton.transport_for(settings, env, JOB, resume)
     transport.check(
         read=[settings.created_topic, settings.events_topic],
         write=[settings.alerts_topic, settings.unmatched_topic, settings.dead_letter_topic],

@@ -5,7 +5,9 @@ Rules, all in event time, so results do not depend on arrival order or speed:
   `timeout` apart: one alert, whichever side came first;
 - a side whose counterpart is not seen by then is unmatched: reported once, when
   the watermark passes its timestamp + timeout (or at once if the counterpart
-  arrives beyond the timeout; the later record is then dropped);
+  arrives beyond the timeout; the later record is then dropped). What an outcome
+  says is decided by event time alone, never by how the timeout was noticed, so a
+  replay or another arrival order writes the same bytes;
 - after a booking is settled (alerted or unmatched) its id is remembered for one
   more timeout: repeats with timestamps inside that horizon are dropped; later
   records with the same id start afresh; then the state is gone.
@@ -14,7 +16,7 @@ Rules, all in event time, so results do not depend on arrival order or speed:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from jsonpath_ng import JSONPath
@@ -87,6 +89,12 @@ class BookingRecord:
     fields: dict[str, Any]
     source: str = ""  # input partition, and its watermark after the batch (see event_time.py)
     source_watermark: int = 0
+    position: str = ""  # where it was read ("topic:partition:offset"): names the outcome it settles
+
+    def __setstate__(self, state: list[Any]) -> None:
+        # States stored before a field was added lack it: it takes its default.
+        for i, f in enumerate(fields(self)):
+            object.__setattr__(self, f.name, state[i] if i < len(state) else f.default)
 
 
 def decode_booking(raw: bytes | None, schema: SideSchema) -> BookingRecord:
@@ -102,6 +110,10 @@ class Alert:
     created: BookingRecord
     event: BookingRecord
 
+    @property
+    def unit(self) -> str:
+        return f"alert:{self.created.position}+{self.event.position}"
+
     def to_json(self) -> bytes:
         record = {
             "bookingId": self.created.booking_id,
@@ -116,6 +128,10 @@ class Alert:
 class Unmatched:
     record: BookingRecord
     reason: str
+
+    @property
+    def unit(self) -> str:
+        return f"unmatched:{self.record.position}"
 
     def to_json(self) -> bytes:
         r = self.record
@@ -165,8 +181,7 @@ def correlate(state: BookingState, record: BookingRecord, timeout_ms: int) -> tu
     if later.timestamp - earlier.timestamp <= timeout_ms:
         created, event = (pending, record) if pending.side == CREATED else (record, pending)
         return [Alert(created, event)], BookingState(settled_until=later.timestamp + timeout_ms)
-    reason = f"counterpart arrived {later.timestamp - earlier.timestamp} ms apart, beyond the {timeout_ms} ms timeout"
-    outcomes: list[Outcome] = [Unmatched(earlier, reason)]
+    outcomes: list[Outcome] = [Unmatched(earlier, no_counterpart(timeout_ms))]
     horizon = earlier.timestamp + 2 * timeout_ms
     if later.timestamp <= horizon:
         outcomes.append(Dropped(later, "counterpart beyond the timeout"))
@@ -174,11 +189,17 @@ def correlate(state: BookingState, record: BookingRecord, timeout_ms: int) -> tu
     return outcomes, BookingState(pending=later)
 
 
+def no_counterpart(timeout_ms: int) -> str:
+    """The one reason of every unmatched record: whether the watermark, a counterpart
+    beyond the timeout or the end of input noticed it first depends on arrival order."""
+    return f"no counterpart within {timeout_ms} ms"
+
+
 def advance(state: BookingState, watermark: int, timeout_ms: int) -> tuple[list[Outcome], BookingState]:
     """Apply the watermark: time out a pending side, forget a settled id."""
     outcomes: list[Outcome] = []
     if state.pending is not None and watermark > state.pending.timestamp + timeout_ms:
-        outcomes.append(Unmatched(state.pending, f"no counterpart within {timeout_ms} ms"))
+        outcomes.append(Unmatched(state.pending, no_counterpart(timeout_ms)))
         state = BookingState(settled_until=state.pending.timestamp + 2 * timeout_ms)
     if state.settled_until is not None and watermark > state.settled_until:
         state = replace(state, settled_until=None)
@@ -210,7 +231,7 @@ def read_booking_batch(
             out.append(rejected(msg, exc))
             continue
         max_timestamp = max(max_timestamp, record.timestamp)
-        records.append(record)
+        records.append(replace(record, position=f"{msg.topic()}:{msg.partition()}:{msg.offset()}"))
     watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
     out.extend(replace(r, source=source, source_watermark=watermark) for r in records)
     return out, max_timestamp

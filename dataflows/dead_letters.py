@@ -124,3 +124,27 @@ class LateEvent:
             },
             self.raw,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedOutput:
+    """An output record its stream would refuse (over the stream's record limit), kept as a dead letter."""
+
+    stream: str
+    unit: str
+    key: bytes
+    value: bytes
+    limit: int
+
+    def to_json(self) -> bytes:
+        size = len(self.key) + len(self.value)
+        fields = {
+            "error": f"a record of {size} bytes for {self.stream!r} is over its limit of {self.limit} bytes",
+            "kind": "output_refused",
+            "stream": self.stream,
+            "unit": self.unit,
+            "size": size,
+            "limit": self.limit,
+            "key": self.key.decode("utf-8", "backslashreplace"),
+        }
+        return _with_raw(fields, self.value)

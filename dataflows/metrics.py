@@ -27,6 +27,11 @@ INTERNAL_ERRORS = Counter(
     "Input records our own code failed on (a bug: alert on any increase); they are in the dead-letter topic",
     ["job"],
 )
+OUTPUT_REFUSED = Counter(
+    "waxstreams_output_refused_total",
+    "Output records over their stream's record limit, sent to the dead letters instead",
+    ["job", "stream"],
+)
 BOOKING_OUTCOMES = Counter("waxstreams_booking_outcomes_total", "Correlation results", ["outcome"])
 KEYS_IN_STATE = Gauge(
     "waxstreams_keys_in_state", "Bookings, or movies with an open window, holding state (per process)", ["job"]

@@ -34,7 +34,7 @@ from connectors.sinks.s3_objects import (
     check_bucket,
     check_existing_output,
 )
-from connectors.transports.contract import Transport
+from connectors.transports.contract import OutputRecord, Transport
 from dataflows import metrics, skeleton
 from dataflows.dead_letters import LateEvent
 from dataflows.event_time import EventTimeClock, Heartbeat, HeartbeatAwareWindower, to_datetime
@@ -103,7 +103,7 @@ def build_flow(
     # Windows close per key as the watermark passes them, when every partition is known at start.
     per_key = transport.partitions_fixed
     flow = Dataflow(JOB)
-    items = skeleton.read_input(
+    items, dead_letters = skeleton.read_input(
         flow,
         JOB,
         transport,
@@ -114,7 +114,6 @@ def build_flow(
             max_out_of_orderness_ms=int(settings.max_out_of_orderness.total_seconds() * 1000),
         ),
         max_out_of_orderness=settings.max_out_of_orderness,
-        dead_letter_stream=settings.dead_letter_topic,
         heartbeat_keys=movie_shards() if per_key else (),  # so each shard hears every partition
     )
     late = op.branch("split_late", items, lambda i: isinstance(i, LateEvent))
@@ -154,17 +153,37 @@ def build_flow(
 
     op.output("s3_out", op.map("rows", windows.down, to_rows), rows_sink)
 
-    late_events = op.map("late_event", late.trues, lambda e: (e.position.key(), e.to_json()))
+    late_events = op.map("late_event", late.trues, _late_event_record)
     # Only reachable when an idle partition let the watermark pass (dataflows/event_time.py).
-    late_slices = op.flat_map("late_slice", windows.late, lambda kv: late_slice_records(kv[1][1]))
-    transport.write("late_out", op.merge("all_late", late_events, late_slices), settings.late_topic)
+    late_slices = op.flat_map("late_slice", windows.late, lambda kv: _late_slice_records(kv[1][1]))
+    skeleton.write_outputs(
+        JOB,
+        transport,
+        {"late_out": (op.merge("all_late", late_events, late_slices), settings.late_topic)},
+        dead_letters,
+        settings.dead_letter_topic,
+    )
     return flow
+
+
+def _late_event_record(event: LateEvent) -> OutputRecord:
+    key = event.position.key()
+    return OutputRecord(f"late:{key.decode()}", key, event.to_json())
+
+
+def _late_slice_records(piece: WindowSlice) -> list[OutputRecord]:
+    # Named by the slice's partition, window and place: a slice is cut by its input batch,
+    # so unlike every other unit this one depends on where batches were cut (see the README).
+    return [
+        OutputRecord(f"late-slice:{piece.source}:{piece.window_start}:{piece.latest}:{i}", key, value)
+        for i, (key, value) in enumerate(late_slice_records(piece))
+    ]
 
 
 def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
     settings = MovieImpressionsSettings.from_env(env)
     resume = skeleton.start(settings, argv, env)
-    transport = skeleton.transport_for(settings, env)
+    transport = skeleton.transport_for(settings, env, JOB, resume)
     transport.check(read=[settings.input_topic], write=[settings.dead_letter_topic, settings.late_topic])
     if settings.output_format == "delta":
         return build_flow(settings, transport, _delta_sink(settings, resume))

@@ -1,8 +1,10 @@
 """What every job shares; a job adds only its middle.
 
 - `read_input`: the job's source on a transport, with the job's batch step wrapped in
-  the input metrics and the watermark heartbeats; records the step rejects go to the
-  dead-letter stream. Returns the valid items (and heartbeats) for the middle.
+  the input metrics and the watermark heartbeats. Returns the valid items (and
+  heartbeats) for the middle, and the dead letters of the records the step rejected.
+- `write_outputs`: every output stream of the job, and its dead letters: a record over
+  its stream's limit becomes an `output_refused` dead letter instead of stopping the job.
 - `start`: start-up as one visible step: logging, the metrics server, the checks and
   repair of the recovery store (connectors/recovery_store.py; with one directory per
   process, after the processes agreed on the resume epoch: connectors/rendezvous.py);
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import logging
 import os
@@ -36,12 +39,12 @@ from connectors.recovery_store import (
     recovery_directory,
 )
 from connectors.sinks.s3_objects import S3SinkError
-from connectors.transports.contract import Transport, TransportUnavailable
+from connectors.transports.contract import OutputRecord, Transport, TransportUnavailable
 from connectors.transports.kafka import KafkaTransport
 from connectors.transports.kinesis import KinesisTransport
 from connectors.transports.kinesis_source import KinesisConfigError, KinesisSettings
 from dataflows import metrics
-from dataflows.dead_letters import DeadLetter
+from dataflows.dead_letters import DeadLetter, RefusedOutput
 from dataflows.event_time import NO_WATERMARK, HeartbeatSchedule, partition_watermark
 from dataflows.settings import ConfigError, JobSettings
 
@@ -60,9 +63,8 @@ def read_input(
     batch: BatchFunction,
     *,
     max_out_of_orderness: timedelta,
-    dead_letter_stream: str,
     heartbeat_keys: Sequence[str] = (),
-) -> Stream[Any]:
+) -> tuple[Stream[Any], Stream[OutputRecord]]:
     heartbeats = HeartbeatSchedule(keys=heartbeat_keys)
     bound_ms = int(max_out_of_orderness.total_seconds() * 1000)
 
@@ -74,14 +76,51 @@ def read_input(
     # Process 0 of a cluster answers the resume epoch until bytewax first calls the source.
     items = op.input("input", flow, rendezvous.signal_start(transport.source(streams, step, NO_WATERMARK)))
     invalid = op.branch("split_invalid", items, lambda i: isinstance(i, DeadLetter))
-    dead = op.map("dead_letter", invalid.trues, lambda d: (d.position.key(), d.to_json()))
-    transport.write("dead_letter_out", dead, dead_letter_stream)
-    return invalid.falses
+    dead = op.map("dead_letter", invalid.trues, dead_letter_record)
+    return invalid.falses, dead
 
 
-def transport_for(settings: JobSettings, environ: Mapping[str, str]) -> Transport:
+def dead_letter_record(dead: DeadLetter) -> OutputRecord:
+    key = dead.position.key()
+    return OutputRecord(f"dead:{key.decode()}", key, dead.to_json())
+
+
+def refused_record(job: str, stream: str, limit: int, record: OutputRecord) -> OutputRecord:
+    metrics.OUTPUT_REFUSED.labels(job, stream).inc()
+    refused = RefusedOutput(stream, record.unit, record.key, record.value, limit)
+    return OutputRecord(f"refused:{record.unit}", record.key, refused.to_json())
+
+
+def _fits(limit: int, record: OutputRecord) -> bool:
+    return len(record.key) + len(record.value) <= limit
+
+
+def write_outputs(
+    job: str,
+    transport: Transport,
+    outputs: Mapping[str, tuple[Stream[OutputRecord], str]],
+    dead_letters: Stream[OutputRecord],
+    dead_letter_stream: str,
+) -> None:
+    """Write each `step_id: (records, stream)`; records over their stream's limit, a
+    refusal known before sending, join the dead letters as kind `output_refused`."""
+    refused = []
+    for step_id, (records, stream) in outputs.items():
+        limit = transport.max_record_bytes(stream)
+        fits: op.BranchOut[OutputRecord, OutputRecord] = op.branch(
+            f"{step_id}_fits", records, functools.partial(_fits, limit)
+        )
+        refused.append(op.map(f"{step_id}_refused", fits.falses, functools.partial(refused_record, job, stream, limit)))
+        transport.write(step_id, fits.trues, stream)
+    # A dead letter its own stream refuses stops the job: there is nowhere left to put it.
+    transport.write("dead_letter_out", op.merge("all_dead_letters", dead_letters, *refused), dead_letter_stream)
+
+
+def transport_for(settings: JobSettings, environ: Mapping[str, str], job: str, resume: Resume) -> Transport:
+    """`resume`: the run's namespace names its outputs' writers (Kafka transactional ids,
+    Kinesis record ids) and where their read-back starts."""
     if settings.transport == "kinesis":
-        return KinesisTransport(KinesisSettings.from_env(environ))
+        return KinesisTransport(KinesisSettings.from_env(environ), job=job, sink_namespace=resume.sink_namespace)
     kafka = settings.kafka
     return KafkaTransport(
         kafka.brokers,
@@ -92,6 +131,8 @@ def transport_for(settings: JobSettings, environ: Mapping[str, str]) -> Transpor
         settings.start.stop_at_ms,
         kafka.partition_check_seconds,
         kafka.client,
+        job=job,
+        sink_namespace=resume.sink_namespace,
     )
 
 

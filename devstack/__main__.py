@@ -14,7 +14,7 @@ from pathlib import Path
 
 from devstack.kafka import KafkaBroker, create_topics
 from devstack.kinesis import STOP_GRACE_S, KinesisLocal, create_stream
-from devstack.processes import stop_pid
+from devstack.processes import port_holder, stop_pid
 from devstack.s3 import LOCAL_CREDENTIALS, S3Server, create_bucket
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,15 +61,30 @@ def _pid(name: str) -> int | None:
     return pid
 
 
+def check_free(service: str, *ports: int) -> None:
+    """Stop with one line if another process holds a port this stack's `service` needs
+    (another checkout's stack, say): else its server would die on the bind, unseen."""
+    for port in ports:
+        holder = port_holder(port)
+        if holder is not None:
+            msg = (
+                f"{service}: port {port} is held by {holder}, not by this checkout's stack: stop it "
+                "(`make down` in the checkout that started it, or kill that pid), then run `make up` again"
+            )
+            raise SystemExit(msg)
+
+
 def up() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     if _pid("kafka") is None:
+        check_free("kafka", KAFKA_PORT, CONTROLLER_PORT)
         broker = KafkaBroker(KAFKA_PORT, CONTROLLER_PORT, STATE / "kafka", CACHE)
         broker.start()
         assert broker._process is not None
         (STATE / "kafka.pid").write_text(str(broker._process.pid))
     print(f"kafka  ready at 127.0.0.1:{KAFKA_PORT} (log: {STATE / 'kafka' / 'broker.log'})")
     if _pid("s3") is None:
+        check_free("s3", S3_PORT)
         os.environ.update(LOCAL_CREDENTIALS)
         s3 = S3Server(S3_PORT, STATE / "s3.log")
         s3.start()
@@ -85,6 +100,7 @@ def up() -> None:
 def up_kinesis() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     if _pid("kinesis") is None:
+        check_free("kinesis", KINESIS_PORT, KINESIS_TLS_PORT)
         kinesis = KinesisLocal(KINESIS_PORT, KINESIS_TLS_PORT, STATE / "kinesis.log", CACHE)
         kinesis.start()
         assert kinesis.pid is not None

@@ -251,6 +251,7 @@ class KafkaBroker:
             "offsets.topic.replication.factor": "1",
             "transaction.state.log.replication.factor": "1",
             "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",  # not 50: a first transaction waits for them all
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
         }

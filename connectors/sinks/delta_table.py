@@ -6,7 +6,8 @@ Readers that go through the Delta log (polars `scan_delta`, DuckDB `delta_scan`,
 Athena, Trino) see a row once its transaction is committed and never see it go away:
 nothing is ever rolled back, so a crash must never commit a row twice.
 
-Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
+Protocol per sink partition (the commit-ahead protocol of `connectors/sinks/fence.py`;
+its snapshot is `CommitState(namespace, next_seq, None, fence)`):
 1. rows are buffered until bytewax snapshots the epoch (or closes the sink);
 2. the epoch becomes ONE Delta transaction carrying an application transaction
    (`txn` action) `app_id = <job>/<prefix>/<partition>/<namespace>`, `version = next_seq`,
@@ -16,12 +17,14 @@ Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
    over: this one stops), and delta-rs fails a commit when a concurrent commit
    carries the same app id (conflict check on the log's conditional put; no lock service).
 
-On resume from `next_seq = K`, the log may already hold this app's versions K..V,
-committed after the snapshot bytewax restored. A replay does not re-cut epochs the same
-way (epochs are wall-clock), so skipping by version alone could drop or double rows:
-the partition reads the units of versions K..V from the log, drops every replayed unit
-among them, and continues at V + 1. A unit is written whole or not at all (a window of
-one movie closes once), so every row lands in the table exactly once.
+On resume from `next_seq = K` with a fence, the log may already hold this app's versions
+K..V, committed after the snapshot bytewax restored. A replay does not re-cut epochs the
+same way (epochs are wall-clock), so skipping by version alone could drop or double rows:
+the units of versions K..V, read from the commit infos (no data file is read), join the
+fence; the replay drops fenced units (each leaves the fence once dropped) and continues
+at V + 1. The fence is in every snapshot until the replay passes each unit, so any
+number of crashes in a row commit a unit once. Old `(namespace, seq)` states resume with
+an empty fence.
 
 The namespace (the recovery store's, as for the object sink) is in the app id so that a
 new run with a new store never mistakes an earlier run's versions for its own.
@@ -50,6 +53,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.schema import PrimitiveType
 from prometheus_client import Counter
 
+from connectors.sinks.fence import CommitState, Fence
 from connectors.sinks.s3_objects import ObjectRows, S3Location, S3SinkError, stable_partition
 
 log = logging.getLogger(__name__)
@@ -64,7 +68,8 @@ UNITS_SKIPPED = Counter(
 APP_KEY, VERSION_KEY, UNITS_KEY = "waxstreams.app", "waxstreams.version", "waxstreams.units"
 WRITER_KEY = "waxstreams.writer"
 _DELTA_TYPES = {pl.String: "string", pl.Int64: "long", pl.Int32: "integer", pl.Float64: "double", pl.Boolean: "boolean"}
-DeltaState = tuple[str, int]  # (namespace, next_seq)
+# `CommitState.to_snapshot()`; stores of older releases hold `(namespace, next_seq)`.
+DeltaState = dict[str, Any] | tuple[str, int]
 
 
 class DeltaSinkError(S3SinkError):
@@ -230,9 +235,10 @@ def committed_units(table: DeltaTable, app_id: str, first: int, last: int) -> se
 
 
 class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
-    def __init__(self, sink: DeltaTableSink, partition: str, namespace: str, next_seq: int) -> None:
+    def __init__(self, sink: DeltaTableSink, partition: str, state: CommitState) -> None:
         self._sink = sink
-        self._namespace = namespace
+        self._namespace = namespace = state.namespace
+        next_seq = state.next_seq
         self.app_id = f"{sink.app_prefix}/{partition}/{namespace}"
         self._buffer: list[pl.DataFrame] = []
         self._failed = False
@@ -246,18 +252,24 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
                 "resume against the original table or start a new run with a new recovery store"
             )
             raise DeltaSinkError(msg)
-        # Versions past the restored snapshot: committed by the crashed attempt, replayed now.
-        self._done: set[tuple] = set()
+        # The fence: units committed past the restored snapshot that the replay has not reached,
+        # as the snapshot carries them, and those of the versions a crashed attempt committed after it.
+        self._fence = Fence(state.fence)
         if last is not None and last >= next_seq:
-            self._done = committed_units(self._table, self.app_id, next_seq, last)
+            self._fence.add(committed_units(self._table, self.app_id, next_seq, last))
             log.info(
-                "%s: versions %d..%d already committed (%d units); the replay skips them",
+                "%s: versions %d..%d already committed (%d units fenced, %d by the snapshot); the replay skips them",
                 self.app_id,
                 next_seq,
                 last,
-                len(self._done),
+                len(self._fence),
+                len(state.fence),
             )
             next_seq = last + 1
+        elif self._fence:
+            log.info(
+                "%s: %d units fenced by the restored snapshot; the replay skips them", self.app_id, len(self._fence)
+            )
         self._last = last
         self._next_seq = next_seq
         self._attempted: int | None = None
@@ -295,9 +307,9 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
         sink = self._sink
         frame = pl.concat([r.select(sink.schema.names()).cast(sink.schema) for r in self._buffer])
         self._buffer.clear()
-        if self._done:
+        if self._fence:
             replayed = frame.select(sink.unit_columns).unique().rows()
-            already = [u for u in replayed if u in self._done]
+            already = [u for u in replayed if not self._fence.passes(u)]
             if already:
                 UNITS_SKIPPED.inc(len(already))
                 frame = frame.join(
@@ -376,7 +388,7 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
         except DeltaSinkError:
             self._failed = True
             raise
-        return self._namespace, self._next_seq
+        return CommitState(self._namespace, self._next_seq, None, self._fence.units()).to_snapshot()
 
     def close(self) -> None:
         if not self._failed:  # after a failed commit, leave the rows to the replay
@@ -410,15 +422,14 @@ class DeltaTableSink(FixedPartitionedSink[ObjectRows, DeltaState]):
         return stable_partition(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: DeltaState | None) -> _DeltaPartition:
-        if resume_state is not None and not isinstance(resume_state, tuple):
+        if isinstance(resume_state, int):
             # The object sink's legacy state: the store was made by a run with another OUTPUT_FORMAT.
             msg = (
                 f"the recovery store holds object-sink state for {for_part} ({resume_state!r}), not a Delta sink's: "
                 "OUTPUT_FORMAT changed on a resumed run; switch formats with a new recovery store"
             )
             raise DeltaSinkError(msg)
-        namespace, next_seq = resume_state if resume_state is not None else (self.namespace, 0)
-        return _DeltaPartition(self, for_part, namespace, next_seq)
+        return _DeltaPartition(self, for_part, CommitState.from_snapshot(resume_state, self.namespace))
 
 
 # The maintenance command -------------------------------------------------------------

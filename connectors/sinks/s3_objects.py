@@ -4,31 +4,33 @@ Every object, once it can be listed, is final: nothing is ever deleted or rewrit
 a reader that lists and reads the objects at any instant (polars, DuckDB, Athena, a
 new-files ingester) sees each row at most once, and never sees one go away.
 
-Protocol per sink partition, whose snapshot state is `(namespace, next_seq)`:
+Protocol per sink partition (the commit-ahead protocol of `connectors/sinks/fence.py`;
+its snapshot is `CommitState(namespace, next_seq, None, fence)`):
 1. rows are buffered; complete folders are written as the next `seq` once there are
    EARLY_WRITE_FOLDERS of them or EARLY_WRITE_ROWS rows in them, in the background,
    while the job goes on; at a snapshot (or close) the rest is written and the
    snapshot waits for every write in flight before it records `seq`;
-2. each write first lists its objects in a manifest
-   `<prefix>/_sink/<partition>/<namespace>/<seq>.json`, then puts them, each only if its
-   key is free (S3 conditional write, `If-None-Match: *`);
-3. on (re)start from `next_seq = K`, the manifests of the namespace numbered K or more
-   are writes the crashed attempt made after the snapshot bytewax restored. Their
-   objects stay. The partition reads the units (`unit_columns`: for the impressions
-   job, (movieId, windowStart)) of those that landed, drops the replay's rows of these
-   units, and numbers its writes on past the newest such seq. A key that never landed
-   is claimed with an empty object, so the crashed attempt's PUT, if it is still on
-   its way, fails instead of landing beside the replay's rows.
-Skipping by unit, not by seq, because a replay cuts epochs differently (they are
-wall-clock); a unit is one movie's window, emitted whole and once, so it is either
-wholly visible or wholly replayed.
+2. each write first puts a manifest `<prefix>/_sink/<partition>/<namespace>/<seq>.json`
+   naming its objects and each object's units (`s3_manifests.py`), then the objects;
+   every PUT only if its key is free (S3 conditional write, `If-None-Match: *`): a
+   taken manifest key means another writer of this partition, and this one stops;
+3. on (re)start from `next_seq = K` with a fence, the manifests numbered K or more are
+   writes a crashed attempt made after the restored snapshot. Their objects stay; the
+   units (`unit_columns`: for the impressions job, (movieId, windowStart)) of those that
+   landed join the fence, the replay drops its rows of fenced units (each leaves the
+   fence once dropped), and numbering goes on past the newest such seq. A key that never
+   landed is claimed with an empty object, so the crashed attempt's PUT, if still on its
+   way, fails instead of landing beside the replay's rows; a claim holds no units.
+The fence is in every snapshot until the replay passes each unit, so a resume that stores
+a snapshot before re-reaching a unit does not make the next resume forget it. Skipping by
+unit, not by seq, because a replay cuts epochs differently (they are wall-clock).
 
 The namespace keeps runs apart: only manifests of the run being resumed are ever read.
 A partition without restored state takes the namespace of its recovery store
 (`connectors/recovery_store.py`), so a new store, or a run without one, never mistakes
-another run's output for its own: it appends. An `int` state (stores written before
-namespaces existed, or a sink built without one) is the legacy namespace, manifests
-directly in `<prefix>/_sink/<partition>/`, resumed the same way.
+another run's output for its own: it appends. Older states resume too: `(namespace, seq)`
+with an empty fence, and an `int` (stores written before namespaces existed, or a sink
+built without one) in the legacy namespace, manifests directly in `<prefix>/_sink/<partition>/`.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from prometheus_client import Counter
 
+from connectors.sinks.fence import LEGACY_NAMESPACE, CommitState  # legacy: manifests directly in `_sink/<partition>/`
+from connectors.sinks.s3_manifests import (
+    fence_of,
+    listed_units,
+    manifest_body,
+    segment_body,
+    sort_manifests,
+    units_of,
+    visible_of,
+)
 from connectors.sinks.s3_put import DirectPut
 
 log = logging.getLogger(__name__)
@@ -69,10 +81,10 @@ UNITS_SKIPPED = Counter(
 )
 
 FORMATS = ("parquet", "csv")
-LEGACY_NAMESPACE = ""  # manifests directly in `_sink/<partition>/`: stores from before namespaces
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# The snapshot: `(namespace, next_seq)`, or a bare `next_seq` in the legacy namespace.
-SinkState = int | tuple[str, int]
+# The snapshot: `CommitState.to_snapshot()`; stores of older releases hold `(namespace, next_seq)`
+# or a bare `next_seq` (the legacy namespace).
+SinkState = dict[str, Any] | int | tuple[str, int]
 # Object metadata of the empty object a resume puts where a crashed write's object never landed.
 CLAIM_METADATA = "waxstreams-claim"
 # Client errors that retrying cannot fix; anything else (5xx, throttling, network) is retried.
@@ -159,37 +171,6 @@ class S3Location:
 
     def manifest_dir(self, partition: str, namespace: str = LEGACY_NAMESPACE) -> str:
         return f"{self.root()}_sink/{partition}/" + (f"{namespace}/" if namespace else "")
-
-
-def _segment_span(key: str) -> tuple[int, int] | None:
-    """(first, last) seq of a manifest segment `<last>-from-<first>.json`; None for a single manifest."""
-    last, sep, first = key.rsplit("/", 1)[-1].removesuffix(".json").partition("-from-")
-    return (int(first), int(last)) if sep else None
-
-
-@dataclass(frozen=True)
-class ManifestListing:
-    """A partition's manifest keys as start-up sorts them."""
-
-    segments_past: list[str]  # segments reaching the restored seq or past it: read for those seqs
-    singles: dict[int, str]  # seq -> individual manifest not folded into a segment
-    folded: list[str]  # individual manifests a segment already holds: a compaction was cut short
-
-
-def sort_manifests(keys: list[str], next_seq: int) -> ManifestListing:
-    segments = {key: span for key in keys if (span := _segment_span(key)) is not None}
-    singles: dict[int, str] = {}
-    folded = []
-    for key in keys:
-        if key in segments:
-            continue
-        seq = int(key.rsplit("/", 1)[-1].split(".")[0])
-        if any(low <= seq <= high for low, high in segments.values()):
-            folded.append(key)
-        else:
-            singles[seq] = key
-    past = [key for key, (_, high) in segments.items() if high >= next_seq]
-    return ManifestListing(past, singles, folded)
 
 
 def drop_units(rows: pl.DataFrame, units: set[tuple], columns: list[str]) -> tuple[pl.DataFrame, int]:
@@ -281,12 +262,12 @@ BUFFER_LIMIT_ROWS = 1_000_000
 
 
 class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
-    def __init__(self, sink: PartitionedS3Sink, partition: str, namespace: str, next_seq: int) -> None:
+    def __init__(self, sink: PartitionedS3Sink, partition: str, state: CommitState) -> None:
         self._sink = sink
         self._location = sink.location
         self._partition = partition
-        self._namespace = namespace
-        self._next_seq = next_seq
+        self._namespace = state.namespace
+        self._next_seq = state.next_seq
         self._client = self._location.client()
         # Data objects are most of the PUTs: sent without botocore's per-request Python (s3_put.py).
         self._data_put = (
@@ -300,12 +281,13 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._failed = False
         # Writes run while the job goes on; a snapshot waits only for what is still in flight.
         self._writes = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"s3-{partition}-seq")
-        self._in_flight: list[Future[tuple[int, list[str]]]] = []
+        self._in_flight: list[Future[tuple[int, dict[str, Any]]]] = []
         self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"s3-{partition}")
-        self._pending: dict[int, list[str]] = {}  # individual manifests not yet in a segment: seq -> objects
-        # Units a write past the restored snapshot already put in, by object folder: only parts in
-        # these folders are looked at, and a unit goes once its replay has been dropped.
-        self._visible: dict[str, set[tuple]] = {}
+        self._pending: dict[int, dict[str, Any]] = {}  # individual manifests not yet in a segment: seq -> body
+        # The fence, by object folder: units committed past the restored snapshot (by the restored
+        # fence, or found by `_resume`) that the replay has not reached; only parts in these folders
+        # are looked at, and a unit goes once its replay has been dropped.
+        self._visible: dict[str, set[tuple]] = visible_of(state.fence)
         self._resume()
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
@@ -314,8 +296,10 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
     def _resume(self) -> None:
         """Find what this run's namespace wrote after the snapshot we resume from: it stays.
 
-        Those objects may already have been read, so they are final: their units go to
-        `_visible`, which the replay drops, and numbering goes on past the newest seq.
+        Those objects may already have been read, so they are final: their units join the
+        restored fence in `_visible`, which the replay drops, and numbering goes on past the
+        newest seq. The manifests name each object's units; only those of older releases
+        make it read the objects.
         Only keys numbered from `next_seq - manifests_per_segment` on are listed: older
         manifests are all committed (compaction keeps every individual manifest within
         that window of the newest snapshot), so start-up costs the same whatever the history.
@@ -337,52 +321,70 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         listing = sort_manifests([entry["Key"] for page in pages for entry in page.get("Contents", [])], self._next_seq)
         self._delete_keys(listing.folded)
         past: dict[int, list[str]] = {}  # seq -> objects, of writes at or past the restored seq
+        listed: dict[str, list[tuple]] = {}  # object -> its units, as its manifest says
         for key in listing.segments_past:
-            seqs = self._read_manifest(key)["seqs"].items()
-            past.update({int(seq): objects for seq, objects in seqs if int(seq) >= self._next_seq})
+            body = self._read_manifest(key)
+            past.update({int(seq): objects for seq, objects in body["seqs"].items() if int(seq) >= self._next_seq})
+            listed.update(listed_units(body))
         for seq, key in listing.singles.items():
-            self._pending[seq] = self._read_manifest(key)["objects"]
+            self._pending[seq] = self._read_manifest(key)
             if seq >= self._next_seq:
-                past[seq] = self._pending[seq]
+                past[seq] = self._pending[seq]["objects"]
+                listed.update(listed_units(self._pending[seq]))
+        fenced = sum(map(len, self._visible.values()))
         if past:
             objects = [key for seq in sorted(past) for key in past[seq]]
-            for key, units in zip(objects, self._uploads.map(self._landed_units, objects), strict=True):
+            found = self._uploads.map(lambda key: self._landed_units(key, listed.get(key)), objects)
+            for key, units in zip(objects, found, strict=True):
                 if units:
                     self._visible.setdefault(key.rsplit("/", 1)[0], set()).update(units)
             self._next_seq = max(past) + 1  # a manifest key is never written twice
-            run = f" (run {self._namespace})" if self._namespace else ""
+        run = f" (run {self._namespace})" if self._namespace else ""
+        if past:
             log.info(
-                "%s%s: seqs %s written after the restored snapshot stay (%d units already visible); "
-                "the replay skips them",
+                "%s%s: seqs %s written after the restored snapshot stay (%d units already visible, %d of them "
+                "fenced by the snapshot); the replay skips them",
                 self._partition,
                 run,
                 ",".join(map(str, sorted(past))),
                 sum(map(len, self._visible.values())),
+                fenced,
+            )
+        elif fenced:
+            log.info(
+                "%s%s: %d units fenced by the restored snapshot; the replay skips them", self._partition, run, fenced
             )
         self._compact_if_due()
 
-    def _landed_units(self, key: str) -> set[tuple]:
-        """The units in an object of a write past the restored snapshot; none if it never landed.
+    def _landed_units(self, key: str, listed: list[tuple] | None) -> set[tuple]:
+        """The units in an object of a write past the restored snapshot (`listed` by its
+        manifest, else read from the object); none if it never landed.
 
         A key that is not there is claimed with an empty object (PUT if none exists), so
         the crashed write's PUT, should it still land, fails instead of doubling the
         rows the replay writes anew; if that PUT landed first, the claim fails and its
-        units count as visible.
+        units count as visible. A claim an earlier resume made holds no units.
         """
         bucket = self._location.bucket
 
-        def landed() -> bool:
+        def find() -> dict | None:
             # A LIST, not a GET: without an unconditioned s3:ListBucket a missing key answers 403, not 404.
             listing = self._client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
-            return any(entry["Key"] == key for entry in listing.get("Contents", []))
+            return next((entry for entry in listing.get("Contents", []) if entry["Key"] == key), None)
 
         def read() -> bytes:
             return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
-        if not self._call("list object", landed) and self._call(
-            "claim object", partial(self._put_new, key, self._empty, claim=True)
-        ):
+        def claimed() -> bool:
+            return CLAIM_METADATA in self._client.head_object(Bucket=bucket, Key=key).get("Metadata", {})
+
+        entry = self._call("list object", find)
+        if entry is None and self._call("claim object", partial(self._put_new, key, self._empty, claim=True)):
             return set()
+        if listed is not None:
+            # Claims hold no rows, so they are small: only a small object can be one.
+            small = entry is None or entry["Size"] <= 4 * len(self._empty) + 4096
+            return set() if small and self._call("look at object", claimed) else set(listed)
         body = self._call("read object", read)
         frame = decode(body, self._sink.fmt, self._sink.schema)
         return set(frame.select(self._sink.unit_columns).unique().rows())
@@ -432,15 +434,10 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                 msg = f"S3 bucket {self._location.bucket!r}: cannot delete {error.get('Key')} ({error.get('Code')})"
                 raise S3SinkError(msg)
 
-    def _put_segment(self, seqs: dict[int, list[str]]) -> None:
+    def _put_segment(self, seqs: dict[int, dict[str, Any]]) -> None:
         low, high = min(seqs), max(seqs)
         key = f"{self._location.manifest_dir(self._partition, self._namespace)}{high:012d}-from-{low:012d}.json"
-        body = {
-            "first": low,
-            "last": high,
-            "seqs": {str(seq): objects for seq, objects in sorted(seqs.items())},
-            "objects": [key for _, objects in sorted(seqs.items()) for key in objects],
-        }
+        body = segment_body(seqs)
         self._call(
             "write manifest segment",
             partial(self._client.put_object, Bucket=self._location.bucket, Key=key, Body=json.dumps(body).encode()),
@@ -515,35 +512,59 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                 del self._buffer[directory], self._folder_rows[directory]
                 self._complete.discard(directory)
 
-    def _write(self, seq: int, batch: dict[str, list[pl.DataFrame]]) -> tuple[int, list[str]]:
-        bucket, fmt, schema = self._location.bucket, self._sink.fmt, self._sink.schema
-        objects = {
-            directory: f"{directory}/{self._partition}-{seq:010d}-{self._writer}.{fmt}" for directory in sorted(batch)
-        }
-        manifest = json.dumps({"seq": seq, "objects": list(objects.values())}).encode()
-        manifest_key = f"{self._location.manifest_dir(self._partition, self._namespace)}{seq:012d}.json"
-        self._call("write manifest", partial(self._client.put_object, Bucket=bucket, Key=manifest_key, Body=manifest))
-
-        def write(directory: str, key: str) -> None:
+    def _write(self, seq: int, batch: dict[str, list[pl.DataFrame]]) -> tuple[int, dict[str, Any]]:
+        fmt, schema = self._sink.fmt, self._sink.schema
+        frames = {}
+        for directory in sorted(batch):
             parts = [r if r.schema == schema else r.select(schema.names()).cast(schema) for r in batch[directory]]
-            frame = parts[0] if len(parts) == 1 else pl.concat(parts)
-            body = encode(frame, fmt)
-            self._call("write object", partial(self._put_new, key, body))
+            frames[f"{directory}/{self._partition}-{seq:010d}-{self._writer}.{fmt}"] = (
+                parts[0] if len(parts) == 1 else pl.concat(parts)
+            )
+        units = {key: units_of(frame, self._sink.unit_columns) for key, frame in frames.items()}
+        manifest = manifest_body(seq, list(frames), units)
+        self._put_manifest(seq, json.dumps(manifest, separators=(",", ":")).encode())
+
+        def write(key: str, frame: pl.DataFrame) -> None:
+            self._call("write object", partial(self._put_new, key, encode(frame, fmt)))
             OBJECTS_WRITTEN.inc()
             ROWS_WRITTEN.inc(frame.height)
 
         # S3 latency, not bandwidth, bounds a write of many small objects: send them at once.
-        for done in [self._uploads.submit(write, d, k) for d, k in objects.items()]:
+        for done in [self._uploads.submit(write, key, frame) for key, frame in frames.items()]:
             done.result()  # re-raises S3SinkError
-        return seq, list(objects.values())
+        return seq, manifest
+
+    def _put_manifest(self, seq: int, body: bytes) -> None:
+        """PUT a write's manifest only if its key is free: a taken key is this very PUT retried
+        (same body), or another process writing this partition's seqs: this one is stale."""
+        bucket, key = (
+            self._location.bucket,
+            f"{self._location.manifest_dir(self._partition, self._namespace)}{seq:012d}.json",
+        )
+
+        def put() -> None:
+            try:
+                self._client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            except ClientError as exc:
+                if _error_code(exc) not in ("PreconditionFailed", "412"):
+                    raise
+                if self._client.get_object(Bucket=bucket, Key=key)["Body"].read() != body:
+                    msg = (
+                        f"s3://{bucket}/{key} was written by another writer of {self._partition}: this process is "
+                        "stale and stops; run one job per recovery store"
+                    )
+                    log.error("%s", msg)
+                    raise S3SinkError(msg) from None
+
+        self._call("write manifest", put)
 
     def _flush(self) -> None:
         """Write the rest and wait for every write in flight: then all seqs below next_seq are in."""
         self._start_write()
         in_flight, self._in_flight = self._in_flight, []
         for done in in_flight:
-            seq, objects = done.result()
-            self._pending[seq] = objects
+            seq, manifest = done.result()
+            self._pending[seq] = manifest
         self._compact_if_due()
 
     def snapshot(self) -> SinkState:
@@ -552,9 +573,8 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         except S3SinkError:
             self._failed = True
             raise
-        if self._namespace == LEGACY_NAMESPACE:
-            return self._next_seq
-        return self._namespace, self._next_seq
+        # The fence: units written past the restored snapshot the replay has not reached yet.
+        return CommitState(self._namespace, self._next_seq, None, fence_of(self._visible)).to_snapshot()
 
     def close(self) -> None:
         if not self._failed:  # after a failed write, leave the rows to the replay
@@ -611,13 +631,7 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
         return stable_partition(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: SinkState | None) -> _S3SinkPartition:
-        if resume_state is None:
-            namespace, next_seq = self.namespace, 0
-        elif isinstance(resume_state, int):
-            namespace, next_seq = LEGACY_NAMESPACE, resume_state  # a run that began before namespaces
-        else:
-            namespace, next_seq = resume_state
-        return _S3SinkPartition(self, for_part, namespace, next_seq)
+        return _S3SinkPartition(self, for_part, CommitState.from_snapshot(resume_state, self.namespace))
 
 
 def find_foreign_output(location: S3Location, namespace: str, give_up_after: float = 300.0) -> str | None:

@@ -1,4 +1,7 @@
-"""Kafka as a job's transport (see connectors/transports/contract.py): topics in, topics out."""
+"""Kafka as a job's transport (see connectors/transports/contract.py): topics in, topics out.
+
+Outputs are exactly once for `read_committed` readers: connectors/transports/kafka_sink.py
+says how, what readers must set, and how transaction.timeout.ms relates to the epoch interval."""
 
 from __future__ import annotations
 
@@ -7,12 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
+from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Stream
 
 from connectors.engine import list_parts_quietly
-from connectors.transports.contract import BatchStep, TransportUnavailable
+from connectors.transports.contract import BatchStep, OutputRecord, TransportUnavailable
 from connectors.transports.kafka_client import KafkaClientConfig
+from connectors.transports.kafka_control import PRODUCER_MESSAGE_MAX_BYTES, record_limit, topic_max_message_bytes
+from connectors.transports.kafka_sink import KafkaTxSink, routing_key
 from connectors.transports.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
 from connectors.transports.progress import BoundedProgress
 
@@ -44,6 +49,9 @@ class KafkaTransport:
     partition_check_s: float = 60.0  # how often partitions added while running are looked for
     # librdkafka properties (security etc.) and the settings they came from; may hold secrets: never log.
     client: KafkaClientConfig = field(default_factory=KafkaClientConfig, repr=False)
+    job: str = ""  # part of every output transactional.id
+    sink_namespace: str = ""  # the recovery store's: output partitions without state start a run in it
+    output_partitions: int = 4  # sink partitions (producers, one transaction each per epoch) per output topic
 
     @functools.cached_property
     def client_config(self) -> dict[str, Any]:
@@ -80,6 +88,25 @@ class KafkaTransport:
             partition_check_s=self.partition_check_s,
         )
 
-    def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
-        messages = op.map(f"{step_id}_message", records, lambda kv: KafkaSinkMessage(kv[0], kv[1]))
-        op.output(step_id, messages, KafkaSink(self.brokers, stream, self.client_config))
+    @functools.cached_property
+    def _record_limits(self) -> dict[str, int]:
+        return {}
+
+    def max_record_bytes(self, stream: str) -> int:
+        if stream not in self._record_limits:
+            producer_max = int(self.client_config.get("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES))
+            topic_max = topic_max_message_bytes(",".join(self.brokers), self.client_config, stream)
+            self._record_limits[stream] = record_limit(topic_max, producer_max)
+        return self._record_limits[stream]
+
+    def write(self, step_id: str, records: Stream[OutputRecord], stream: str) -> None:
+        keyed = op.map(f"{step_id}_route", records, lambda record: (routing_key(record), record))
+        sink = KafkaTxSink(
+            self.brokers,
+            stream,
+            self.client_config,
+            job=self.job,
+            namespace=self.sink_namespace,
+            partitions=self.output_partitions,
+        )
+        op.output(step_id, keyed, sink)

@@ -53,6 +53,8 @@ OWNED = {
     "auto.offset.reset": "set START_POSITION instead",
     "enable.auto.commit": "the jobs commit offsets at their snapshots",
     "enable.auto.offset.store": "the jobs keep offsets in their snapshots",
+    "transactional.id": "the jobs' Kafka outputs set one per sink partition (connectors/transports/kafka_sink.py)",
+    "enable.idempotence": "the jobs' Kafka outputs are transactional, hence idempotent",
 }
 # Properties naming a file that must exist.
 FILE_PROPERTIES = (

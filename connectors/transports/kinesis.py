@@ -7,6 +7,11 @@ sees each shard as its own input partition `<stream>/<shardId>`, with its own st
 (lateness is judged against the shard's own progress), and the watermark is the
 minimum over shards. A stream partition reads a whole shard's backlog in a few calls;
 one watermark per stream would make every other shard's records late.
+
+Outputs go through kinesis_sink.py: each record once as a reader sees the stream, across
+crashes and replays, except for what its module doc lists (a zombie writer, a call still
+in flight after its answer was lost); each record's data carries its id (`outputId`),
+by which a reader can drop a repeat.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, ClassVar
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from connectors.transports.contract import BatchStep, TransportUnavailable
+from connectors.transports.contract import BatchStep, OutputRecord, TransportUnavailable
 from connectors.transports.kinesis_sink import KinesisSink
 from connectors.transports.kinesis_source import (
     KinesisSettings,
@@ -35,6 +40,9 @@ _STREAM_SETTINGS = "the job's stream settings (e.g. IMPRESSIONS_TOPIC, CREATED_T
 class KinesisTransport:
     partitions_fixed: ClassVar[bool] = False  # resharding adds shards while it runs
     settings: KinesisSettings
+    job: str = ""  # named in the sinks' log lines
+    sink_namespace: str = ""  # the recovery store's run namespace (recovery_store.Resume)
+    output_partitions: int = 4  # sink partitions per output stream; keep it across resumes
 
     def check(self, read: list[str], write: list[str]) -> None:
         try:
@@ -55,7 +63,13 @@ class KinesisTransport:
 
         return StatefulKinesisSource.from_settings(self.settings, per_shard, {}, streams, _STREAM_SETTINGS)
 
-    def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
-        # Keys are booking ids or `stream:shard:sequence`: UTF-8 by the input rules.
-        keyed = op.map(f"{step_id}_record", records, lambda kv: (kv[0].decode(), kv[1]))
-        op.output(step_id, keyed, KinesisSink.from_settings(self.settings, stream))
+    def max_record_bytes(self, stream: str) -> int:
+        return KinesisSink.max_record_bytes()
+
+    def write(self, step_id: str, records: Stream[OutputRecord], stream: str) -> None:
+        # Keys are booking ids, movie ids or `stream:shard:sequence`: UTF-8 by the input rules.
+        keyed = op.key_on(f"{step_id}_key", records, lambda r: r.key.decode())
+        sink = KinesisSink.from_settings(
+            self.settings, stream, partitions=self.output_partitions, namespace=self.sink_namespace, job=self.job
+        )
+        op.output(step_id, keyed, sink)

@@ -19,7 +19,7 @@ from bytewax.dataflow import Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import TestingSink
 
-from connectors.transports.contract import BatchStep, TransportUnavailable
+from connectors.transports.contract import BatchStep, OutputRecord, TransportUnavailable
 
 ABORT = object()
 
@@ -102,11 +102,16 @@ class MemoryTransport:
     partitions_fixed: ClassVar[bool] = True  # its streams are given whole
 
     def __init__(
-        self, streams: dict[str, list[list[Any]]], batch_size: int = 100, pace: timedelta | None = None
+        self,
+        streams: dict[str, list[list[Any]]],
+        batch_size: int = 100,
+        pace: timedelta | None = None,
+        record_limit: int = 1_000_000,
     ) -> None:
         self.streams = streams
         self.batch_size = batch_size
         self.pace = pace
+        self.record_limit = record_limit
         self.written: dict[str, list[tuple[bytes, bytes]]] = {}
         self.aborted: set[tuple[str, int, int]] = set()
         self.step: BatchStep = lambda part, messages, state: (messages, state)
@@ -125,5 +130,9 @@ class MemoryTransport:
         self.step = step
         return _Source(self, streams, initial_state)
 
-    def write(self, step_id: str, records: Stream[tuple[bytes, bytes]], stream: str) -> None:
-        op.output(step_id, records, TestingSink(self.written.setdefault(stream, [])))
+    def max_record_bytes(self, stream: str) -> int:
+        return self.record_limit
+
+    def write(self, step_id: str, records: Stream[OutputRecord], stream: str) -> None:
+        pairs = op.map(f"{step_id}_pair", records, lambda r: (r.key, r.value))
+        op.output(step_id, pairs, TestingSink(self.written.setdefault(stream, [])))

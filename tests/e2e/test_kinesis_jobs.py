@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from polars.testing import assert_frame_equal
 
+from connectors.transports.kinesis_records import split_id
 from devstack.kinesis import read_stream
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings
 from producers.movie_impressions import TrafficShape, generate
@@ -44,11 +45,19 @@ def put_bookings(client, env: dict[str, str], messages: list[GeneratedBooking]) 
         put(client, env[setting], [(m.key.decode(), m.value) for m in messages if m.side == side])
 
 
+def read_once(client, stream: str) -> list[tuple[str, bytes]]:
+    """The stream's records as the job made them (without the sink's `outputId`): each id once."""
+    records = [(key, *split_id(data)) for key, data in read_stream(client, stream)]
+    ids = Counter(rid for _, rid, _ in records)
+    assert None not in ids and [i for i, n in ids.items() if n > 1] == [], f"{stream}: repeated or missing outputIds"
+    return [(key, value) for key, _, value in records]
+
+
 def check_bookings(client, env: dict[str, str], messages: list[GeneratedBooking], *, repeats: bool) -> None:
     check_booking_records(
-        read_stream(client, env["ALERTS_TOPIC"]),
-        read_stream(client, env["UNMATCHED_TOPIC"]),
-        read_stream(client, env["DEAD_LETTER_TOPIC"]),
+        read_once(client, env["ALERTS_TOPIC"]),
+        read_once(client, env["UNMATCHED_TOPIC"]),
+        read_once(client, env["DEAD_LETTER_TOPIC"]),
         messages,
         allow_identical_repeats=repeats,
     )

@@ -168,3 +168,27 @@ def test_booking_correlation_equals_the_oracle_with_end_of_input_timeouts(worker
     assert unmatched == want_unmatched
     dead = [json.loads(v) for _, v in transport.written[BOOKINGS.dead_letter_topic]]
     assert Counter(map(raw_of, dead)) == want_invalid
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_output_record_over_its_streams_limit_becomes_an_output_refused_dead_letter(workers: int) -> None:
+    """The stream would refuse it: it goes to the dead letters, whole, with its size and the limit; the rest flows."""
+    ts = 1_546_845_718_557
+    big = {"bookingId": "big", "createdAt": ts, "customerId": "c" * 3000, "amount": 1, "currency": "EUR"}
+    small = {"bookingId": "small", "createdAt": ts, "customerId": "c", "amount": 1, "currency": "EUR"}
+    events = [{"bookingId": b, "timestamp": ts + 5, "eventType": "PAID"} for b in ("big", "small")]
+    streams = {
+        BOOKINGS.created_topic: [[json.dumps(big).encode(), json.dumps(small).encode()]],
+        BOOKINGS.events_topic: [[json.dumps(e).encode() for e in events]],
+    }
+    transport = MemoryTransport(streams, 64, record_limit=2000)
+    run(booking_correlation.build_flow(BOOKINGS, transport, recheck=timedelta(milliseconds=20)), workers)
+
+    assert [k for k, _ in transport.written[BOOKINGS.alerts_topic]] == [b"small"]
+    (dead,) = [json.loads(v) for _, v in transport.written[BOOKINGS.dead_letter_topic]]
+    alert = json.loads(dead["raw"])
+    assert (alert["bookingId"], alert["customerId"], alert["gapMs"]) == ("big", "c" * 3000, 5)
+    size = len(b"big") + len(dead["raw"].encode())
+    assert dead["kind"] == "output_refused" and dead["stream"] == BOOKINGS.alerts_topic
+    assert (dead["size"], dead["limit"], dead["key"]) == (size, 2000, "big")
+    assert dead["unit"] == f"alert:{BOOKINGS.created_topic}:0:0+{BOOKINGS.events_topic}:0:0"

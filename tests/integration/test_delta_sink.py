@@ -19,6 +19,7 @@ from connectors.sinks.delta_table import (
     check_existing_table,
     ensure_table,
 )
+from connectors.sinks.fence import CommitState
 from connectors.sinks.s3_objects import ObjectRows
 from dataflows.impression_rules import OUTPUT_SCHEMA
 from dataflows.movie_impressions import DELTA_PARTITION_BY, DELTA_SCHEMA, with_window_hour
@@ -26,6 +27,11 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 HOUR_MS = 3_600_000
+
+
+def state(namespace: str, seq: int) -> dict:
+    """A snapshot with an empty fence (nothing written past the restored snapshot waits for the replay)."""
+    return CommitState(namespace, seq).to_snapshot()
 
 
 def window(movie: str, start: int, *users: str) -> ObjectRows:
@@ -84,10 +90,10 @@ def write_commits(location: DeltaLocation) -> list[dict]:
 def test_each_epoch_is_one_transaction_carrying_the_partitions_version(location) -> None:
     part = sink(location).build_part("out", "p00", None)
     part.write_batch([window("m1", 0, "u1", "u2"), window("m2", HOUR_MS, "u1")])
-    assert part.snapshot() == ("run-a", 1)
+    assert part.snapshot() == state("run-a", 1)
     part.write_batch([window("m1", 900_000, "u3")])
-    assert part.snapshot() == ("run-a", 2)
-    assert part.snapshot() == ("run-a", 2)  # an epoch without rows commits nothing
+    assert part.snapshot() == state("run-a", 2)
+    assert part.snapshot() == state("run-a", 2)  # an epoch without rows commits nothing
 
     table = location.open()
     assert table.transaction_version("test/out/p00/run-a") == 1
@@ -108,12 +114,26 @@ def test_a_replayed_epoch_already_in_the_log_is_skipped(location) -> None:
 
     resumed = sink(location).build_part("out", "p00", stored)
     resumed.write_batch([window("m2", 0, "u1", "u2")])  # the replay of that epoch
-    assert resumed.snapshot() == ("run-a", 2), "the replayed version is in the log: nothing to commit"
+    assert resumed.snapshot() == state("run-a", 2), "the replayed version is in the log: nothing to commit"
     resumed.write_batch([window("m3", 0, "u1")])
-    assert resumed.snapshot() == ("run-a", 3)
+    assert resumed.snapshot() == state("run-a", 3)
 
     assert table_rows(location) == [("m1", "u1", 0), ("m2", "u1", 0), ("m2", "u2", 0), ("m3", "u1", 0)]
     assert [int(c["waxstreams.version"]) for c in reversed(write_commits(location))] == [0, 1, 2]
+
+
+def test_a_state_of_an_older_release_resumes_with_an_empty_fence(location) -> None:
+    first = sink(location).build_part("out", "p00", None)
+    first.write_batch([window("m1", 0, "u1")])
+    first.snapshot()
+    first.write_batch([window("m2", 0, "u1")])
+    first.snapshot()  # version 1: past the stored snapshot
+
+    resumed = sink(location).build_part("out", "p00", ("run-a", 1))  # `(namespace, next_seq)`, as stored before
+    assert resumed.snapshot() == {"namespace": "run-a", "seq": 2, "position": None, "fence": {("m2", 0)}}
+    resumed.write_batch([window("m2", 0, "u1"), window("m3", 0, "u1")])
+    assert resumed.snapshot() == state("run-a", 3)
+    assert table_rows(location) == [("m1", "u1", 0), ("m2", "u1", 0), ("m3", "u1", 0)]
 
 
 def test_a_replay_cut_into_epochs_differently_writes_exactly_the_missing_windows(location) -> None:
@@ -127,7 +147,7 @@ def test_a_replay_cut_into_epochs_differently_writes_exactly_the_missing_windows
     resumed = sink(location).build_part("out", "p00", stored)
     # The replay's epochs are wall-clock: its first holds all of it and one window more.
     resumed.write_batch([window("m1", 0, "u1"), window("m2", 0, "u1"), window("m3", 0, "u1")])
-    assert resumed.snapshot() == ("run-a", 3)
+    assert resumed.snapshot() == state("run-a", 3)
     assert table_rows(location) == [("m1", "u1", 0), ("m2", "u1", 0), ("m3", "u1", 0)]
 
 

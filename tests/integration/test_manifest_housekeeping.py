@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import polars as pl
 import pytest
 
+from connectors.sinks.fence import CommitState
 from connectors.sinks.s3_objects import ObjectRows, PartitionedS3Sink, S3Location, encode
 from dataflows.impression_rules import OUTPUT_SCHEMA
 from tests.conftest import read_s3_rows
@@ -139,7 +140,7 @@ def test_a_resume_into_a_segment_keeps_and_skips_exactly_the_seqs_past_its_snaps
     assert sorted(read_s3_rows(s3, bucket, "out")["movieId"]) == written, "nothing is taken back"
     assert listed_objects(s3, bucket) == keys(s3, bucket, "out/2019"), "an object outside every manifest"
     resumed.write_batch([rows(f"m{seq:02d}", "u1") for seq in range(13, 21)])  # the replay, and one more
-    assert resumed.snapshot() == ("run-a", 21)
+    assert resumed.snapshot() == CommitState("run-a", 21).to_snapshot()
     resumed.close()
     assert sorted(read_s3_rows(s3, bucket, "out")["movieId"]) == [*written, "m20"]
     assert listed_objects(s3, bucket) == keys(s3, bucket, "out/2019")

@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from connectors.sinks import s3_objects
+from connectors.sinks.fence import CommitState
 from connectors.sinks.s3_objects import (
     ObjectRows,
     PartitionedS3Sink,
@@ -18,6 +19,11 @@ from dataflows.impression_rules import OUTPUT_SCHEMA
 from tests.conftest import read_s3_rows
 
 pytestmark = pytest.mark.integration
+
+
+def state(namespace: str, seq: int) -> dict:
+    """A snapshot with an empty fence (nothing written past the restored snapshot waits for the replay)."""
+    return CommitState(namespace, seq).to_snapshot()
 
 
 def rows(movie: str, user: str, count: int, window: int = 0) -> ObjectRows:
@@ -53,16 +59,16 @@ def test_a_resume_keeps_what_was_written_after_the_restored_snapshot_and_skips_i
     bucket = sink.location.bucket
     first = sink.build_part("s3_out", "p00", None)
     first.write_batch([rows("m1", "u1", 1), rows("m2", "u1", 1)])
-    assert first.snapshot() == 1  # committed by bytewax with this epoch
+    assert first.snapshot() == state("", 1)  # committed by bytewax with this epoch
     first.write_batch([rows("m1", "u2", 5, window=1), rows("m1", "u3", 5, window=1)])
-    assert first.snapshot() == 2  # written, but say the crash came before bytewax stored this
+    assert first.snapshot() == state("", 2)  # written, but say the crash came before bytewax stored this
 
-    resumed = sink.build_part("s3_out", "p00", 1)  # bytewax restores the last stored state
+    resumed = sink.build_part("s3_out", "p00", 1)  # bytewax restores the last stored state (of an older release)
     written = [("m1", "u1", 0), ("m1", "u2", 900_000), ("m1", "u3", 900_000), ("m2", "u1", 0)]
     assert triples(s3, bucket) == written, "a reader may have seen those rows: they stay"
     # The replay cuts epochs its own way: the written window again, and one that was not written.
     resumed.write_batch([rows("m1", "u2", 5, window=1), rows("m1", "u3", 5, window=1), rows("m3", "u1", 1, window=1)])
-    assert resumed.snapshot() == 3, "numbering goes on past the seq the crashed attempt wrote"
+    assert resumed.snapshot() == state("", 3), "numbering goes on past the seq the crashed attempt wrote"
     assert resumed._visible == {}, "a unit dropped once is forgotten: later writes check nothing"
     resumed.close()
     assert triples(s3, bucket) == sorted([*written, ("m3", "u1", 900_000)])
@@ -123,7 +129,7 @@ def test_complete_folders_are_written_before_the_epoch_ends_one_object_each(s3, 
         write.result()  # the early write, started by write_batch, not by a snapshot
     assert objects_by_folder(s3, bucket) == {"m1": 1}, "m1 is complete and has 2 rows; m2 may still grow"
     part.write_batch([rows("m2", "u2", 1)])
-    assert part.snapshot() == 2
+    assert part.snapshot() == state("", 2)
     assert objects_by_folder(s3, bucket) == {"m1": 1, "m2": 1}
     assert triples(s3, bucket) == [("m1", "u1", 0), ("m1", "u2", 0), ("m2", "u1", 0), ("m2", "u2", 0)]
 
@@ -132,7 +138,7 @@ def test_replayed_rows_dropped_on_resume_do_not_count_toward_an_early_write(s3, 
     monkeypatch.setattr(s3_objects, "EARLY_WRITE_ROWS", 3)
     first = sink.build_part("s3_out", "p00", None)
     first.write_batch([rows("m1", "u1", 1), rows("m1", "u2", 1)])
-    assert first.snapshot() == 1  # written, but say the crash came before bytewax stored this
+    assert first.snapshot() == state("", 1)  # written, but say the crash came before bytewax stored this
     resumed = sink.build_part("s3_out", "p00", 0)
     complete = "out/2019-01-07--07/"
     # The replay: m1's unit is already in S3 (dropped), then two small complete folders.
@@ -141,7 +147,7 @@ def test_replayed_rows_dropped_on_resume_do_not_count_toward_an_early_write(s3, 
     resumed.write_batch([replace(rows("m2", "u1", 1), complete=(f"{complete}m2",))])
     resumed.write_batch([replace(rows("m3", "u1", 1), complete=(f"{complete}m3",))])
     assert resumed._in_flight == [], "2 rows of complete folders are under EARLY_WRITE_ROWS (and 2 folders)"
-    assert resumed.snapshot() == 2, "m2 and m3 in one write, after the seq the crashed attempt wrote"
+    assert resumed.snapshot() == state("", 2), "m2 and m3 in one write, after the seq the crashed attempt wrote"
     assert objects_by_folder(s3, sink.location.bucket) == {"m1": 1, "m2": 1, "m3": 1}
 
 

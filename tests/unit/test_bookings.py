@@ -1,4 +1,6 @@
 import json
+import pickle
+from dataclasses import replace
 
 import pytest
 
@@ -117,6 +119,54 @@ def test_arrival_order_does_not_change_the_outcome_beyond_the_timeout() -> None:
     rest, _ = correlate(advance(run([created()])[1], t0 + T + 1, T)[1], late_event, T)
     together, _ = run([late_event, created()])
     assert [o.record for o in via_timeout + rest] == [o.record for o in together]
+
+
+def test_an_unmatched_record_says_the_same_however_its_timeout_was_noticed() -> None:
+    """Watermark first, counterpart beyond the timeout first, or the end of input: one record, byte for byte
+    (a replay with another arrival order must write what the first run wrote)."""
+    late_event = event(t0 + T + 10)
+    by_watermark, _ = advance(run([created()])[1], t0 + T + 1, T)
+    by_counterpart, _ = run([created(), late_event])
+    by_counterpart_first, _ = run([late_event, created()])
+    want = json.dumps(
+        {
+            "bookingId": "b-1",
+            "seen": CREATED,
+            "timestamp": t0,
+            "fields": {"customerId": "c-7", "amount": 120.5, "currency": "EUR", "createdAt": t0},
+            "reason": f"no counterpart within {T} ms",
+        },
+        sort_keys=True,
+    ).encode()
+    for outcomes in (by_watermark, by_counterpart, by_counterpart_first):
+        assert [o.to_json() for o in outcomes if isinstance(o, Unmatched)] == [want]
+
+
+def test_outcomes_are_named_by_the_input_positions_that_settled_them() -> None:
+    c = BookingRecord("b-1", CREATED, t0, {}, position="created:0:17")
+    e = BookingRecord("b-1", EVENT, t0 + 5, {}, position="events:1:4")
+    for order in ([c, e], [e, c]):
+        (alert,), _ = run(order)
+        assert alert.unit == "alert:created:0:17+events:1:4"
+    (unmatched,), _ = advance(run([c])[1], t0 + T + 1, T)
+    assert unmatched.unit == "unmatched:created:0:17"
+
+
+def test_batch_reading_stamps_each_record_with_its_input_position() -> None:
+    message = kafka_message(json.dumps({"bookingId": "b-9", "timestamp": t0, "eventType": "X"}).encode(), offset=42)
+    (record,), _ = read_booking_batch(
+        "0-events", [message], NO_WATERMARK, schemas={message.topic(): DEFAULT_EVENT}, max_out_of_orderness_ms=0
+    )
+    assert record.position == f"{message.topic()}:{message.partition()}:42"
+
+
+def test_a_booking_record_stored_before_positions_existed_still_loads() -> None:
+    """Keyed state is pickled: a record stored without the newest field comes back with its default."""
+    record = created()
+    old = BookingRecord.__new__(BookingRecord)
+    old.__setstate__([getattr(record, f) for f in ("booking_id", "side", "timestamp", "fields", "source")])
+    assert old == replace(record, source_watermark=0, position="")
+    assert pickle.loads(pickle.dumps(record)) == record
 
 
 def test_id_reused_long_after_settlement_is_a_new_booking() -> None:

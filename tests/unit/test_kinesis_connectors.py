@@ -1,19 +1,32 @@
-"""Kinesis settings, record accessors and PutRecords batching: no services."""
+"""Kinesis settings, record accessors, and the sink's wire format and PutRecords calls: no services."""
 
 from __future__ import annotations
 
+import json
+import re
+import zlib
 from datetime import UTC, datetime
 
 import confluent_kafka
 import pytest
 
-from connectors.transports.kinesis_sink import (
+from connectors.recovery_store import new_namespace
+from connectors.transports.kinesis_records import (
     MAX_BYTES_PER_CALL,
+    MAX_ID_CHARS,
     MAX_RECORD_BYTES,
     KinesisSinkError,
-    plan_calls,
-    validate,
+    Pending,
+    Queues,
+    RecordIds,
+    envelope,
+    later,
+    max_record_bytes,
+    namespace_start_ms,
+    record_id,
+    split_id,
 )
+from connectors.transports.kinesis_sink import KinesisSink
 from connectors.transports.kinesis_source import (
     LOCAL_KINESIS,
     KinesisConfigError,
@@ -110,25 +123,94 @@ def test_record_has_the_accessors_of_a_kafka_message() -> None:
     )
 
 
-def test_put_records_calls_hold_at_most_500_records_and_5_mib() -> None:
-    assert [len(c) for c in plan_calls([("k", b"v")] * 1001)] == [500, 500, 1]
-    one_mib = ("k", b"x" * (MAX_RECORD_BYTES - 1))  # 1 MiB with its key
-    assert [len(c) for c in plan_calls([one_mib] * 11)] == [5, 5, 1]  # 5 x 1 MiB = 5 MiB exactly fits
-    assert sum(len(k) + len(d) for k, d in plan_calls([one_mib] * 6)[0]) == MAX_BYTES_PER_CALL
-    items = [(f"k{i}", b"y" * (i * 1000)) for i in range(300)]
-    assert [item for call in plan_calls(items) for item in call] == items  # order kept
+def pending(key: str, size: int = 10, n: int = 0) -> Pending:
+    return Pending(f"{key}-{n}", key, b"x" * (size - len(key)))
+
+
+def test_a_call_takes_one_record_per_key_up_to_500_records_and_5_mib() -> None:
+    many_keys = Queues(pending(f"k{i}") for i in range(1001))
+    assert len(many_keys.next_call()) == 500
+    one_mib = [pending(f"k{i}", MAX_RECORD_BYTES) for i in range(11)]
+    assert len(Queues(one_mib).next_call()) == 5  # 5 x 1 MiB = 5 MiB exactly fits
+    assert sum(p.size for p in Queues(one_mib).next_call()) == MAX_BYTES_PER_CALL
+
+
+def test_a_keys_next_record_waits_until_the_one_before_is_confirmed() -> None:
+    records = [pending(key, n=n) for n, key in enumerate("aabacb")]
+    queues = Queues(records)
+    first = queues.next_call()
+    assert [p.id for p in first] == ["a-0", "b-2", "c-4"]  # keys in the order they came, each once
+    queues.confirmed(first[1])  # b-2 went in; a-0 and c-4 failed
+    assert [p.id for p in queues.next_call()] == ["a-0", "b-5", "c-4"]
+    with pytest.raises(AssertionError):
+        queues.confirmed(records[1])  # a-1 before a-0: a bug, not a reorder
+    for p in [records[0], records[4], records[5], records[1], records[3]]:
+        queues.confirmed(p)
+    assert not queues and queues.next_call() == []
+
+
+def test_the_envelope_puts_the_id_first_and_keeps_the_value_as_it_was() -> None:
+    assert envelope("out", "u1", "k", b'{"a": 1}') == b'{"outputId":"u1","a": 1}'
+    assert envelope("out", "u1", "k", b"{}") == b'{"outputId":"u1"}'
+    assert envelope("out", "u1", "k", b"{ }") == b'{"outputId":"u1" }'
+    assert json.loads(envelope("out", "s:shardId-1:4968#2", "k", b'{"x": {"outputId": 1}}')) == {
+        "outputId": "s:shardId-1:4968#2",
+        "x": {"outputId": 1},  # a nested field of that name is the value's own
+    }
+    assert record_id(envelope("out", "s:0:12", "k", b'{"a": "b"}')) == "s:0:12"
+    assert record_id(b'{"a": 1}') is None and record_id(b"not json") is None
+    for value in (b'{"a": 1}', b"{}", b'{"outputId2": ","}'):
+        assert split_id(envelope("out", "u,1", "k", value)) == ("u,1", value)
+    assert split_id(b'{"a": 1}') == (None, b'{"a": 1}')
 
 
 @pytest.mark.parametrize(
-    ("key", "data", "expected"),
+    ("unit", "key", "value", "expected"),
     [
-        ("", b"x", "1..256"),
-        ("k" * 257, b"x", "1..256"),
-        ("ключ", b"x" * (MAX_RECORD_BYTES - 7), "over the 1 MiB limit"),  # the key counts in UTF-8 bytes
-        ("k", "text", "takes (partition_key: str, data: bytes)"),
+        ("u", "", b"{}", "1..256"),
+        ("u", "k" * 257, b"{}", "1..256"),
+        ("", "k", b"{}", "printable ASCII"),
+        ('a"b', "k", b"{}", "printable ASCII"),
+        ("u" * (MAX_ID_CHARS + 1), "k", b"{}", "printable ASCII"),
+        ("u", "k", b"[1]", "JSON object values"),
+        ("u", "k", b'{"outputId": 1}', "its own 'outputId' field"),
+        ("u", "ключ", b'{"a":"' + b"x" * (MAX_RECORD_BYTES - 30) + b'"}', "over the 1 MiB limit"),  # the key in bytes
     ],
 )
-def test_records_kinesis_would_refuse_raise_one_clear_error(key: str, data: bytes, expected: str) -> None:
-    with pytest.raises(KinesisSinkError, match=expected.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
-        validate("out", key, data)
-    validate("out", "k" * 256, b"x" * (MAX_RECORD_BYTES - 256))  # at the limits: fine
+def test_what_kinesis_or_a_reader_could_not_take_raises_one_line(
+    unit: str, key: str, value: bytes, expected: str
+) -> None:
+    with pytest.raises(KinesisSinkError, match=re.escape(expected)) as failure:
+        envelope("out", unit, key, value)
+    assert "\n" not in str(failure.value) and "'out'" in str(failure.value)
+
+
+def test_max_record_bytes_leaves_room_for_the_longest_id() -> None:
+    unit, key = "u" * MAX_ID_CHARS, "k" * 256
+    value = b'{"p":"' + b"x" * (max_record_bytes() - len(key) - 8) + b'"}'
+    assert len(key) + len(value) == max_record_bytes() == KinesisSink.max_record_bytes()
+    assert len(envelope("out", unit, key, value)) + len(key) == MAX_RECORD_BYTES
+    with pytest.raises(KinesisSinkError, match="over the 1 MiB limit"):
+        envelope("out", unit, key, value[:-2] + b'x"}')
+
+
+def test_a_units_further_records_in_an_epoch_get_their_own_ids() -> None:
+    ids = RecordIds()
+    assert [ids.next(u) for u in ["m1", "m2", "m1", "m1"]] == ["m1", "m2", "m1#1", "m1#2"]
+    ids.epoch_done()
+    assert ids.next("m1") == "m1"
+
+
+def test_a_run_namespace_tells_when_it_began_and_sequence_numbers_compare_as_numbers() -> None:
+    assert namespace_start_ms("20260131T080000Z-1a2b3c") == 1_769_846_400_000
+    assert abs(namespace_start_ms(new_namespace()) - datetime.now(UTC).timestamp() * 1000) < 2000
+    assert namespace_start_ms("") is None and namespace_start_ms("my-run") is None
+    assert later(None, "5") == "5" and later("9", "10") == "10" and later("10", "9") == "10"
+
+
+def test_sink_partitions_are_zero_padded_and_routed_by_crc32() -> None:
+    assert KinesisSink("s").list_parts() == ["p00", "p01", "p02", "p03"]
+    assert KinesisSink("s", partitions=120).list_parts()[-1] == "p119"
+    assert KinesisSink("s").part_fn("booking-7") == zlib.crc32(b"booking-7")
+    with pytest.raises(ValueError, match="at least 1"):
+        KinesisSink("s", partitions=0)

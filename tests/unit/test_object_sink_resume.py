@@ -1,9 +1,22 @@
 """Which manifests a resuming object-sink partition reads, and which replayed rows it drops."""
 
+import json
+from datetime import date
+
 import polars as pl
 from botocore.exceptions import ClientError
 
-from connectors.sinks.s3_objects import S3Location, describe_s3_error, drop_units, sort_manifests
+from connectors.sinks.fence import CommitState
+from connectors.sinks.s3_manifests import (
+    fence_of,
+    listed_units,
+    manifest_body,
+    object_units,
+    segment_body,
+    sort_manifests,
+    visible_of,
+)
+from connectors.sinks.s3_objects import S3Location, describe_s3_error, drop_units
 
 DIR = "out/_sink/p00/run-a/"
 
@@ -60,3 +73,27 @@ def test_an_endpoint_without_conditional_writes_is_one_clear_error() -> None:
     assert (
         reason == "S3 bucket 'out': the S3 endpoint lacks conditional writes (PUT If-None-Match), which the sink needs"
     )
+
+
+def test_the_fence_goes_into_the_snapshot_and_back_by_folder() -> None:
+    visible = {"out/h/m1": {("m1", 0), ("m1", 900_000)}, "out/h/m2": {("m2", 0)}}
+    fence = fence_of(visible)
+    assert fence == {("out/h/m1", ("m1", 0)), ("out/h/m1", ("m1", 900_000)), ("out/h/m2", ("m2", 0))}
+    assert visible_of(fence) == visible
+    restored = CommitState.from_snapshot(CommitState("run-a", 7, None, fence).to_snapshot(), "fresh")
+    assert visible_of(restored.fence) == visible and restored.next_seq == 7
+
+
+def test_manifests_name_each_objects_units_and_segments_keep_them() -> None:
+    units = {"out/h/m1/a.parquet": [("m1", 0)], "out/h/m2/a.parquet": [("m2", 0), ("m2", 900_000)]}
+    first = manifest_body(3, list(units), units)
+    assert listed_units(json.loads(json.dumps(first))) == units, "what a resume reads back"
+    old = {"seq": 4, "objects": ["out/h/m3/b.parquet"]}  # an older release's manifest: no units
+    segment = json.loads(json.dumps(segment_body({4: old, 3: first})))
+    assert segment["seqs"] == {"3": list(units), "4": ["out/h/m3/b.parquet"]}
+    assert listed_units(segment) == units, "m3's object is read on resume, as before"
+
+
+def test_units_json_would_not_give_back_exactly_are_left_to_the_objects() -> None:
+    units = {"a.parquet": [("m1", 0)], "b.parquet": [("m2", date(2019, 1, 7))]}
+    assert object_units(units) == {"a.parquet": [["m1", 0]]}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from devstack.processes import port_holder
 from tests.chaos import wait_for
 
 # A parent that starts a tied child (as the suite starts brokers and jobs), prints its pid, then waits.
@@ -48,3 +50,11 @@ def test_a_tied_child_is_killed_when_its_parent_is_killed(tmp_path: Path) -> Non
             os.killpg(child, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_port_holder_names_the_process_listening_on_a_port() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        holder = port_holder(port)
+        assert holder is not None and holder.startswith(f"pid {os.getpid()} (")
+    assert port_holder(port) is None

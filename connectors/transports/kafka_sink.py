@@ -1,0 +1,326 @@
+"""Kafka output, exactly once for `read_committed` readers: one transaction per sink partition and epoch.
+
+    op.output(step_id, keyed_records, KafkaTxSink(brokers, topic, client_config, job=..., namespace=...))
+
+`keyed_records` are `(routing key, OutputRecord)` with the routing key `routing_key(record)`
+(a crc32 of the record's Kafka key), so a key's records go through one sink partition,
+in order. A fixed number of sink partitions (`partitions`, names `p00`, `p01`, ...), each
+with a transactional, idempotent producer, `transactional.id` =
+`waxstreams.<job>.<step>.<run namespace>.<partition>`.
+
+The protocol (connectors/sinks/fence.py, docs/architecture.md "Exactly-once"):
+- a transaction begins with the first record of an epoch; `snapshot()` puts the
+  manifest (sink partition, seq, the transaction's unit ids) into the control topic
+  `<topic>.waxstreams-commits` in the same transaction (kafka_control.py), commits, and
+  returns `CommitState(namespace, next_seq, position, fence)`, `position` the control
+  partition's offset after the manifest. An epoch without records opens none;
+- a resume first calls `init_transactions()`, which fences any zombie with the same
+  transactional.id and aborts its open transaction; then it reads the control
+  partition back (read_committed) from the stored position and fences the units of
+  this partition's manifests with seq >= the stored next_seq. The replay drops fenced
+  units; a fenced unit leaves the fence once the replay passes it;
+- nothing is dropped silently: every record's delivery report is checked. A record
+  refused at write or commit time (the broker unreachable past message.timeout.ms,
+  fenced by a newer producer, not authorised, no transactions) stops the job with one
+  line (logged, then raised); the restart replays from the last stored snapshot.
+
+What readers must set: `isolation.level=read_committed` (Java `isolation.level`,
+librdkafka `isolation.level`, the default in librdkafka clients but NOT in Java's).
+A read_uncommitted reader also sees aborted transactions' records (a crashed epoch's,
+written again by the replay). Records become visible when their epoch commits: about
+one epoch interval (bytewax's `-s`) after they are produced.
+
+transaction.timeout.ms (KAFKA_PROPERTY_TRANSACTION__TIMEOUT__MS, default 60000): a
+transaction is open from an epoch's first record to its snapshot, so this must exceed
+the epoch interval by a wide margin (at least twice it): the broker aborts a transaction
+older than it. A transaction open longer than half of it is committed within the epoch
+(with a warning): safe, since a resume fences it like any commit past its snapshot. It is
+capped by the broker's transaction.max.timeout.ms (15 min by default). It is also how
+long read_committed readers of an output partition may stall behind a crashed job's open
+transaction when the job is not restarted (a restart aborts it at once). librdkafka's
+message.timeout.ms defaults to it: records the broker does not take within it stop the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from typing import Any, NoReturn
+
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from connectors.sinks.fence import CommitState, Fence
+from connectors.transports.contract import OutputRecord
+from connectors.transports.kafka_control import (
+    INIT_STEP,
+    NAMESPACE_CLOCK_SKEW_MS,
+    PRODUCER_BATCH_BYTES,
+    PRODUCER_MESSAGE_MAX_BYTES,
+    KafkaSinkError,
+    committed_past,
+    control_topic,
+    ensure_control_topic,
+    error_of,
+    manifest_values,
+    namespace_time_ms,
+    read_manifests,
+    record_limit,
+    refusal,
+    topic_max_message_bytes,
+    transactional_id,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000
+# Readers see an epoch only once it commits: a short linger costs nothing.
+PRODUCER_DEFAULTS = {"linger.ms": "5"}
+
+
+def routing_key(record: OutputRecord) -> str:
+    """bytewax's routing key for a record: stable across processes (never Python's hash())."""
+    return str(zlib.crc32(record.key))
+
+
+class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
+    def __init__(self, sink: KafkaTxSink, step_id: str, part: str, state: CommitState) -> None:
+        self._sink = sink
+        self._topic = sink.topic
+        self._control = control_topic(sink.topic)
+        self._part = part
+        self._namespace = state.namespace
+        self._txid = transactional_id(sink.job, step_id, state.namespace, part)
+        self._key = self._txid.encode()
+        self._next_seq = state.next_seq
+        self._position: int | None = state.position
+        self._in_txn = False
+        self._txn_started = 0.0
+        self._units: dict[str, None] = {}  # this transaction's units, in order
+        self._passed: set[str] = set()  # fenced units the replay reached this epoch
+        self._failure: KafkaError | None = None
+        self._manifest_end: int | None = None
+        self._warned_long_epoch = False
+        self._producer = Producer(
+            {
+                "bootstrap.servers": sink.bootstrap,
+                **PRODUCER_DEFAULTS,
+                # The broker checks a whole record batch against the topic's max.message.bytes.
+                "batch.size": str(sink.batch_bytes),
+                "transaction.timeout.ms": str(DEFAULT_TRANSACTION_TIMEOUT_MS),
+                **sink.client_config,
+                "enable.idempotence": True,
+                "transactional.id": self._txid,
+                "on_delivery": self._delivered,
+                "error_cb": self._client_error,
+                "log_level": 3,
+            }
+        )
+        timeout_ms = int(self._producer_setting("transaction.timeout.ms", DEFAULT_TRANSACTION_TIMEOUT_MS))
+        self._txn_timeout_s = timeout_ms / 1000
+        self._fence = Fence(state.fence)
+        self._call(INIT_STEP, lambda: self._producer.init_transactions(sink.start_timeout_s))
+        since = namespace_time_ms(state.namespace) if state.position is None else None
+        units, self._next_seq, self._position = self._read_back(
+            state, None if since is None else since - NAMESPACE_CLOCK_SKEW_MS
+        )
+        if units:
+            log.info(
+                "Kafka output topic %s, sink partition %s: %d unit(s) committed past the restored snapshot "
+                "stay; the replay skips them",
+                self._topic,
+                part,
+                len(units),
+            )
+        self._fence.add(units)
+
+    def _producer_setting(self, name: str, default: int) -> str:
+        return str(self._sink.client_config.get(name, default))
+
+    def _read_back(self, state: CommitState, since_ms: int | None) -> tuple[set[str], int, int]:
+        """The units committed past `state`, the next seq, and where a later resume may read back from."""
+        try:
+            manifests, end = read_manifests(
+                self._sink.bootstrap,
+                self._sink.client_config,
+                self._control,
+                self._key,
+                state.position,
+                since_ms,
+                self._txn_timeout_s + self._sink.start_timeout_s,
+            )
+            units, next_seq = committed_past(manifests, state.next_seq)
+            return units, next_seq, end
+        except KafkaException as exc:
+            self._fail(refusal(self._control, self._txid, error_of(exc), "reading back the manifests"))
+
+    def _delivered(self, error: KafkaError | None, msg: Any) -> None:
+        if error is not None:
+            if self._failure is None:
+                self._failure = error
+        elif msg.topic() == self._control:
+            self._manifest_end = msg.offset() + 1
+
+    def _client_error(self, error: KafkaError) -> None:
+        # Fatal ones (fenced, not authorised) end the producer; the rest (a broker gone) it retries
+        # until message.timeout.ms, and the delivery reports say what became of the records.
+        if error.fatal() and self._failure is None:
+            self._failure = error
+
+    def _fail(self, line: str) -> NoReturn:
+        log.error("%s", line)  # bytewax may abort without a word if snapshot() and close() both raise
+        raise KafkaSinkError(line)
+
+    def _call(self, when: str, call: Any) -> Any:
+        try:
+            return call()
+        except KafkaException as exc:
+            self._fail(refusal(self._topic, self._txid, error_of(exc), when))
+
+    def _produce(self, topic: str, value: bytes, key: bytes, when: str) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key)
+                return
+            except BufferError:  # librdkafka's queue is full: serve delivery reports while it sends
+                self._serve(0.1)
+            except KafkaException as exc:
+                self._fail(refusal(self._topic, self._txid, error_of(exc), when))
+
+    def _serve(self, timeout: float) -> None:
+        """Delivery reports and client errors; raises on the first refusal. Never flush(): with
+        confluent-kafka 2.16 a fatal error (fenced) inside flush() becomes a SystemError."""
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:  # a fatal error: the producer is done
+            self._failure = self._failure or error_of(exc)
+        if self._failure is not None:
+            self._fail(refusal(self._topic, self._txid, self._failure, "delivering records"))
+
+    def write_batch(self, values: list[OutputRecord]) -> None:
+        self._serve(0)
+        fenced = {record.unit for record in values if record.unit in self._fence} if self._fence else set()
+        if fenced:
+            self._fence.passed(fenced)
+            self._passed |= fenced
+        if self._in_txn and time.monotonic() - self._txn_started > self._txn_timeout_s / 2:
+            # Committing early is safe (a resume fences it like any commit past its snapshot);
+            # a transaction older than transaction.timeout.ms is aborted by the broker.
+            if not self._warned_long_epoch:
+                log.warning(
+                    "Kafka output topic %s: an epoch outlasts half of transaction.timeout.ms (%.0fs): committing "
+                    "within the epoch; set KAFKA_PROPERTY_TRANSACTION__TIMEOUT__MS above twice the epoch interval",
+                    self._topic,
+                    self._txn_timeout_s,
+                )
+                self._warned_long_epoch = True
+            self._commit()
+        for record in values:
+            if record.unit in self._passed:
+                continue
+            if not self._in_txn:
+                self._call("beginning a transaction", self._producer.begin_transaction)
+                self._in_txn, self._txn_started = True, time.monotonic()
+            self._units[record.unit] = None
+            self._produce(self._topic, record.value, record.key, "producing")
+        self._serve(0)
+
+    def _commit(self) -> None:
+        """Manifest and commit of the open transaction, if any."""
+        if not self._in_txn:
+            return
+        self._manifest_end = None
+        for value in manifest_values(self._part, self._next_seq, self._units):
+            self._produce(self._control, value, self._key, "writing the manifest")
+        deadline = time.monotonic() + self._txn_timeout_s + 30
+        while len(self._producer) and time.monotonic() < deadline:
+            self._serve(0.5)
+        self._serve(0)
+        while True:
+            try:
+                self._producer.commit_transaction(max(1.0, deadline - time.monotonic()))
+                break
+            except KafkaException as exc:
+                error = error_of(exc)
+                if error.retriable() and time.monotonic() < deadline:
+                    continue
+                if error.txn_requires_abort():
+                    try:  # frees the broker's partitions for readers now, not at the transaction timeout
+                        self._producer.abort_transaction(10)
+                    except KafkaException:
+                        pass
+                self._fail(refusal(self._topic, self._txid, self._failure or error, "committing the epoch"))
+        if self._manifest_end is None:  # the commit succeeded, so did the manifest: its report is in
+            self._fail(f"Kafka output topic {self._topic}: the manifest's delivery report is missing (a bug)")
+        self._position = self._manifest_end
+        self._next_seq += 1
+        self._in_txn = False
+        self._units = {}
+
+    def snapshot(self) -> dict:
+        self._commit()
+        self._passed.clear()
+        return CommitState(self._namespace, self._next_seq, self._position, self._fence.units()).to_snapshot()
+
+    def close(self) -> None:
+        # The end of a bounded run: what is still open commits; a resume fences it by reading back.
+        self._commit()
+
+
+class KafkaTxSink(FixedPartitionedSink[OutputRecord, dict]):
+    """Writes `(routing_key(record), record)` items to `topic`, exactly once for read_committed readers.
+
+    `namespace`: the run namespace of partitions that restore no state (the recovery
+    store's, connectors/recovery_store.py); `job`: part of every transactional.id;
+    `partitions`: how many sink partitions (each a producer and a transaction per epoch);
+    `client_config`: librdkafka properties (security, KAFKA_PROPERTY_*)."""
+
+    def __init__(
+        self,
+        brokers: list[str],
+        topic: str,
+        client_config: dict[str, Any] | None = None,
+        *,
+        job: str = "",
+        namespace: str = "",
+        partitions: int = 4,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        if partitions < 1:
+            msg = f"Kafka output topic {topic}: {partitions} sink partitions: use at least 1"
+            raise ValueError(msg)
+        self.bootstrap = ",".join(brokers)
+        self.topic = topic
+        self.client_config = dict(client_config or {})
+        self.job = job
+        self.namespace = namespace
+        self.partitions = partitions
+        self.start_timeout_s = start_timeout_s
+        self._batch_bytes: int | None = None
+
+    def list_parts(self) -> list[str]:
+        # Zero-padded: bytewax routes `part_fn(key) % n` into the names sorted as strings.
+        width = max(2, len(str(self.partitions - 1)))
+        return [f"p{i:0{width}d}" for i in range(self.partitions)]
+
+    def part_fn(self, item_key: str) -> int:
+        return int(item_key)
+
+    @property
+    def batch_bytes(self) -> int:
+        assert self._batch_bytes is not None, "set by build_part"
+        return self._batch_bytes
+
+    def build_part(self, step_id: str, for_part: str, resume_state: dict | None) -> _TxPartition:
+        if self._batch_bytes is None:  # once per worker
+            try:
+                ensure_control_topic(self.bootstrap, self.client_config, control_topic(self.topic))
+                topic_max = topic_max_message_bytes(self.bootstrap, self.client_config, self.topic)
+            except KafkaSinkError as exc:
+                log.error("%s", exc)
+                raise
+            wanted = int(self.client_config.get("batch.size", PRODUCER_BATCH_BYTES))
+            self._batch_bytes = max(1, min(wanted, record_limit(topic_max, PRODUCER_MESSAGE_MAX_BYTES)))
+        state = CommitState.from_snapshot(resume_state, self.namespace)
+        return _TxPartition(self, step_id, for_part, state)

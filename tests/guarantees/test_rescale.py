@@ -1,0 +1,230 @@
+"""Rescaling while traffic flows: 2 -> 3 -> 2 processes through the pods' start-up
+(connectors/autoscale_start.py), each process with its own recovery directory, the store's
+partitions on processes 0 and 1 only, SIGKILLs of every process in between; the output
+equals the oracle's."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from connectors.autoscale_policy import ScalingRule
+from devstack.autoscale import Autoscaler, LocalCluster
+from producers.bookings import BookingTraffic, generate_bookings, messages_for
+from producers.kafka_producer import produce_messages
+from tests.chaos import wait_for
+from tests.conftest import FLOWS, make_topics
+from tests.e2e.test_booking_correlation import output_env
+from tests.runs import BOUND_S, check_booking_outputs, newest_snapshot_epoch, traffic
+
+pytestmark = pytest.mark.guarantees
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path):
+    """Makes LocalClusters; whatever they started is killed when the test ends, pass or fail."""
+    clusters: list[LocalCluster] = []
+
+    def make(target: str, env: dict[str, str], minimum: int, maximum: int) -> LocalCluster:
+        clusters.append(LocalCluster(target, env, tmp_path / f"cluster-{len(clusters)}", minimum, maximum))
+        return clusters[-1]
+
+    yield make
+    for cluster in clusters:
+        cluster.kill()
+
+
+def stored_epoch(cluster: LocalCluster) -> int:
+    """The newest epoch both partition-holding processes stored a snapshot of."""
+    return min(newest_snapshot_epoch(cluster.directory(i)) for i in range(cluster.minimum))
+
+
+def wait_for_progress(cluster: LocalCluster, what: str) -> None:
+    """This execution stored a snapshot on every volume that holds the store."""
+    before = stored_epoch(cluster)
+    wait_for(lambda: stored_epoch(cluster) > before, 90, f"a snapshot after {what}\n{cluster.logs()[-4000:]}")
+
+
+def rescale_with_kills(cluster: LocalCluster, feed: Callable[[], None]) -> float:
+    """2, killed, 2 again; live to 3, killed, 3 again; live to 2; returns when the 2 -> 3 was written."""
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        cluster.scale_to(2)
+        wait_for_progress(cluster, "the first start")
+        cluster.kill()
+        cluster.ensure_running()  # as the kubelet restarts the pods
+        wait_for_progress(cluster, "a SIGKILL of every process")
+        up_at = time.time()
+        cluster.scale_to(3)  # processes 0 and 1 see the count change and restart with it; 2 starts
+        wait_for_progress(cluster, "the rescale to 3")
+        cluster.kill()
+        cluster.ensure_running()
+        wait_for_progress(cluster, "a SIGKILL of every process at 3")
+        cluster.scale_to(2)  # process 2 is stopped, 0 and 1 restart with 2
+        wait_for_progress(cluster, "the rescale to 2")
+    finally:
+        feeder.join()
+    logs = cluster.logs()
+    assert "starting process 2 of 3" in logs and "no partition here" in logs
+    assert "the replica count changed 2 -> 3" in logs and "the replica count changed 3 -> 2" in logs
+    return up_at
+
+
+def dump_s3(run, path: Path) -> None:
+    """Every object and manifest with its time, for the post-mortem of a failure."""
+    client = run.s3.client()
+    lines = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=run.bucket):
+        for entry in page.get("Contents", []):
+            lines.append(f"{entry['LastModified'].isoformat()} {entry['Key']}")
+            if entry["Key"].endswith(".json"):
+                lines.append("    " + client.get_object(Bucket=run.bucket, Key=entry["Key"])["Body"].read().decode())
+    path.write_text("\n".join(lines))
+
+
+def finish(cluster: LocalCluster) -> None:
+    """The last start runs bounded to the end of the input, at 2 processes."""
+    cluster.kill()
+    cluster.common_env["BOUNDED"] = "true"
+    cluster.ensure_running()
+    codes = cluster.wait(180)
+    assert codes == [0, 0], cluster.logs()[-6000:]
+
+
+def test_impressions_into_s3_stay_exact_through_2_3_2_with_kills(new_run, local_cluster) -> None:
+    run = new_run()
+    events = traffic(12_000, seed=43)
+    run.produce(events[:2_000])
+    cluster = local_cluster(FLOWS["movie-impressions"], run.env, 2, 3)
+    rescale_with_kills(cluster, lambda: run.produce(events[2_000:], 200.0))
+    finish(cluster)
+    try:
+        run.assert_exact()
+    except AssertionError:
+        dump_s3(run, cluster.workdir / "s3-listing.txt")
+        raise
+
+
+def test_booking_alerts_into_kafka_stay_exact_through_2_3_2_with_kills(kafka, local_cluster) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"CREATED_TOPIC": f"created-r{suffix}", "EVENTS_TOPIC": f"events-r{suffix}"}
+    make_topics(kafka, *topics.values(), partitions=3)
+    env = {**topics, **output_env(kafka, f"rescale-{suffix}"), "MAX_OUT_OF_ORDERNESS_SECONDS": str(BOUND_S)}
+    env["CONSUMER_GROUP"] = f"rescale-{suffix}"
+    messages = generate_bookings(BookingTraffic(count=5_000, step_ms=500, seed=23, invalid_fraction=0.01))
+    records = list(messages_for(messages, topics["CREATED_TOPIC"], topics["EVENTS_TOPIC"]))
+    split = len(records) // 5
+    produce_messages(records[:split], kafka.bootstrap)
+    cluster = local_cluster(FLOWS["booking-correlation"], env, 2, 3)
+    watch = OutputWatch(kafka.bootstrap, env["ALERTS_TOPIC"])
+    try:
+        up_at = rescale_with_kills(cluster, lambda: produce_messages(records[split:], kafka.bootstrap, 160.0))
+    finally:
+        watch.close()
+    finish(cluster)
+    check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)
+
+    stopped = last_stop(cluster, "the replica count changed 2 -> 3")
+    first = watch.first_growth_after(stopped)
+    print(
+        f"\nrescale 2 -> 3: count written -> old processes stopped {stopped - up_at:.2f} s; "
+        f"stopped -> first alert of the new cluster {first - stopped:.2f} s"
+    )
+
+
+def last_stop(cluster: LocalCluster, line: str) -> float:
+    """When the last process that logged `line` (then stopped its child) did so."""
+    times = []
+    for log in cluster.workdir.glob("*.log"):
+        for text in log.read_text(errors="replace").splitlines():
+            if line in text:
+                times.append(datetime.strptime(text[:23], "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp())
+    assert len(times) == 2, times  # processes 0 and 1
+    return max(times)
+
+
+class OutputWatch:
+    """Samples how many records a topic holds (the sum of its end offsets), every 50 ms, in the background."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"watch-{uuid.uuid4()}"})
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.partitions = [TopicPartition(topic, p) for p in partitions]
+        self.seen: list[tuple[float, int]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.05):
+            ends = sum(self.consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in self.partitions)
+            self.seen.append((time.time(), ends))
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join()
+        self.consumer.close()
+
+    def first_growth_after(self, instant: float) -> float:
+        """When the topic first held more records than it did at `instant`."""
+        before = max((n for t, n in self.seen if t <= instant), default=0)
+        return next(t for t, n in self.seen if t > instant and n > before)
+
+
+def test_the_autoscaler_follows_a_load_ramp_up_and_back_down(kafka, local_cluster) -> None:
+    """devstack/autoscale.py's supervisor, with KDA's rule on 1-second periods: a ramp of
+    bookings drives the CPU up (1 -> 2 processes), the quiet after it brings it down (2 -> 1);
+    every output still equals the oracle's."""
+    suffix = uuid.uuid4().hex[:8]
+    topics = {"CREATED_TOPIC": f"created-a{suffix}", "EVENTS_TOPIC": f"events-a{suffix}"}
+    make_topics(kafka, *topics.values(), partitions=2)
+    env = {**topics, **output_env(kafka, f"autoscale-{suffix}"), "MAX_OUT_OF_ORDERNESS_SECONDS": str(BOUND_S)}
+    env["CONSUMER_GROUP"] = f"autoscale-{suffix}"
+    messages = generate_bookings(BookingTraffic(count=8_000, step_ms=200, seed=29, invalid_fraction=0.01))
+    records = list(messages_for(messages, topics["CREATED_TOPIC"], topics["EVENTS_TOPIC"]))
+    cluster = local_cluster(FLOWS["booking-correlation"], env, 1, 2)
+    # Thresholds for a shared 2-core machine, where a busy process may get a fraction of a CPU.
+    rule = ScalingRule(period_s=1.0, up_threshold=0.2, up_periods=3, down_threshold=0.10, down_periods=4)
+    scaler = Autoscaler(cluster, rule, sample_s=0.25)
+    cluster.scale_to(1)
+    stop = threading.Event()
+    supervisor = threading.Thread(target=scaler.run, args=(stop,))
+    supervisor.start()
+    try:
+        # The ramp: a trickle, more, then as fast as the broker takes it; then nothing.
+        produce_messages(records[:500], kafka.bootstrap, 100.0)
+        produce_messages(records[500:4_000], kafka.bootstrap, 1_000.0)
+        produce_messages(records[4_000:], kafka.bootstrap)
+        wait_for(lambda: len(scaler.decisions) >= 2, 150, "a scale up and down")
+    finally:
+        stop.set()
+        supervisor.join()
+        print("\n" + "\n".join(autoscale_log(scaler)))
+    assert [(a, b) for _, a, b, _ in scaler.decisions[:2]] == [(1, 2), (2, 1)]
+    cluster.kill()
+    cluster.common_env["BOUNDED"] = "true"
+    cluster.ensure_running()
+    assert cluster.wait(120) == [0], cluster.logs()[-6000:]
+    check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)
+
+
+def autoscale_log(scaler: Autoscaler) -> list[str]:
+    """The supervisor's view, one line per second: time, processes, CPU; and its decisions."""
+    lines, last = [], 0.0
+    for t, count, cpu in scaler.history:
+        if t - last >= 1.0:
+            lines.append(
+                f"{datetime.fromtimestamp(t).astimezone():%H:%M:%S} {count} processes, CPU {cpu if cpu is None else f'{cpu:.0%}'}"
+            )
+            last = t
+    return lines + [
+        f"{datetime.fromtimestamp(t).astimezone():%H:%M:%S} {a} -> {b}: {why}" for t, a, b, why in scaler.decisions
+    ]
