@@ -76,6 +76,7 @@ def _resolve_jars(lib: Path) -> None:
 SECURITY_MODES = ("plaintext", "sasl_ssl_scram", "mtls", "oauthbearer")
 SCRAM_USER = "waxstreams"
 OAUTH_PRINCIPAL = "waxstreams-job"
+TOKEN_REAUTH_MS = 3000  # the token listener's sessions end after this, or when their token expires
 
 
 def _cluster_id() -> str:
@@ -91,7 +92,9 @@ class KafkaBroker:
     - `plaintext`: no TLS, no authentication (the local stack's default);
     - `sasl_ssl_scram`: TLS + SASL/SCRAM-SHA-512 (the user is created at `kafka-storage format`, KIP-900);
     - `mtls`: TLS with client certificates signed by the test CA (`ssl.client.auth=required`);
-    - `oauthbearer`: TLS + SASL/OAUTHBEARER with Kafka's unsecured-token validator.
+    - `oauthbearer`: TLS + SASL/OAUTHBEARER with Kafka's unsecured-token validator; a second
+      such listener (`token_bootstrap`) makes clients sign in again every few seconds, so a
+      token that is not refreshed before it expires ends the connection.
     The certificates (SAN IP:127.0.0.1, DNS:localhost) and passwords are made at start,
     in `data_dir/tls`. Secured brokers also listen on a PLAINTEXT `setup_bootstrap`
     (loopback, inter-broker traffic) that tests use to create topics and read results.
@@ -105,6 +108,7 @@ class KafkaBroker:
     security: str = "plaintext"
     _process: ManagedProcess | None = field(default=None, init=False)
     _internal_port: int | None = field(default=None, init=False)
+    _token_port: int | None = field(default=None, init=False)
     _scram_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), init=False, repr=False)
     pki: TestPki | None = field(default=None, init=False, repr=False)
 
@@ -115,6 +119,8 @@ class KafkaBroker:
         if self.security != "plaintext":
             self._internal_port = free_port()
             self.pki = TestPki(self.data_dir / "tls")
+        if self.security == "oauthbearer":
+            self._token_port = free_port()
 
     @property
     def bootstrap(self) -> str:
@@ -155,6 +161,23 @@ class KafkaBroker:
                 ),
             }
         return env
+
+    @property
+    def token_bootstrap(self) -> str:
+        """The OAUTHBEARER listener that re-authenticates every `TOKEN_REAUTH_MS` (oauthbearer mode only)."""
+        assert self._token_port is not None, "only the oauthbearer broker has a token listener"
+        return f"127.0.0.1:{self._token_port}"
+
+    def token_client_env(self, provider: str) -> dict[str, str]:
+        """Settings for the token listener with tokens from `provider` (KAFKA_OAUTH_TOKEN_PROVIDER)."""
+        assert self.pki is not None
+        return {
+            "KAFKA_BROKERS": self.token_bootstrap,
+            "KAFKA_SSL_CA_LOCATION": str(self.pki.ca),
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+            "KAFKA_OAUTH_TOKEN_PROVIDER": provider,
+        }
 
     def client_config(self) -> dict[str, str]:
         """librdkafka properties for the client listener (the same as `client_env` gives the jobs)."""
@@ -236,7 +259,28 @@ class KafkaBroker:
                     "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
                 ),
             }
+        if self._token_port is not None:
+            settings |= self._token_listener(settings)
         return settings
+
+    def _token_listener(self, settings: dict[str, str]) -> dict[str, str]:
+        """The `token_bootstrap` listener: OAUTHBEARER like CLIENT, with re-authentication (KIP-368)."""
+        assert self.pki is not None
+        token = f"TOKEN://127.0.0.1:{self._token_port}"
+        added = {
+            "listeners": f"{settings['listeners']},{token}",
+            "advertised.listeners": f"{settings['advertised.listeners']},{token}",
+            "listener.security.protocol.map": f"{settings['listener.security.protocol.map']},TOKEN:SASL_SSL",
+            "listener.name.token.sasl.enabled.mechanisms": "OAUTHBEARER",
+            "listener.name.token.oauthbearer.sasl.jaas.config": (
+                "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
+            ),
+            "listener.name.token.oauthbearer.connections.max.reauth.ms": str(TOKEN_REAUTH_MS),
+        }
+        for name in ("type", "location", "password"):
+            added[f"listener.name.token.ssl.keystore.{name}"] = settings[f"listener.name.client.ssl.keystore.{name}"]
+        added["listener.name.token.ssl.key.password"] = self.pki.store_password
+        return added
 
     def _write_config(self) -> Path:
         config = self.data_dir / "server.properties"

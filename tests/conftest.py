@@ -70,24 +70,36 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | N
 
 
 def read_partitions(bootstrap: str, topic: str) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
-    """Every (key, value) of every partition of a topic, in order, from the beginning to the current end."""
+    """Every (key, value) of every partition of a topic, in order, to its current end, as its
+    readers must read the jobs' transactional outputs: `read_committed`, ending at the
+    end-of-partition events (a partition's last offset may be a commit marker, which no
+    consumer receives)."""
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: _end_offset(consumer, TopicPartition(topic, p)) for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        remaining = {p for p, end in ends.items() if end > 0}
         out: dict[int, list[tuple[bytes | None, bytes | None]]] = {p: [] for p in partitions}
+        at_end: set[int] = set()
         deadline = time.monotonic() + 60
-        while remaining and time.monotonic() < deadline:
+        while len(at_end) < len(partitions) and time.monotonic() < deadline:
             for msg in consumer.consume(1000, 1.0):
-                if msg.error() is None:
+                error = msg.error()
+                if error is None:
                     out[msg.partition()].append((msg.key(), msg.value()))
-                    if msg.offset() + 1 >= ends[msg.partition()]:
-                        remaining.discard(msg.partition())
-        assert not remaining, f"could not read {topic} to its end"
+                    at_end.discard(msg.partition())  # an end seen before later records came
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                elif error.code() not in _NOT_READY:  # a fresh topic's partitions may still be placed
+                    raise KafkaException(error)
+        assert len(at_end) == len(partitions), f"could not read {topic} to its end"
         return out
     finally:
         consumer.close()
@@ -100,18 +112,6 @@ _NOT_READY = {
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._TIMED_OUT,
 }
-
-
-def _end_offset(consumer: Consumer, partition: TopicPartition) -> int:
-    """The partition's end offset, asked again while the broker says it is not ready (a loaded machine)."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return consumer.get_watermark_offsets(partition, timeout=10)[1]
-        except KafkaException as exc:
-            if exc.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def read_s3_rows(server: S3Server, bucket: str, prefix: str, fmt: str = "parquet") -> pl.DataFrame:

@@ -10,6 +10,7 @@ Where the properties come from (every job and producer reads the same):
 - `KAFKA_PROPERTY_<name>`: one property, dots written `__`, any case, e.g.
   `KAFKA_PROPERTY_SASL__OAUTHBEARER__CLIENT__SECRET` (for values holding `;`, and for
   secrets mounted one per variable);
+- `KAFKA_SASL_MECHANISM=AWS_MSK_IAM`, `KAFKA_OAUTH_TOKEN_PROVIDER`: tokens made in Python (kafka_token.py);
 
 Checked before anything connects: names librdkafka does not know, values it refuses,
 the security protocol and SASL mechanism, files that do not exist, a property set twice
@@ -28,8 +29,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
+from connectors.transports import kafka_token
+from connectors.transports.kafka_token import TokenCallback, TokenError
+
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI", kafka_token.MSK_IAM)
 
 NAMED_SETTINGS = {
     "KAFKA_SECURITY_PROTOCOL": "security.protocol",
@@ -85,6 +89,7 @@ class KafkaClientConfig:
 
     properties: dict[str, str] = field(default_factory=dict, repr=False)
     sources: dict[str, str] = field(default_factory=dict)  # property -> the setting that set it
+    token: TokenCallback | None = field(default=None, repr=False, compare=False)  # oauth_cb, one for all clients
 
     def setting(self, prop: str, default: str | None = None) -> str:
         """The setting a property came from (or the named setting a user would set)."""
@@ -95,11 +100,12 @@ class KafkaClientConfig:
 
     def client_config(self) -> dict[str, Any]:
         """What a confluent-kafka client gets on top of bootstrap.servers."""
-        return dict(self.properties)
+        return dict(self.properties) if self.token is None else self.token.client_config(self.properties)
 
     def masked(self) -> str:
         """`name=value` of every property, secrets as `***`: safe to log."""
         shown = [f"{k}={'***' if sensitive(k) else v}" for k, v in sorted(self.properties.items())]
+        shown += [f"oauth_cb={self.token.source}"] if self.token is not None else []
         return ", ".join(shown) or "no security (PLAINTEXT)"
 
     def redact(self, text: str) -> str:
@@ -155,6 +161,8 @@ def from_env(env: Mapping[str, str]) -> KafkaClientConfig:
 
     protocol = _upper_choice(properties, sources, "security.protocol", SECURITY_PROTOCOLS, "security protocol")
     mechanism = _upper_choice(properties, sources, "sasl.mechanism", SASL_MECHANISMS, "SASL mechanism")
+    if mechanism == kafka_token.MSK_IAM:
+        protocol = kafka_token.msk_iam_properties(properties, sources)
     if mechanism is not None:
         if not (protocol or "").startswith("SASL_"):
             raise KafkaConfigError(
@@ -178,7 +186,11 @@ def from_env(env: Mapping[str, str]) -> KafkaClientConfig:
         if path is not None and not os.access(path, os.R_OK):
             raise KafkaConfigError(f"{sources[prop]}={path} is not readable by this user: fix its permissions")
 
-    return KafkaClientConfig(properties, sources)
+    try:
+        token = kafka_token.from_settings(mechanism or "", properties, sources, env)
+    except TokenError as exc:
+        raise KafkaConfigError(str(exc)) from None
+    return KafkaClientConfig(properties, sources, token)
 
 
 def _upper_choice(
@@ -214,7 +226,7 @@ def check_with_librdkafka(brokers: list[str], config: KafkaClientConfig) -> None
     base = {"bootstrap.servers": ",".join(brokers), "log_level": 0}
     for make in (Producer, make_consumer):
         try:
-            _create_and_close(make, {**base, **config.client_config()})
+            _create_and_close(make, {**base, **config.properties})  # a callback would wait for a token
         except (KafkaException, TypeError, ValueError) as exc:
             text = _error_text(exc)
             # librdkafka may name a property by its canonical name (linger.ms is queue.buffering.max.ms):
@@ -230,6 +242,11 @@ def check_with_librdkafka(brokers: list[str], config: KafkaClientConfig) -> None
                     culprit = prop
                     break
             raise KafkaConfigError(_explain_text(text, config, culprit)) from None
+    if config.token is not None:
+        try:
+            config.token.check()  # one token now: library, credentials and region, in one line
+        except TokenError as exc:
+            raise KafkaConfigError(str(exc)) from None
 
 
 def _create_and_close(make: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> None:
@@ -319,12 +336,15 @@ def explain_connection_errors(
         text = config.redact(raw)
         if code == KafkaError._AUTHENTICATION or "Authentication failed" in text or "SASL authentication error" in text:
             mechanism = config.properties.get("sasl.mechanism", "")
-            if "nsupported SASL mechanism" in text or "mechanism handshake failed" in text.lower():
+            handshake = "mechanism handshake failed" in text.lower() and "current SASL state" not in text  # not re-auth
+            if "nsupported SASL mechanism" in text or handshake:
                 return (
                     f"{where} does not offer SASL {mechanism or 'GSSAPI'}: set "
                     f"{config.setting('sasl.mechanism', 'KAFKA_SASL_MECHANISM')} to a mechanism its listener enables"
                 )
-            if mechanism == "OAUTHBEARER":
+            if config.token is not None:
+                fix = config.token.last_error or config.token.auth_fix
+            elif mechanism == "OAUTHBEARER":
                 fix = "check the token settings (sasl.oauthbearer.* in KAFKA_PROPERTIES)"
             else:
                 fix = (
