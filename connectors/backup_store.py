@@ -147,9 +147,9 @@ def copy_store(directory: Path, into: Path) -> tuple[int, int, list[int], int, i
             with closing(sqlite3.connect(into / file.name)) as dst:
                 src.backup(dst)
         with closing(sqlite3.connect(into / file.name)) as db:
-            epochs.append(
-                layout.file_epoch(engine.newest_snapshot_epoch(db), max(engine.commit_epochs(db), default=None))
-            )
+            collected = max(engine.commit_epochs(db), default=None)
+            epochs.append(layout.file_epoch(engine.newest_snapshot_epoch(db), collected))
+            collections.append(collected or 0)
             executions += [ex for ex, _, _ in engine.executions(db)]
             for index, count in engine.store_parts(db):
                 parts.append(index)

@@ -218,6 +218,11 @@ def test_a_restored_copy_resumes_no_later_than_the_round_allows(tmp_path: Path) 
             db.execute(
                 "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES ('s', 'k', ?, NULL)", (epoch,)
             )
+    with closing(sqlite3.connect(store / "part-0.sqlite3")) as db, db:
+        db.execute("INSERT INTO commits (part_index, commit_epoch) VALUES (0, 9)")
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    assert copy_store(store, copied)[1:] == (10, [0], 1, 9)  # newest snapshot 10 (collected up to 9)
     assert resume_epoch_of(read_progress(store)) == 11
     cut(store / "part-0.sqlite3", 6)
     assert resume_epoch_of(read_progress(store)) == 6
