@@ -152,3 +152,20 @@ def boto3_client_credentials(client: Any) -> Any:
 def boto3_client_verify(client: Any) -> bool | str:
     """A boto3 client's TLS verification as boto3 resolved it: True, False or a CA bundle path."""
     return client._endpoint.http_session._verify
+
+
+def commit_epochs(db: sqlite3.Connection) -> list[int]:
+    """The epoch up to which bytewax garbage-collected each partition's older snapshots (its
+    `commits` table): a copy can resume only from this epoch or later."""
+    return [epoch for (epoch,) in db.execute("SELECT commit_epoch FROM commits")]
+
+
+def cap_progress(db: sqlite3.Connection, epoch: int) -> None:
+    """Lower every recorded worker frontier and execution resume epoch to at most `epoch`
+    (in the caller's transaction): bytewax then resumes from `epoch` or earlier."""
+    db.execute("UPDATE fronts SET worker_frontier = ? WHERE worker_frontier > ?", (epoch, epoch))
+    db.execute("UPDATE exs SET resume_epoch = ? WHERE resume_epoch > ?", (epoch, epoch))
+
+
+def newest_snapshot_epoch(db: sqlite3.Connection) -> int | None:
+    return db.execute("SELECT MAX(snap_epoch) FROM snaps").fetchone()[0]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from connectors.backup_layout import valid_name
+from connectors.backup_store import BackupConfig
 from connectors.transports import kafka_client
 from connectors.transports.kafka_client import KafkaClientConfig, KafkaConfigError
 from connectors.transports.kafka_source import EARLIEST, StartPosition
@@ -148,6 +150,37 @@ class StartSettings:
 
 
 @dataclass(frozen=True)
+class BackupSettings(BackupConfig):
+    """The recovery store's backups in S3 (connectors/backup.py); off unless BACKUP_INTERVAL_SECONDS > 0."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, bucket: str | None, prefix: str, run: str) -> BackupSettings:
+        """`bucket`, `prefix`, `run`: the job's defaults (its output bucket and prefix, its consumer group)."""
+        e = _Env(env)
+        interval = e.number("BACKUP_INTERVAL_SECONDS", 0, minimum=0)
+        restore_from = e.optional("RESTORE_FROM_SAVEPOINT")
+        bucket = e.optional("BACKUP_S3_BUCKET") or bucket
+        if (interval or restore_from) and not bucket:
+            raise ConfigError("backups need a bucket: set BACKUP_S3_BUCKET (or BACKUP_INTERVAL_SECONDS=0)")
+        run = e.optional("BACKUP_RUN") or run
+        for name, value in (("BACKUP_RUN", run), ("RESTORE_FROM_SAVEPOINT", restore_from)):
+            if value is not None and not valid_name(value):
+                raise ConfigError(
+                    f"{name}={value!r}: use letters, digits, '.', '_' or '-', starting with a letter or digit"
+                )
+        return cls(
+            bucket=bucket,
+            prefix=(e.optional("BACKUP_S3_PREFIX") or prefix).strip("/"),
+            run=run,
+            endpoint_url=env.get("S3_ENDPOINT_URL", LOCAL_S3).strip() or None,
+            region=e.optional("AWS_REGION") or e.optional("AWS_DEFAULT_REGION") or "us-east-1",
+            interval_seconds=interval,
+            retention=int(e.number("BACKUP_RETENTION", 5, minimum=1, integer=True)),
+            restore_from=restore_from,
+        )
+
+
+@dataclass(frozen=True)
 class MovieImpressionsSettings:
     kafka: KafkaSettings
     transport: str  # kafka or kinesis: what the stream settings name
@@ -169,6 +202,7 @@ class MovieImpressionsSettings:
     consumer_group: str
     metrics_port: int | None
     start: StartSettings = field(default_factory=StartSettings)
+    backup: BackupConfig = field(default_factory=BackupConfig)  # BACKUP_*: the recovery store's backups
     s3_direct_put: bool = True  # data PUTs signed and sent without botocore (connectors/sinks/s3_put.py)
     delta_table_uri: str = ""  # OUTPUT_FORMAT=delta: DELTA_TABLE_URI, else s3://<S3_BUCKET>/<S3_PREFIX>
 
@@ -178,7 +212,10 @@ class MovieImpressionsSettings:
         window_minutes = e.number("WINDOW_MINUTES", 15, minimum=1, integer=True)
         if (24 * 60) % window_minutes:
             raise ConfigError(f"WINDOW_MINUTES={window_minutes} does not divide a day: use e.g. 5, 15, 30 or 60")
+        bucket, prefix = e.text("S3_BUCKET", "movie-impressions"), e.text("S3_PREFIX", "impressions").strip("/")
+        group = e.text("CONSUMER_GROUP", "movie-impressions")
         return cls(
+            backup=BackupSettings.from_env(env, bucket=bucket, prefix=prefix, run=group),
             **_shared_settings(env),
             input_topic=e.text("IMPRESSIONS_TOPIC", "movie-impressions"),
             dead_letter_topic=e.text("DEAD_LETTER_TOPIC", "movie-impressions-dead-letter"),
@@ -243,6 +280,7 @@ class BookingSettings:
     consumer_group: str
     metrics_port: int | None
     start: StartSettings = field(default_factory=StartSettings)
+    backup: BackupConfig = field(default_factory=BackupConfig)  # BACKUP_*: the recovery store's backups
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BookingSettings:
@@ -271,7 +309,9 @@ class BookingSettings:
             raise ConfigError(
                 f"CREATED_FIELDS and EVENT_FIELDS both name {', '.join(sorted(clash))}: rename one side's"
             )
+        group = e.text("CONSUMER_GROUP", "booking-correlation")
         return cls(
+            backup=BackupSettings.from_env(env, bucket=None, prefix="", run=group),
             **_shared_settings(env),
             created_topic=e.text("CREATED_TOPIC", "booking-created"),
             events_topic=e.text("EVENTS_TOPIC", "booking-events"),

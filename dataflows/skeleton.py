@@ -29,8 +29,15 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
-from connectors import rendezvous
-from connectors.recovery_store import RecoveryStoreError, Resume, check_state_settings, prepare_resume
+from connectors import backup, rendezvous
+from connectors.recovery_store import (
+    AgreeResumeEpoch,
+    RecoveryStoreError,
+    Resume,
+    check_state_settings,
+    prepare_resume,
+    recovery_directory,
+)
 from connectors.sinks.s3_objects import S3SinkError
 from connectors.transports.contract import OutputRecord, Transport, TransportUnavailable
 from connectors.transports.kafka import KafkaTransport
@@ -141,15 +148,20 @@ def start(settings: JobSettings, argv: Sequence[str], environ: Mapping[str, str]
     global _bounded_since
     _bounded_since = time.monotonic() if settings.bounded else None
     cluster = rendezvous.cluster_from(argv, environ)
-    agree = None
+    agree: AgreeResumeEpoch | None = None
     if cluster is not None:  # one of several processes: agree on the resume epoch if the store is spread
         meeting = rendezvous.RendezvousSettings(
             settings.start.rendezvous_port, settings.start.rendezvous_timeout_seconds
         )
         agree = rendezvous.ResumeAgreement(cluster, meeting)
+    # A store with no state is restored from its backups first (connectors/backup.py).
+    process_id = cluster.process_id if cluster is not None else None
+    restored = backup.restore_at_start(settings.backup, recovery_directory(argv, environ), process_id)
+    agree = backup.checked_agreement(agree, restored)
     resume = prepare_resume(argv, environ, allow_no_recovery=settings.start.allow_no_recovery, agree=agree)
     if resume.directory is not None:
         check_state_settings(resume.directory, settings.state_shape(), resume.fresh)
+    backup.start_backups(settings.backup, resume.directory, process_id, argv, environ)
     return resume
 
 

@@ -135,11 +135,13 @@ class Job:
         recovery: Path | None = None,
         snapshot_s: int = 1,
         cluster: tuple[str, int] | None = None,
+        backup_s: int = 0,
     ) -> None:
-        """`cluster`: (bytewax's -a addresses, this process's -i) for one process of several."""
+        """`cluster`: (bytewax's -a addresses, this process's -i) for one process of several;
+        `backup_s`: bytewax's -b, the seconds of snapshot history it keeps."""
         argv = [sys.executable, "-m", "bytewax.run", target, "-w", str(workers)]
         if recovery is not None:
-            argv += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
+            argv += ["-r", str(recovery), "-s", str(snapshot_s), "-b", str(backup_s)]
         if cluster is not None:
             argv += ["-a", cluster[0], "-i", str(cluster[1])]
         self.log = log
