@@ -11,8 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ["README.md", "docs/architecture.md", "docs/querying.md", "k8s/README.md"]
 # A path or file name in backticks: `connectors/sinks/fence.py`, `kafka_sink.py`, `tests/guarantees/`.
-# Made at run time, not kept in the repository: the local caches and the sinks' manifest folders.
-RUNTIME = {".cache/", "_sink/"}
+# Made at run time, not kept in the repository: the local caches, the sinks' manifests, the store backups.
+RUNTIME = {".cache/", "_sink/", "_recovery/"}
 NAMED = re.compile(r"`((?:[\w.-]+/)*[\w-]+\.(?:py|md|yaml|toml|js|sh)|(?:[\w.-]+/)+)`")
 
 
