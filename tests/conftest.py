@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import polars as pl
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -30,6 +31,10 @@ FLOWS = {
 
 
 pytest_plugins = ["tests.runs", "tests.kinesis_fixtures", "tests.secured_fixtures"]
+
+# No per-example deadline: the guarantee tests run beside a CPU hog too, and a slow example is not a wrong one.
+hypothesis.settings.register_profile("waxstreams", deadline=None)
+hypothesis.settings.load_profile("waxstreams")
 processes.tie_children_to_parent = True  # nothing the suite starts outlives it
 
 
