@@ -3,7 +3,7 @@ manifests, what a read-back fences, record limits, and the one line for each ref
 
 Each sink partition commits one transaction per epoch; in it, beside the epoch's
 records, go one or more *manifest* records into the output topic's control topic
-`<topic>.waxstreams-commits` (one partition), keyed by the partition's transactional id,
+`<topic>.waxstreams-commits` (a partition per sink partition), keyed by its transactional id,
 naming the transaction's sequence number and the units it holds. A resume reads the
 control partition back (read_committed) from its stored position and fences the units
 of its own manifests past its stored sequence.
@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
 log = logging.getLogger(__name__)
 
@@ -209,35 +209,44 @@ def topic_max_message_bytes(bootstrap: str, config: dict[str, Any], topic: str, 
     return int(configs["max.message.bytes"].value)
 
 
-def ensure_control_topic(bootstrap: str, config: dict[str, Any], topic: str, timeout: float = 30.0) -> None:
-    """Create the control topic (1 partition, the broker's replication factor) unless it exists."""
+def ensure_control_topic(
+    bootstrap: str, config: dict[str, Any], topic: str, partitions: int, timeout: float = 30.0
+) -> None:
+    """Create the control topic (a partition per sink partition, the broker's replication
+    factor) unless it exists; add partitions it lacks."""
     admin = _admin(bootstrap, config)
     try:
-        if topic in admin.list_topics(topic, timeout=timeout).topics and _has_partitions(admin, topic, timeout):
+        have = _partitions(admin, topic, timeout)
+        if have >= partitions:
             return
-        admin.create_topics([NewTopic(topic, num_partitions=1)], request_timeout=timeout)[topic].result(timeout)
-        log.info("Kafka control topic %s created (1 partition): the output's transaction manifests", topic)
+        if have:
+            admin.create_partitions([NewPartitions(topic, partitions)], request_timeout=timeout)[topic].result(timeout)
+        else:
+            new = NewTopic(topic, num_partitions=partitions)
+            admin.create_topics([new], request_timeout=timeout)[topic].result(timeout)
+        log.info("Kafka control topic %s has %d partitions: the output's transaction manifests", topic, partitions)
     except KafkaException as exc:
         error = exc.args[0] if exc.args else None
         if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
             return
         msg = (
-            f"Kafka control topic {topic} is missing and could not be created ({_text(exc)}): create it "
-            "(1 partition, cleanup.policy=delete, retention at least as long as a job may stay down) "
-            "or grant the job CREATE on it"
+            f"Kafka control topic {topic} is missing or has fewer than {partitions} partitions and could not be "
+            f"made so ({_text(exc)}): create it ({partitions} partitions, cleanup.policy=delete, retention at least "
+            "as long as a job may stay down) or grant the job CREATE and ALTER on it"
         )
         raise KafkaSinkError(msg) from None
 
 
-def _has_partitions(admin: AdminClient, topic: str, timeout: float) -> bool:
-    meta = admin.list_topics(topic, timeout=timeout).topics[topic]
-    return meta.error is None and bool(meta.partitions)
+def _partitions(admin: AdminClient, topic: str, timeout: float) -> int:
+    meta = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+    return 0 if meta is None or meta.error is not None else len(meta.partitions)
 
 
 def read_manifests(
     bootstrap: str,
     config: dict[str, Any],
     topic: str,
+    partition: int,
     key: bytes,
     start: int | None,
     since_ms: int | None,
@@ -255,12 +264,12 @@ def read_manifests(
     group = f"waxstreams-readback-{uuid.uuid4().hex[:8]}"  # assign() only: no group is joined
     probe = Consumer({**base, "group.id": group, "isolation.level": "read_uncommitted"})
     try:
-        tp = TopicPartition(topic, 0)
+        tp = TopicPartition(topic, partition)
         low, high = probe.get_watermark_offsets(tp, timeout=timeout)
         if start is None:
             start = low
             if since_ms is not None:
-                at = probe.offsets_for_times([TopicPartition(topic, 0, since_ms)], timeout=timeout)[0].offset
+                at = probe.offsets_for_times([TopicPartition(topic, partition, since_ms)], timeout=timeout)[0].offset
                 start = at if at >= 0 else high
         elif start < low:
             log.error(
@@ -278,7 +287,7 @@ def read_manifests(
         return found, high
     consumer = Consumer({**base, "group.id": group, "isolation.level": "read_committed"})
     try:
-        consumer.assign([TopicPartition(topic, 0, start)])
+        consumer.assign([TopicPartition(topic, partition, start)])
         deadline = time.monotonic() + timeout
         while True:
             for msg in consumer.consume(1000, 0.5):

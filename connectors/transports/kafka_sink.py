@@ -30,7 +30,7 @@ A read_uncommitted reader also sees aborted transactions' records (a crashed epo
 written again by the replay). Records become visible when their epoch commits: about
 one epoch interval (bytewax's `-s`) after they are produced.
 
-transaction.timeout.ms (KAFKA_PROPERTY_TRANSACTION__TIMEOUT__MS, default 60000): a
+transaction.timeout.ms (KAFKA_PROPERTY_TRANSACTION__TIMEOUT__MS, default 600000): a
 transaction is open from an epoch's first record to its snapshot, so this must exceed
 the epoch interval by a wide margin (at least twice it): the broker aborts a transaction
 older than it. A transaction open longer than half of it is committed within the epoch
@@ -74,7 +74,7 @@ from connectors.transports.kafka_control import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRANSACTION_TIMEOUT_MS = 60_000
+DEFAULT_TRANSACTION_TIMEOUT_MS = 600_000  # a broker outage of minutes is ridden out, as librdkafka's own 5 min
 # Readers see an epoch only once it commits: a short linger costs nothing.
 PRODUCER_DEFAULTS = {"linger.ms": "5"}
 
@@ -90,6 +90,9 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         self._topic = sink.topic
         self._control = control_topic(sink.topic)
         self._part = part
+        # Its own control partition: a resume then waits for no other sink partition's open
+        # transaction (its own zombie's is aborted by init_transactions before it reads).
+        self._control_partition = int(part.lstrip("p"))
         self._namespace = state.namespace
         self._txid = transactional_id(sink.job, step_id, state.namespace, part)
         self._key = self._txid.encode()
@@ -145,6 +148,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
                 self._sink.bootstrap,
                 self._sink.client_config,
                 self._control,
+                self._control_partition,
                 self._key,
                 state.position,
                 since_ms,
@@ -178,10 +182,10 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         except KafkaException as exc:
             self._fail(refusal(self._topic, self._txid, error_of(exc), when))
 
-    def _produce(self, topic: str, value: bytes, key: bytes, when: str) -> None:
+    def _produce(self, topic: str, value: bytes, key: bytes, when: str, partition: int = -1) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key)
+                self._producer.produce(topic, value, key, partition)
                 return
             except BufferError:  # librdkafka's queue is full: serve delivery reports while it sends
                 self._serve(0.1)
@@ -232,7 +236,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
             return
         self._manifest_end = None
         for value in manifest_values(self._part, self._next_seq, self._units):
-            self._produce(self._control, value, self._key, "writing the manifest")
+            self._produce(self._control, value, self._key, "writing the manifest", self._control_partition)
         deadline = time.monotonic() + self._txn_timeout_s + 30
         while len(self._producer) and time.monotonic() < deadline:
             self._serve(0.5)
@@ -315,7 +319,7 @@ class KafkaTxSink(FixedPartitionedSink[OutputRecord, dict]):
     def build_part(self, step_id: str, for_part: str, resume_state: dict | None) -> _TxPartition:
         if self._batch_bytes is None:  # once per worker
             try:
-                ensure_control_topic(self.bootstrap, self.client_config, control_topic(self.topic))
+                ensure_control_topic(self.bootstrap, self.client_config, control_topic(self.topic), self.partitions)
                 topic_max = topic_max_message_bytes(self.bootstrap, self.client_config, self.topic)
             except KafkaSinkError as exc:
                 log.error("%s", exc)
