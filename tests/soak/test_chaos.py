@@ -229,7 +229,7 @@ def run_sequence(
 def stores(tmp: Path, layout: str) -> list[Path]:
     if layout == "2 processes":
         return [init_recovery(tmp / f"pod-{i}", 2, part=i) for i in range(2)]
-    return [init_recovery(tmp / "recovery")]
+    return [init_recovery(tmp / "store")]
 
 
 def bounded_finish(target: str, env: dict[str, str], layout: str, store_dirs: list[Path]) -> None:
