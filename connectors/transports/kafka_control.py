@@ -265,7 +265,7 @@ def read_manifests(
     probe = Consumer({**base, "group.id": group, "isolation.level": "read_uncommitted"})
     try:
         tp = TopicPartition(topic, partition)
-        low, high = probe.get_watermark_offsets(tp, timeout=timeout)
+        low, high = _watermarks(probe, tp, timeout)
         if start is None:
             start = low
             if since_ms is not None:
@@ -310,6 +310,28 @@ def read_manifests(
                 raise KafkaSinkError(msg_text)
     finally:
         consumer.close()
+
+
+# What a broker answers for a partition that is still being placed (a control topic just made).
+_NOT_READY = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+}
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+    """The partition's offsets, asked again while the broker says it is not ready yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=min(timeout, 10))
+            return low, high
+        except KafkaException as exc:
+            if error_of(exc).code() not in _NOT_READY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _text(exc: Exception) -> str:
