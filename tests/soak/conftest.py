@@ -9,7 +9,18 @@ from pathlib import Path
 import pytest
 
 RESULTS = Path(os.environ.get("CHAOS_RESULTS", ".cache/chaos.jsonl"))
-COLUMNS = ("output", "sequences", "crashes", "frontier kills", "stalls", "outages", "records", "lost", "doubled")
+COLUMNS = (
+    "output",
+    "sequences",
+    "crashes",
+    "frontier kills",
+    "stalls",
+    "outages",
+    "records",
+    "lost",
+    "doubled",
+    "failures",
+)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -42,6 +43,7 @@ pytestmark = pytest.mark.chaos
 KINDS = ("objects", "delta", "kafka", "kinesis")
 MINUTES = float(os.environ.get("CHAOS_MINUTES", "20"))
 RESULTS = Path(os.environ.get("CHAOS_RESULTS", ".cache/chaos.jsonl"))
+FAILED_LOGS = Path(".cache/chaos-failures")
 LAYOUTS = ("1 worker", "2 workers", "2 processes")
 
 
@@ -256,10 +258,11 @@ def until_time_is_up(kind: str, tmp_path: Path, one: Callable[[Plan, Stats, Path
         tmp.mkdir()
         try:
             one(plan, stats, tmp)
-        except AssertionError as exc:
-            print(f"chaos {kind}: sequence {stats.row['sequences']} failed; its logs are in {tmp}", flush=True)
+        except Exception as exc:  # a hung or failed run too: recorded, its logs kept, and the next sequence goes on
+            kept = FAILED_LOGS / f"{kind}-seed-{seed + stats.row['sequences']}"
+            shutil.copytree(tmp, kept, ignore=shutil.ignore_patterns("*.sqlite3"), dirs_exist_ok=True)
             stats.row["failures"] += 1
-            failures.append(f"seed {seed + stats.row['sequences']} ({plan.layout}): {str(exc)[:2000]}")
+            failures.append(f"seed {seed + stats.row['sequences']} ({plan.layout}, logs in {kept}): {str(exc)[:2000]}")
         stats.row["sequences"] += 1
     stats.write(seed=seed, seconds=round(share_s()))
     assert not failures, "\n\n".join(failures[:5])
