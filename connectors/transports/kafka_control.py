@@ -215,26 +215,36 @@ def ensure_control_topic(
     """Create the control topic (a partition per sink partition, the broker's replication
     factor) unless it exists; add partitions it lacks."""
     admin = _admin(bootstrap, config)
-    try:
-        have = _partitions(admin, topic, timeout)
-        if have >= partitions:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _grow_control_topic(admin, topic, partitions, timeout)
             return
-        if have:
-            admin.create_partitions([NewPartitions(topic, partitions)], request_timeout=timeout)[topic].result(timeout)
-        else:
-            new = NewTopic(topic, num_partitions=partitions)
-            admin.create_topics([new], request_timeout=timeout)[topic].result(timeout)
-        log.info("Kafka control topic %s has %d partitions: the output's transaction manifests", topic, partitions)
-    except KafkaException as exc:
-        error = exc.args[0] if exc.args else None
-        if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-            return
-        msg = (
-            f"Kafka control topic {topic} is missing or has fewer than {partitions} partitions and could not be "
-            f"made so ({_text(exc)}): create it ({partitions} partitions, cleanup.policy=delete, retention at least "
-            "as long as a job may stay down) or grant the job CREATE and ALTER on it"
-        )
-        raise KafkaSinkError(msg) from None
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                return
+            if time.monotonic() < deadline:  # a broker just restarted answers "fenced" for a while
+                time.sleep(0.5)
+                continue
+            msg = (
+                f"Kafka control topic {topic} is missing or has fewer than {partitions} partitions and could not "
+                f"be made so ({_text(exc)}): create it ({partitions} partitions, cleanup.policy=delete, retention "
+                "at least as long as a job may stay down) or grant the job CREATE and ALTER on it"
+            )
+            raise KafkaSinkError(msg) from None
+
+
+def _grow_control_topic(admin: AdminClient, topic: str, partitions: int, timeout: float) -> None:
+    have = _partitions(admin, topic, timeout)
+    if have >= partitions:
+        return
+    if have:
+        admin.create_partitions([NewPartitions(topic, partitions)], request_timeout=timeout)[topic].result(timeout)
+    else:
+        new = NewTopic(topic, num_partitions=partitions)
+        admin.create_topics([new], request_timeout=timeout)[topic].result(timeout)
+    log.info("Kafka control topic %s has %d partitions: the output's transaction manifests", topic, partitions)
 
 
 def _partitions(admin: AdminClient, topic: str, timeout: float) -> int:
