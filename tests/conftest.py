@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from connectors.transports.kafka_control import NOT_READY
 from dataflows.impression_rules import OUTPUT_SCHEMA
 from devstack import processes
 from devstack.kafka import KafkaBroker, create_topics
@@ -102,21 +103,12 @@ def read_partitions(bootstrap: str, topic: str) -> dict[int, list[tuple[bytes | 
                     at_end.discard(msg.partition())  # an end seen before later records came
                 elif error.code() == KafkaError._PARTITION_EOF:
                     at_end.add(msg.partition())
-                elif error.code() not in _NOT_READY:  # a fresh topic's partitions may still be placed
+                elif error.code() not in NOT_READY:  # a fresh topic's partitions may still be placed
                     raise KafkaException(error)
         assert len(at_end) == len(partitions), f"could not read {topic} to its end"
         return out
     finally:
         consumer.close()
-
-
-# What a broker answers for a topic whose partitions are still being placed.
-_NOT_READY = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError._TIMED_OUT,
-}
 
 
 def read_s3_rows(server: S3Server, bucket: str, prefix: str, fmt: str = "parquet") -> pl.DataFrame:

@@ -323,7 +323,7 @@ def read_manifests(
 
 
 # What a broker answers for a partition that is still being placed (a control topic just made).
-_NOT_READY = {
+NOT_READY = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
@@ -339,7 +339,7 @@ def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple
             low, high = consumer.get_watermark_offsets(tp, timeout=min(timeout, 10))
             return low, high
         except KafkaException as exc:
-            if error_of(exc).code() not in _NOT_READY or time.monotonic() > deadline:
+            if error_of(exc).code() not in NOT_READY or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 
