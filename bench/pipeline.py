@@ -82,7 +82,8 @@ def main() -> int:
     from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.testing import run_main
 
-    from connectors.sinks import s3_objects
+    from connectors.sinks.s3_client import S3Location
+    from connectors.sinks.s3_objects import PartitionedS3Sink
     from connectors.transports.memory import MemoryTransport
     from dataflows import movie_impressions, skeleton
     from dataflows.impression_rules import OUTPUT_SCHEMA
@@ -108,9 +109,9 @@ def main() -> int:
     settings = replace(MovieImpressionsSettings.from_env({}), bounded=True)
     transport = MemoryTransport({settings.input_topic: parts}, args.batch)
     store = MemoryS3()
-    s3_objects.S3Location.client = lambda self: store  # type: ignore[method-assign]
-    location = s3_objects.S3Location("bench", "pipeline")
-    sink = s3_objects.PartitionedS3Sink(
+    S3Location.client = lambda self: store  # type: ignore[method-assign]
+    location = S3Location("bench", "pipeline")
+    sink = PartitionedS3Sink(
         location, OUTPUT_SCHEMA, "parquet", settings.sink_partitions, namespace="bench", direct_put=False
     )
     flow = movie_impressions.build_flow(settings, transport, sink)

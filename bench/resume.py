@@ -20,7 +20,9 @@ import uuid
 
 import polars as pl
 
-from connectors.sinks.s3_objects import ObjectRows, PartitionedS3Sink, S3Location
+from connectors.sinks.rows import ObjectRows
+from connectors.sinks.s3_client import S3Location
+from connectors.sinks.s3_objects import PartitionedS3Sink
 from dataflows.impression_rules import OUTPUT_SCHEMA
 from devstack.s3 import LOCAL_CREDENTIALS, create_bucket
 

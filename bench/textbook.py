@@ -16,7 +16,9 @@ import polars as pl
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
 
-from connectors.sinks.s3_objects import ObjectRows, PartitionedS3Sink, S3Location
+from connectors.sinks.rows import ObjectRows
+from connectors.sinks.s3_client import S3Location
+from connectors.sinks.s3_objects import PartitionedS3Sink
 from dataflows.impression_rules import OUTPUT_SCHEMA, object_folder
 from dataflows.settings import MovieImpressionsSettings
 

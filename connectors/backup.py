@@ -45,7 +45,7 @@ from connectors.backup_store import (
     take,
 )
 from connectors.recovery_store import AgreeResumeEpoch, PartitionProgress, is_fresh
-from connectors.sinks.s3_objects import S3SinkError
+from connectors.sinks.s3_client import S3SinkError
 
 __all__ = ["BackupConfig", "BackupError", "Restored", "checked_agreement", "restore_at_start", "start_backups"]
 

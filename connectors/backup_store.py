@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from connectors import backup_layout as layout
 from connectors import engine
 from connectors.recovery_store import NAMESPACE_FILE, SHAPE_FILE, RecoveryStoreError, check_store, read_progress
-from connectors.sinks.s3_objects import S3Location, S3SinkError, with_retries
+from connectors.sinks.s3_client import S3Location, S3SinkError, with_retries
 
 log = logging.getLogger(__name__)
 

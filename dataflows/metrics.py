@@ -1,6 +1,6 @@
 """Prometheus metrics of the jobs, beside bytewax's own on its `/metrics` endpoint.
 
-The S3 sink's own (objects, rows, retries) are in connectors/sinks/s3_objects.py.
+The S3 sink's own (objects, rows) are in connectors/sinks/s3_objects.py, its retries in s3_client.py.
 
 In a pod, bytewax's API server (BYTEWAX_DATAFLOW_API_ENABLED=true, port 3030) serves
 these with the engine's; locally, METRICS_PORT starts a loopback-only server for them.

@@ -26,14 +26,10 @@ from bytewax.operators.windowing import UTC_MIN
 from bytewax.outputs import Sink
 
 from connectors.recovery_store import Resume
-from connectors.sinks.s3_objects import (
-    ObjectRows,
-    PartitionedS3Sink,
-    S3Location,
-    S3SinkError,
-    check_bucket,
-    check_existing_output,
-)
+from connectors.sinks.rows import ObjectRows
+from connectors.sinks.s3_client import S3Location, S3SinkError, check_bucket
+from connectors.sinks.s3_manifests import check_existing_output
+from connectors.sinks.s3_objects import PartitionedS3Sink
 from connectors.transports.contract import OutputRecord, Transport
 from dataflows import metrics, skeleton
 from dataflows.dead_letters import LateEvent
@@ -53,7 +49,7 @@ from dataflows.metrics import KEYS_IN_STATE
 from dataflows.settings import MovieImpressionsSettings
 
 if TYPE_CHECKING:
-    from connectors.sinks.delta_table import DeltaTableSink
+    from connectors.sinks.delta_sink import DeltaTableSink
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 JOB = "movie_impressions"
@@ -220,7 +216,8 @@ def with_window_hour(rows: pl.DataFrame) -> pl.DataFrame:
 
 def _delta_sink(settings: MovieImpressionsSettings, resume: Resume) -> DeltaTableSink:
     # Imported here: deltalake takes a while to import, and only this format needs it.
-    from connectors.sinks.delta_table import DeltaLocation, DeltaTableSink, check_existing_table, ensure_table
+    from connectors.sinks.delta_sink import DeltaTableSink
+    from connectors.sinks.delta_table import DeltaLocation, check_existing_table, ensure_table
 
     location = DeltaLocation(settings.delta_table_uri, settings.s3_endpoint_url, settings.s3_region)
     try:

@@ -38,7 +38,7 @@ from connectors.recovery_store import (
     prepare_resume,
     recovery_directory,
 )
-from connectors.sinks.s3_objects import S3SinkError
+from connectors.sinks.s3_client import S3SinkError
 from connectors.transports.contract import OutputRecord, Transport, TransportUnavailable
 from connectors.transports.kafka import KafkaTransport
 from connectors.transports.kinesis import KinesisTransport

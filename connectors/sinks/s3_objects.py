@@ -31,51 +31,40 @@ A partition without restored state takes the namespace of its recovery store
 another run's output for its own: it appends. Older states resume too: `(namespace, seq)`
 with an empty fence, and an `int` (stores written before namespaces existed, or a sink
 built without one) in the legacy namespace, manifests directly in `<prefix>/_sink/<partition>/`.
+A run that starts without state checks the prefix first (`s3_manifests.check_existing_output`).
+
+Layers: the S3 client and its retries are `s3_client.py`, the manifest log `s3_manifests.py`,
+the data PUTs `s3_put.py`; this module buffers, writes and resumes.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
 import re
-import threading
-import time
 import uuid
-import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import boto3
 import polars as pl
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import ClientError
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from prometheus_client import Counter
 
 from connectors.sinks.fence import LEGACY_NAMESPACE, CommitState  # legacy: manifests directly in `_sink/<partition>/`
-from connectors.sinks.s3_manifests import (
-    fence_of,
-    listed_units,
-    manifest_body,
-    segment_body,
-    sort_manifests,
-    units_of,
-    visible_of,
-)
+from connectors.sinks.rows import ObjectRows, partition_names, stable_partition
+from connectors.sinks.s3_client import S3Location, S3SinkError, key_taken, with_retries
+from connectors.sinks.s3_manifests import ManifestLog, fence_of, manifest_body, units_of, visible_of
 from connectors.sinks.s3_put import DirectPut
 
 log = logging.getLogger(__name__)
 
 OBJECTS_WRITTEN = Counter("waxstreams_s3_objects_written_total", "Data objects written (committed or not)")
 ROWS_WRITTEN = Counter("waxstreams_s3_rows_written_total", "Rows written (committed or not)")
-S3_RETRIES = Counter("waxstreams_s3_retries_total", "S3 calls retried after a transient failure")
-MANIFESTS_COMPACTED = Counter("waxstreams_s3_manifests_compacted_total", "Sink manifests folded into segments")
 UNITS_SKIPPED = Counter(
     "waxstreams_s3_replayed_units_skipped_total", "Replayed units found already written after the restored snapshot"
 )
@@ -87,90 +76,6 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SinkState = dict[str, Any] | int | tuple[str, int]
 # Object metadata of the empty object a resume puts where a crashed write's object never landed.
 CLAIM_METADATA = "waxstreams-claim"
-# Client errors that retrying cannot fix; anything else (5xx, throttling, network) is retried.
-_TERMINAL_CODES = {
-    "NoSuchBucket": "the bucket does not exist: create it or fix S3_BUCKET",
-    "AccessDenied": "access denied: check the AWS credentials and the bucket policy",
-    "InvalidAccessKeyId": "the AWS access key is not valid: fix the AWS credentials",
-    "SignatureDoesNotMatch": "the AWS secret key does not match: fix the AWS credentials",
-    "403": "access denied: check the AWS credentials and the bucket policy",
-    "404": "the bucket does not exist: create it or fix S3_BUCKET",
-    "NotImplemented": "the S3 endpoint lacks conditional writes (PUT If-None-Match), which the sink needs",
-}
-
-
-class S3SinkError(RuntimeError):
-    """S3 refused or could not be reached for good; the message names the fix."""
-
-
-class ExistingOutputError(S3SinkError):
-    """A run without recovery state would write into a prefix holding another run's output."""
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRows:
-    """Rows bound for object folders (relative to the bucket).
-
-    `ObjectRows(directory, rows)`: all in one folder. `ObjectRows.split(rows, runs)`: rows
-    of many folders, each folder's rows together, `runs` saying which: (folder, row
-    count) in row order. Either way the sink writes each folder's rows to its own object;
-    one frame for many folders spares the job a frame (and an item) per folder.
-
-    `complete`: folders (of these rows or earlier ones) that will get no more rows, so
-    the sink may write them before the epoch ends, one object each. A hint: rows that
-    still come for such a folder only go to another object.
-    """
-
-    directory: str
-    rows: pl.DataFrame
-    runs: tuple[tuple[str, int], ...] = ()
-    complete: tuple[str, ...] = ()
-
-    @classmethod
-    def split(cls, rows: pl.DataFrame, runs: Iterable[tuple[str, int]], complete: Iterable[str] = ()) -> ObjectRows:
-        return cls("", rows, tuple(runs), tuple(complete))
-
-    def by_folder(self) -> Iterator[tuple[str, pl.DataFrame]]:
-        if not self.runs:
-            yield self.directory, self.rows
-            return
-        offset = 0
-        for folder, count in self.runs:
-            yield folder, self.rows.slice(offset, count)  # a view: no copy
-            offset += count
-
-
-_SESSION_LOCK = threading.Lock()
-
-
-@functools.cache
-def _session() -> boto3.session.Session:
-    """One per process: it loads the S3 model once for every client (a session per client
-    costs about 0.1 s each, and a job makes one per sink partition and per start-up check)."""
-    return boto3.session.Session()
-
-
-@dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    prefix: str
-    endpoint_url: str | None = None
-    region: str | None = None
-
-    def client(self) -> Any:
-        # Credentials come from boto3's standard chain (env, profile, IRSA, instance role).
-        config = Config(
-            retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30, max_pool_connections=16
-        )
-        with _SESSION_LOCK:  # a session is not thread-safe; its clients are
-            return _session().client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
-
-    def root(self) -> str:
-        """The prefix as a key prefix: `impressions/`, or empty for the whole bucket."""
-        return f"{self.prefix.strip('/')}/".lstrip("/")
-
-    def manifest_dir(self, partition: str, namespace: str = LEGACY_NAMESPACE) -> str:
-        return f"{self.root()}_sink/{partition}/" + (f"{namespace}/" if namespace else "")
 
 
 def drop_units(rows: pl.DataFrame, units: set[tuple], columns: list[str]) -> tuple[pl.DataFrame, int]:
@@ -180,56 +85,6 @@ def drop_units(rows: pl.DataFrame, units: set[tuple], columns: list[str]) -> tup
         return rows, 0
     done = pl.DataFrame(seen, schema=rows.select(columns).schema, orient="row")
     return rows.join(done, on=columns, how="anti"), len(seen)
-
-
-def describe_s3_error(exc: Exception, location: S3Location) -> str | None:
-    """One-line reason with the fix for errors retrying cannot cure, None for transient ones."""
-    if isinstance(exc, ClientError):
-        code = _error_code(exc)
-        if code in _TERMINAL_CODES:
-            return f"S3 bucket {location.bucket!r}: {_TERMINAL_CODES[code]}"
-    if isinstance(exc, BotoCoreError) and "credentials" in type(exc).__name__.lower():
-        return "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile"
-    return None
-
-
-def with_retries(call: Callable[[], Any], what: str, location: S3Location, give_up_after: float) -> Any:
-    """Run an S3 call, retrying transient failures with capped exponential backoff."""
-    deadline = time.monotonic() + give_up_after
-    delay = 0.2
-    while True:
-        try:
-            return call()
-        except (ClientError, BotoCoreError) as exc:
-            msg = describe_s3_error(exc, location)
-            if msg is None and time.monotonic() + delay > deadline:
-                msg = (
-                    f"S3 {what} still failing after {give_up_after:.0f}s ({exc}); check S3_ENDPOINT_URL and the network"
-                )
-            if msg is not None:
-                # Logged here too: bytewax may abort on a sink exception without printing it.
-                log.error("%s; stopping: rows not yet in S3 are replayed from the last snapshot on restart", msg)
-                raise S3SinkError(msg) from None
-            log.warning("S3 %s failed (%s); retrying in %.1fs", what, type(exc).__name__, delay)
-            S3_RETRIES.inc()
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
-def check_bucket(location: S3Location) -> None:
-    """Fail fast at start with one clear line if the bucket cannot be written."""
-    client = location.client()
-    try:
-        client.head_bucket(Bucket=location.bucket)
-    except EndpointConnectionError:
-        msg = f"cannot reach S3 at {location.endpoint_url or 'AWS'}: start it or fix S3_ENDPOINT_URL"
-        raise S3SinkError(msg) from None
-    except (ClientError, BotoCoreError) as exc:
-        raise S3SinkError(describe_s3_error(exc, location) or f"S3 bucket {location.bucket!r}: {exc}") from None
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def decode(body: bytes, fmt: str, schema: pl.Schema) -> pl.DataFrame:
@@ -245,11 +100,6 @@ def encode(frame: pl.DataFrame, fmt: str) -> bytes:
     else:
         frame.write_csv(buffer)
     return buffer.getvalue()
-
-
-def stable_partition(key: str) -> int:
-    """Stable across processes and runs, unlike hash() (salted per process)."""
-    return zlib.crc32(key.encode())
 
 
 # Complete folders are written in the background, not waiting for the snapshot, once
@@ -283,7 +133,9 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._writes = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"s3-{partition}-seq")
         self._in_flight: list[Future[tuple[int, dict[str, Any]]]] = []
         self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"s3-{partition}")
-        self._pending: dict[int, dict[str, Any]] = {}  # individual manifests not yet in a segment: seq -> body
+        self._manifests = ManifestLog(
+            self._client, self._location, partition, self._namespace, sink.manifests_per_segment, sink.give_up_after
+        )
         # The fence, by object folder: units committed past the restored snapshot (by the restored
         # fence, or found by `_resume`) that the replay has not reached; only parts in these folders
         # are looked at, and a unit goes once its replay has been dropped.
@@ -299,38 +151,10 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         Those objects may already have been read, so they are final: their units join the
         restored fence in `_visible`, which the replay drops, and numbering goes on past the
         newest seq. The manifests name each object's units; only those of older releases
-        make it read the objects.
-        Only keys numbered from `next_seq - manifests_per_segment` on are listed: older
-        manifests are all committed (compaction keeps every individual manifest within
-        that window of the newest snapshot), so start-up costs the same whatever the history.
+        make it read the objects (`ManifestLog.writes_from` says which manifests are listed).
         """
-        prefix = self._location.manifest_dir(self._partition, self._namespace)
-        bucket = self._location.bucket
-        first = max(self._next_seq - self._sink.manifests_per_segment, 0)
-        # Keys sort by their (zero-padded) number: StartAfter skips the history in one request.
-        start_after = {"StartAfter": f"{prefix}{first:012d}"} if first else {}
-        # The delimiter keeps a legacy listing out of the namespaces below it.
-        pages = self._call(
-            "list manifests",
-            lambda: list(
-                self._client.get_paginator("list_objects_v2").paginate(
-                    Bucket=bucket, Prefix=prefix, Delimiter="/", **start_after
-                )
-            ),
-        )
-        listing = sort_manifests([entry["Key"] for page in pages for entry in page.get("Contents", [])], self._next_seq)
-        self._delete_keys(listing.folded)
-        past: dict[int, list[str]] = {}  # seq -> objects, of writes at or past the restored seq
-        listed: dict[str, list[tuple]] = {}  # object -> its units, as its manifest says
-        for key in listing.segments_past:
-            body = self._read_manifest(key)
-            past.update({int(seq): objects for seq, objects in body["seqs"].items() if int(seq) >= self._next_seq})
-            listed.update(listed_units(body))
-        for seq, key in listing.singles.items():
-            self._pending[seq] = self._read_manifest(key)
-            if seq >= self._next_seq:
-                past[seq] = self._pending[seq]["objects"]
-                listed.update(listed_units(self._pending[seq]))
+        # Seq -> objects of the writes at or past the restored seq; object -> its units, as its manifest says.
+        past, listed = self._manifests.writes_from(self._next_seq)
         fenced = sum(map(len, self._visible.values()))
         if past:
             objects = [key for seq in sorted(past) for key in past[seq]]
@@ -354,7 +178,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
             log.info(
                 "%s%s: %d units fenced by the restored snapshot; the replay skips them", self._partition, run, fenced
             )
-        self._compact_if_due()
+        self._manifests.compact_if_due(self._next_seq)
 
     def _landed_units(self, key: str, listed: list[tuple] | None) -> set[tuple]:
         """The units in an object of a write past the restored snapshot (`listed` by its
@@ -404,7 +228,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
             else:
                 self._data_put.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
         except ClientError as exc:
-            if _error_code(exc) not in ("PreconditionFailed", "412"):
+            if not key_taken(exc):
                 raise
             if claim:
                 return False
@@ -416,49 +240,6 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                 log.error("%s", msg)
                 raise S3SinkError(msg) from None
         return True
-
-    def _read_manifest(self, key: str) -> dict:
-        body = self._call("read manifest", partial(self._client.get_object, Bucket=self._location.bucket, Key=key))
-        return json.loads(body["Body"].read())
-
-    def _delete_keys(self, keys: list[str]) -> None:
-        # One request per 1,000 keys (the S3 limit), instead of one per key.
-        for i in range(0, len(keys), 1000):
-            batch = {"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
-            result = self._call(
-                "delete objects",
-                partial(self._client.delete_objects, Bucket=self._location.bucket, Delete=batch),
-            )
-            if result.get("Errors"):
-                error = result["Errors"][0]
-                msg = f"S3 bucket {self._location.bucket!r}: cannot delete {error.get('Key')} ({error.get('Code')})"
-                raise S3SinkError(msg)
-
-    def _put_segment(self, seqs: dict[int, dict[str, Any]]) -> None:
-        low, high = min(seqs), max(seqs)
-        key = f"{self._location.manifest_dir(self._partition, self._namespace)}{high:012d}-from-{low:012d}.json"
-        body = segment_body(seqs)
-        self._call(
-            "write manifest segment",
-            partial(self._client.put_object, Bucket=self._location.bucket, Key=key, Body=json.dumps(body).encode()),
-        )
-
-    def _compact_if_due(self) -> None:
-        """Fold individual manifests into one segment (one PUT, one batch DELETE).
-
-        Due when there are `manifests_per_segment` of them, or the oldest is about to
-        leave the window that start-up lists: so no individual manifest is ever left
-        where a later start-up would not see it. The segment keeps each seq's objects,
-        so a resume into it still finds the writes past its snapshot (`_resume`).
-        """
-        window = self._sink.manifests_per_segment
-        if not self._pending or (len(self._pending) < window and min(self._pending) > self._next_seq - window):
-            return
-        self._put_segment(self._pending)
-        prefix = self._location.manifest_dir(self._partition, self._namespace)
-        self._delete_keys([f"{prefix}{seq:012d}.json" for seq in sorted(self._pending)])
-        MANIFESTS_COMPACTED.inc(len(self._pending))
-        self._pending.clear()
 
     def write_batch(self, items: list[ObjectRows]) -> None:
         for item in items:
@@ -535,28 +316,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         return seq, manifest
 
     def _put_manifest(self, seq: int, body: bytes) -> None:
-        """PUT a write's manifest only if its key is free: a taken key is this very PUT retried
-        (same body), or another process writing this partition's seqs: this one is stale."""
-        bucket, key = (
-            self._location.bucket,
-            f"{self._location.manifest_dir(self._partition, self._namespace)}{seq:012d}.json",
-        )
-
-        def put() -> None:
-            try:
-                self._client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
-            except ClientError as exc:
-                if _error_code(exc) not in ("PreconditionFailed", "412"):
-                    raise
-                if self._client.get_object(Bucket=bucket, Key=key)["Body"].read() != body:
-                    msg = (
-                        f"s3://{bucket}/{key} was written by another writer of {self._partition}: this process is "
-                        "stale and stops; run one job per recovery store"
-                    )
-                    log.error("%s", msg)
-                    raise S3SinkError(msg) from None
-
-        self._call("write manifest", put)
+        self._manifests.put(seq, body)
 
     def _flush(self) -> None:
         """Write the rest and wait for every write in flight: then all seqs below next_seq are in."""
@@ -564,8 +324,8 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         in_flight, self._in_flight = self._in_flight, []
         for done in in_flight:
             seq, manifest = done.result()
-            self._pending[seq] = manifest
-        self._compact_if_due()
+            self._manifests.record(seq, manifest)
+        self._manifests.compact_if_due(self._next_seq)
 
     def snapshot(self) -> SinkState:
         try:
@@ -623,82 +383,10 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
         self.direct_put = direct_put
 
     def list_parts(self) -> list[str]:
-        # Zero-padded: bytewax routes `part_fn(key) % n` into the names sorted as strings.
-        width = max(2, len(str(self.partitions - 1)))
-        return [f"p{i:0{width}d}" for i in range(self.partitions)]
+        return partition_names(self.partitions)
 
     def part_fn(self, item_key: str) -> int:
         return stable_partition(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: SinkState | None) -> _S3SinkPartition:
         return _S3SinkPartition(self, for_part, CommitState.from_snapshot(resume_state, self.namespace))
-
-
-def find_foreign_output(location: S3Location, namespace: str, give_up_after: float = 300.0) -> str | None:
-    """The first key under the prefix not written by `namespace`, or None.
-
-    Own output is a manifest in `_sink/<partition>/<namespace>/` and the objects it
-    lists: what a crashed earlier attempt of this very run left. The listing stops
-    at the first foreign key, so a large prefix costs one page, not a full scan.
-    """
-    client = location.client()
-    bucket, root = location.bucket, location.root()
-    sink_root = f"{root}_sink/"
-
-    def pages(prefix: str) -> Iterator[dict]:
-        # One page at a time, each call retried, so the caller can stop at any page.
-        token: dict[str, str] = {}
-        while True:
-            page = with_retries(
-                partial(client.list_objects_v2, Bucket=bucket, Prefix=prefix, **token),
-                "list output",
-                location,
-                give_up_after,
-            )
-            yield page
-            if not page.get("IsTruncated"):
-                return
-            token = {"ContinuationToken": page["NextContinuationToken"]}
-
-    own: set[str] = set()
-    for page in pages(sink_root):
-        for entry in page.get("Contents", []):
-            key = entry["Key"]
-            part_ns_seq = key[len(sink_root) :].split("/")
-            if len(part_ns_seq) != 3 or part_ns_seq[1] != namespace:
-                return key
-            body = with_retries(
-                partial(client.get_object, Bucket=bucket, Key=key), "read manifest", location, give_up_after
-            )
-            own.add(key)
-            own.update(json.loads(body["Body"].read())["objects"])
-    for page in pages(root):
-        for entry in page.get("Contents", []):
-            if entry["Key"] not in own:
-                return entry["Key"]
-    return None
-
-
-def check_existing_output(location: S3Location, namespace: str, append: bool, give_up_after: float = 300.0) -> None:
-    """For a run that starts without recovery state: stop if the prefix holds other output.
-
-    Nothing would be lost either way (the run writes in its own namespace), but a new
-    run over old output is usually a mistake: a lost recovery store, a wrong prefix.
-    """
-    foreign = find_foreign_output(location, namespace, give_up_after)
-    if foreign is None:
-        return
-    if append:
-        log.info(
-            "s3://%s/%s already holds output of other runs (e.g. %s); appending (ON_EXISTING_OUTPUT=append)",
-            location.bucket,
-            location.root(),
-            foreign,
-        )
-        return
-    msg = (
-        f"s3://{location.bucket}/{location.root()} already holds output of another run (e.g. {foreign}) and this run "
-        "starts without recovery state: resume that run with its recovery store (-r), use a new S3_PREFIX, "
-        "or set ON_EXISTING_OUTPUT=append to add this run's output beside it"
-    )
-    raise ExistingOutputError(msg)

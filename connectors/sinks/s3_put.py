@@ -105,7 +105,7 @@ class DirectPut:
         self._path_style = path_style
         self._credentials = boto3_client_credentials(client)
         if self._credentials is None:
-            raise NoCredentialsError  # as boto3 would on its first call: one line (s3_objects.describe_s3_error)
+            raise NoCredentialsError  # as boto3 would on its first call: one line (s3_client.describe_s3_error)
         config = client.meta.config
         verify = boto3_client_verify(client)
         pool: dict[str, Any] = {"maxsize": 16, "retries": False, "timeout": urllib3.Timeout(connect=5, read=30)}

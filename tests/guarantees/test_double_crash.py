@@ -25,7 +25,8 @@ from bytewax.testing import run_main
 from polars.testing import assert_frame_equal
 
 from connectors.recovery_store import drop_abandoned_snapshots
-from connectors.sinks.s3_objects import PartitionedS3Sink, S3Location
+from connectors.sinks.s3_client import S3Location
+from connectors.sinks.s3_objects import PartitionedS3Sink
 from connectors.transports.memory import ABORT, Aborted, MemoryTransport
 from dataflows import movie_impressions
 from dataflows.impression_rules import OUTPUT_SCHEMA

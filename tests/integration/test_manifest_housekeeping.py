@@ -12,7 +12,9 @@ import polars as pl
 import pytest
 
 from connectors.sinks.fence import CommitState
-from connectors.sinks.s3_objects import ObjectRows, PartitionedS3Sink, S3Location, encode
+from connectors.sinks.rows import ObjectRows
+from connectors.sinks.s3_client import S3Location
+from connectors.sinks.s3_objects import PartitionedS3Sink, encode
 from dataflows.impression_rules import OUTPUT_SCHEMA
 from tests.conftest import read_s3_rows
 

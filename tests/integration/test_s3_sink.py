@@ -7,14 +7,9 @@ import pytest
 
 from connectors.sinks import s3_objects
 from connectors.sinks.fence import CommitState
-from connectors.sinks.s3_objects import (
-    ObjectRows,
-    PartitionedS3Sink,
-    S3Location,
-    S3SinkError,
-    check_bucket,
-    stable_partition,
-)
+from connectors.sinks.rows import ObjectRows, stable_partition
+from connectors.sinks.s3_client import S3Location, S3SinkError, check_bucket
+from connectors.sinks.s3_objects import PartitionedS3Sink
 from dataflows.impression_rules import OUTPUT_SCHEMA
 from tests.conftest import read_s3_rows
 
@@ -198,7 +193,7 @@ def test_partitions_are_zero_padded_and_routing_is_stable() -> None:
     import subprocess
     import sys
 
-    code = "from connectors.sinks.s3_objects import stable_partition as f; print(f('2000'), f('2001'))"
+    code = "from connectors.sinks.rows import stable_partition as f; print(f('2000'), f('2001'))"
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code], env={"PYTHONHASHSEED": seed}, capture_output=True, text=True, check=True

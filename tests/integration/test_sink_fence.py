@@ -21,9 +21,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from connectors.sinks import s3_objects
-from connectors.sinks.delta_table import DeltaLocation, DeltaTableSink, ensure_table
+from connectors.sinks.delta_sink import DeltaTableSink
+from connectors.sinks.delta_table import DeltaLocation, ensure_table
 from connectors.sinks.fence import CommitState
-from connectors.sinks.s3_objects import ObjectRows, PartitionedS3Sink, S3Location, S3SinkError
+from connectors.sinks.rows import ObjectRows
+from connectors.sinks.s3_client import S3Location, S3SinkError
+from connectors.sinks.s3_objects import PartitionedS3Sink
 from dataflows.impression_rules import OUTPUT_SCHEMA
 from dataflows.movie_impressions import DELTA_PARTITION_BY, DELTA_SCHEMA, with_window_hour
 from tests.readers import COLUMNS, PollingReader

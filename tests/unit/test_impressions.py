@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from connectors.sinks.s3_objects import ObjectRows
+from connectors.sinks.rows import ObjectRows
 from dataflows import movie_impressions
 from dataflows.dead_letters import MAX_DEAD_LETTER_BYTES, DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK, window_bounds
