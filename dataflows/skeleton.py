@@ -159,7 +159,9 @@ def start(settings: JobSettings, argv: Sequence[str], environ: Mapping[str, str]
     restored = backup.restore_at_start(settings.backup, recovery_directory(argv, environ), process_id)
     agree = backup.checked_agreement(agree, restored)
     resume = prepare_resume(argv, environ, allow_no_recovery=settings.start.allow_no_recovery, agree=agree)
-    if resume.directory is not None:
+    # A process past those holding the store keeps no state of its own to check (and must not
+    # record one: it would be judged as a store from before the record existed).
+    if resume.directory is not None and any(resume.directory.glob("*.sqlite3")):
         check_state_settings(resume.directory, settings.state_shape(), resume.fresh)
     backup.start_backups(settings.backup, resume.directory, process_id, argv, environ)
     return resume

@@ -99,9 +99,6 @@ def finish(cluster: LocalCluster) -> None:
     assert codes == [0, 0], cluster.logs()[-6000:]
 
 
-# Known defect (issue #22 stays open): twice in four full runs the 3-process cluster stored no snapshot
-# within the wait after the rescale. It runs and reports until the cause is found.
-@pytest.mark.xfail(strict=False, reason="the 3-process impressions cluster may store no snapshot in time")
 def test_impressions_into_s3_stay_exact_through_2_3_2_with_kills(new_run, local_cluster) -> None:
     run = new_run()
     events = traffic(12_000, seed=43)

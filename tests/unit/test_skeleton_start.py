@@ -15,7 +15,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from connectors.recovery_store import RecoveryStoreError, check_state_settings
+from connectors.recovery_store import SHAPE_FILE, RecoveryStoreError, check_state_settings
 from dataflows import skeleton
 from dataflows.settings import MovieImpressionsSettings
 from devstack.processes import free_port
@@ -59,6 +59,19 @@ def test_start_serves_metrics_repairs_the_store_and_says_what_it_resumes(tmp_pat
     assert _snapshots_from(tmp_path, frontier) == 0
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert "waxstreams_events_total" in body
+
+
+def test_a_process_past_those_holding_the_store_starts_with_an_empty_directory(tmp_path: Path) -> None:
+    """Scaled past the store's holders (k8s/README.md, Scaling), process 2 of 3 has no
+    partition: it has no state to check, and a record of it must not stop it."""
+    settings = MovieImpressionsSettings.from_env({"METRICS_PORT": str(free_port())})
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(3))
+    argv = ["dataflows.movie_impressions:flow", "-r", str(tmp_path), "-a", addresses, "-i", "2"]
+
+    resume = skeleton.start(settings, argv, {})
+
+    assert resume.directory == tmp_path and not resume.fresh
+    assert not (tmp_path / SHAPE_FILE).exists(), "it recorded state settings of a store it does not hold"
 
 
 def test_start_refuses_to_run_without_a_store_in_one_line() -> None:
