@@ -14,6 +14,7 @@ from dataflows.impressions.decode import MovieImpression, decode_impression
 from dataflows.impressions.layout import (
     MOVIE_SHARDS,
     OUTPUT_SCHEMA,
+    WINDOW_STATE,
     HourFolders,
     folder_runs,
     hour_folder,
@@ -337,3 +338,9 @@ def test_with_windows_that_straddle_the_hour_a_folder_waits_for_the_last_window_
     assert folders.closed(straddling - seven, seven, ["h07/m1"]) == [], "the straddling window may hold 07 rows"
     assert folders.closed(straddling, seven, ["h07/m1"]) == ["h07/m1"]
     assert folders.closed(straddling + seven, seven, ["h08/m1"]) == []
+
+
+def test_the_recorded_window_state_names_the_module_the_tallies_are_pickled_from() -> None:
+    """A snapshot pickles WindowTallies by module: after a move, a store made before must be
+    refused in one line by its recorded WINDOW_STATE, not fail to unpickle."""
+    assert f"({WindowTallies.__module__})" in WINDOW_STATE
