@@ -55,6 +55,7 @@ def closed_window_rows(
 
 
 def late_event_record(event: LateEvent) -> OutputRecord:
+    """A late event's late-topic record, keyed and named by its input position."""
     key = event.position.key()
     return OutputRecord(f"late:{key.decode()}", key, event.to_json())
 

@@ -19,6 +19,29 @@ TALLY_SCHEMA = pl.Schema(
 )
 
 
+@dataclass(slots=True)
+class WindowSlice:
+    """One input batch's valid, on-time impressions of one shard of movies in one window,
+    one TALLY_SCHEMA row per (movie, user).
+
+    Pre-aggregating each batch keeps per-event work out of the window operator
+    (docs/architecture.md, "Where the time goes"). `latest` is the newest event time in
+    it; `source_watermark` is the input partition's watermark after the batch and
+    `watermark_before` its watermark before the batch: every later event of the partition
+    was judged against at least that, so the window operator may close up to it on
+    arrival (dataflows/event_time.py, "Per key").
+    """
+
+    shard: str
+    window_start: int
+    latest: int
+    movies: list[str]
+    tallies: pl.DataFrame
+    source: str
+    source_watermark: int
+    watermark_before: int = NO_WATERMARK
+
+
 def _summed(parts: list[pl.DataFrame]) -> pl.DataFrame:
     """One row per (movie, user): counts added, latest the newest.
 
@@ -92,29 +115,6 @@ def window_rows(window_start_ms: int, length_ms: int, tallies: WindowTallies) ->
             windowEnd=pl.lit(window_start_ms + length_ms, pl.Int64),
         )
     )
-
-
-@dataclass(slots=True)
-class WindowSlice:
-    """One input batch's valid, on-time impressions of one shard of movies in one window,
-    one TALLY_SCHEMA row per (movie, user).
-
-    Pre-aggregating each batch keeps per-event work out of the window operator
-    (docs/architecture.md, "Where the time goes"). `latest` is the newest event time in
-    it; `source_watermark` is the input partition's watermark after the batch and
-    `watermark_before` its watermark before the batch: every later event of the partition
-    was judged against at least that, so the window operator may close up to it on
-    arrival (dataflows/event_time.py, "Per key").
-    """
-
-    shard: str
-    window_start: int
-    latest: int
-    movies: list[str]
-    tallies: pl.DataFrame
-    source: str
-    source_watermark: int
-    watermark_before: int = NO_WATERMARK
 
 
 class OpenMovies:
