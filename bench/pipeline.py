@@ -86,7 +86,7 @@ def main() -> int:
     from connectors.sinks.s3_objects import PartitionedS3Sink
     from connectors.transports.memory import MemoryTransport
     from dataflows import movie_impressions, skeleton
-    from dataflows.impression_rules import OUTPUT_SCHEMA
+    from dataflows.impressions.layout import OUTPUT_SCHEMA
     from dataflows.settings import MovieImpressionsSettings
     from producers.movie_impressions import TrafficShape, generate
 

@@ -23,7 +23,7 @@ import polars as pl
 from connectors.sinks.rows import ObjectRows
 from connectors.sinks.s3_client import S3Location
 from connectors.sinks.s3_objects import PartitionedS3Sink
-from dataflows.impression_rules import OUTPUT_SCHEMA
+from dataflows.impressions.layout import OUTPUT_SCHEMA
 from devstack.s3 import LOCAL_CREDENTIALS, create_bucket
 
 S3 = "http://127.0.0.1:4566"

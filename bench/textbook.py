@@ -19,7 +19,7 @@ from bytewax.dataflow import Dataflow
 from connectors.sinks.rows import ObjectRows
 from connectors.sinks.s3_client import S3Location
 from connectors.sinks.s3_objects import PartitionedS3Sink
-from dataflows.impression_rules import OUTPUT_SCHEMA, object_folder
+from dataflows.impressions.layout import OUTPUT_SCHEMA, object_folder
 from dataflows.settings import MovieImpressionsSettings
 
 

@@ -19,7 +19,7 @@ from connectors.transports import kafka_client
 from connectors.transports.kafka_client import KafkaClientConfig, KafkaConfigError
 from connectors.transports.kafka_source import EARLIEST, StartPosition
 from dataflows.booking_rules import CREATED, DEFAULT_CREATED, DEFAULT_EVENT, EVENT, SideSchema, parse_field_spec
-from dataflows.impression_rules import WINDOW_STATE
+from dataflows.impressions.layout import WINDOW_STATE
 
 LOCAL_KAFKA = "127.0.0.1:19092"
 LOCAL_S3 = "http://127.0.0.1:4566"

@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from connectors.transports.kafka_control import NOT_READY
-from dataflows.impression_rules import OUTPUT_SCHEMA
+from dataflows.impressions.layout import OUTPUT_SCHEMA
 from devstack import processes
 from devstack.kafka import KafkaBroker, create_topics
 from devstack.processes import child_setup, free_port

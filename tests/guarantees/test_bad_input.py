@@ -13,7 +13,9 @@ from polars.testing import assert_frame_equal
 
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK
-from dataflows.impression_rules import MovieImpression, WindowSlice, decode_impression, slice_batch
+from dataflows.impressions.decode import MovieImpression, decode_impression
+from dataflows.impressions.slicing import slice_batch
+from dataflows.impressions.windows import WindowSlice
 from dataflows.untrusted_json import InvalidEvent
 from producers.kafka_producer import produce_messages
 from producers.movie_impressions import TrafficShape, generate

@@ -29,7 +29,8 @@ from connectors.sinks.s3_client import S3Location
 from connectors.sinks.s3_objects import PartitionedS3Sink
 from connectors.transports.memory import ABORT, Aborted, MemoryTransport
 from dataflows import movie_impressions
-from dataflows.impression_rules import OUTPUT_SCHEMA
+from dataflows.impressions import outputs
+from dataflows.impressions.layout import OUTPUT_SCHEMA
 from dataflows.settings import MovieImpressionsSettings
 from tests.oracles import expected_rows
 from tests.readers import COLUMNS, KEY
@@ -54,7 +55,7 @@ def settings_for(s3, bucket: str, output_format: str) -> MovieImpressionsSetting
 def rows_sink(settings: MovieImpressionsSettings):
     """A new sink per run, as a restarted process builds it, in the run's namespace."""
     if settings.output_format == "delta":
-        return movie_impressions._delta_sink(settings, types.SimpleNamespace(sink_namespace=NAMESPACE, fresh=False))
+        return outputs.delta_sink(settings, types.SimpleNamespace(sink_namespace=NAMESPACE, fresh=False))
     location = S3Location(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, "us-east-1")
     return PartitionedS3Sink(location, OUTPUT_SCHEMA, "parquet", partitions=2, namespace=NAMESPACE)
 

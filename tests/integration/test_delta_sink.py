@@ -15,8 +15,7 @@ from connectors.sinks.delta_sink import DeltaTableSink, FencedError
 from connectors.sinks.delta_table import DeltaLocation, DeltaSinkError, check_existing_table, ensure_table
 from connectors.sinks.fence import CommitState
 from connectors.sinks.rows import ObjectRows
-from dataflows.impression_rules import OUTPUT_SCHEMA
-from dataflows.movie_impressions import DELTA_PARTITION_BY, DELTA_SCHEMA, with_window_hour
+from dataflows.impressions.layout import DELTA_PARTITION_BY, DELTA_SCHEMA, OUTPUT_SCHEMA, with_window_hour
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from connectors.sinks.fence import CommitState
 from connectors.sinks.rows import ObjectRows
 from connectors.sinks.s3_client import S3Location
 from connectors.sinks.s3_objects import PartitionedS3Sink, encode
-from dataflows.impression_rules import OUTPUT_SCHEMA
+from dataflows.impressions.layout import OUTPUT_SCHEMA
 from tests.conftest import read_s3_rows
 
 pytestmark = pytest.mark.integration

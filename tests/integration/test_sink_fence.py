@@ -27,8 +27,7 @@ from connectors.sinks.fence import CommitState
 from connectors.sinks.rows import ObjectRows
 from connectors.sinks.s3_client import S3Location, S3SinkError
 from connectors.sinks.s3_objects import PartitionedS3Sink
-from dataflows.impression_rules import OUTPUT_SCHEMA
-from dataflows.movie_impressions import DELTA_PARTITION_BY, DELTA_SCHEMA, with_window_hour
+from dataflows.impressions.layout import DELTA_PARTITION_BY, DELTA_SCHEMA, OUTPUT_SCHEMA, with_window_hour
 from tests.readers import COLUMNS, PollingReader
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflows import impression_rules
 from dataflows.dead_letters import DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK
-from dataflows.impression_rules import MOVIE_SHARDS, WindowSlice, decode_batch, slice_batch, slice_records
+from dataflows.impressions import decode
+from dataflows.impressions.decode import decode_batch
+from dataflows.impressions.layout import MOVIE_SHARDS
+from dataflows.impressions.reference import slice_records
+from dataflows.impressions.slicing import slice_batch
+from dataflows.impressions.windows import WindowSlice
 from tests.factories import kafka_message, tally_dict
 from tests.hostile import hostile, odd_but_valid
 
@@ -113,14 +117,14 @@ def test_a_batch_that_only_looks_clean_as_a_whole_is_judged_record_by_record() -
 def judged_alone() -> Iterator[list[bytes]]:
     """The records `slice_batch` judges one by one (by the per-record rules), in call order."""
     alone: list[bytes] = []
-    per_record = impression_rules.decode_fields
+    per_record = decode.decode_fields
 
     def spy(raw: bytes | None) -> tuple[str, str, int]:
         alone.append(raw)
         return per_record(raw)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(impression_rules, "decode_fields", spy)
+        patch.setattr(decode, "decode_fields", spy)
         yield alone
 
 
@@ -163,7 +167,7 @@ def test_the_producers_layouts_are_read_natively_and_anything_else_by_the_refere
             rows, invalid = decode_batch(batch)
         assert alone == [] and invalid == []
         assert rows.rows() == [(i, *slice_fields(record)) for i, record in enumerate(batch)]
-    cut = impression_rules._layout_rows
+    cut = decode._layout_rows
     natively: list[list[int]] = []
 
     def spy(values: list) -> object:
@@ -174,7 +178,7 @@ def test_the_producers_layouts_are_read_natively_and_anything_else_by_the_refere
     for record in NEAR_MISSES:
         values = [SPACED, record, SPACED]
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(impression_rules, "_layout_rows", spy)
+            patch.setattr(decode, "_layout_rows", spy)
             decode_batch(values)
         assert natively.pop() == [0, 2], f"read natively, yet not exactly a producer's layout: {record!r}"
         columnar, reference = both_paths(values, NO_WATERMARK)

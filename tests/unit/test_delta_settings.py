@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from dataflows.movie_impressions import DELTA_SCHEMA, with_window_hour
+from dataflows.impressions.layout import DELTA_SCHEMA, with_window_hour
 from dataflows.settings import ConfigError, MovieImpressionsSettings
 
 

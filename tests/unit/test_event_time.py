@@ -28,7 +28,9 @@ from dataflows.event_time import (
     partition_watermark,
     to_datetime,
 )
-from dataflows.impression_rules import TALLY_SCHEMA, WindowSlice, WindowTallies, movie_shards, slice_batch
+from dataflows.impressions.layout import movie_shards
+from dataflows.impressions.slicing import slice_batch
+from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice, WindowTallies
 from tests.factories import kafka_message
 
 W = 15 * 60 * 1000

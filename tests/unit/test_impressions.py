@@ -7,26 +7,23 @@ import polars as pl
 import pytest
 
 from connectors.sinks.rows import ObjectRows
-from dataflows import movie_impressions
 from dataflows.dead_letters import MAX_DEAD_LETTER_BYTES, DeadLetter, LateEvent
 from dataflows.event_time import NO_WATERMARK, window_bounds
-from dataflows.impression_rules import (
+from dataflows.impressions import JOB, windows
+from dataflows.impressions.decode import MovieImpression, decode_impression
+from dataflows.impressions.layout import (
     MOVIE_SHARDS,
     OUTPUT_SCHEMA,
-    TALLY_SCHEMA,
+    WINDOW_STATE,
     HourFolders,
-    MovieImpression,
-    WindowSlice,
-    WindowTallies,
-    decode_impression,
     folder_runs,
     hour_folder,
-    late_slice_records,
     movie_shard,
     object_folder,
-    slice_batch,
-    window_rows,
 )
+from dataflows.impressions.outputs import late_slice_records
+from dataflows.impressions.slicing import slice_batch
+from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice, WindowTallies, window_rows
 from dataflows.metrics import KEYS_IN_STATE
 from dataflows.untrusted_json import MAX_ID_BYTES, InvalidEvent
 from tests.factories import kafka_message, tally_dict
@@ -183,9 +180,9 @@ def test_tallies_count_their_movies_once_and_a_restored_window_again_from_its_ne
 
 
 def test_open_movies_gauge_counts_movies_not_windows() -> None:
-    gauge = KEYS_IN_STATE.labels(movie_impressions.JOB)
+    gauge = KEYS_IN_STATE.labels(JOB)
     before = gauge._value.get()
-    movies = movie_impressions.OpenMovies()
+    movies = windows.OpenMovies()
     movies.opened(["a", "b"])  # window 1
     movies.opened(["b", "c"])  # window 2, another shard or time
     assert gauge._value.get() - before == 3
@@ -341,3 +338,9 @@ def test_with_windows_that_straddle_the_hour_a_folder_waits_for_the_last_window_
     assert folders.closed(straddling - seven, seven, ["h07/m1"]) == [], "the straddling window may hold 07 rows"
     assert folders.closed(straddling, seven, ["h07/m1"]) == ["h07/m1"]
     assert folders.closed(straddling + seven, seven, ["h08/m1"]) == []
+
+
+def test_the_recorded_window_state_names_the_module_the_tallies_are_pickled_from() -> None:
+    """A snapshot pickles WindowTallies by module: after a move, a store made before must be
+    refused in one line by its recorded WINDOW_STATE, not fail to unpickle."""
+    assert f"({WindowTallies.__module__})" in WINDOW_STATE

@@ -12,11 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dataflows.booking_rules as bookings
-import dataflows.impression_rules as impressions
 from dataflows.booking_rules import DEFAULT_CREATED, DEFAULT_EVENT, BookingRecord, read_booking_batch
 from dataflows.dead_letters import MAX_DEAD_LETTER_BYTES, DeadLetter, SourcePosition
 from dataflows.event_time import NO_WATERMARK
-from dataflows.impression_rules import WindowSlice, decode_fields, decode_impression, object_folder, slice_batch
+from dataflows.impressions import decode
+from dataflows.impressions.decode import decode_fields, decode_impression
+from dataflows.impressions.layout import object_folder
+from dataflows.impressions.slicing import slice_batch
+from dataflows.impressions.windows import WindowSlice
 from dataflows.metrics import EVENTS, INTERNAL_ERRORS, count_inputs
 from dataflows.untrusted_json import MAX_DEPTH, MAX_ID_BYTES, InvalidEvent, decode_json_object
 from tests.factories import kafka_message, tally_dict
@@ -123,10 +126,10 @@ def _boom(*args: object) -> object:
 
 
 def test_a_failure_of_our_own_code_is_an_internal_dead_letter_and_the_batch_goes_on(monkeypatch) -> None:
-    real = impressions.decode_fields
+    real = decode.decode_fields
     # Keys in another order than the producers': judged alone, by decode_fields.
     poisoned = json.dumps({"userId": "poison", **IMPRESSION} | {"userId": "poison"}).encode()
-    monkeypatch.setattr(impressions, "decode_fields", lambda raw: _boom() if raw == poisoned else real(raw))
+    monkeypatch.setattr(decode, "decode_fields", lambda raw: _boom() if raw == poisoned else real(raw))
     values = [json.dumps(IMPRESSION).encode(), poisoned, b"{", json.dumps(IMPRESSION).encode()]
     messages = [kafka_message(v, offset=i) for i, v in enumerate(values)]
     items, _ = slice_batch("0-t", messages, NO_WATERMARK, window_ms=900_000, max_out_of_orderness_ms=0)
@@ -182,7 +185,7 @@ def test_a_dead_letter_fits_a_kafka_message(raw: bytes, exact: bool) -> None:
 
 
 def test_a_failure_of_the_batch_path_leaves_every_record_to_the_per_record_rules(monkeypatch) -> None:
-    monkeypatch.setattr(impressions, "_layout_rows", _boom)
+    monkeypatch.setattr(decode, "_layout_rows", _boom)
     values = [json.dumps(IMPRESSION).encode(), b"{", json.dumps(IMPRESSION).encode()]
     messages = [kafka_message(v, offset=i) for i, v in enumerate(values)]
     items, _ = slice_batch("0-t", messages, NO_WATERMARK, window_ms=900_000, max_out_of_orderness_ms=0)
