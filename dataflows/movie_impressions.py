@@ -25,7 +25,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators.windowing import UTC_MIN
 from bytewax.outputs import Sink
 
-from connectors.recovery_store import Resume
+from connectors.recovery_store.resume import Resume
 from connectors.sinks.s3_objects import (
     ObjectRows,
     PartitionedS3Sink,

@@ -235,7 +235,7 @@ class MovieImpressionsSettings:
         )
 
     def state_shape(self) -> dict[str, str]:
-        """The settings the stored state depends on (connectors/recovery_store.check_state_settings)."""
+        """The settings the stored state depends on (connectors/recovery_store/state_settings.py)."""
         return {
             "TRANSPORT": self.transport,
             "IMPRESSIONS_TOPIC": self.input_topic,
@@ -325,7 +325,7 @@ class BookingSettings:
         )
 
     def state_shape(self) -> dict[str, str]:
-        """The settings the stored state depends on (connectors/recovery_store.check_state_settings)."""
+        """The settings the stored state depends on (connectors/recovery_store/state_settings.py)."""
         return _booking_state_shape(self)
 
 
