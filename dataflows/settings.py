@@ -17,7 +17,7 @@ from connectors.backup_layout import valid_name
 from connectors.backup_store import BackupConfig
 from connectors.transports import kafka_client
 from connectors.transports.kafka_client import KafkaClientConfig, KafkaConfigError
-from connectors.transports.kafka_source import EARLIEST, StartPosition
+from connectors.transports.kafka_start_position import EARLIEST, StartPosition
 from dataflows.booking_rules import CREATED, DEFAULT_CREATED, DEFAULT_EVENT, EVENT, SideSchema, parse_field_spec
 from dataflows.impression_rules import WINDOW_STATE
 
