@@ -71,7 +71,7 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         kafka_part = self._kafka.build_part(step_id, for_part, offset)
         internals = KafkaPartitionInternals(kafka_part)
         try:
-            start, _high = self._starts.resolve(internals, for_part, offset)
+            start, high = self._starts.resolve(internals, for_part, offset)
         except BaseException:
             kafka_part.close()
             raise
@@ -83,7 +83,9 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         if stop is not None and start >= stop:
             internals.mark_end()
         if self._progress is not None:
-            self._progress.register(for_part, start, stop if stop is not None else end_offset(internals))
+            # Display only: the end the start's watermark query already gave, asked again only if it failed.
+            end = stop if stop is not None else high if high is not None else end_offset(internals)
+            self._progress.register(for_part, start, end)
         index, _, topic = for_part.partition("-")
         watch = None
         if index == "0" and self._partition_check_s:
