@@ -45,7 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connectors.autoscale_replicas import Replicas, ReplicasError, replicas_from
-from connectors.recovery_store import NAMESPACE_FILE, RecoveryStoreError, init_store, recovery_directory
+from connectors.recovery_store.errors import RecoveryStoreError
+from connectors.recovery_store.namespace import NAMESPACE_FILE
+from connectors.recovery_store.partition_files import init_store
+from connectors.recovery_store.resume import recovery_directory
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,7 @@ def plan(count: int, ordinal: int, address_spec: str, partitions: int) -> Plan:
 
 
 def namespace_of(identity: str) -> str:
-    """A sink namespace (connectors/recovery_store.py's form) every process derives alike."""
+    """A sink namespace (connectors/recovery_store/namespace.py's form) every process derives alike."""
     return re.sub(r"[^A-Za-z0-9._-]", "-", identity)[:64]
 
 

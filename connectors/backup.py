@@ -44,7 +44,8 @@ from connectors.backup_store import (
     restore,
     take,
 )
-from connectors.recovery_store import AgreeResumeEpoch, PartitionProgress, is_fresh
+from connectors.recovery_store.partition_files import is_fresh
+from connectors.recovery_store.resume_epoch import AgreeResumeEpoch, PartitionProgress
 from connectors.sinks.s3_client import S3SinkError
 
 __all__ = ["BackupConfig", "BackupError", "Restored", "checked_agreement", "restore_at_start", "start_backups"]

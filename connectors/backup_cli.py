@@ -22,7 +22,7 @@ from pathlib import Path
 from connectors import backup_layout as layout
 from connectors.backup_layout import REQUEST, RESULT
 from connectors.backup_store import BackupConfig, BackupError, BackupStore, _local_parts, choose, restore
-from connectors.recovery_store import RecoveryStoreError
+from connectors.recovery_store.errors import RecoveryStoreError
 from connectors.sinks.s3_client import S3SinkError
 
 JOBS = ("movie-impressions", "booking-correlation")

@@ -23,7 +23,10 @@ from botocore.exceptions import ClientError
 
 from connectors import backup_layout as layout
 from connectors import engine
-from connectors.recovery_store import NAMESPACE_FILE, SHAPE_FILE, RecoveryStoreError, check_store, read_progress
+from connectors.recovery_store.errors import RecoveryStoreError
+from connectors.recovery_store.namespace import NAMESPACE_FILE
+from connectors.recovery_store.partition_files import check_store, read_progress
+from connectors.recovery_store.state_settings import SHAPE_FILE
 from connectors.sinks.s3_client import S3Location, S3SinkError, with_retries
 
 log = logging.getLogger(__name__)

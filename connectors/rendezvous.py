@@ -2,7 +2,7 @@
 
 With one recovery directory per process (one volume per pod), each process holds only
 part of the store, so none can compute alone the epoch R that bytewax resumes from, nor
-delete the snapshots a crash left at epochs >= R (connectors/recovery_store.py says why
+delete the snapshots a crash left at epochs >= R (connectors/recovery_store/resume.py says why
 they must go). Before the flow is handed to bytewax:
 
 1. every process reads its partitions' progress (bytewax's `exs` and `fronts` rows) and
@@ -48,12 +48,8 @@ from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, Source
 
-from connectors.recovery_store import (
-    PartitionProgress,
-    RecoveryStoreError,
-    init_command,
-    resume_epoch_of,
-)
+from connectors.recovery_store.errors import RecoveryStoreError, init_command
+from connectors.recovery_store.resume_epoch import PartitionProgress, resume_epoch_of
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +281,7 @@ _coordinator: Coordinator | None = None  # process 0's, until bytewax starts
 
 
 class ResumeAgreement:
-    """`recovery_store.AgreeResumeEpoch` for one process of a cluster."""
+    """`recovery_store.resume_epoch.AgreeResumeEpoch` for one process of a cluster."""
 
     def __init__(self, cluster: Cluster, settings: RendezvousSettings) -> None:
         self.cluster, self.settings = cluster, settings

@@ -17,7 +17,7 @@ from connectors.backup_layout import valid_name
 from connectors.backup_store import BackupConfig
 from connectors.transports import kafka_client
 from connectors.transports.kafka_client import KafkaClientConfig, KafkaConfigError
-from connectors.transports.kafka_source import EARLIEST, StartPosition
+from connectors.transports.kafka_start_position import EARLIEST, StartPosition
 from dataflows.booking_rules import CREATED, DEFAULT_CREATED, DEFAULT_EVENT, EVENT, SideSchema, parse_field_spec
 from dataflows.impressions.layout import WINDOW_STATE
 
@@ -235,7 +235,7 @@ class MovieImpressionsSettings:
         )
 
     def state_shape(self) -> dict[str, str]:
-        """The settings the stored state depends on (connectors/recovery_store.check_state_settings)."""
+        """The settings the stored state depends on (connectors/recovery_store/state_settings.py)."""
         return {
             "TRANSPORT": self.transport,
             "IMPRESSIONS_TOPIC": self.input_topic,
@@ -325,7 +325,7 @@ class BookingSettings:
         )
 
     def state_shape(self) -> dict[str, str]:
-        """The settings the stored state depends on (connectors/recovery_store.check_state_settings)."""
+        """The settings the stored state depends on (connectors/recovery_store/state_settings.py)."""
         return _booking_state_shape(self)
 
 

@@ -6,7 +6,7 @@
 - `write_outputs`: every output stream of the job, and its dead letters: a record over
   its stream's limit becomes an `output_refused` dead letter instead of stopping the job.
 - `start`: start-up as one visible step: logging, the metrics server, the checks and
-  repair of the recovery store (connectors/recovery_store.py; with one directory per
+  repair of the recovery store (connectors/recovery_store/; with one directory per
   process, after the processes agreed on the resume epoch: connectors/rendezvous.py);
   says what the run resumes from.
 - `transport_for`: the transport the settings name.
@@ -30,14 +30,10 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
 from connectors import backup, rendezvous
-from connectors.recovery_store import (
-    AgreeResumeEpoch,
-    RecoveryStoreError,
-    Resume,
-    check_state_settings,
-    prepare_resume,
-    recovery_directory,
-)
+from connectors.recovery_store.errors import RecoveryStoreError
+from connectors.recovery_store.resume import Resume, prepare_resume, recovery_directory
+from connectors.recovery_store.resume_epoch import AgreeResumeEpoch
+from connectors.recovery_store.state_settings import check_state_settings
 from connectors.sinks.s3_client import S3SinkError
 from connectors.transports.contract import OutputRecord, Transport, TransportUnavailable
 from connectors.transports.kafka import KafkaTransport

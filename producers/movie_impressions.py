@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "--brokers",
         help="host:port list (default: KAFKA_BROKERS, else 127.0.0.1:19092); security and any librdkafka "
         "property come from the jobs' settings: KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*, "
-        "KAFKA_PROPERTIES, KAFKA_PROPERTY_<name> (see README)",
+        "KAFKA_PROPERTIES, KAFKA_PROPERTY_<name> (docs/settings.md)",
     )
     parser.add_argument("--topic", default="movie-impressions")
     parser.add_argument("--rate", type=float, default=100.0, help="events per second; 0 = as fast as possible")

@@ -16,7 +16,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from polars.testing import assert_frame_equal
 
-from connectors.recovery_store import read_progress, resume_epoch_of
+from connectors.recovery_store.partition_files import read_progress
+from connectors.recovery_store.resume_epoch import resume_epoch_of
 from devstack.processes import free_port
 from producers.bookings import GeneratedBooking
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce

@@ -19,7 +19,7 @@ from bytewax.dataflow import Dataflow
 from connectors.transports import kafka_token
 from connectors.transports.contract import OutputRecord
 from connectors.transports.kafka import KafkaTransport
-from connectors.transports.kafka_source import EARLIEST
+from connectors.transports.kafka_start_position import EARLIEST
 from dataflows.settings import KafkaSettings
 from tests import oauth_tokens
 

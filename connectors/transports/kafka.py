@@ -18,7 +18,9 @@ from connectors.transports.contract import BatchStep, OutputRecord, TransportUna
 from connectors.transports.kafka_client import KafkaClientConfig
 from connectors.transports.kafka_control import PRODUCER_MESSAGE_MAX_BYTES, record_limit, topic_max_message_bytes
 from connectors.transports.kafka_sink import KafkaTxSink, routing_key
-from connectors.transports.kafka_source import KafkaUnavailable, StartPosition, StatefulKafkaSource, check_topics
+from connectors.transports.kafka_source import StatefulKafkaSource
+from connectors.transports.kafka_start_position import StartPosition
+from connectors.transports.kafka_startup_check import KafkaUnavailable, check_topics
 from connectors.transports.progress import BoundedProgress
 
 # Large fetches, and a prefetch queue deep enough that librdkafka's thread fetches and

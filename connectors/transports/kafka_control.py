@@ -105,7 +105,7 @@ _NAMESPACE_TIME = re.compile(r"(\d{8}T\d{6}Z)-")
 
 
 def namespace_time_ms(namespace: str) -> int | None:
-    """When a run namespace (connectors/recovery_store.new_namespace) was made, in epoch ms."""
+    """When a run namespace (connectors/recovery_store/namespace.py) was made, in epoch ms."""
     found = _NAMESPACE_TIME.match(namespace)
     if found is None:
         return None

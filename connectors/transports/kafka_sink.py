@@ -276,7 +276,7 @@ class KafkaTxSink(FixedPartitionedSink[OutputRecord, dict]):
     """Writes `(routing_key(record), record)` items to `topic`, exactly once for read_committed readers.
 
     `namespace`: the run namespace of partitions that restore no state (the recovery
-    store's, connectors/recovery_store.py); `job`: part of every transactional.id;
+    store's, connectors/recovery_store/namespace.py); `job`: part of every transactional.id;
     `partitions`: how many sink partitions (each a producer and a transaction per epoch);
     `client_config`: librdkafka properties (security, KAFKA_PROPERTY_*)."""
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from bytewax.outputs import Sink
 
-from connectors.recovery_store import Resume
+from connectors.recovery_store.resume import Resume
 from connectors.sinks.rows import ObjectRows
 from connectors.sinks.s3_client import S3Location, S3SinkError, check_bucket
 from connectors.sinks.s3_manifests import check_existing_output

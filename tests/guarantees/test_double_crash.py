@@ -24,7 +24,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 from polars.testing import assert_frame_equal
 
-from connectors.recovery_store import drop_abandoned_snapshots
+from connectors.recovery_store.resume import drop_abandoned_snapshots
 from connectors.sinks.s3_client import S3Location
 from connectors.sinks.s3_objects import PartitionedS3Sink
 from connectors.transports.memory import ABORT, Aborted, MemoryTransport

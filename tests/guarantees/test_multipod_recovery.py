@@ -55,7 +55,7 @@ def crash_repeatedly(cluster: PodCluster, feed: Callable[[], None], crashes: Cra
     finally:
         feeder.join()
     # Each process sees only its own partition; without the rendezvous none of them could
-    # find these, and a later resume could load them (connectors/recovery_store.py).
+    # find these, and a later resume could load them (connectors/recovery_store/resume.py).
     assert sum(abandoned) > 0, "no crash left abandoned snapshots: nothing was tested"
     return abandoned[-1]
 

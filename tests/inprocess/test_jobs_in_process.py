@@ -21,7 +21,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, cluster_main, run_main
 from polars.testing import assert_frame_equal
 
-from connectors.recovery_store import drop_abandoned_snapshots
+from connectors.recovery_store.resume import drop_abandoned_snapshots
 from connectors.transports.memory import ABORT, Aborted, MemoryTransport
 from dataflows import booking_correlation, movie_impressions
 from dataflows.settings import BookingSettings, MovieImpressionsSettings

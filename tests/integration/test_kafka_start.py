@@ -13,14 +13,15 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
-from connectors.transports.kafka_source import EARLIEST, StartPosition, StatefulKafkaSource
+from connectors.transports.kafka_source import StatefulKafkaSource
+from connectors.transports.kafka_start_position import EARLIEST, StartPosition
 from tests.conftest import make_topics
 
 pytestmark = pytest.mark.integration
 
 BASE_MS = 1_546_844_400_000  # record i has timestamp BASE_MS + i * 1000
 COUNT = 100
-SOURCE_LOG = "connectors.transports.kafka_source"
+SOURCE_LOG = "connectors.transports.kafka_offsets"
 
 
 def offsets_and_values(part_id: str, messages: list, state: None) -> tuple[list[tuple[int, bytes]], None]:

@@ -27,7 +27,7 @@ from connectors.transports.contract import OutputRecord
 from connectors.transports.kafka import KafkaTransport
 from connectors.transports.kafka_control import RECORD_OVERHEAD_BYTES, KafkaSinkError, control_topic
 from connectors.transports.kafka_sink import KafkaTxSink
-from connectors.transports.kafka_source import StartPosition
+from connectors.transports.kafka_start_position import StartPosition
 from devstack.kafka import KafkaBroker
 from devstack.processes import free_port
 from tests.conftest import ROOT, make_topics

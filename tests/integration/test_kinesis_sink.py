@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutE
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
-from connectors.recovery_store import new_namespace
+from connectors.recovery_store.namespace import new_namespace
 from connectors.transports.contract import OutputRecord
 from connectors.transports.kinesis import KinesisTransport
 from connectors.transports.kinesis_records import MAX_ID_CHARS, MAX_RECORD_BYTES, route

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.recovery_store import read_progress, resume_epoch_of
+from connectors.recovery_store.partition_files import read_progress
+from connectors.recovery_store.resume_epoch import resume_epoch_of
 from tests.chaos import wait_for
 from tests.conftest import ROOT, init_recovery
 from tests.runs import FLOW, traffic

@@ -29,7 +29,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from connectors.recovery_store import read_progress, resume_epoch_of
+from connectors.recovery_store.partition_files import read_progress
+from connectors.recovery_store.resume_epoch import resume_epoch_of
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
 from tests.chaos import Job

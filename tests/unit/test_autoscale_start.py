@@ -24,7 +24,8 @@ from connectors.autoscale_start import (
     plan,
     prepare_store,
 )
-from connectors.recovery_store import NAMESPACE_FILE, read_progress, store_namespace
+from connectors.recovery_store.namespace import NAMESPACE_FILE, store_namespace
+from connectors.recovery_store.partition_files import read_progress
 
 TEMPLATE = "job-{ordinal}.job:9999"
 
@@ -212,9 +213,10 @@ def wait_until(condition, timeout: float = 20) -> None:
 
 
 def test_a_cluster_process_past_the_store_starts_with_an_empty_directory(tmp_path: Path) -> None:
-    """connectors/recovery_store.prepare_resume: one of a cluster (it has a way to agree with
+    """connectors/recovery_store/resume.prepare_resume: one of a cluster (it has a way to agree with
     the others) may hold no partition; alone, an empty directory is still a mistake."""
-    from connectors.recovery_store import RecoveryStoreError, prepare_resume
+    from connectors.recovery_store.errors import RecoveryStoreError
+    from connectors.recovery_store.resume import prepare_resume
 
     empty = tmp_path / "process-2"
     empty.mkdir()

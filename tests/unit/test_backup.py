@@ -13,7 +13,8 @@ from bytewax.recovery import init_db_dir
 from connectors import backup_layout as layout
 from connectors.backup import history_seconds
 from connectors.backup_store import copy_store, cut
-from connectors.recovery_store import check_store, read_progress, resume_epoch_of
+from connectors.recovery_store.partition_files import check_store, read_progress
+from connectors.recovery_store.resume_epoch import resume_epoch_of
 
 ROOT, RUN = "impressions/", "group-1"
 

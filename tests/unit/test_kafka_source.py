@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError, KafkaException
 
-from connectors.transports.kafka_source import _Partition
+from connectors.transports.kafka_partition import StatefulKafkaPartition as _Partition
 
 
 class FlakyConsumer:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import confluent_kafka
 import pytest
 
-from connectors.recovery_store import new_namespace
+from connectors.recovery_store.namespace import new_namespace
 from connectors.transports.kinesis_records import (
     MAX_BYTES_PER_CALL,
     MAX_ID_CHARS,

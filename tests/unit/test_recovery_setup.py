@@ -10,17 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from connectors.recovery_store import (
-    NAMESPACE_FILE,
-    RECORDED_LATER,
-    SHAPE_FILE,
-    RecoveryStoreError,
-    check_state_settings,
-    check_store,
-    init_store,
-    prepare_resume,
-    store_namespace,
-)
+from connectors.recovery_store.errors import RecoveryStoreError
+from connectors.recovery_store.namespace import NAMESPACE_FILE, store_namespace
+from connectors.recovery_store.partition_files import check_store, init_store
+from connectors.recovery_store.resume import prepare_resume
+from connectors.recovery_store.state_settings import RECORDED_LATER, SHAPE_FILE, check_state_settings
 from dataflows.settings import MovieImpressionsSettings
 
 

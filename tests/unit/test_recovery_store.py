@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connectors.recovery_store import (
-    PartitionProgress,
-    missing_partitions,
-    recovery_directory,
-    resume_epoch,
-    resume_epoch_of,
-)
+from connectors.recovery_store.resume import recovery_directory
+from connectors.recovery_store.resume_epoch import PartitionProgress, missing_partitions, resume_epoch, resume_epoch_of
 
 
 def test_resume_epoch_is_the_slowest_workers_furthest_frontier() -> None:

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from connectors import rendezvous
-from connectors.recovery_store import PartitionProgress, RecoveryStoreError, init_store, prepare_resume, read_progress
+from connectors.recovery_store.errors import RecoveryStoreError
+from connectors.recovery_store.partition_files import init_store, read_progress
+from connectors.recovery_store.resume import prepare_resume
+from connectors.recovery_store.resume_epoch import PartitionProgress
 from connectors.rendezvous import (
     Cluster,
     Coordinator,

@@ -15,7 +15,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from connectors.recovery_store import SHAPE_FILE, RecoveryStoreError, check_state_settings
+from connectors.recovery_store.errors import RecoveryStoreError
+from connectors.recovery_store.state_settings import SHAPE_FILE, check_state_settings
 from dataflows import skeleton
 from dataflows.settings import MovieImpressionsSettings
 from devstack.processes import free_port

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.transports.kafka_source import StartPosition
+from connectors.transports.kafka_start_position import StartPosition
 from dataflows.settings import BookingSettings, ConfigError, MovieImpressionsSettings, StartSettings
 
 JAN_7_2019_0700_UTC_MS = 1_546_844_400_000  # date -u -d 2019-01-07T07:00:00Z +%s, times 1000

@@ -1,0 +1,58 @@
+"""Fail fast at start: the broker answers with these settings and the topics exist."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from confluent_kafka import KafkaException
+
+from connectors.transports.kafka_client import ClientProblems, KafkaClientConfig
+
+log = logging.getLogger(__name__)
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker cannot be reached or a topic is missing; the message names the fix."""
+
+
+def check_topics(
+    brokers: list[str],
+    client_config: dict[str, Any],
+    topics: list[str],
+    timeout: float = 10.0,
+    client: KafkaClientConfig | None = None,
+) -> None:
+    """Fail fast at start with one clear line instead of a consumer that waits forever.
+
+    librdkafka reports why it cannot connect (a refused login, a certificate it cannot
+    verify, a listener speaking another protocol) only to `error_cb`: those errors are
+    collected while the topics are listed and the first that names a cause ends the
+    check at once, as one line naming the setting (`client`'s sources) and the fix."""
+    from confluent_kafka.admin import AdminClient
+
+    client = client or KafkaClientConfig()
+    problems = ClientProblems()
+    admin = AdminClient({"bootstrap.servers": ",".join(brokers), **client_config, **problems.config()})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            existing = admin.list_topics(timeout=min(1.0, timeout)).topics
+            break
+        except KafkaException:
+            admin.poll(0)  # serves error_cb and the logger
+            explained = problems.explain(brokers, client)
+            if explained is not None:
+                raise KafkaUnavailable(explained) from None
+            if time.monotonic() >= deadline:
+                msg = f"cannot reach Kafka at {','.join(brokers)}: start it (make up) or fix KAFKA_BROKERS"
+                raise KafkaUnavailable(msg) from None
+    missing = [t for t in topics if t not in existing]
+    if missing:
+        msg = (
+            f"Kafka topic(s) {', '.join(missing)} do not exist on {','.join(brokers)}: "
+            "create them or fix the topic settings"
+        )
+        raise KafkaUnavailable(msg)
+    log.info("Kafka at %s: connected (%s)", ",".join(brokers), client.masked())
