@@ -9,7 +9,7 @@ RUN_DIR := .cache/run
 # The local stack (devstack) accepts any AWS credentials; real ones come from your AWS chain.
 LOCAL_AWS := AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
 
-.PHONY: help install up down run run-bookings autoscale test test-guarantees test-unit test-kinesis test-image image chaos bench bench-peers lint fmt deploy clean
+.PHONY: help install up down run run-bookings autoscale test test-guarantees test-unit test-kinesis test-image image chaos soak bench bench-peers lint fmt deploy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ test-kinesis: install ## Only the Kinesis connector tests (starts and stops its 
 CHAOS_MINUTES ?= 20
 chaos: install ## Random crash, stall and outage sequences for every output kind, readers watching (CHAOS_MINUTES, default 20)
 	CHAOS_MINUTES=$(CHAOS_MINUTES) $(PY) -m pytest tests/soak -m chaos -n 2 --dist load -p no:cacheprovider
+
+soak: install ## The local autoscaler under a load ramp: up while busy, down once quiet, output exact (a quiet machine)
+	$(PY) -m pytest tests/soak -m soak -s -p no:cacheprovider
 
 IMAGE ?= localhost/waxstreams:latest
 image: ## Build the job image with buildah (installs buildah/debootstrap; a Debian-built base if the official cannot be pulled)

@@ -18,6 +18,7 @@ from polars.testing import assert_frame_equal
 
 from connectors.recovery_store.partition_files import read_progress
 from connectors.recovery_store.resume_epoch import resume_epoch_of
+from devstack.autoscale import LocalCluster
 from devstack.processes import free_port
 from producers.bookings import GeneratedBooking
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
@@ -372,3 +373,17 @@ def traffic(count: int, seed: int) -> list[GeneratedEvent]:
             )
         )
     )
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path):
+    """Makes LocalClusters; whatever they started is killed when the test ends, pass or fail."""
+    clusters: list[LocalCluster] = []
+
+    def make(target: str, env: dict[str, str], minimum: int, maximum: int) -> LocalCluster:
+        clusters.append(LocalCluster(target, env, tmp_path / f"cluster-{len(clusters)}", minimum, maximum))
+        return clusters[-1]
+
+    yield make
+    for cluster in clusters:
+        cluster.kill()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from bytewax.inputs import StatefulSourcePartition
@@ -24,6 +24,10 @@ from connectors.transports.kafka_retry import transient
 from connectors.transports.progress import BoundedProgress
 
 log = logging.getLogger(__name__)
+
+# After a poll that found nothing, the partition sleeps this long: an idle job would
+# otherwise wake every millisecond per partition, CPU an autoscaler reads as load.
+IDLE_BACKOFF = timedelta(milliseconds=20)
 
 _SYNC_COMMIT_RETRY_S = 10.0
 
@@ -56,6 +60,7 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
         self._state = state
         self._commit_offsets = commit_offsets
         self._coordinator_ready = False  # until one synchronous commit went through
+        self._awake: datetime | None = None
 
     def next_batch(self) -> list[X]:
         # The built-in partition's own loop, without the per-message copy (its private
@@ -80,6 +85,7 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
         if self._stop_offset is not None and messages and messages[-1].offset() >= self._stop_offset:  # type: ignore[operator]
             messages = [m for m in messages if m.offset() < self._stop_offset]  # type: ignore[operator]
             part.mark_end()
+        self._awake = None if messages else datetime.now(UTC) + IDLE_BACKOFF
         if not messages:
             return []
         part.next_offset = messages[-1].offset() + 1  # type: ignore[operator]  # a consumed message has one
@@ -89,7 +95,7 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
         return items
 
     def next_awake(self) -> datetime | None:
-        return self._kafka_part.next_awake()
+        return self._awake
 
     def _commit(self, offset: int | None, asynchronous: bool) -> None:
         if not self._commit_offsets or offset is None or offset < 0:

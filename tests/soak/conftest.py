@@ -1,4 +1,4 @@
-"""The chaos tier (`make chaos`): its marker, and the table it prints at the end."""
+"""The soak tier: `make chaos` (and the table it prints at the end), `make soak`."""
 
 from __future__ import annotations
 
@@ -24,12 +24,13 @@ COLUMNS = (
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if not hasattr(session.config, "workerinput"):  # the controller: one table per session
+    chaos = (session.config.getoption("markexpr") or "").strip() == "chaos"  # as `make chaos` selects
+    if chaos and not hasattr(session.config, "workerinput"):  # the controller: one table per session
         RESULTS.unlink(missing_ok=True)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    if hasattr(config, "workerinput") or not RESULTS.exists():
+    if hasattr(config, "workerinput") or not RESULTS.exists() or config.getoption("markexpr").strip() != "chaos":
         return
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
     terminalreporter.section("chaos: every output kind")

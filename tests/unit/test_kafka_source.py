@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from confluent_kafka import KafkaError, KafkaException
 
 from connectors.transports.kafka_partition import StatefulKafkaPartition as _Partition
@@ -62,3 +64,45 @@ def test_snapshots_commit_asynchronously_only_once_a_synchronous_commit_went_thr
     part.close()
     assert consumer.modes == [False, True, False]
     assert consumer.committed == [9_277, 9_277, 9_277]
+
+
+class Message:
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+
+    def error(self) -> None:
+        return None
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class PolledConsumer:
+    """Hands out the batches it was given, then nothing."""
+
+    def __init__(self, *batches: list[Message]) -> None:
+        self.batches = list(batches)
+
+    def consume(self, count: int, timeout: float) -> list[Message]:
+        return self.batches.pop(0) if self.batches else []
+
+
+class PolledKafkaPart:
+    _topic, _part_idx, _batch_size, _eof, _offset = "impressions", 0, 100, False, 0
+
+    def __init__(self, consumer: PolledConsumer) -> None:
+        self._consumer = consumer
+
+
+def test_an_idle_partition_sleeps_between_empty_polls_and_wakes_at_once_while_busy() -> None:
+    # bytewax calls next_batch again 1 ms after an empty one unless told otherwise: an idle job
+    # would spin, and a CPU-driven autoscaler would read the spinning as load.
+    part = _Partition(
+        PolledKafkaPart(PolledConsumer([Message(0), Message(1)])), "0-impressions", lambda p, m, s: (m, s), None, False
+    )
+    assert len(part.next_batch()) == 2
+    assert part.next_awake() is None
+    before = datetime.now(UTC)
+    assert part.next_batch() == []
+    awake = part.next_awake()
+    assert awake is not None and awake - before >= timedelta(milliseconds=10)
