@@ -53,8 +53,9 @@ autoscale: up ## JOB as local processes scaling on their CPU (KDA's rule, 5-s pe
 	$(LOCAL_AWS) $(PY) -m devstack.autoscale --job $(JOB) --min 1 --max 2
 
 TEST_WORKERS ?= 2
+PYTEST_ARGS ?=  # e.g. PYTEST_ARGS="-x --durations=20"
 test: lint ## Lint, then every test (unit, integration, e2e); starts and stops its own services
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile  # each worker runs whole files, with its own services
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)  # each worker runs whole files, with its own services
 
 test-guarantees: install ## Only the crash, lag, outage, bad-input and secrets tests, with 10,000 hostile messages per job
 	HOSTILE_MESSAGES=10000 $(PY) -m pytest -m guarantees
