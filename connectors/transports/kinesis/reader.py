@@ -115,7 +115,7 @@ class _Calls:
 class StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, S]):
     """Reads one stream's shards and runs `step` on every GetRecords answer, keeping its state.
 
-    `clock` (monotonic seconds) and `jitter` (random.uniform) are for tests that drive time.
+    `clock` (monotonic seconds), `wall` (epoch seconds) and `jitter` (random.uniform) are for tests that drive time.
     """
 
     def __init__(
@@ -128,6 +128,7 @@ class StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, S
         state: S,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self._opts = options
@@ -139,7 +140,7 @@ class StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, S
         self._jitter = jitter
         self._tracker = ShardTracker(options.start, positions)
         self._calls: dict[str, _Calls] = {}
-        self._started_ms = int(time.time() * 1000)
+        self._started_ms = int(wall() * 1000)
         self._next_discovery = 0.0
         self._finished = False
         self._rr = 0
