@@ -106,6 +106,21 @@ def test_every_record_once_in_order_across_a_split_and_a_merge_while_reading() -
     part.close()
 
 
+def test_children_are_found_at_their_parents_end_without_waiting_for_discovery() -> None:
+    fake = FakeKinesis()
+    (shard,) = fake.create_stream("s", shards=1)
+    part = reader(fake, "s", bounded=False, discovery_seconds=600.0)
+    written = fake.put("s", writes(20, 4, "a"))
+    items = drain(part, fake, until=lambda items: len(items) >= 20)
+    fake.split("s", shard)
+    written += fake.put("s", writes(20, 4, "b"))
+    started = fake.clock.now
+    items += drain(part, fake, until=lambda got: len(items) + len(got) >= len(written))
+    assert fake.clock.now - started < 5  # from the parent's SHARD_END, not from ListShards 10 minutes on
+    assert len(fake.times("list_shards")) == 1
+    assert_read_as_written(items, written, fake, "s")
+
+
 def test_a_merge_child_waits_for_its_slower_parent() -> None:
     fake = FakeKinesis()
     left, right = fake.create_stream("s", shards=2)
@@ -227,6 +242,8 @@ def test_an_iterator_expired_by_the_service_at_any_call_loses_nothing() -> None:
     items = drain(reader(fake, "s", max_records=8), fake)
     assert fake.raised.count("expired_iterator") == 3
     assert_read_as_written(items, written, fake, "s")
+    for shard in {c.shard for c in fake.calls if c.name == "get_records"}:  # renewals too keep to 5 calls/s
+        assert min(b - a for a, b in itertools.pairwise(fake.times("get_records", shard))) >= 0.2
 
 
 def test_transient_failures_back_off_with_one_warning_per_streak(caplog) -> None:
@@ -298,6 +315,7 @@ def test_latest_reads_only_what_arrives_after_the_start_and_a_resume_before_the_
     assert first not in {c.shard for c in fake.calls}
     snapshot = pickle.loads(pickle.dumps(part.snapshot()))
     assert {entry["pos"][0] for entry in snapshot[0]["shards"].values()} == {"AT_TIMESTAMP"}
+    fake.expire_iterators()  # renewed, they start at the start time, not at the tip: what came meanwhile is read
     new = fake.put("s", writes(10, 5, "new"))
     items = drain(part, fake, until=lambda items: len(items) >= 10)
     assert sorted(seq for _, _, seq, _ in items) == sorted(seq for _, _, seq in new)
