@@ -64,8 +64,8 @@ test-unit: install ## The quick tier: tests that need no services (unit, and who
 	$(PY) -m pytest tests/unit tests/inprocess
 
 test-kinesis: install ## Only the Kinesis connector tests (starts and stops its own kinesis-local)
-	$(PY) -m pytest tests/unit/test_kinesis_connectors.py tests/integration/test_kinesis_source.py \
-		tests/integration/test_kinesis_sink.py
+	$(PY) -m pytest tests/unit/test_kinesis_connectors.py tests/unit/test_kinesis_shard_tracker.py \
+		tests/unit/test_kinesis_reader.py tests/integration/test_kinesis_source.py tests/integration/test_kinesis_sink.py
 
 CHAOS_MINUTES ?= 20
 chaos: install ## Random crash, stall and outage sequences for every output kind, readers watching (CHAOS_MINUTES, default 20)

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any
 
-from connectors.transports.kinesis_source import kinesis_client
+from connectors.transports.kinesis.proxy import kinesis_client
 from devstack.kinesis import create_stream, read_stream
 from producers.kinesis_producer import put_messages
 from producers.movie_impressions import TrafficShape, generate

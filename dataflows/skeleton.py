@@ -37,8 +37,8 @@ from connectors.recovery_store.state_settings import check_state_settings
 from connectors.sinks.s3_client import S3SinkError
 from connectors.transports.contract import OutputRecord, Transport, TransportUnavailable
 from connectors.transports.kafka import KafkaTransport
-from connectors.transports.kinesis import KinesisTransport
-from connectors.transports.kinesis_source import KinesisConfigError, KinesisSettings
+from connectors.transports.kinesis.settings import KinesisConfigError, KinesisSettings
+from connectors.transports.kinesis.transport import KinesisTransport
 from dataflows import metrics
 from dataflows.dead_letters import DeadLetter, RefusedOutput
 from dataflows.event_time import NO_WATERMARK, HeartbeatSchedule, partition_watermark

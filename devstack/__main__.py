@@ -22,7 +22,7 @@ CACHE = ROOT / ".cache"
 STATE = CACHE / "stack"
 
 KAFKA_PORT, CONTROLLER_PORT, S3_PORT = 19092, 19093, 4566
-KINESIS_PORT, KINESIS_TLS_PORT = 4568, 4567  # KINESIS_ENDPOINT_URL's default (connectors/transports/kinesis_source.py)
+KINESIS_PORT, KINESIS_TLS_PORT = 4568, 4567  # KINESIS_ENDPOINT_URL's default (transports/kinesis/settings.py)
 # name -> shards; in memory: gone after `down`
 KINESIS_STREAMS = {
     "movie-impressions": 2,

@@ -202,7 +202,7 @@ def wait_active(client: Any, name: str, timeout: float = 30.0) -> None:
 
 def read_stream(client: Any, stream: str) -> list[tuple[str, bytes]]:
     """Every (partition key, data) in a stream, every shard from its start to its current end."""
-    from connectors.transports.kinesis_source import list_shards
+    from connectors.transports.kinesis.proxy import list_shards
 
     out: list[tuple[str, bytes]] = []
     for shard in list_shards(client, stream):

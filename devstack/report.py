@@ -9,7 +9,8 @@ import time
 import polars as pl
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from connectors.transports.kinesis_source import KinesisSettings, kinesis_client
+from connectors.transports.kinesis.proxy import kinesis_client
+from connectors.transports.kinesis.settings import KinesisSettings
 from dataflows.settings import BookingSettings, MovieImpressionsSettings
 from devstack.kinesis import read_stream
 

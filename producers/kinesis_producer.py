@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from connectors.transports.kinesis_source import kinesis_client
+from connectors.transports.kinesis.proxy import kinesis_client
 
 _BATCH = 500  # PutRecords' limit per call
 

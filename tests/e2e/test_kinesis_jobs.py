@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from polars.testing import assert_frame_equal
 
-from connectors.transports.kinesis_records import split_id
+from connectors.transports.kinesis.records import split_id
 from devstack.kinesis import read_stream
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings
 from producers.movie_impressions import TrafficShape, generate

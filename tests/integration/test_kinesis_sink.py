@@ -22,10 +22,11 @@ from bytewax.testing import TestingSource, run_main
 
 from connectors.recovery_store.namespace import new_namespace
 from connectors.transports.contract import OutputRecord
-from connectors.transports.kinesis import KinesisTransport
-from connectors.transports.kinesis_records import MAX_ID_CHARS, MAX_RECORD_BYTES, route
-from connectors.transports.kinesis_sink import KinesisSink, KinesisSinkError
-from connectors.transports.kinesis_source import KinesisSettings, StatefulKinesisSource
+from connectors.transports.kinesis.records import MAX_ID_CHARS, MAX_RECORD_BYTES, route
+from connectors.transports.kinesis.settings import KinesisSettings
+from connectors.transports.kinesis.sink import KinesisSink, KinesisSinkError
+from connectors.transports.kinesis.source import StatefulKinesisSource
+from connectors.transports.kinesis.transport import KinesisTransport
 from devstack.processes import free_port
 from tests.kinesis_fixtures import drain, open_shards, record_step, split
 

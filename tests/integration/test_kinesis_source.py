@@ -20,12 +20,9 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, cluster_main, run_main
 from prometheus_client import REGISTRY
 
-from connectors.transports.kinesis_source import (
-    KinesisSettings,
-    KinesisUnavailable,
-    StatefulKinesisSource,
-    check_streams,
-)
+from connectors.transports.kinesis.proxy import KinesisUnavailable, check_streams
+from connectors.transports.kinesis.settings import KinesisSettings
+from connectors.transports.kinesis.source import StatefulKinesisSource
 from devstack.processes import free_port
 from tests.kinesis_fixtures import drain, merge, open_shards, put, record_step, split, wait_for
 
@@ -197,7 +194,7 @@ def test_position_out_of_retention_resumes_at_trim_horizon_with_one_warning(kine
     # A sequence number the stream no longer has (as after retention trimmed it).
     stale = {"shards": {shard_id: {"pos": ["AFTER_SEQUENCE_NUMBER", "1" * 56], "parents": []}}, "done": []}
     before = counter("waxstreams_kinesis_position_resets_total", stream=stream)
-    with caplog.at_level(logging.WARNING, logger="connectors.transports.kinesis_source"):
+    with caplog.at_level(logging.WARNING, logger="connectors.transports.kinesis.reader"):
         items = drain(source(kinesis, [stream], bounded=True).build_part("in", stream, (stale, 0)))
     assert [seq for _, _, seq, _ in items] == [seq for _, _, seq in written]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -280,7 +277,7 @@ def test_transient_failures_are_retried_with_one_warning_per_streak(kinesis, kin
     written = put(kinesis.client(), stream, [("k", f"{i}".encode()) for i in range(10)])
     faulty = FaultyClient(kinesis.client(), get_records=["InternalFailure", "ServiceUnavailable", "500"])
     before = counter("waxstreams_kinesis_retries_total", stream=stream, reason="transient")
-    with caplog.at_level(logging.WARNING, logger="connectors.transports.kinesis_source"):
+    with caplog.at_level(logging.WARNING, logger="connectors.transports.kinesis.reader"):
         items = drain(
             source(kinesis, [stream], bounded=True, client_factory=lambda: faulty).build_part("in", stream, None)
         )

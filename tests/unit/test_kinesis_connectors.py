@@ -11,7 +11,8 @@ import confluent_kafka
 import pytest
 
 from connectors.recovery_store.namespace import new_namespace
-from connectors.transports.kinesis_records import (
+from connectors.transports.kinesis.record import KinesisRecord
+from connectors.transports.kinesis.records import (
     MAX_BYTES_PER_CALL,
     MAX_ID_CHARS,
     MAX_RECORD_BYTES,
@@ -26,14 +27,9 @@ from connectors.transports.kinesis_records import (
     record_id,
     split_id,
 )
-from connectors.transports.kinesis_sink import KinesisSink
-from connectors.transports.kinesis_source import (
-    LOCAL_KINESIS,
-    KinesisConfigError,
-    KinesisRecord,
-    KinesisSettings,
-    StatefulKinesisSource,
-)
+from connectors.transports.kinesis.settings import LOCAL_KINESIS, KinesisConfigError, KinesisSettings
+from connectors.transports.kinesis.sink import KinesisSink
+from connectors.transports.kinesis.source import StatefulKinesisSource
 
 
 def test_settings_default_to_the_local_stack() -> None:

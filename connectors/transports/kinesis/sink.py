@@ -5,7 +5,7 @@ Use::
     sink = KinesisSink.from_settings(settings, "alerts", namespace=resume.sink_namespace, job="booking")
     op.output("out", op.key_on("key", records, lambda r: r.key.decode()), sink)
 
-The wire (kinesis_records.py): the partition key is the record's key; the data is its
+The wire (records.py): the partition key is the record's key; the data is its
 value, a JSON object, with `"outputId"` added as the first field: the record's unit
 id (`#<n>` appended for further records of one unit in an epoch). A reader can drop a
 record whose `outputId` it has already seen.
@@ -67,8 +67,9 @@ from prometheus_client import Counter
 
 from connectors.sinks.fence import CommitState, Fence
 from connectors.transports.contract import OutputRecord
-from connectors.transports.kinesis_readback import read_back, refused
-from connectors.transports.kinesis_records import (
+from connectors.transports.kinesis.proxy import THROTTLING_CODES, TRANSIENT_CODES, error_code, kinesis_client
+from connectors.transports.kinesis.readback import read_back, refused
+from connectors.transports.kinesis.records import (
     KinesisSinkError,
     Pending,
     Queues,
@@ -80,13 +81,7 @@ from connectors.transports.kinesis_records import (
     record_id,
     route,
 )
-from connectors.transports.kinesis_source import (
-    THROTTLING_CODES,
-    TRANSIENT_CODES,
-    KinesisSettings,
-    _code,
-    kinesis_client,
-)
+from connectors.transports.kinesis.settings import KinesisSettings
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +239,7 @@ class _KinesisSinkPartition(StatefulSinkPartition[OutputRecord, State]):
                 StreamName=self._stream, Records=[{"PartitionKey": p.key, "Data": p.data} for p in call]
             )
         except ClientError as exc:
-            code = _code(exc)
+            code = error_code(exc)
             if code in THROTTLING_CODES:
                 return code
             if code in TRANSIENT_CODES or code.startswith("5"):

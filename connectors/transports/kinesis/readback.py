@@ -20,14 +20,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from connectors.transports.kinesis_records import KinesisSinkError, later
-from connectors.transports.kinesis_source import (
-    _CONNECTION_ERRORS,
-    MAX_GET_RECORDS,
-    THROTTLING_CODES,
-    TRANSIENT_CODES,
-    _code,
-)
+from connectors.transports.kinesis.proxy import CONNECTION_ERRORS, THROTTLING_CODES, TRANSIENT_CODES, error_code
+from connectors.transports.kinesis.records import KinesisSinkError, later
+from connectors.transports.kinesis.settings import MAX_GET_RECORDS
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +50,13 @@ class _Calls:
             try:
                 return getattr(self.client, name)(**kwargs)
             except ClientError as exc:
-                code = _code(exc)
+                code = error_code(exc)
                 if code in passthrough:
                     raise
                 if not (code in THROTTLING_CODES or code in TRANSIENT_CODES or code.startswith("5")):
                     raise refused(self.stream, name, code) from None
                 reason = code
-            except _CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 reason = type(exc).__name__
             backoff = min(_BACKOFF_CAP, max(_BACKOFF_BASE, backoff * 2))
             pause = random.uniform(backoff / 2, backoff)

@@ -1,14 +1,14 @@
 """Kinesis Data Streams as a job's transport (see contract.py): streams in, streams out.
 
 With TRANSPORT=kinesis the jobs' stream settings (IMPRESSIONS_TOPIC, CREATED_TOPIC, ...)
-name Kinesis streams. Each input stream is read by one source partition (kinesis_source.py
+name Kinesis streams. Each input stream is read by one source partition (source.py
 says why), but event time is tracked per shard, as Flink does: the job's batch step
 sees each shard as its own input partition `<stream>/<shardId>`, with its own state
 (lateness is judged against the shard's own progress), and the watermark is the
 minimum over shards. A stream partition reads a whole shard's backlog in a few calls;
 one watermark per stream would make every other shard's records late.
 
-Outputs go through kinesis_sink.py: each record once as a reader sees the stream, across
+Outputs go through sink.py: each record once as a reader sees the stream, across
 crashes and replays, except for what its module doc lists (a zombie writer, a call still
 in flight after its answer was lost); each record's data carries its id (`outputId`),
 by which a reader can drop a repeat.
@@ -23,15 +23,10 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 
 from connectors.transports.contract import BatchStep, OutputRecord, TransportUnavailable
-from connectors.transports.kinesis_sink import KinesisSink
-from connectors.transports.kinesis_source import (
-    KinesisSettings,
-    KinesisUnavailable,
-    StatefulKinesisSource,
-    check_streams,
-    kinesis_client,
-    list_shards,
-)
+from connectors.transports.kinesis.proxy import KinesisUnavailable, check_streams, kinesis_client, list_shards
+from connectors.transports.kinesis.settings import KinesisSettings
+from connectors.transports.kinesis.sink import KinesisSink
+from connectors.transports.kinesis.source import StatefulKinesisSource
 
 _STREAM_SETTINGS = "the job's stream settings (e.g. IMPRESSIONS_TOPIC, CREATED_TOPIC)"
 
