@@ -27,7 +27,7 @@ unit, not by seq, because a replay cuts epochs differently (they are wall-clock)
 
 The namespace keeps runs apart: only manifests of the run being resumed are ever read.
 A partition without restored state takes the namespace of its recovery store
-(`connectors/recovery_store.py`), so a new store, or a run without one, never mistakes
+(`connectors/recovery_store/`), so a new store, or a run without one, never mistakes
 another run's output for its own: it appends. Older states resume too: `(namespace, seq)`
 with an empty fence, and an `int` (stores written before namespaces existed, or a sink
 built without one) in the legacy namespace, manifests directly in `<prefix>/_sink/<partition>/`.

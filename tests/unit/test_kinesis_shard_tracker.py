@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -186,11 +185,6 @@ def test_any_history_of_splits_and_merges_is_read_once_each_shard_after_its_pare
         assert all(order.index(p) < order.index(shard) for p in its_parents)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect, kept as is by the refactor: a child named at SHARD_END whose other parent was created "
-    "after the last ListShards is read before that parent (an unknown parent counts as finished)",
-)
 def test_a_merge_child_named_at_shard_end_waits_for_a_parent_not_yet_listed() -> None:
     tracker = ShardTracker(TRIM)
     tracker.on_listing([ShardInfo("a"), ShardInfo("b")])
@@ -199,3 +193,12 @@ def test_a_merge_child_named_at_shard_end_waits_for_a_parent_not_yet_listed() ->
     tracker.add_children([ShardInfo("m", ("a", "b1"))])
     # b, then b1, still hold records of m's keys written before the merge.
     assert readable(tracker) == ["b"]
+    # The next listing names b1 and m: m still waits for b1, which waits for b.
+    tracker.on_listing(
+        [ShardInfo("b", closed=True), ShardInfo("b1", ("b",)), ShardInfo("b2", ("b",)), ShardInfo("m", ("a", "b1"))]
+    )
+    assert readable(tracker) == ["b"]
+    tracker.finish("b")
+    assert readable(tracker) == ["b1", "b2"]
+    tracker.finish("b1")
+    assert readable(tracker) == ["b2", "m"]

@@ -88,9 +88,14 @@ class ShardTracker:
         self.done.add(shard_id)
 
     def add_children(self, children: Iterable[ShardInfo]) -> None:
-        """The children a finished shard named; they hold only what followed it, from TRIM_HORIZON."""
+        """The children a finished shard named; they hold only what followed it, from TRIM_HORIZON.
+
+        A child with a parent this tracker has not seen (made since the last listing) waits for
+        the next listing, which names that parent too: taken now, the unknown parent would count
+        as finished and the child be read before it."""
         for child in children:
-            if child.shard_id not in self.shards and child.shard_id not in self.done:
+            known = all(p in self.shards or p in self.done for p in child.parents)
+            if known and child.shard_id not in self.shards and child.shard_id not in self.done:
                 self.shards[child.shard_id] = TrackedShard(child.shard_id, child.parents, "TRIM_HORIZON")
 
     def is_ready(self, shard: TrackedShard) -> bool:
