@@ -113,7 +113,7 @@ def test_booking_alerts_restored_after_the_recovery_directory_is_deleted(kafka, 
     (tmp_path / "run-2.log").write_text(result.stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "restored backups" in result.stderr
-    check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)
+    check_booking_outputs(kafka, env, messages, allow_identical_repeats=False)
     # Resumed, not started over: a fresh start would repeat every alert sent before the kill.
     alerts = read_topic(kafka.bootstrap, env["ALERTS_TOPIC"])
     repeats = len(alerts) - len({key for key, _ in alerts})
@@ -190,7 +190,7 @@ def test_two_processes_restored_after_every_recovery_directory_is_deleted(
     if job_name == "movie-impressions":
         run.assert_exact()
     else:
-        check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)
+        check_booking_outputs(kafka, env, messages, allow_identical_repeats=False)
 
 
 def test_a_rollback_to_a_savepoint_older_than_the_newest_output_is_exact(s3, new_run) -> None:
