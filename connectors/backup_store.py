@@ -268,10 +268,16 @@ def choose(
         if not layout.consistent(rounds[key]):
             continue
         if not layout.resumable(rounds[key]):
+            copies = ", ".join(
+                f"{layout.owner_of(m.parts)} complete below {m.epoch}, collected up to {m.collected} "
+                f"(kept {m.collected_snapshot})"
+                for m in rounds[key]
+            )
             log.warning(
-                "backup %s %s not restorable: bytewax collected snapshots it needs; raise -b "
+                "backup %s %s not restorable: bytewax collected snapshots it needs (%s); raise -b "
                 "(BYTEWAX_RECOVERY_BACKUP_INTERVAL) to at least BACKUP_INTERVAL_SECONDS",
                 *key,
+                copies,
             )
             continue
         if chosen := layout.mine(rounds[key], local_parts, process_id):
