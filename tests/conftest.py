@@ -183,6 +183,7 @@ def run_cluster(
     """Run a dataflow as `processes` processes of 1 worker on loopback, the way pods run it:
     sharing one recovery directory, or each with its own (a list, in process order)."""
     recoveries = recovery if isinstance(recovery, list) else [recovery] * processes
+    env = {"RECOVERY_RENDEZVOUS_PORT": str(free_port()), **env}  # its own: clusters of parallel tests must not meet
     argv = [sys.executable, "-m", "bytewax.run", target, "-s", "1", "-b", "0", "-a", cluster_addresses(processes)]
     procs = [
         subprocess.Popen(
