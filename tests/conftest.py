@@ -204,6 +204,7 @@ def run_cluster(
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
+                q.communicate()  # reaped, pipes closed: nothing leaks into the next test as a warning
             raise
         results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
     return results
