@@ -15,6 +15,7 @@ from typing import Any
 
 from connectors.backup_layout import valid_name
 from connectors.backup_store import BackupConfig
+from connectors.errors import ConfigError
 from connectors.transports import kafka_client
 from connectors.transports.kafka_client import KafkaClientConfig, KafkaConfigError
 from connectors.transports.kafka_start_position import EARLIEST, StartPosition
@@ -23,10 +24,6 @@ from dataflows.impressions.layout import WINDOW_STATE
 
 LOCAL_KAFKA = "127.0.0.1:19092"
 LOCAL_S3 = "http://127.0.0.1:4566"
-
-
-class ConfigError(ValueError):
-    """A setting is missing or wrong; the message names it and the fix."""
 
 
 class _Env:

@@ -19,6 +19,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from prometheus_client import Counter
 
+from connectors.errors import WaxstreamsError
+
 log = logging.getLogger(__name__)
 
 S3_RETRIES = Counter("waxstreams_s3_retries_total", "S3 calls retried after a transient failure")
@@ -35,7 +37,7 @@ _TERMINAL_CODES = {
 }
 
 
-class S3SinkError(RuntimeError):
+class S3SinkError(WaxstreamsError, RuntimeError):
     """S3 refused or could not be reached for good; the message names the fix."""
 
 

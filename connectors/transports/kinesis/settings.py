@@ -11,13 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from connectors.errors import ConfigError
+
 LOCAL_KINESIS = "http://127.0.0.1:4568"  # devstack's kinesis-local (python -m devstack up)
 START_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
 MAX_GET_RECORDS = 10_000  # Kinesis' own cap on GetRecords' Limit
 MIN_CALL_INTERVAL = 0.2  # 5 GetRecords calls per second per shard
 
 
-class KinesisConfigError(ValueError):
+class KinesisConfigError(ConfigError):
     """A Kinesis setting is missing or wrong; the message names it and the fix."""
 
 
