@@ -36,7 +36,6 @@ from connectors.recovery_store.resume_epoch import AgreeResumeEpoch
 from connectors.recovery_store.state_settings import check_state_settings
 from connectors.transports.contract import OutputRecord, Transport
 from connectors.transports.kafka import KafkaTransport
-from connectors.transports.kinesis.settings import KinesisSettings
 from connectors.transports.kinesis.transport import KinesisTransport
 from dataflows import metrics
 from dataflows.dead_letters import DeadLetter, RefusedOutput
@@ -114,9 +113,12 @@ def write_outputs(
 def transport_for(settings: JobSettings, environ: Mapping[str, str], job: str, resume: Resume) -> Transport:
     """`resume`: the run's namespace names its outputs' writers (Kafka transactional ids,
     Kinesis record ids) and where their read-back starts."""
-    if settings.transport == "kinesis":
-        return KinesisTransport(KinesisSettings.from_env(environ), job=job, sink_namespace=resume.sink_namespace)
+    if settings.kinesis is not None:
+        return KinesisTransport(settings.kinesis, job=job, sink_namespace=resume.sink_namespace)
     kafka = settings.kafka
+    if kafka is None:
+        msg = f"TRANSPORT={settings.transport} settings hold neither the Kafka nor the Kinesis part"
+        raise TypeError(msg)
     return KafkaTransport(
         kafka.brokers,
         settings.consumer_group,
