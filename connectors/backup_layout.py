@@ -114,6 +114,8 @@ class Manifest:
     seconds: float = 0.0
     files: tuple[dict, ...] = field(default_factory=tuple)  # {name, key, sha256, bytes, stored_bytes}
     collected: int = 0  # bytewax collected this copy's snapshots up to this epoch
+    # The newest snapshot at or below `collected` (None: a manifest that did not record it).
+    collected_snapshot: int | None = None
 
     def to_json(self) -> dict:
         return {
@@ -129,6 +131,7 @@ class Manifest:
             "seconds": round(self.seconds, 3),
             "files": [dict(f) for f in self.files],
             "collected": self.collected,
+            "collected_snapshot": self.collected_snapshot,
         }
 
     @classmethod
@@ -149,6 +152,7 @@ class Manifest:
             float(raw.get("seconds", 0.0)),
             tuple(dict(f) for f in raw["files"]),
             int(raw.get("collected", 0)),
+            None if raw.get("collected_snapshot") is None else int(raw["collected_snapshot"]),
         )
 
     @property
@@ -172,9 +176,20 @@ def round_epoch(manifests: Sequence[Manifest]) -> int:
 
 
 def resumable(manifests: Sequence[Manifest]) -> bool:
-    """No copy collected the snapshots a resume at the round's epoch loads (bytewax's -b too
-    short for the time between the copies)."""
-    return all(m.collected < round_epoch(manifests) for m in manifests)
+    """No copy collected the snapshots a resume at the round's epoch R loads (bytewax's -b too
+    short for the time between the copies).
+
+    A collection at c keeps each key's newest snapshot at or below c: if the newest of all of
+    them is below R, every key's snapshot below R is still there. So a copy collected past R
+    is fine when nothing was written from R to c (an idle partition's copy, whose own epoch,
+    and so R, lags the others')."""
+    cut = round_epoch(manifests)
+
+    def keeps(m: Manifest) -> bool:
+        kept_below_cut = m.collected_snapshot is not None and m.collected_snapshot < cut
+        return m.collected < cut or kept_below_cut
+
+    return all(keeps(m) for m in manifests)
 
 
 def complete(listed: Iterable[Listed]) -> dict[tuple[str, str], list[Listed]]:

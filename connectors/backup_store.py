@@ -139,12 +139,14 @@ class BackupStore:
             self._call("prune backups", partial(self.client.delete_objects, Bucket=self.location.bucket, Delete=batch))
 
 
-def copy_store(directory: Path, into: Path) -> tuple[int, int, list[int], int, int]:
+def copy_store(directory: Path, into: Path) -> tuple[int, int, list[int], int, int, int | None]:
     """Copy the partitions of `directory` into `into` (SQLite's online backup: bytewax goes on
     writing), each cut where the copies are complete. Returns (latest execution recorded or
-    -1, epoch, parts, part_count, the epoch bytewax collected up to)."""
+    -1, epoch, parts, part_count, the epoch bytewax collected up to, the newest snapshot at or
+    below a collection)."""
     files = sorted(directory.glob("*.sqlite3"))
     epochs, parts, counts, executions, collections = [], [], set(), [-1], [0]
+    kept: list[int] = []
     for file in files:
         with closing(sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as src:
             with closing(sqlite3.connect(into / file.name)) as dst:
@@ -153,6 +155,8 @@ def copy_store(directory: Path, into: Path) -> tuple[int, int, list[int], int, i
             collected = max(engine.commit_epochs(db), default=None)
             epochs.append(layout.file_epoch(engine.newest_snapshot_epoch(db), collected))
             collections.append(collected or 0)
+            if collected is not None and (newest_kept := engine.newest_snapshot_at_or_below(db, collected)):
+                kept.append(newest_kept)
             executions += [ex for ex, _, _ in engine.executions(db)]
             for index, count in engine.store_parts(db):
                 parts.append(index)
@@ -163,7 +167,7 @@ def copy_store(directory: Path, into: Path) -> tuple[int, int, list[int], int, i
     for extra in EXTRA_FILES:
         if (directory / extra).exists():
             shutil.copy(directory / extra, into / extra)
-    return max(executions), epoch, sorted(parts), counts.pop(), max(collections)
+    return max(executions), epoch, sorted(parts), counts.pop(), max(collections), max(kept, default=0)
 
 
 def cut(file: Path, epoch: int) -> None:
@@ -177,7 +181,7 @@ def take(directory: Path, store: BackupStore, kind: str, name: str, process_id: 
     """Back up this process's partitions as round `name` of `kind`; the manifest goes last."""
     began = time.monotonic()
     with tempfile.TemporaryDirectory(dir=directory, prefix=".backup-") as scratch:
-        execution, epoch, parts, count, collected = copy_store(directory, Path(scratch))
+        execution, epoch, parts, count, collected, collected_snapshot = copy_store(directory, Path(scratch))
         folder = layout.round_dir(store.root, store.config.run, kind, name)
         attempt = f"{folder}{layout.owner_of(parts)}.{uuid.uuid4().hex[:8]}/"
         files: list[dict[str, Any]] = []
@@ -207,6 +211,7 @@ def take(directory: Path, store: BackupStore, kind: str, name: str, process_id: 
         time.monotonic() - began,
         tuple(files),
         collected,
+        collected_snapshot,
     )
     key = layout.manifest_key(store.root, store.config.run, kind, name, parts, count)
     if not store.put(key, json.dumps(manifest.to_json(), indent=1).encode(), new=True):
@@ -263,10 +268,16 @@ def choose(
         if not layout.consistent(rounds[key]):
             continue
         if not layout.resumable(rounds[key]):
+            copies = ", ".join(
+                f"{layout.owner_of(m.parts)} complete below {m.epoch}, collected up to {m.collected} "
+                f"(kept {m.collected_snapshot})"
+                for m in rounds[key]
+            )
             log.warning(
-                "backup %s %s not restorable: bytewax collected snapshots it needs; raise -b "
+                "backup %s %s not restorable: bytewax collected snapshots it needs (%s); raise -b "
                 "(BYTEWAX_RECOVERY_BACKUP_INTERVAL) to at least BACKUP_INTERVAL_SECONDS",
                 *key,
+                copies,
             )
             continue
         if chosen := layout.mine(rounds[key], local_parts, process_id):

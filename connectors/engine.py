@@ -169,3 +169,7 @@ def cap_progress(db: sqlite3.Connection, epoch: int) -> None:
 
 def newest_snapshot_epoch(db: sqlite3.Connection) -> int | None:
     return db.execute("SELECT MAX(snap_epoch) FROM snaps").fetchone()[0]
+
+
+def newest_snapshot_at_or_below(db: sqlite3.Connection, epoch: int) -> int | None:
+    return db.execute("SELECT MAX(snap_epoch) FROM snaps WHERE snap_epoch <= ?", (epoch,)).fetchone()[0]

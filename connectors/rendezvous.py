@@ -135,8 +135,15 @@ class Gathering:
 class Coordinator:
     """Process 0: gathers the reports, decides R once, answers it until bytewax starts."""
 
-    def __init__(self, directory: Path, local: list[PartitionProgress], settings: RendezvousSettings) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        local: list[PartitionProgress],
+        settings: RendezvousSettings,
+        cluster: tuple[str, ...] = (),
+    ) -> None:
         self.directory, self.local, self.settings = directory, local, settings
+        self.cluster = cluster  # its processes' addresses: a process of another cluster is refused
         self.gathering = Gathering(local[0].count)
         self.decided = threading.Condition()
         self.epoch: int | None = _reusable_decision(directory, local)
@@ -180,7 +187,9 @@ class Coordinator:
                 try:
                     request = json.loads(self.rfile.readline())
                     progress = [PartitionProgress.from_json(p) for p in request["partitions"]]
-                    error = coordinator.offer(int(request["process"]), progress)
+                    error = coordinator.foreign(request.get("cluster")) or coordinator.offer(
+                        int(request["process"]), progress
+                    )
                     answer: dict[str, Any] = {"error": error} if error else {"resume_epoch": coordinator.wait(None)}
                 except (ValueError, KeyError, TypeError, OSError) as exc:
                     answer = {"error": f"recovery rendezvous: process 0 could not read the request ({exc})"}
@@ -199,6 +208,15 @@ class Coordinator:
             raise RecoveryStoreError(msg) from None
         self.server = server
         threading.Thread(target=server.serve_forever, name="recovery-rendezvous", daemon=True).start()
+
+    def foreign(self, cluster: list[str] | None) -> str | None:
+        """An error for a process of another cluster (two clusters on one host and port), else None."""
+        if not self.cluster or cluster is None or tuple(cluster) == self.cluster:
+            return None
+        return (
+            f"recovery rendezvous: port {self.settings.port} is process 0's of another cluster "
+            f"({';'.join(self.cluster)}, not {';'.join(cluster)}): give each cluster its own {_SETTINGS}"
+        )
 
     def execution_started(self) -> None:
         """bytewax built the production dataflow: every process is past the rendezvous, and
@@ -242,9 +260,19 @@ def _reusable_decision(directory: Path, local: list[PartitionProgress]) -> int |
     return epoch
 
 
-def ask(host: str, port: int, process_id: int, progress: list[PartitionProgress], timeout: float) -> int:
+def ask(
+    host: str,
+    port: int,
+    process_id: int,
+    progress: list[PartitionProgress],
+    timeout: float,
+    cluster: tuple[str, ...] = (),
+) -> int:
     """Report to process 0 and wait for R; retries while process 0 is not (yet, or again) listening."""
-    request = json.dumps({"process": process_id, "partitions": [p.to_json() for p in progress]}).encode() + b"\n"
+    asked: dict[str, Any] = {"process": process_id, "partitions": [p.to_json() for p in progress]}
+    if cluster:
+        asked["cluster"] = list(cluster)
+    request = json.dumps(asked).encode() + b"\n"
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
@@ -291,9 +319,16 @@ class ResumeAgreement:
         host = self.cluster.coordinator_host
         if self.cluster.process_id != 0:
             log.info("recovery rendezvous: asking process 0 at %s:%d for the resume epoch", host, self.settings.port)
-            epoch = ask(host, self.settings.port, self.cluster.process_id, local, self.settings.timeout_seconds)
+            epoch = ask(
+                host,
+                self.settings.port,
+                self.cluster.process_id,
+                local,
+                self.settings.timeout_seconds,
+                self.cluster.addresses,
+            )
         else:
-            coordinator = Coordinator(directory, local, self.settings)
+            coordinator = Coordinator(directory, local, self.settings, self.cluster.addresses)
             coordinator.serve(host)
             _coordinator = coordinator
             log.info(

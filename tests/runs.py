@@ -334,6 +334,8 @@ def check_booking_records(
 
     seen = {(k if isinstance(k, str) else k.decode()): json.loads(v)["seen"] for k, v in unmatched}
     assert seen == want_unmatched
+    if not allow_identical_repeats:
+        assert len(unmatched) == len(seen), "an unmatched record repeated"
 
     dead = [json.loads(v) for _, v in dead_letters]
     assert all(d["kind"] == "invalid" for d in dead), "bad input made our own code fail"

@@ -92,4 +92,4 @@ def test_kill_and_resume_from_the_recovery_store_keeps_every_alert(kafka, tmp_pa
 
     result = run_dataflow(FLOWS["booking-correlation"], {**env, "BOUNDED": "true"}, recovery=recovery)
     assert result.returncode == 0, result.stderr[-3000:]
-    check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)
+    check_booking_outputs(kafka, env, messages, allow_identical_repeats=False)

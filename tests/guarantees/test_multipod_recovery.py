@@ -99,4 +99,4 @@ def test_booking_alerts_into_kafka_stay_exact_through_kills_of_every_pod(kafka, 
     assert again.wait(120) == 0, again.output()[-3000:]
     assert zero.wait(60) == 0, zero.output()[-3000:]
     assert cluster.dropped_snapshots() == abandoned  # each dropped once, by the process that holds it
-    check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)
+    check_booking_outputs(kafka, env, messages, allow_identical_repeats=False)

@@ -115,7 +115,7 @@ def test_booking_alerts_into_kafka_stay_exact_through_2_3_2_with_kills(kafka, lo
     finally:
         watch.close()
     finish(cluster)
-    check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)
+    check_booking_outputs(kafka, env, messages, allow_identical_repeats=False)
 
     stopped = last_stop(cluster, "the replica count changed 2 -> 3")
     first = watch.first_growth_after(stopped)

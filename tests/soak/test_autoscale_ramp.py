@@ -58,7 +58,7 @@ def test_the_autoscaler_follows_a_load_ramp_up_and_back_down(kafka, local_cluste
     cluster.common_env["BOUNDED"] = "true"
     cluster.ensure_running()
     assert cluster.wait(120) == [0], cluster.logs()[-6000:]
-    check_booking_outputs(kafka, env, messages, allow_identical_repeats=True)
+    check_booking_outputs(kafka, env, messages, allow_identical_repeats=False)
 
 
 def autoscale_log(scaler: Autoscaler) -> list[str]:

@@ -31,6 +31,7 @@ import pytest
 
 from connectors.recovery_store.partition_files import read_progress
 from connectors.recovery_store.resume_epoch import resume_epoch_of
+from devstack.processes import free_port
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
 from tests.chaos import Job
@@ -62,6 +63,8 @@ class Processes:
         self.stores = stores
         n = len(stores)
         addresses = cluster_addresses(n) if n > 1 else None
+        if n > 1:  # its own rendezvous: two clusters of the run must not answer each other on 9998
+            env = {**env, "RECOVERY_RENDEZVOUS_PORT": str(free_port())}
         for i, store in enumerate(stores):
             log = tmp / f"attempt-{uuid.uuid4().hex[:6]}-{i}.log"
             cluster = (addresses, i) if addresses else None

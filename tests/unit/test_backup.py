@@ -83,6 +83,19 @@ def test_a_round_is_cut_where_every_copy_is_complete() -> None:
     assert not layout.resumable([collected_past, round_[1]])  # it kept only snapshots at 12 or later
 
 
+def test_a_copy_collected_past_the_cut_is_resumable_if_nothing_was_written_from_the_cut_to_its_collection() -> None:
+    # The cut is 12 (copy 1). Copy 0 was collected up to 13: each key keeps its newest snapshot at
+    # or below 13, so a resume at 12 finds every key's snapshot below 12 only if none is in 12..13.
+    def copy(collected_snapshot: int | None) -> layout.Manifest:
+        return layout.Manifest(layout.BACKUPS, "r", (0,), 2, 0, 3, 14, 4, 0.0, (), 13, collected_snapshot)
+
+    behind = layout.Manifest(layout.BACKUPS, "r", (1,), 2, 1, 3, 12, 4)
+    assert layout.round_epoch([copy(9), behind]) == 12
+    assert layout.resumable([copy(9), behind])  # idle since epoch 9: nothing collected that the resume needs
+    assert not layout.resumable([copy(12), behind])  # a snapshot at 12 replaced the one below it
+    assert not layout.resumable([copy(None), behind])  # not recorded (an older manifest): judged as before
+
+
 def test_a_round_is_complete_when_its_manifests_hold_every_partition() -> None:
     def listed(kind: str, name: str, owner: str, count: int) -> layout.Listed:
         return layout.Listed(kind, name, owner, count, f"{name}/{owner}")
@@ -175,7 +188,7 @@ def test_the_online_copy_of_a_store_being_written_is_a_consistent_store(tmp_path
     init_db_dir(store, 1)
     first = tmp_path / "first"
     first.mkdir()
-    assert copy_store(store, first) == (-1, 1, [0], 1, 0)  # nothing ran yet: a copy from the start
+    assert copy_store(store, first) == (-1, 1, [0], 1, 0, 0)  # nothing ran yet: a copy from the start
     stop, written = threading.Event(), []
     writer = threading.Thread(target=write_epochs, args=(store, stop, written))
     writer.start()
@@ -192,7 +205,7 @@ def test_the_online_copy_of_a_store_being_written_is_a_consistent_store(tmp_path
     finally:
         stop.set()
         writer.join()
-    for into, (execution, epoch, parts, count, _) in copies:
+    for into, (execution, epoch, parts, count, _, _) in copies:
         with closing(sqlite3.connect(into / "part-0.sqlite3")) as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             held = db.execute("SELECT DISTINCT snap_epoch FROM snaps ORDER BY 1").fetchall()
@@ -223,7 +236,7 @@ def test_a_restored_copy_resumes_no_later_than_the_round_allows(tmp_path: Path) 
         db.execute("INSERT INTO commits (part_index, commit_epoch) VALUES (0, 9)")
     copied = tmp_path / "copied"
     copied.mkdir()
-    assert copy_store(store, copied)[1:] == (10, [0], 1, 9)  # newest snapshot 10 (collected up to 9)
+    assert copy_store(store, copied)[1:] == (10, [0], 1, 9, 8)  # newest snapshot 10 (collected up to 9, kept 8)
     assert resume_epoch_of(read_progress(store)) == 11
     cut(store / "part-0.sqlite3", 6)
     assert resume_epoch_of(read_progress(store)) == 6

@@ -227,6 +227,19 @@ def test_a_partition_of_another_store_stops_the_asking_process_in_one_line(
         ask("127.0.0.1", meeting.port, 1, [PartitionProgress(1, 3, (), ())], 20)
 
 
+def test_a_process_of_another_cluster_on_the_same_port_is_refused_in_one_line(
+    tmp_path: Path, meeting: RendezvousSettings
+) -> None:
+    # Two local clusters left on the default port: process 1 of one must not take the other's epoch.
+    dirs = [_store(tmp_path / f"pod-{i}", i) for i in (0, 1)]
+    _in_thread(lambda: ResumeAgreement(_cluster(0), meeting)(dirs[0], read_progress(dirs[0])))
+    other = ("127.0.0.1:7", "127.0.0.1:8")
+    with pytest.raises(RecoveryStoreError, match="another cluster") as refused:
+        ask("127.0.0.1", meeting.port, 1, read_progress(dirs[1]), 20, other)
+    assert "\n" not in str(refused.value) and "RECOVERY_RENDEZVOUS_PORT" in str(refused.value)
+    assert ask("127.0.0.1", meeting.port, 1, read_progress(dirs[1]), 20, _cluster(1).addresses) == RESUME
+
+
 def test_the_source_tells_process_zero_when_bytewax_builds_the_dataflow(
     tmp_path: Path, meeting: RendezvousSettings
 ) -> None:
