@@ -17,10 +17,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from connectors.errors import WaxstreamsError
+
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-class ReplicasError(RuntimeError):
+class ReplicasError(WaxstreamsError, RuntimeError):
     """`CLUSTER_REPLICAS` or what it needs is wrong; the message names the setting and the fix."""
 
 

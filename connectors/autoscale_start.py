@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connectors.autoscale_replicas import Replicas, ReplicasError, replicas_from
-from connectors.recovery_store.errors import RecoveryStoreError
+from connectors.errors import WaxstreamsError
 from connectors.recovery_store.namespace import NAMESPACE_FILE
 from connectors.recovery_store.partition_files import init_store
 from connectors.recovery_store.resume import recovery_directory
@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, process.terminate)  # as PID 1 in a pod, unhandled SIGTERM is ignored
         signal.signal(signal.SIGINT, process.terminate)
         return process.run()
-    except (ReplicasError, RecoveryStoreError) as exc:
+    except WaxstreamsError as exc:
         print(f"autoscale_start: {exc}", file=sys.stderr)
         return 2
 

@@ -22,8 +22,7 @@ from pathlib import Path
 from connectors import backup_layout as layout
 from connectors.backup_layout import REQUEST, RESULT
 from connectors.backup_store import BackupConfig, BackupError, BackupStore, _local_parts, choose, restore
-from connectors.recovery_store.errors import RecoveryStoreError
-from connectors.sinks.s3_client import S3SinkError
+from connectors.errors import WaxstreamsError
 
 JOBS = ("movie-impressions", "booking-correlation")
 
@@ -117,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise BackupError(msg)
             restored = restore(args.dir, store, chosen, epoch)
             print(f"restored {args.name} into {args.dir}: resumes from epoch {restored.epoch} at most")
-    except (RecoveryStoreError, S3SinkError, OSError) as exc:
+    except (WaxstreamsError, OSError) as exc:
         print(f"backup: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -15,66 +15,18 @@ from typing import Any
 
 from connectors.backup_layout import valid_name
 from connectors.backup_store import BackupConfig
+from connectors.env import Env
+from connectors.errors import ConfigError
 from connectors.transports import kafka_client
 from connectors.transports.kafka_client import KafkaClientConfig, KafkaConfigError
 from connectors.transports.kafka_start_position import EARLIEST, StartPosition
+from connectors.transports.kinesis.settings import KinesisSettings
 from dataflows.booking_rules import CREATED, DEFAULT_CREATED, DEFAULT_EVENT, EVENT, SideSchema, parse_field_spec
 from dataflows.impressions.layout import WINDOW_STATE
 
 LOCAL_KAFKA = "127.0.0.1:19092"
 LOCAL_S3 = "http://127.0.0.1:4566"
-
-
-class ConfigError(ValueError):
-    """A setting is missing or wrong; the message names it and the fix."""
-
-
-class _Env:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def text(self, name: str, default: str) -> str:
-        value = self._env.get(name, default).strip()
-        if not value:
-            raise ConfigError(f"{name} is empty: set it or unset it to use the default {default!r}")
-        return value
-
-    def optional(self, name: str, default: str | None = None) -> str | None:
-        value = self._env.get(name, default if default is not None else "")
-        return value.strip() or None
-
-    def number(self, name: str, default: float, *, minimum: float, integer: bool = False) -> float:
-        raw = self._env.get(name, str(default)).strip()
-        try:
-            value = int(raw) if integer else float(raw)
-        except ValueError:
-            kind = "a whole number" if integer else "a number"
-            raise ConfigError(f"{name}={raw!r} is not {kind}: set it to e.g. {default}") from None
-        if value < minimum:
-            raise ConfigError(f"{name}={raw} is below the minimum {minimum}: set it to e.g. {default}")
-        return value
-
-    def port(self, name: str) -> int | None:
-        if not self._env.get(name, "").strip():
-            return None
-        port = int(self.number(name, 9100, minimum=1, integer=True))
-        if port > 65535:
-            raise ConfigError(f"{name}={port} is not a TCP port: use 1..65535")
-        return port
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self._env.get(name, "true" if default else "false").strip().lower()
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}={raw!r} is not a boolean: set it to true or false")
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.text(name, default).lower()
-        if value not in choices:
-            raise ConfigError(f"{name}={value!r} is not supported: use one of {', '.join(choices)}")
-        return value
+KAFKA_BATCH_SIZE = 50_000  # KAFKA_BATCH_SIZE's default
 
 
 @dataclass(frozen=True)
@@ -94,7 +46,7 @@ class KafkaSettings:
     def from_env(cls, env: Mapping[str, str], *, check: bool = True) -> KafkaSettings:
         """KAFKA_BROKERS and the client properties (kafka_client.from_env); `check`: also let
         librdkafka check every name and value and load the certificates (nothing connects)."""
-        e = _Env(env)
+        e = Env(env)
         brokers = [b.strip() for b in e.text("KAFKA_BROKERS", LOCAL_KAFKA).split(",") if b.strip()]
         for broker in brokers:
             host, _, port = broker.rpartition(":")
@@ -123,7 +75,7 @@ class StartSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StartSettings:
-        e = _Env(env)
+        e = Env(env)
         raw = e.text("START_POSITION", "earliest")
         try:
             position = StartPosition.parse(raw)
@@ -156,7 +108,7 @@ class BackupSettings(BackupConfig):
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, bucket: str | None, prefix: str, run: str) -> BackupSettings:
         """`bucket`, `prefix`, `run`: the job's defaults (its output bucket and prefix, its consumer group)."""
-        e = _Env(env)
+        e = Env(env)
         interval = e.number("BACKUP_INTERVAL_SECONDS", 0, minimum=0)
         restore_from = e.optional("RESTORE_FROM_SAVEPOINT")
         bucket = e.optional("BACKUP_S3_BUCKET") or bucket
@@ -182,7 +134,7 @@ class BackupSettings(BackupConfig):
 
 @dataclass(frozen=True)
 class MovieImpressionsSettings:
-    kafka: KafkaSettings
+    kafka: KafkaSettings | None  # TRANSPORT=kafka only
     transport: str  # kafka or kinesis: what the stream settings name
     input_topic: str
     dead_letter_topic: str
@@ -203,12 +155,13 @@ class MovieImpressionsSettings:
     metrics_port: int | None
     start: StartSettings = field(default_factory=StartSettings)
     backup: BackupConfig = field(default_factory=BackupConfig)  # BACKUP_*: the recovery store's backups
+    kinesis: KinesisSettings | None = None  # TRANSPORT=kinesis only
     s3_direct_put: bool = True  # data PUTs signed and sent without botocore (connectors/sinks/s3_put.py)
     delta_table_uri: str = ""  # OUTPUT_FORMAT=delta: DELTA_TABLE_URI, else s3://<S3_BUCKET>/<S3_PREFIX>
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MovieImpressionsSettings:
-        e = _Env(env)
+        e = Env(env)
         window_minutes = e.number("WINDOW_MINUTES", 15, minimum=1, integer=True)
         if (24 * 60) % window_minutes:
             raise ConfigError(f"WINDOW_MINUTES={window_minutes} does not divide a day: use e.g. 5, 15, 30 or 60")
@@ -228,7 +181,7 @@ class MovieImpressionsSettings:
             output_format=e.choice("OUTPUT_FORMAT", "parquet", ("parquet", "csv", "delta")),
             window=timedelta(minutes=window_minutes),
             sink_partitions=int(e.number("SINK_PARTITIONS", 4, minimum=1, integer=True)),
-            s3_give_up_after=timedelta(seconds=e.number("S3_RETRY_SECONDS", 300, minimum=0)),
+            s3_give_up_after=e.seconds("S3_RETRY_SECONDS", 300, minimum=0),
             consumer_group=e.text("CONSUMER_GROUP", "movie-impressions"),
             s3_direct_put=e.flag("S3_DIRECT_PUT", True),
             delta_table_uri=_delta_table_uri(e),
@@ -248,7 +201,7 @@ class MovieImpressionsSettings:
         }
 
 
-def _delta_table_uri(e: _Env) -> str:
+def _delta_table_uri(e: Env) -> str:
     """OUTPUT_FORMAT=delta: where the table is (an S3 URI; the endpoint and credentials are the S3 ones)."""
     default = f"s3://{e.text('S3_BUCKET', 'movie-impressions')}/{e.text('S3_PREFIX', 'impressions').strip('/')}"
     uri = (e.optional("DELTA_TABLE_URI") or default).rstrip("/")
@@ -263,7 +216,7 @@ def _delta_table_uri(e: _Env) -> str:
 
 @dataclass(frozen=True)
 class BookingSettings:
-    kafka: KafkaSettings
+    kafka: KafkaSettings | None  # TRANSPORT=kafka only
     transport: str
     created_topic: str
     events_topic: str
@@ -281,10 +234,11 @@ class BookingSettings:
     metrics_port: int | None
     start: StartSettings = field(default_factory=StartSettings)
     backup: BackupConfig = field(default_factory=BackupConfig)  # BACKUP_*: the recovery store's backups
+    kinesis: KinesisSettings | None = None  # TRANSPORT=kinesis only
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BookingSettings:
-        e = _Env(env)
+        e = Env(env)
 
         def schema(side: str, prefix: str, default: SideSchema) -> SideSchema:
             try:
@@ -320,7 +274,7 @@ class BookingSettings:
             dead_letter_topic=e.text("DEAD_LETTER_TOPIC", "booking-dead-letter"),
             created_schema=created,
             event_schema=event,
-            timeout=timedelta(seconds=e.number("BOOKING_TIMEOUT_SECONDS", 900, minimum=1)),
+            timeout=e.seconds("BOOKING_TIMEOUT_SECONDS", 900, minimum=1),
             consumer_group=e.text("CONSUMER_GROUP", "booking-correlation"),
         )
 
@@ -340,17 +294,23 @@ def _booking_state_shape(settings: BookingSettings) -> dict[str, str]:
 
 
 def _shared_settings(env: Mapping[str, str]) -> dict:
-    """Settings both jobs read the same way: Kafka, event time, run mode, metrics."""
-    e = _Env(env)
+    """Settings both jobs read the same way: the transport's (only the one TRANSPORT names is
+    read and checked), event time, run mode, metrics."""
+    e = Env(env)
+    transport = e.choice("TRANSPORT", "kafka", ("kafka", "kinesis"))
+    kafka = transport == "kafka"
     return {
-        "kafka": KafkaSettings.from_env(env),
-        "transport": e.choice("TRANSPORT", "kafka", ("kafka", "kinesis")),
-        "max_out_of_orderness": timedelta(seconds=e.number("MAX_OUT_OF_ORDERNESS_SECONDS", 30, minimum=0)),
-        "idle_timeout": timedelta(seconds=e.number("IDLE_TIMEOUT_SECONDS", 60, minimum=1)),
+        "kafka": KafkaSettings.from_env(env) if kafka else None,
+        "transport": transport,
+        "max_out_of_orderness": e.seconds("MAX_OUT_OF_ORDERNESS_SECONDS", 30, minimum=0),
+        "idle_timeout": e.seconds("IDLE_TIMEOUT_SECONDS", 60, minimum=1),
         "bounded": e.flag("BOUNDED", False),
-        "kafka_batch_size": int(e.number("KAFKA_BATCH_SIZE", 50_000, minimum=1, integer=True)),
+        "kafka_batch_size": int(e.number("KAFKA_BATCH_SIZE", KAFKA_BATCH_SIZE, minimum=1, integer=True))
+        if kafka
+        else KAFKA_BATCH_SIZE,
         "metrics_port": e.port("METRICS_PORT"),
         "start": StartSettings.from_env(env),
+        "kinesis": None if kafka else KinesisSettings.from_env(env),
     }
 
 

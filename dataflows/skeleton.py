@@ -30,19 +30,17 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
 from connectors import backup, rendezvous
-from connectors.recovery_store.errors import RecoveryStoreError
+from connectors.errors import WaxstreamsError
 from connectors.recovery_store.resume import Resume, prepare_resume, recovery_directory
 from connectors.recovery_store.resume_epoch import AgreeResumeEpoch
 from connectors.recovery_store.state_settings import check_state_settings
-from connectors.sinks.s3_client import S3SinkError
-from connectors.transports.contract import OutputRecord, Transport, TransportUnavailable
+from connectors.transports.contract import OutputRecord, Transport
 from connectors.transports.kafka import KafkaTransport
-from connectors.transports.kinesis.settings import KinesisConfigError, KinesisSettings
 from connectors.transports.kinesis.transport import KinesisTransport
 from dataflows import metrics
 from dataflows.dead_letters import DeadLetter, RefusedOutput
 from dataflows.event_time import NO_WATERMARK, HeartbeatSchedule, partition_watermark
-from dataflows.settings import ConfigError, JobSettings
+from dataflows.settings import JobSettings
 
 log = logging.getLogger(__name__)
 _bounded_since: float | None = None  # set by `start` for a bounded run
@@ -115,9 +113,12 @@ def write_outputs(
 def transport_for(settings: JobSettings, environ: Mapping[str, str], job: str, resume: Resume) -> Transport:
     """`resume`: the run's namespace names its outputs' writers (Kafka transactional ids,
     Kinesis record ids) and where their read-back starts."""
-    if settings.transport == "kinesis":
-        return KinesisTransport(KinesisSettings.from_env(environ), job=job, sink_namespace=resume.sink_namespace)
+    if settings.kinesis is not None:
+        return KinesisTransport(settings.kinesis, job=job, sink_namespace=resume.sink_namespace)
     kafka = settings.kafka
+    if kafka is None:
+        msg = f"TRANSPORT={settings.transport} settings hold neither the Kafka nor the Kinesis part"
+        raise TypeError(msg)
     return KafkaTransport(
         kafka.brokers,
         settings.consumer_group,
@@ -182,7 +183,7 @@ def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], 
     """`build(environment, argv)`; the errors a user can cause end the process with one line."""
     try:
         flow = build(os.environ, sys.argv[1:])
-    except (ConfigError, KinesisConfigError, TransportUnavailable, S3SinkError, RecoveryStoreError) as exc:
+    except WaxstreamsError as exc:
         sys.exit(f"{job}: {exc}")
     if _bounded_since is not None:
         since = _bounded_since

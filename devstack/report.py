@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from connectors.transports.kinesis.proxy import kinesis_client
 from connectors.transports.kinesis.settings import KinesisSettings
-from dataflows.settings import BookingSettings, MovieImpressionsSettings
+from dataflows.settings import BookingSettings, KafkaSettings, MovieImpressionsSettings
 from devstack.kinesis import read_stream
 
 
@@ -96,7 +96,8 @@ def main() -> int:
     if sys.argv[1:] == ["bookings"]:
         return bookings_report()
     settings = MovieImpressionsSettings.from_env(os.environ)
-    brokers = ",".join(settings.kafka.brokers)
+    kafka = settings.kafka or KafkaSettings.from_env(os.environ, check=False)  # the input topic's, on any transport
+    brokers = ",".join(kafka.brokers)
     root = f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
     options = {
         "aws_endpoint_url": settings.s3_endpoint_url or "",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from connectors.errors import WaxstreamsError
 
-class RecoveryStoreError(RuntimeError):
+
+class RecoveryStoreError(WaxstreamsError, RuntimeError):
     """The recovery store is missing, empty or not a bytewax store; the message names the fix."""
 
 

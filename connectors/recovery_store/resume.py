@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from connectors.env import TRUE
 from connectors.recovery_store.errors import RecoveryStoreError, init_command
 from connectors.recovery_store.namespace import new_namespace, store_namespace
 from connectors.recovery_store.partition_files import check_store, drop_snapshots_from, is_fresh, read_progress
@@ -72,7 +73,7 @@ def prepare_resume(
     the exactly-once and no-loss guarantees do not hold.
     """
     if allow_no_recovery is None:
-        allow_no_recovery = environ.get("ALLOW_NO_RECOVERY", "").strip().lower() in ("1", "true", "yes", "on")
+        allow_no_recovery = environ.get("ALLOW_NO_RECOVERY", "").strip().lower() in TRUE
     directory = recovery_directory(argv, environ)
     if directory is None:
         if not allow_no_recovery:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 from prometheus_client import Counter
 
+from connectors.retry import RetryPolicy, retry
 from connectors.sinks.delta_table import (
     APP_KEY,
     UNITS_KEY,
@@ -118,24 +118,18 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
         return DeltaTable(self._sink.location.uri, storage_options=self._options)
 
     def _retry(self, what: str, call: Callable[[], Any]) -> Any:
-        deadline = time.monotonic() + self._sink.give_up_after
-        delay = 0.2
-        while True:
-            try:
-                return call()
-            except (FencedError, DeltaSinkError):
-                raise
-            except (DeltaError, OSError) as exc:
-                if time.monotonic() + delay > deadline:
-                    msg = (
-                        f"Delta {what} still failing after {self._sink.give_up_after:.0f}s "
-                        f"({describe_delta_error(exc)}); check S3_ENDPOINT_URL, DELTA_TABLE_URI and the network"
-                    )
-                    log.error("%s; stopping: rows not yet committed are replayed from the last snapshot", msg)
-                    raise DeltaSinkError(msg) from None
-                log.warning("Delta %s failed (%s); retrying in %.1fs", what, type(exc).__name__, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        # FencedError and DeltaSinkError are WaxstreamsErrors: never retried.
+        policy = RetryPolicy(
+            service="Delta",
+            retry_on=(DeltaError, OSError),
+            error=DeltaSinkError,
+            give_up_after=self._sink.give_up_after,
+            fix="check S3_ENDPOINT_URL, DELTA_TABLE_URI and the network",
+            on_stop="rows not yet committed are replayed from the last snapshot",
+            describe=describe_delta_error,
+            logger=log,
+        )
+        return retry(call, what, policy)
 
     def write_batch(self, items: list[ObjectRows]) -> None:
         self._buffer.extend(item.rows for item in items)

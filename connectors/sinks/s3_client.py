@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from prometheus_client import Counter
+
+from connectors.errors import WaxstreamsError
+from connectors.retry import RetryPolicy, retry
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ _TERMINAL_CODES = {
 }
 
 
-class S3SinkError(RuntimeError):
+class S3SinkError(WaxstreamsError, RuntimeError):
     """S3 refused or could not be reached for good; the message names the fix."""
 
 
@@ -91,25 +93,21 @@ def describe_s3_error(exc: Exception, location: S3Location) -> str | None:
 
 def with_retries(call: Callable[[], Any], what: str, location: S3Location, give_up_after: float) -> Any:
     """Run an S3 call, retrying transient failures with capped exponential backoff."""
-    deadline = time.monotonic() + give_up_after
-    delay = 0.2
-    while True:
-        try:
-            return call()
-        except (ClientError, BotoCoreError) as exc:
-            msg = describe_s3_error(exc, location)
-            if msg is None and time.monotonic() + delay > deadline:
-                msg = (
-                    f"S3 {what} still failing after {give_up_after:.0f}s ({exc}); check S3_ENDPOINT_URL and the network"
-                )
-            if msg is not None:
-                # Logged here too: bytewax may abort on a sink exception without printing it.
-                log.error("%s; stopping: rows not yet in S3 are replayed from the last snapshot on restart", msg)
-                raise S3SinkError(msg) from None
-            log.warning("S3 %s failed (%s); retrying in %.1fs", what, type(exc).__name__, delay)
-            S3_RETRIES.inc()
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    return retry(call, what, s3_retry_policy(location, give_up_after))
+
+
+def s3_retry_policy(location: S3Location, give_up_after: float) -> RetryPolicy:
+    return RetryPolicy(
+        service="S3",
+        retry_on=(ClientError, BotoCoreError),
+        error=S3SinkError,
+        give_up_after=give_up_after,
+        fix="check S3_ENDPOINT_URL and the network",
+        on_stop="rows not yet in S3 are replayed from the last snapshot on restart",
+        incurable=functools.partial(describe_s3_error, location=location),
+        on_retry=S3_RETRIES.inc,
+        logger=log,
+    )
 
 
 def check_bucket(location: S3Location) -> None:

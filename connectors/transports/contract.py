@@ -21,6 +21,8 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 from bytewax.dataflow import Stream
 from bytewax.inputs import Source
 
+from connectors.errors import WaxstreamsError
+
 # (partition id, records in log order, partition state) -> (items, new state)
 BatchStep = Callable[[str, list[Any], Any], tuple[list[Any], Any]]
 
@@ -57,5 +59,5 @@ class Transport(Protocol):
         """Writes `records` to `stream`, each unit once across crashes and replays."""
 
 
-class TransportUnavailable(RuntimeError):
+class TransportUnavailable(WaxstreamsError, RuntimeError):
     """The log cannot be reached or a stream is missing; the message names the fix."""

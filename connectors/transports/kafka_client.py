@@ -29,6 +29,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
+from connectors.errors import ConfigError
 from connectors.transports import kafka_token
 from connectors.transports.kafka_token import TokenCallback, TokenError
 
@@ -79,7 +80,7 @@ def sensitive(name: str) -> bool:
     return bool(_SENSITIVE.search(name))
 
 
-class KafkaConfigError(ValueError):
+class KafkaConfigError(ConfigError):
     """A Kafka setting is wrong; the message names it and the fix."""
 
 

@@ -29,6 +29,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
+from connectors.errors import WaxstreamsError
+
 log = logging.getLogger(__name__)
 
 CONTROL_SUFFIX = ".waxstreams-commits"
@@ -45,7 +47,7 @@ PRODUCER_BATCH_BYTES = 1_000_000  # librdkafka's batch.size default
 NAMESPACE_CLOCK_SKEW_MS = 3_600_000
 
 
-class KafkaSinkError(RuntimeError):
+class KafkaSinkError(WaxstreamsError, RuntimeError):
     """An output record was refused or the sink cannot start; the message is one line naming the fix."""
 
 

@@ -8,12 +8,13 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from connectors.errors import WaxstreamsError
 from connectors.transports.kafka_client import ClientProblems, KafkaClientConfig
 
 log = logging.getLogger(__name__)
 
 
-class KafkaUnavailable(RuntimeError):
+class KafkaUnavailable(WaxstreamsError, RuntimeError):
     """The broker cannot be reached or a topic is missing; the message names the fix."""
 
 

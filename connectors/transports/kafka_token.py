@@ -39,6 +39,8 @@ import botocore.session
 from botocore.credentials import CredentialProvider
 from botocore.exceptions import BotoCoreError
 
+from connectors.errors import WaxstreamsError
+
 log = logging.getLogger(__name__)
 
 MSK_IAM = "AWS_MSK_IAM"
@@ -59,7 +61,7 @@ _MSK_HOST = re.compile(r"\.kafka(?:-serverless)?\.([a-z]{2}(?:-[a-z]+)+-\d+)\.am
 Provider = Callable[[str], Any]
 
 
-class TokenError(ValueError):
+class TokenError(WaxstreamsError, ValueError):
     """A token cannot be made; the message names the setting and the fix."""
 
 

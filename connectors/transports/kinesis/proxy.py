@@ -25,6 +25,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from connectors.errors import WaxstreamsError
 from connectors.transports.kinesis.record import KinesisRecord
 from connectors.transports.kinesis.settings import KinesisSettings
 from connectors.transports.kinesis.tracker import ShardInfo
@@ -51,7 +52,7 @@ NO_CREDENTIALS = "no_credentials"
 REFUSED = "refused"  # anything else: IAM, a wrong argument; not retried
 
 
-class KinesisUnavailable(RuntimeError):
+class KinesisUnavailable(WaxstreamsError, RuntimeError):
     """The endpoint cannot be reached, credentials are refused or a stream is missing; the message names the fix."""
 
 

@@ -34,6 +34,7 @@ from typing import Generic, TypeVar
 from bytewax.inputs import StatefulSourcePartition
 from prometheus_client import Counter, Gauge
 
+from connectors.errors import WaxstreamsError
 from connectors.transports.kinesis.proxy import (
     EXPIRED_ITERATOR,
     INVALID_ARGUMENT,
@@ -80,7 +81,7 @@ S = TypeVar("S")
 BatchStep = Callable[[str, list[KinesisRecord], S], tuple[list[X], S]]
 
 
-class KinesisSourceError(RuntimeError):
+class KinesisSourceError(WaxstreamsError, RuntimeError):
     """Kinesis refused a read for good (not throttling, not transient); the message says why."""
 
 

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from connectors.errors import WaxstreamsError
+
 MAX_RECORDS_PER_CALL = 500
 MAX_BYTES_PER_CALL = 5 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024  # data + partition key, as Kinesis counts them
@@ -40,7 +42,7 @@ _ID = re.compile(r"[ !#-\[\]-~]{1," + str(MAX_ID_CHARS) + "}")
 _NAMESPACE_TIME = re.compile(r"(\d{8}T\d{6}Z)-")
 
 
-class KinesisSinkError(RuntimeError):
+class KinesisSinkError(WaxstreamsError, RuntimeError):
     """A record cannot be written (too big, refused, or still failing after the retry budget); one line."""
 
 

@@ -11,13 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from connectors.env import Env
+from connectors.errors import ConfigError
+
 LOCAL_KINESIS = "http://127.0.0.1:4568"  # devstack's kinesis-local (python -m devstack up)
 START_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
 MAX_GET_RECORDS = 10_000  # Kinesis' own cap on GetRecords' Limit
 MIN_CALL_INTERVAL = 0.2  # 5 GetRecords calls per second per shard
 
 
-class KinesisConfigError(ValueError):
+class KinesisConfigError(ConfigError):
     """A Kinesis setting is missing or wrong; the message names it and the fix."""
 
 
@@ -56,37 +59,24 @@ class KinesisSettings:
                 "KINESIS_START_POSITION=AT_TIMESTAMP needs KINESIS_START_TIMESTAMP (ISO 8601 with offset, or epoch ms)"
             )
             raise KinesisConfigError(msg)
-        max_records = int(_number(env, "KINESIS_MAX_RECORDS", cls.max_records, 1, integer=True))
+        e = Env(env, KinesisConfigError)
+        max_records = int(e.number("KINESIS_MAX_RECORDS", cls.max_records, minimum=1, integer=True))
         if max_records > MAX_GET_RECORDS:
             msg = f"KINESIS_MAX_RECORDS={max_records} is above Kinesis' GetRecords limit: use 1..{MAX_GET_RECORDS}"
             raise KinesisConfigError(msg)
-        bounded_raw = env.get("BOUNDED", "false").strip().lower()
-        if bounded_raw not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise KinesisConfigError(f"BOUNDED={bounded_raw!r} is not a boolean: set it to true or false")
+        bounded = e.flag("BOUNDED", False)
         return cls(
             streams=streams,
             endpoint_url=endpoint,
             region=region,
             start_position=position,
             start_timestamp=timestamp,
-            discovery_seconds=_number(env, "KINESIS_DISCOVERY_SECONDS", cls.discovery_seconds, 0.1),
-            idle_poll_seconds=_number(env, "KINESIS_IDLE_POLL_SECONDS", cls.idle_poll_seconds, MIN_CALL_INTERVAL),
+            discovery_seconds=e.number("KINESIS_DISCOVERY_SECONDS", cls.discovery_seconds, minimum=0.1),
+            idle_poll_seconds=e.number("KINESIS_IDLE_POLL_SECONDS", cls.idle_poll_seconds, minimum=MIN_CALL_INTERVAL),
             max_records=max_records,
-            bounded=bounded_raw in ("1", "true", "yes", "on"),
-            sink_retry_seconds=_number(env, "KINESIS_SINK_RETRY_SECONDS", cls.sink_retry_seconds, 0),
+            bounded=bounded,
+            sink_retry_seconds=e.number("KINESIS_SINK_RETRY_SECONDS", cls.sink_retry_seconds, minimum=0),
         )
-
-
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float, integer: bool = False) -> float:
-    raw = env.get(name, str(default)).strip()
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        kind = "a whole number" if integer else "a number"
-        raise KinesisConfigError(f"{name}={raw!r} is not {kind}: set it to e.g. {default}") from None
-    if value < minimum:
-        raise KinesisConfigError(f"{name}={raw} is below the minimum {minimum}: set it to e.g. {default}")
-    return value
 
 
 def _timestamp(raw: str) -> datetime | None:
