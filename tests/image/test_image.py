@@ -23,13 +23,10 @@ from devstack.s3 import LOCAL_CREDENTIALS
 from producers.bookings import BookingTraffic, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
 from producers.movie_impressions import TrafficShape, generate, produce
-from tests.conftest import ROOT, make_topics, read_s3_rows, read_topic
-from tests.oracles import expected_rows, raw_of
-from tests.runs import check_booking_outputs
-
-pytestmark = [
-    pytest.mark.image,
-]
+from tests.support.data import make_topics, read_s3_rows, read_topic
+from tests.support.jobs import ROOT
+from tests.support.oracles import expected_rows, raw_of
+from tests.support.runs import check_booking_outputs
 
 IMAGE = "localhost/waxstreams:test"
 RECOVERY = "/var/bytewax/recovery"

@@ -27,9 +27,7 @@ from dataflows import booking_correlation, movie_impressions
 from dataflows.settings import BookingSettings, MovieImpressionsSettings
 from producers.bookings import BookingTraffic, generate_bookings
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate
-from tests.oracles import expected_bookings, expected_rows, raw_of
-
-pytestmark = pytest.mark.inprocess
+from tests.support.oracles import expected_bookings, expected_rows, raw_of
 
 EPOCH = timedelta(milliseconds=100)
 
