@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.support.kinesis",
     "tests.support.secured",
     "tests.support.runs",
+    "tests.support.entry_points",
 ]
 
 # No per-example deadline: the guarantee tests run beside a CPU hog too, and a slow example is not a wrong one.
