@@ -69,7 +69,7 @@ test-kinesis: install ## Only the Kinesis connector tests (starts and stops its 
 
 CHAOS_MINUTES ?= 20
 chaos: install ## Random crash, stall and outage sequences for every output kind, readers watching (CHAOS_MINUTES, default 20)
-	CHAOS_MINUTES=$(CHAOS_MINUTES) $(PY) -m pytest tests/soak -m chaos -n 2 --dist load -p no:cacheprovider
+	CHAOS_MINUTES=$(CHAOS_MINUTES) $(PY) -m pytest tests/chaos -m chaos -n 2 --dist load -p no:cacheprovider
 
 soak: install ## The local autoscaler under a load ramp: up while busy, down once quiet, output exact (a quiet machine)
 	$(PY) -m pytest tests/soak -m soak -s -p no:cacheprovider

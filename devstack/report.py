@@ -4,45 +4,28 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import polars as pl
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer
 
 from connectors.transports.kinesis.proxy import kinesis_client
 from connectors.transports.kinesis.settings import KinesisSettings
 from dataflows.settings import BookingSettings, KafkaSettings, MovieImpressionsSettings
+from devstack.committed import read_committed
 from devstack.kinesis import read_stream
 
 
 def topic_size(brokers: str, topic: str) -> int:
     """Messages a `read_committed` reader finds in a topic: the jobs' outputs are transactional,
     so offsets also count commit markers and aborted records."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": brokers,
-            "group.id": "devstack-report",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        count, at_end = 0, set[int]()
-        deadline = time.monotonic() + 60
-        while len(at_end) < len(partitions) and time.monotonic() < deadline:
-            for msg in consumer.consume(10_000, 1.0):
-                error = msg.error()
-                if error is None:
-                    count += 1
-                    at_end.discard(msg.partition())  # type: ignore[arg-type]
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())  # type: ignore[arg-type]
-        return count
-    finally:
-        consumer.close()
+    count = 0
+
+    def tally(_partition: int, _key: bytes | None, _value: bytes | None) -> None:
+        nonlocal count
+        count += 1
+
+    read_committed(brokers, topic, tally)
+    return count
 
 
 def bookings_report() -> int:

@@ -9,20 +9,17 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from devstack.processes import free_port
 from producers.bookings import BookingTraffic, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
-from tests.chaos import wait_for
-from tests.conftest import FLOWS, init_recovery, make_topics, read_partitions, read_s3_rows, run_cluster
 from tests.e2e.test_booking_correlation import output_env
-from tests.oracles import WINDOW_MS
-from tests.runs import BOUND_S, check_booking_outputs, traffic
-
-pytestmark = pytest.mark.e2e
+from tests.support.data import make_topics, read_partitions, read_s3_rows
+from tests.support.jobs import FLOWS, init_recovery, run_cluster, wait_for
+from tests.support.oracles import WINDOW_MS
+from tests.support.runs import BOUND_S, check_booking_outputs, traffic
 
 
 def test_movie_impressions_as_two_processes_is_exact_and_lag_is_visible(kafka, new_run, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import yaml
 
 from connectors.autoscale_start import Settings, StartError, plan
 from dataflows.settings import BookingSettings, MovieImpressionsSettings
-from tests.conftest import FLOWS, ROOT
+from tests.support.jobs import FLOWS, ROOT
 
 KUBERNETES_VERSION = "1.32.0"
 # The HPA's per-direction `tolerance` (KDA's 10 % floor) is beta, on by default, from 1.35.

@@ -8,15 +8,13 @@ import time
 from pathlib import Path
 
 import polars as pl
-import pytest
 from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import TrafficShape, generate, produce
-from tests.conftest import FLOWS, init_recovery, read_s3_rows, run_dataflow
-from tests.oracles import expected_rows
-from tests.runs import impressions_env
-
-pytestmark = pytest.mark.e2e
+from tests.support.data import read_s3_rows
+from tests.support.jobs import FLOWS, init_recovery, run_dataflow
+from tests.support.oracles import expected_rows
+from tests.support.runs import impressions_env
 
 HOUR_MS = 3_600_000
 FLOW = FLOWS["movie-impressions"]

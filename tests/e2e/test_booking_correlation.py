@@ -9,12 +9,10 @@ import pytest
 
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
-from tests.chaos import Job, wait_for
-from tests.conftest import FLOWS, init_recovery, make_topics, read_topic, run_dataflow
-from tests.oracles import expected_bookings
-from tests.runs import check_booking_outputs, newest_snapshot_epoch
-
-pytestmark = pytest.mark.e2e
+from tests.support.data import make_topics, read_topic
+from tests.support.jobs import FLOWS, Job, init_recovery, run_dataflow, wait_for
+from tests.support.oracles import expected_bookings
+from tests.support.runs import check_booking_outputs, newest_snapshot_epoch
 
 TIMEOUT_MS = 300_000
 TRAFFIC = BookingTraffic(

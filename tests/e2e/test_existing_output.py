@@ -14,10 +14,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
-from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, run_dataflow
-from tests.oracles import expected_rows
-
-pytestmark = pytest.mark.e2e
+from tests.support.data import make_topics, read_s3_rows
+from tests.support.jobs import FLOWS, init_recovery, run_dataflow
+from tests.support.oracles import expected_rows
 
 FLOW = FLOWS["movie-impressions"]
 HOUR_MS = 3_600_000

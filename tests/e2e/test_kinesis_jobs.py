@@ -14,13 +14,11 @@ from connectors.transports.kinesis.records import split_id
 from devstack.kinesis import read_stream
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings
 from producers.movie_impressions import TrafficShape, generate
-from tests.chaos import Job, wait_for
-from tests.conftest import FLOWS, init_recovery, read_s3_rows, run_dataflow
-from tests.kinesis_fixtures import merge, open_shards, put, split
-from tests.oracles import expected_rows, raw_of
-from tests.runs import check_booking_records, newest_snapshot_epoch
-
-pytestmark = pytest.mark.e2e
+from tests.support.data import read_s3_rows
+from tests.support.jobs import FLOWS, Job, init_recovery, run_dataflow, wait_for
+from tests.support.kinesis import merge, open_shards, put, split
+from tests.support.oracles import expected_rows, raw_of
+from tests.support.runs import check_booking_records, newest_snapshot_epoch
 
 BOUND_S = 2
 

@@ -4,9 +4,8 @@ import pytest
 
 from devstack.processes import free_port
 from devstack.s3 import S3Server
-from tests.conftest import FLOWS, make_topics, run_dataflow
-
-pytestmark = pytest.mark.e2e
+from tests.support.data import make_topics
+from tests.support.jobs import FLOWS, run_dataflow
 
 
 @pytest.fixture

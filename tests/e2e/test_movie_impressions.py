@@ -12,10 +12,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
-from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
-from tests.oracles import WINDOW_MS, expected_rows, raw_of
-
-pytestmark = pytest.mark.e2e
+from tests.support.data import make_topics, read_s3_rows, read_topic
+from tests.support.jobs import FLOWS, init_recovery, run_dataflow
+from tests.support.oracles import WINDOW_MS, expected_rows, raw_of
 
 # 24,000 events, one every 360 ms of event time: 2.4 h, ten 15-minute windows.
 SHAPE = TrafficShape(

@@ -3,14 +3,11 @@ read after the restart it asks for."""
 
 from __future__ import annotations
 
-import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from producers.kafka_producer import produce_messages
-from tests.chaos import wait_for
-from tests.runs import traffic
-
-pytestmark = pytest.mark.e2e
+from tests.support.jobs import wait_for
+from tests.support.runs import traffic
 
 
 def test_partitions_added_while_running_are_reported_then_read_after_a_restart(new_run) -> None:

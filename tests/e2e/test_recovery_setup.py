@@ -10,10 +10,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import TrafficShape, generate, produce
-from tests.conftest import FLOWS, ROOT, make_topics, read_s3_rows, run_dataflow
-from tests.oracles import expected_rows
-
-pytestmark = pytest.mark.e2e
+from tests.support.data import make_topics, read_s3_rows
+from tests.support.jobs import FLOWS, ROOT, run_dataflow
+from tests.support.oracles import expected_rows
 
 INIT = "python -m connectors.recovery_store init"
 

@@ -24,11 +24,10 @@ from devstack.tls import make_ca
 from producers.bookings import BookingTraffic, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
 from producers.movie_impressions import TrafficShape, generate, produce
-from tests.conftest import FLOWS, ROOT, init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
-from tests.oracles import expected_rows, raw_of
-from tests.runs import check_booking_records
-
-pytestmark = pytest.mark.e2e
+from tests.support.data import make_topics, read_s3_rows, read_topic
+from tests.support.jobs import FLOWS, ROOT, init_recovery, run_dataflow
+from tests.support.oracles import expected_rows, raw_of
+from tests.support.runs import check_booking_records
 
 IMPRESSIONS = TrafficShape(count=3000, movies=6, users=30, step_ms=2400, jitter_ms=1500, invalid_fraction=0.02, seed=3)
 BOOKINGS = BookingTraffic(count=600, step_ms=500, max_delay_ms=60_000, invalid_fraction=0.02, seed=4)

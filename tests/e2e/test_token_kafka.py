@@ -21,18 +21,17 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from producers.movie_impressions import generate, produce
-from tests import oauth_tokens
-from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
 from tests.e2e.test_secured_kafka import IMPRESSIONS, _client, booking_world
-from tests.oracles import expected_rows, raw_of
-from tests.runs import check_booking_records
-
-pytestmark = pytest.mark.e2e
+from tests.support import oauth_tokens
+from tests.support.data import make_topics, read_s3_rows, read_topic
+from tests.support.jobs import FLOWS, init_recovery, run_dataflow
+from tests.support.oracles import expected_rows, raw_of
+from tests.support.runs import check_booking_records
 
 
 def token_env(broker) -> dict[str, str]:
     # KAFKA_PROPERTIES cleared: the broker's own settings would have librdkafka make the tokens.
-    env = broker.token_client_env("tests.oauth_tokens:short_lived")
+    env = broker.token_client_env("tests.support.oauth_tokens:short_lived")
     return {**env, "KAFKA_BROKERS": broker.bootstrap, "KAFKA_PROPERTIES": ""}
 
 

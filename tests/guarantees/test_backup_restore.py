@@ -19,12 +19,10 @@ import pytest
 from connectors.backup_store import BackupConfig, BackupStore
 from producers.bookings import BookingTraffic, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
-from tests.chaos import Job, wait_for
-from tests.conftest import FLOWS, ROOT, init_recovery, make_topics, read_topic, run_dataflow
 from tests.e2e.test_booking_correlation import output_env
-from tests.runs import BOUND_S, PodCluster, check_booking_outputs, newest_snapshot_epoch, traffic
-
-pytestmark = pytest.mark.guarantees
+from tests.support.data import make_topics, read_topic
+from tests.support.jobs import FLOWS, ROOT, Job, init_recovery, run_dataflow, wait_for
+from tests.support.runs import BOUND_S, PodCluster, check_booking_outputs, newest_snapshot_epoch, traffic
 
 HISTORY_S = 30  # bytewax's -b in a cluster: well past BACKUP_INTERVAL_SECONDS plus how far apart a loaded machine takes a round's copies
 
@@ -127,7 +125,7 @@ class BackedUpCluster(PodCluster):
 
     def finish(self, **overrides: str) -> list[str]:
         self.starts += 1
-        from tests.conftest import cluster_addresses
+        from tests.support.jobs import cluster_addresses
 
         self.addresses = cluster_addresses(len(self.dirs))
         self.jobs = []

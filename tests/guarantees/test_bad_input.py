@@ -6,7 +6,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
@@ -19,11 +18,10 @@ from dataflows.impressions.windows import WindowSlice
 from dataflows.untrusted_json import InvalidEvent
 from producers.kafka_producer import produce_messages
 from producers.movie_impressions import TrafficShape, generate
-from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
-from tests.factories import kafka_message, tally_dict
-from tests.oracles import expected_rows, raw_of
-
-pytestmark = pytest.mark.guarantees
+from tests.support.data import make_topics, read_s3_rows, read_topic
+from tests.support.factories import kafka_message, tally_dict
+from tests.support.jobs import FLOWS, init_recovery, run_dataflow
+from tests.support.oracles import expected_rows, raw_of
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
 json_values = st.recursive(

@@ -7,10 +7,9 @@ import time
 
 import pytest
 
-from tests.chaos import FlakyProxy, wait_for
-from tests.runs import BOUND_S, SecondObjectOfAWrite, traffic
-
-pytestmark = pytest.mark.guarantees
+from tests.support.faults import FlakyProxy
+from tests.support.jobs import wait_for
+from tests.support.runs import BOUND_S, SecondObjectOfAWrite, traffic
 
 
 @pytest.mark.parametrize("workers", [1, 2])

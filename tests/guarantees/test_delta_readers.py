@@ -11,11 +11,9 @@ from deltalake.exceptions import TableNotFoundError
 from polars.testing import assert_frame_equal
 
 from connectors.sinks.delta_table import DeltaLocation
-from tests.oracles import expected_rows
-from tests.readers import COLUMNS, KEY, PollingReader, crash_and_resume
-from tests.runs import ImpressionsRun, traffic
-
-pytestmark = pytest.mark.guarantees
+from tests.support.oracles import expected_rows
+from tests.support.readers import COLUMNS, KEY, PollingReader, crash_and_resume
+from tests.support.runs import ImpressionsRun, traffic
 
 
 def version(location: DeltaLocation) -> int:

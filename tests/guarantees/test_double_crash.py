@@ -32,11 +32,9 @@ from dataflows import movie_impressions
 from dataflows.impressions import outputs
 from dataflows.impressions.layout import OUTPUT_SCHEMA
 from dataflows.settings import MovieImpressionsSettings
-from tests.oracles import expected_rows
-from tests.readers import COLUMNS, KEY
-from tests.runs import traffic
-
-pytestmark = pytest.mark.guarantees
+from tests.support.oracles import expected_rows
+from tests.support.readers import COLUMNS, KEY
+from tests.support.runs import traffic
 
 NAMESPACE = "run-1"
 

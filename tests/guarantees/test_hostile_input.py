@@ -22,13 +22,11 @@ from polars.testing import assert_frame_equal
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate
-from tests.chaos import Job, wait_for
-from tests.conftest import FLOWS, init_recovery, make_topics, read_s3_rows, read_topic, run_dataflow
-from tests.hostile import MUTATIONS, hostile, odd_but_valid, odd_format
-from tests.oracles import expected_rows, raw_of
-from tests.runs import check_booking_outputs
-
-pytestmark = pytest.mark.guarantees
+from tests.support.data import make_topics, read_s3_rows, read_topic
+from tests.support.hostile import MUTATIONS, hostile, odd_but_valid, odd_format
+from tests.support.jobs import FLOWS, Job, init_recovery, run_dataflow, wait_for
+from tests.support.oracles import expected_rows, raw_of
+from tests.support.runs import check_booking_outputs
 
 HOSTILE = int(os.environ.get("HOSTILE_MESSAGES", "1000"))
 SEED = 13

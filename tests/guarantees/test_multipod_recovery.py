@@ -8,16 +8,12 @@ import time
 import uuid
 from collections.abc import Callable
 
-import pytest
-
 from producers.bookings import BookingTraffic, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
-from tests.chaos import wait_for
-from tests.conftest import FLOWS, cluster_addresses, make_topics
 from tests.e2e.test_booking_correlation import output_env
-from tests.runs import BOUND_S, PodCluster, check_booking_outputs, traffic
-
-pytestmark = pytest.mark.guarantees
+from tests.support.data import make_topics
+from tests.support.jobs import FLOWS, cluster_addresses, wait_for
+from tests.support.runs import BOUND_S, PodCluster, check_booking_outputs, traffic
 
 # How each crash comes, and whether the restart waits past the lateness bound.
 Crashes = list[tuple[str, bool]]

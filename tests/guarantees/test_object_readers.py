@@ -8,11 +8,9 @@ from collections.abc import Callable
 import polars as pl
 import pytest
 
-from tests.chaos import FlakyProxy
-from tests.readers import PollingReader, crash_and_resume
-from tests.runs import ImpressionsRun, SecondObjectOfAWrite, traffic
-
-pytestmark = pytest.mark.guarantees
+from tests.support.faults import FlakyProxy
+from tests.support.readers import PollingReader, crash_and_resume
+from tests.support.runs import ImpressionsRun, SecondObjectOfAWrite, traffic
 
 
 def object_reader(run: ImpressionsRun) -> PollingReader:

@@ -5,29 +5,13 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from devstack.kafka import KafkaBroker
-from devstack.processes import free_port
-from tests.chaos import FlakyProxy, wait_for
-from tests.conftest import ROOT
-from tests.runs import traffic
-
-pytestmark = pytest.mark.guarantees
+from tests.support.faults import FlakyProxy
+from tests.support.jobs import wait_for
+from tests.support.runs import traffic
 
 OUTAGE_S = 30
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    """A broker of this test's own, since the test stops it."""
-    broker = KafkaBroker(free_port(), free_port(), tmp_path / "kafka", ROOT / ".cache")
-    broker.start()
-    yield broker
-    broker.stop(grace=0)
 
 
 def test_kafka_broker_down_for_30s(own_broker: KafkaBroker, new_run) -> None:

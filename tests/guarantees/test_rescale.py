@@ -12,18 +12,15 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from devstack.autoscale import LocalCluster
 from producers.bookings import BookingTraffic, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
-from tests.chaos import wait_for
-from tests.conftest import FLOWS, make_topics
 from tests.e2e.test_booking_correlation import output_env
-from tests.runs import BOUND_S, check_booking_outputs, newest_snapshot_epoch, traffic
-
-pytestmark = pytest.mark.guarantees
+from tests.support.data import make_topics
+from tests.support.jobs import FLOWS, wait_for
+from tests.support.runs import BOUND_S, check_booking_outputs, newest_snapshot_epoch, traffic
 
 
 def stored_epoch(cluster: LocalCluster) -> int:

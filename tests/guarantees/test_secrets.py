@@ -10,13 +10,10 @@ import secrets
 import uuid
 from pathlib import Path
 
-import pytest
-
 from producers.movie_impressions import TrafficShape, generate, produce
-from tests.chaos import FlakyProxy
-from tests.conftest import FLOWS, init_recovery, make_topics, read_topic, run_dataflow
-
-pytestmark = pytest.mark.guarantees
+from tests.support.data import make_topics, read_topic
+from tests.support.faults import FlakyProxy
+from tests.support.jobs import FLOWS, init_recovery, run_dataflow
 
 
 def test_no_output_of_runs_with_failures_contains_a_credential(kafka, s3, tmp_path: Path) -> None:

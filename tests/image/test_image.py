@@ -23,13 +23,10 @@ from devstack.s3 import LOCAL_CREDENTIALS
 from producers.bookings import BookingTraffic, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
 from producers.movie_impressions import TrafficShape, generate, produce
-from tests.conftest import ROOT, make_topics, read_s3_rows, read_topic
-from tests.oracles import expected_rows, raw_of
-from tests.runs import check_booking_outputs
-
-pytestmark = [
-    pytest.mark.image,
-]
+from tests.support.data import make_topics, read_s3_rows, read_topic
+from tests.support.jobs import ROOT, bytewax_argv
+from tests.support.oracles import expected_rows, raw_of
+from tests.support.runs import check_booking_outputs
 
 IMAGE = "localhost/waxstreams:test"
 RECOVERY = "/var/bytewax/recovery"
@@ -101,7 +98,8 @@ def job(container: Container, flow: str, env: dict[str, str], recovery: Path) ->
     init = container.run("python", "-m", "connectors.recovery_store", "init", RECOVERY, "--partitions", "1",
                          env=env, volumes=volumes)  # fmt: skip
     assert init.returncode == 0, init.stderr[-2000:]
-    return container.run("python", "-m", "bytewax.run", flow, "-r", RECOVERY, "-s", "1", "-b", "0", env=env, volumes=volumes)  # fmt: skip
+    argv = bytewax_argv(flow, recovery=Path(RECOVERY))[1:]  # the image's own python, not this one
+    return container.run("python", *argv, env=env, volumes=volumes)
 
 
 def test_both_jobs_run_from_the_image_as_uid_10001_writing_only_tmp_and_recovery(

@@ -1,5 +1,6 @@
-"""Both jobs run in this process on the in-memory transport (bytewax's run_main and
-cluster_main, 1 and 2 workers): the engine's real operators, no broker, no S3.
+"""Both jobs run in this process on the in-memory transport (bytewax's run_main and cluster_main:
+1 worker, 2 workers, 2 processes; the `entry_point` fixture): the engine's real operators, no
+broker, no S3.
 
 The subprocess tier (tests/e2e, tests/guarantees) keeps the real broker, S3 and crashes.
 """
@@ -18,7 +19,7 @@ import polars as pl
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.testing import TestingSink, cluster_main, run_main
+from bytewax.testing import TestingSink
 from polars.testing import assert_frame_equal
 
 from connectors.recovery_store.resume import drop_abandoned_snapshots
@@ -27,22 +28,18 @@ from dataflows import booking_correlation, movie_impressions
 from dataflows.settings import BookingSettings, MovieImpressionsSettings
 from producers.bookings import BookingTraffic, generate_bookings
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate
-from tests.oracles import expected_bookings, expected_rows, raw_of
-
-pytestmark = pytest.mark.inprocess
+from tests.support.entry_points import ONE_WORKER, TWO_WORKERS, EntryPoint
+from tests.support.oracles import expected_bookings, expected_rows, raw_of
 
 EPOCH = timedelta(milliseconds=100)
 
 
-def run(flow: Dataflow, workers: int, recovery: Path | None = None) -> None:
+def run(flow: Dataflow, entry_point: EntryPoint, recovery: Path | None = None) -> None:
     config = None
     if recovery is not None:
         drop_abandoned_snapshots(recovery)  # what the jobs' start-up does (dataflows/skeleton.py)
         config = RecoveryConfig(str(recovery))
-    if workers == 1:
-        run_main(flow, epoch_interval=EPOCH, recovery_config=config)
-    else:
-        cluster_main(flow, [], 0, epoch_interval=EPOCH, recovery_config=config, worker_count_per_proc=workers)
+    entry_point(flow, epoch_interval=EPOCH, recovery_config=config)
 
 
 def partitioned(values: list[tuple[bytes, bytes]], partitions: int) -> list[list[Any]]:
@@ -75,12 +72,11 @@ def impressions_traffic(seed: int) -> list[GeneratedEvent]:
 IMPRESSIONS = replace(MovieImpressionsSettings.from_env({}), max_out_of_orderness=timedelta(seconds=2))
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_impressions_across_out_of_order_partitions_equal_the_oracle(workers: int) -> None:
-    sent = impressions_traffic(seed=workers)
+def test_impressions_across_out_of_order_partitions_equal_the_oracle(entry_point: EntryPoint) -> None:
+    sent = impressions_traffic(seed=entry_point.workers)
     transport = MemoryTransport({IMPRESSIONS.input_topic: partitioned([(e.key, e.value) for e in sent], 3)}, 97)
     rows: list[tuple[str, Any]] = []
-    run(movie_impressions.build_flow(IMPRESSIONS, transport, TestingSink(rows)), workers)
+    run(movie_impressions.build_flow(IMPRESSIONS, transport, TestingSink(rows)), entry_point)
 
     assert_frame_equal(rows_frame(rows).drop("object", strict=False), expected_rows(sent))
     dead = [json.loads(v) for _, v in transport.written[IMPRESSIONS.dead_letter_topic]]
@@ -89,8 +85,10 @@ def test_impressions_across_out_of_order_partitions_equal_the_oracle(workers: in
     assert Counter(map(raw_of, late)) == Counter(e.value for e in sent if e.kind == "late")
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_impressions_resume_from_the_recovery_store_after_a_crash(tmp_path: Path, workers: int) -> None:
+# Not as 2 processes: in one Python process a crash in one cluster_main panics its peer's too, so the
+# crash is lost; the guarantee tests crash real processes (tests/guarantees/test_multipod_recovery.py).
+@pytest.mark.parametrize("entry_point", [ONE_WORKER, TWO_WORKERS], ids=["1", "2"])
+def test_impressions_resume_from_the_recovery_store_after_a_crash(tmp_path: Path, entry_point: EntryPoint) -> None:
     """A crash in every partition part-way; the rerun resumes from the store. The rows sink
     here is at-least-once (the S3 sink is the exactly-once one), so repeats must be identical."""
     sent = [e for e in impressions_traffic(seed=7) if e.kind == "valid"]
@@ -98,14 +96,14 @@ def test_impressions_resume_from_the_recovery_store_after_a_crash(tmp_path: Path
     for part in parts:
         part.insert(len(part) * 2 // 3, ABORT)
     transport = MemoryTransport({IMPRESSIONS.input_topic: parts}, 50)
-    init_db_dir(tmp_path, workers)
+    init_db_dir(tmp_path, entry_point.workers)
     rows: list[tuple[str, Any]] = []
     crashes = 0
     for _ in range(len(parts) + 1):  # each partition's ABORT crashes one run, once
         # A new flow per run, as a restarted process builds: nothing but the store carries over.
         flow = movie_impressions.build_flow(IMPRESSIONS, transport, TestingSink(rows))
         try:
-            run(flow, workers, tmp_path)
+            run(flow, entry_point, tmp_path)
             break
         except Exception as exc:  # bytewax wraps the partition's exception
             assert isinstance(exc.__cause__, Aborted), exc
@@ -131,7 +129,7 @@ def test_every_worker_hears_every_partitions_watermark_while_the_job_runs() -> N
     transport = MemoryTransport({IMPRESSIONS.input_topic: parts}, 40, pace=timedelta(milliseconds=100))
     rows: list[tuple[str, Any]] = []
     with pytest.raises(Exception) as crash:
-        run(movie_impressions.build_flow(IMPRESSIONS, transport, TestingSink(rows)), workers=2)
+        run(movie_impressions.build_flow(IMPRESSIONS, transport, TestingSink(rows)), TWO_WORKERS)
     assert isinstance(crash.value.__cause__, Aborted)
 
     # Every window that ended an hour of event time before the slowest partition's
@@ -151,15 +149,14 @@ def test_every_worker_hears_every_partitions_watermark_while_the_job_runs() -> N
 BOOKINGS = replace(BookingSettings.from_env({}), timeout=timedelta(seconds=300))
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_booking_correlation_equals_the_oracle_with_end_of_input_timeouts(workers: int) -> None:
-    sent = generate_bookings(BookingTraffic(count=3000, step_ms=200, invalid_fraction=0.02, seed=workers))
+def test_booking_correlation_equals_the_oracle_with_end_of_input_timeouts(entry_point: EntryPoint) -> None:
+    sent = generate_bookings(BookingTraffic(count=3000, step_ms=200, invalid_fraction=0.02, seed=entry_point.workers))
     streams = {
         BOOKINGS.created_topic: partitioned([(m.key, m.value) for m in sent if m.side == "created"], 2),
         BOOKINGS.events_topic: partitioned([(m.key, m.value) for m in sent if m.side == "event"], 2),
     }
     transport = MemoryTransport(streams, 64)
-    run(booking_correlation.build_flow(BOOKINGS, transport, recheck=timedelta(milliseconds=20)), workers)
+    run(booking_correlation.build_flow(BOOKINGS, transport, recheck=timedelta(milliseconds=20)), entry_point)
 
     want_alerts, want_unmatched, want_invalid = expected_bookings(sent)
     alerts = {k.decode(): json.loads(v) for k, v in transport.written[BOOKINGS.alerts_topic]}
@@ -170,8 +167,7 @@ def test_booking_correlation_equals_the_oracle_with_end_of_input_timeouts(worker
     assert Counter(map(raw_of, dead)) == want_invalid
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_an_output_record_over_its_streams_limit_becomes_an_output_refused_dead_letter(workers: int) -> None:
+def test_an_output_record_over_its_streams_limit_becomes_an_output_refused_dead_letter(entry_point: EntryPoint) -> None:
     """The stream would refuse it: it goes to the dead letters, whole, with its size and the limit; the rest flows."""
     ts = 1_546_845_718_557
     big = {"bookingId": "big", "createdAt": ts, "customerId": "c" * 3000, "amount": 1, "currency": "EUR"}
@@ -182,7 +178,7 @@ def test_an_output_record_over_its_streams_limit_becomes_an_output_refused_dead_
         BOOKINGS.events_topic: [[json.dumps(e).encode() for e in events]],
     }
     transport = MemoryTransport(streams, 64, record_limit=2000)
-    run(booking_correlation.build_flow(BOOKINGS, transport, recheck=timedelta(milliseconds=20)), workers)
+    run(booking_correlation.build_flow(BOOKINGS, transport, recheck=timedelta(milliseconds=20)), entry_point)
 
     assert [k for k, _ in transport.written[BOOKINGS.alerts_topic]] == [b"small"]
     (dead,) = [json.loads(v) for _, v in transport.written[BOOKINGS.dead_letter_topic]]

@@ -16,9 +16,8 @@ from connectors.sinks.delta_table import DeltaLocation, DeltaSinkError, check_ex
 from connectors.sinks.fence import CommitState
 from connectors.sinks.rows import ObjectRows
 from dataflows.impressions.layout import DELTA_PARTITION_BY, DELTA_SCHEMA, OUTPUT_SCHEMA, with_window_hour
-from tests.conftest import ROOT
+from tests.support.jobs import ROOT
 
-pytestmark = pytest.mark.integration
 HOUR_MS = 3_600_000
 
 

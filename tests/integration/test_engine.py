@@ -10,7 +10,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import boto3
-import pytest
 from bytewax import operators as op
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
@@ -19,9 +18,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from connectors import engine
 from producers.kafka_producer import produce_messages
-from tests.conftest import make_topics
-
-pytestmark = pytest.mark.integration
+from tests.support.data import make_topics
 
 
 def test_kafka_source_partition_internals(kafka) -> None:

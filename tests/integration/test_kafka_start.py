@@ -15,9 +15,7 @@ from prometheus_client import REGISTRY
 
 from connectors.transports.kafka_source import StatefulKafkaSource
 from connectors.transports.kafka_start_position import EARLIEST, StartPosition
-from tests.conftest import make_topics
-
-pytestmark = pytest.mark.integration
+from tests.support.data import make_topics
 
 BASE_MS = 1_546_844_400_000  # record i has timestamp BASE_MS + i * 1000
 COUNT = 100

@@ -16,10 +16,9 @@ import pytest
 
 from dataflows.settings import KafkaSettings
 from producers.kafka_producer import ProduceError, produce_messages
-from tests import oauth_tokens
-from tests.conftest import make_topics, read_topic, run_dataflow
-
-pytestmark = pytest.mark.integration
+from tests.support import oauth_tokens
+from tests.support.data import make_topics, read_topic
+from tests.support.jobs import run_dataflow
 
 
 def _topics(broker, count: int = 400) -> tuple[str, str, list[bytes]]:
@@ -35,7 +34,7 @@ def test_the_jobs_source_and_output_consume_and_produce_with_a_token_callback_in
     call): before the fix, bytewax's consumer then failed in consume() with SystemError and hung."""
     broker = secured_broker("oauthbearer")
     source, sink, values = _topics(broker)
-    env = broker.token_client_env("tests.token_flow:cold")
+    env = broker.token_client_env("tests.support.token_flow:cold")
     env["KAFKA_BROKERS"] = broker.bootstrap  # the listener without re-authentication: this is about the start
     settings = KafkaSettings.from_env(env)
     assert produce_messages(
@@ -43,7 +42,7 @@ def test_the_jobs_source_and_output_consume_and_produce_with_a_token_callback_in
     ) == len(values)
 
     result = run_dataflow(
-        "tests.token_flow:flow",
+        "tests.support.token_flow:flow",
         {**env, "TOKEN_FLOW_IN": source, "TOKEN_FLOW_OUT": sink, "TOKEN_FLOW_COLD": "1"},
         timeout=120,
     )
@@ -62,7 +61,7 @@ def test_tokens_are_refreshed_before_they_expire_on_a_listener_that_signs_in_aga
     source, _, values = _topics(broker, count=600)
     token_log = tmp_path / "tokens.log"
     monkeypatch.setenv("TOKEN_LOG", str(token_log))
-    settings = KafkaSettings.from_env(broker.token_client_env("tests.oauth_tokens:short_lived"))
+    settings = KafkaSettings.from_env(broker.token_client_env("tests.support.oauth_tokens:short_lived"))
     brokers = ",".join(settings.brokers)
     assert produce_messages(((source, b"k", v) for v in values), brokers, rate=50, client=settings.client) == 600
     assert Counter(v for _, v in read_topic(broker.setup_bootstrap, source)) == Counter(values)
@@ -73,11 +72,13 @@ def test_a_token_that_is_not_refreshed_ends_the_session(secured_broker) -> None:
     """The control: the same producer with tokens that expire while librdkafka is told an hour fails."""
     broker = secured_broker("oauthbearer")
     source, _, values = _topics(broker, count=600)
-    settings = KafkaSettings.from_env(broker.token_client_env("tests.oauth_tokens:stale"))
+    settings = KafkaSettings.from_env(broker.token_client_env("tests.support.oauth_tokens:stale"))
     with pytest.raises(ProduceError) as raised:
         produce_messages(
             ((source, b"k", v) for v in values), ",".join(settings.brokers), rate=50, client=settings.client
         )
     assert "SASL authentication failed" in str(raised.value)
-    assert str(raised.value).endswith("check the tokens KAFKA_OAUTH_TOKEN_PROVIDER=tests.oauth_tokens:stale makes")
+    assert str(raised.value).endswith(
+        "check the tokens KAFKA_OAUTH_TOKEN_PROVIDER=tests.support.oauth_tokens:stale makes"
+    )
     assert oauth_tokens.SHORT_LIFETIME_S < 12  # it expired within the run

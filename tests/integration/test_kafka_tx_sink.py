@@ -29,10 +29,7 @@ from connectors.transports.kafka_control import RECORD_OVERHEAD_BYTES, KafkaSink
 from connectors.transports.kafka_sink import KafkaTxSink
 from connectors.transports.kafka_start_position import StartPosition
 from devstack.kafka import KafkaBroker
-from devstack.processes import free_port
-from tests.conftest import ROOT, make_topics
-
-pytestmark = pytest.mark.integration
+from tests.support.data import make_topics
 
 NAMESPACE = "20250102T030405Z-abc123"  # a run namespace as the recovery store makes them
 
@@ -311,15 +308,6 @@ def _values_by_key(bootstrap: str, topic: str) -> dict[bytes, list[int]]:
                 out.setdefault(msg.key() or b"", []).append(json.loads(msg.value() or b"0"))
     consumer.close()
     return out
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    """A broker of this test's own, since the test stops it."""
-    broker = KafkaBroker(free_port(), free_port(), tmp_path / "kafka", ROOT / ".cache")
-    broker.start()
-    yield broker
-    broker.stop(grace=0)
 
 
 def test_an_outage_past_message_timeout_stops_the_sink_and_the_resume_is_exact(

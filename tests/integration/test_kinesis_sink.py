@@ -28,9 +28,7 @@ from connectors.transports.kinesis.sink import KinesisSink, KinesisSinkError
 from connectors.transports.kinesis.source import StatefulKinesisSource
 from connectors.transports.kinesis.transport import KinesisTransport
 from devstack.processes import free_port
-from tests.kinesis_fixtures import drain, open_shards, record_step, split
-
-pytestmark = pytest.mark.integration
+from tests.support.kinesis import drain, open_shards, record_step, split
 
 
 class RecordingClient:

@@ -24,9 +24,8 @@ from connectors.transports.kinesis.proxy import KinesisUnavailable, check_stream
 from connectors.transports.kinesis.settings import KinesisSettings
 from connectors.transports.kinesis.source import StatefulKinesisSource
 from devstack.processes import free_port
-from tests.kinesis_fixtures import drain, merge, open_shards, put, record_step, split, wait_for
-
-pytestmark = pytest.mark.integration
+from tests.support.jobs import wait_for
+from tests.support.kinesis import drain, merge, open_shards, put, record_step, split
 
 
 class FaultyClient:

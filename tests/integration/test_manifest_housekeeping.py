@@ -9,16 +9,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import polars as pl
-import pytest
 
 from connectors.sinks.fence import CommitState
 from connectors.sinks.rows import ObjectRows
 from connectors.sinks.s3_client import S3Location
 from connectors.sinks.s3_objects import PartitionedS3Sink, encode
 from dataflows.impressions.layout import OUTPUT_SCHEMA
-from tests.conftest import read_s3_rows
-
-pytestmark = pytest.mark.integration
+from tests.support.data import read_s3_rows
 
 
 @dataclass(frozen=True)

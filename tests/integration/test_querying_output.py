@@ -26,11 +26,10 @@ from polars.testing import assert_frame_equal
 
 from devstack.s3 import LOCAL_CREDENTIALS
 from producers.movie_impressions import GeneratedEvent
-from tests.conftest import ROOT, read_s3_rows
-from tests.oracles import expected_rows
-from tests.runs import ImpressionsRun, traffic
-
-pytestmark = pytest.mark.integration
+from tests.support.data import read_s3_rows
+from tests.support.jobs import ROOT
+from tests.support.oracles import expected_rows
+from tests.support.runs import ImpressionsRun, traffic
 
 DOC = ROOT / "docs" / "querying.md"
 COLUMNS = ["movieId", "userId", "impressions", "latestImpression", "windowStart", "windowEnd"]

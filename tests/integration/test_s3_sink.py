@@ -11,9 +11,7 @@ from connectors.sinks.rows import ObjectRows, stable_partition
 from connectors.sinks.s3_client import S3Location, S3SinkError, check_bucket
 from connectors.sinks.s3_objects import PartitionedS3Sink
 from dataflows.impressions.layout import OUTPUT_SCHEMA
-from tests.conftest import read_s3_rows
-
-pytestmark = pytest.mark.integration
+from tests.support.data import read_s3_rows
 
 
 def state(namespace: str, seq: int) -> dict:

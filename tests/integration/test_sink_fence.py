@@ -28,9 +28,7 @@ from connectors.sinks.rows import ObjectRows
 from connectors.sinks.s3_client import S3Location, S3SinkError
 from connectors.sinks.s3_objects import PartitionedS3Sink
 from dataflows.impressions.layout import DELTA_PARTITION_BY, DELTA_SCHEMA, OUTPUT_SCHEMA, with_window_hour
-from tests.readers import COLUMNS, PollingReader
-
-pytestmark = pytest.mark.integration
+from tests.support.readers import COLUMNS, PollingReader
 
 HOUR = "out/2019-01-07--07"
 WINDOWS = 3  # units per movie (one folder per movie)

@@ -13,9 +13,7 @@ from connectors.sinks.s3_client import S3Location
 from connectors.sinks.s3_manifests import ExistingOutputError, check_existing_output, find_foreign_output
 from connectors.sinks.s3_objects import PartitionedS3Sink
 from dataflows.impressions.layout import OUTPUT_SCHEMA
-from tests.conftest import read_s3_rows
-
-pytestmark = pytest.mark.integration
+from tests.support.data import read_s3_rows
 
 
 def state(namespace: str, seq: int) -> dict:

@@ -10,18 +10,14 @@ import threading
 import uuid
 from datetime import datetime
 
-import pytest
-
 from connectors.autoscale_policy import ScalingRule
 from devstack.autoscale import Autoscaler
 from producers.bookings import BookingTraffic, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
-from tests.chaos import wait_for
-from tests.conftest import FLOWS, make_topics
 from tests.e2e.test_booking_correlation import output_env
-from tests.runs import BOUND_S, check_booking_outputs
-
-pytestmark = pytest.mark.soak
+from tests.support.data import make_topics
+from tests.support.jobs import FLOWS, wait_for
+from tests.support.runs import BOUND_S, check_booking_outputs
 
 
 def test_the_autoscaler_follows_a_load_ramp_up_and_back_down(kafka, local_cluster) -> None:

@@ -26,7 +26,7 @@ from dataflows.booking_rules import (
 from dataflows.dead_letters import DeadLetter
 from dataflows.event_time import NO_WATERMARK
 from dataflows.untrusted_json import InvalidEvent
-from tests.factories import kafka_message
+from tests.support.factories import kafka_message
 
 T = 60_000  # timeout
 t0 = 1_546_845_718_557

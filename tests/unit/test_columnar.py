@@ -20,8 +20,8 @@ from dataflows.impressions.layout import MOVIE_SHARDS
 from dataflows.impressions.reference import slice_records
 from dataflows.impressions.slicing import slice_batch
 from dataflows.impressions.windows import WindowSlice
-from tests.factories import kafka_message, tally_dict
-from tests.hostile import hostile, odd_but_valid
+from tests.support.factories import kafka_message, tally_dict
+from tests.support.hostile import hostile, odd_but_valid
 
 W = 900_000
 BASE = 1_546_844_400_000  # a window start

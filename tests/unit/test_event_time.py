@@ -31,7 +31,7 @@ from dataflows.event_time import (
 from dataflows.impressions.layout import movie_shards
 from dataflows.impressions.slicing import slice_batch
 from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice, WindowTallies
-from tests.factories import kafka_message
+from tests.support.factories import kafka_message
 
 W = 15 * 60 * 1000
 

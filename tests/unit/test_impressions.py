@@ -26,7 +26,7 @@ from dataflows.impressions.slicing import slice_batch
 from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice, WindowTallies, window_rows
 from dataflows.metrics import KEYS_IN_STATE
 from dataflows.untrusted_json import MAX_ID_BYTES, InvalidEvent
-from tests.factories import kafka_message, tally_dict
+from tests.support.factories import kafka_message, tally_dict
 
 MIN15 = 15 * 60 * 1000
 

@@ -29,7 +29,7 @@ from connectors.transports.kafka_token import (
     reuse_token,
 )
 from dataflows.settings import ConfigError, KafkaSettings
-from tests import oauth_tokens
+from tests.support import oauth_tokens
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -287,21 +287,21 @@ def test_a_missing_signer_library_is_one_line_at_start(aws_env: None, monkeypatc
     ("env", "message"),
     [
         ({"KAFKA_SASL_MECHANISM": "AWS_MSK_IAM", "KAFKA_SECURITY_PROTOCOL": "SSL"}, "KAFKA_SASL_MECHANISM=AWS_MSK_IAM needs SASL: set KAFKA_SECURITY_PROTOCOL to SASL_SSL"),
-        ({"KAFKA_SASL_MECHANISM": "AWS_MSK_IAM", "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.oauth_tokens:unsecured"},
+        ({"KAFKA_SASL_MECHANISM": "AWS_MSK_IAM", "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.support.oauth_tokens:unsecured"},
          "KAFKA_SASL_MECHANISM=AWS_MSK_IAM and KAFKA_OAUTH_TOKEN_PROVIDER both make tokens: keep one"),
         ({"KAFKA_SASL_MECHANISM": "AWS_MSK_IAM", "KAFKA_PROPERTIES": "sasl.oauthbearer.method=oidc"},
          "KAFKA_PROPERTIES sets sasl.oauthbearer.method, but KAFKA_SASL_MECHANISM=AWS_MSK_IAM (region eu-west-1) makes the tokens: remove it"),
         ({"KAFKA_SASL_MECHANISM": "AWS_MSK_IAM", "KAFKA_PROPERTY_STATISTICS__INTERVAL__MS": "1000"},
          "KAFKA_PROPERTY_STATISTICS__INTERVAL__MS sets statistics.interval.ms=1000: with KAFKA_SASL_MECHANISM=AWS_MSK_IAM (region eu-west-1) use 15000 or more"),
         ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "u",
-          "KAFKA_SASL_PASSWORD": "p", "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.oauth_tokens:unsecured"},
+          "KAFKA_SASL_PASSWORD": "p", "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.support.oauth_tokens:unsecured"},
          "KAFKA_OAUTH_TOKEN_PROVIDER makes OAUTHBEARER tokens: set KAFKA_SASL_MECHANISM=OAUTHBEARER"),
-        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "OAUTHBEARER", "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.oauth_tokens"},
-         "KAFKA_OAUTH_TOKEN_PROVIDER='tests.oauth_tokens' is not module:function"),
-        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "OAUTHBEARER", "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.oauth_tokens:nothing"},
-         "KAFKA_OAUTH_TOKEN_PROVIDER=tests.oauth_tokens:nothing: tests.oauth_tokens has no function nothing"),
-        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "OAUTHBEARER", "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.oauth_tokens:expiry_in_milliseconds"},
-         "KAFKA_OAUTH_TOKEN_PROVIDER=tests.oauth_tokens:expiry_in_milliseconds returned an expiry 56"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "OAUTHBEARER", "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.support.oauth_tokens"},
+         "KAFKA_OAUTH_TOKEN_PROVIDER='tests.support.oauth_tokens' is not module:function"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "OAUTHBEARER", "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.support.oauth_tokens:nothing"},
+         "KAFKA_OAUTH_TOKEN_PROVIDER=tests.support.oauth_tokens:nothing: tests.support.oauth_tokens has no function nothing"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "OAUTHBEARER", "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.support.oauth_tokens:expiry_in_milliseconds"},
+         "KAFKA_OAUTH_TOKEN_PROVIDER=tests.support.oauth_tokens:expiry_in_milliseconds returned an expiry 56"),
     ],
 )  # fmt: skip
 def test_token_setting_mistakes_are_one_line(aws_env: None, env: dict[str, str], message: str) -> None:
@@ -313,7 +313,7 @@ def test_token_setting_mistakes_are_one_line(aws_env: None, env: dict[str, str],
 
 def test_a_provider_of_your_own_is_the_callback(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
-           "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.oauth_tokens:unsecured"}  # fmt: skip
+           "KAFKA_OAUTH_TOKEN_PROVIDER": "tests.support.oauth_tokens:unsecured"}  # fmt: skip
     config = KafkaSettings.from_env(env).client_config
     token, expiry = config["oauth_cb"]("")
     header, payload, signature = (json.loads(_decode(p)) if p else p for p in token.split("."))

@@ -1,4 +1,4 @@
-"""The Kinesis stream reader over an in-memory Kinesis (tests/fake_kinesis.py) on a test-driven clock.
+"""The Kinesis stream reader over an in-memory Kinesis (tests/support/fake_kinesis.py) on a test-driven clock.
 
 Split, merge, retention, throttling and expired iterators, each checked against what was
 written: every record read exactly once, a key's records in the order written, a shard's in
@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from connectors.transports.kinesis.proxy import KinesisUnavailable
 from connectors.transports.kinesis.reader import KinesisSourceError, ReadOptions, StreamReader
-from tests.fake_kinesis import FakeKinesis
+from tests.support.fake_kinesis import FakeKinesis
 
 STEP = 1 / 32  # the fake clock's tick: exact in binary, so call times add up without rounding
 Item = tuple[str, str, str, bytes]  # (key, shard, sequence, data)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from devstack.processes import port_holder
-from tests.chaos import wait_for
+from tests.support.jobs import wait_for
 
 # A parent that starts a tied child (as the suite starts brokers and jobs), prints its pid, then waits.
 PARENT = """

@@ -22,9 +22,9 @@ from dataflows.impressions.slicing import slice_batch
 from dataflows.impressions.windows import WindowSlice
 from dataflows.metrics import EVENTS, INTERNAL_ERRORS, count_inputs
 from dataflows.untrusted_json import MAX_DEPTH, MAX_ID_BYTES, InvalidEvent, decode_json_object
-from tests.factories import kafka_message, tally_dict
-from tests.hostile import MUTATIONS, hostile, odd_but_valid
-from tests.oracles import raw_of
+from tests.support.factories import kafka_message, tally_dict
+from tests.support.hostile import MUTATIONS, hostile, odd_but_valid
+from tests.support.oracles import raw_of
 
 IMPRESSION = {"movieId": "2001", "userId": "1003", "timestamp": 1_546_845_718_557}
 

@@ -3,7 +3,7 @@
 The reader sees only this interface: shards listed, an iterator for a position, a page of
 records, a stream checked; and one error type, `ProxyError`, whose `reason` says what
 the reader should do (back off, renew the iterator, restart the shard, stop). Tests put an
-in-memory proxy behind it (tests/fake_kinesis.py); `BotoKinesisProxy` wraps a boto3 client.
+in-memory proxy behind it (tests/support/fake_kinesis.py); `BotoKinesisProxy` wraps a boto3 client.
 IAM: kinesis:ListShards, GetShardIterator, GetRecords, DescribeStreamSummary.
 """
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import polars as pl
 
 from producers.movie_impressions import GeneratedEvent
-from tests.chaos import wait_for
-from tests.runs import BOUND_S, ImpressionsRun
+from tests.support.jobs import wait_for
+from tests.support.runs import BOUND_S, ImpressionsRun
 
 KEY = ("movieId", "userId", "windowStart")
 COLUMNS = ["movieId", "userId", "impressions", "latestImpression", "windowStart", "windowEnd"]

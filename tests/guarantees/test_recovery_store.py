@@ -11,15 +11,10 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
-import pytest
-
 from connectors.recovery_store.partition_files import read_progress
 from connectors.recovery_store.resume_epoch import resume_epoch_of
-from tests.chaos import wait_for
-from tests.conftest import ROOT, init_recovery
-from tests.runs import FLOW, traffic
-
-pytestmark = pytest.mark.guarantees
+from tests.support.jobs import ROOT, init_recovery, wait_for
+from tests.support.runs import FLOW, traffic
 
 # `python -m bytewax.run`, with bytewax's own log on, which names the epoch it resumes from.
 RUN_WITH_ENGINE_LOG = (

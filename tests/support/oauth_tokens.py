@@ -1,4 +1,4 @@
-"""OAUTHBEARER token providers for the tests (KAFKA_OAUTH_TOKEN_PROVIDER=tests.oauth_tokens:<name>).
+"""OAUTHBEARER token providers for the tests (KAFKA_OAUTH_TOKEN_PROVIDER=tests.support.oauth_tokens:<name>).
 
 They make the unsecured JWS (alg "none", a "sub" claim) that Kafka's default validator
 accepts: the same client path as MSK IAM's signer, which returns a signed token instead.

@@ -22,18 +22,9 @@ from devstack.autoscale import LocalCluster
 from devstack.processes import free_port
 from producers.bookings import GeneratedBooking
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
-from tests.chaos import Job
-from tests.conftest import (
-    FLOWS,
-    cluster_addresses,
-    init_recovery,
-    make_topics,
-    read_s3_rows,
-    read_topic,
-    run_cluster,
-    run_dataflow,
-)
-from tests.oracles import expected_bookings, expected_rows, raw_of
+from tests.support.data import make_topics, read_s3_rows, read_topic
+from tests.support.jobs import FLOWS, Job, cluster_addresses, init_recovery, run_cluster, run_dataflow
+from tests.support.oracles import expected_bookings, expected_rows, raw_of
 
 BOUND_S = 2  # MAX_OUT_OF_ORDERNESS_SECONDS of these runs; every outage lasts longer
 FLOW = FLOWS["movie-impressions"]

@@ -1,6 +1,6 @@
 """A tiny bytewax flow: the jobs' Kafka source and Kafka output, signed in with a token callback.
 
-`python -m bytewax.run tests.token_flow:flow` with the KAFKA_* settings, `TOKEN_FLOW_IN` and
+`python -m bytewax.run tests.support.token_flow:flow` with the KAFKA_* settings, `TOKEN_FLOW_IN` and
 `TOKEN_FLOW_OUT` (topics): copies every record of IN to OUT through the jobs' KafkaTransport
 and prints each value. `TOKEN_FLOW_COLD=1`: every client waits for a token of its own that
 takes a moment to make (as the first token does on a pod, which asks STS for its role's
@@ -21,7 +21,7 @@ from connectors.transports.contract import OutputRecord
 from connectors.transports.kafka import KafkaTransport
 from connectors.transports.kafka_start_position import EARLIEST
 from dataflows.settings import KafkaSettings
-from tests import oauth_tokens
+from tests.support import oauth_tokens
 
 COLD_TOKEN_S = 1.2
 

@@ -8,14 +8,13 @@ certificates and passwords are made at run time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from devstack.kafka import KafkaBroker
 from devstack.processes import free_port
+from tests.support.jobs import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SECURED_MODES = ("sasl_ssl_scram", "mtls", "oauthbearer")
 
 

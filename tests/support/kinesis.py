@@ -1,6 +1,6 @@
 """Session Kinesis (kinesis-local on free loopback ports) and helpers for the Kinesis tests.
 
-Registered in tests/conftest.py's `pytest_plugins`.
+A plugin: tests/conftest.py's `pytest_plugins` names it.
 """
 
 from __future__ import annotations
@@ -8,15 +8,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devstack.kinesis import KinesisLocal, create_stream, wait_active
 from devstack.processes import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.jobs import ROOT
 
 
 @pytest.fixture(scope="session")
@@ -37,18 +35,6 @@ def kinesis_stream(kinesis: KinesisLocal, unique: str) -> Callable[..., str]:
         return stream
 
     return make
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll `condition` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def put(client: Any, stream: str, records: list[tuple[str, bytes]]) -> list[tuple[str, str, str]]:

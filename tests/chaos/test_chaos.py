@@ -7,7 +7,7 @@ while first, with the output's server frozen (an outage) now and then; traffic f
 then a bounded run to the end of the input. A reader polls every output the whole time and
 must never see a record twice, nor see one vanish; at the end every output must equal the
 oracle over what was produced. Runs for CHAOS_MINUTES (default 20) in all, the output kinds
-sharing the time, and appends one JSON line per sequence to CHAOS_RESULTS; `tests/soak/conftest.py`
+sharing the time, and appends one JSON line per sequence to CHAOS_RESULTS; `tests/chaos/conftest.py`
 prints the table.
 """
 
@@ -34,13 +34,11 @@ from connectors.recovery_store.resume_epoch import resume_epoch_of
 from devstack.processes import free_port
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
-from tests.chaos import Job
-from tests.conftest import FLOWS, cluster_addresses, init_recovery, make_topics, read_topic, run_cluster
-from tests.oracles import expected_bookings, expected_rows, raw_of
-from tests.readers import COLUMNS, KEY
-from tests.runs import BOUND_S, ImpressionsRun, snapshot_epochs, traffic
-
-pytestmark = pytest.mark.chaos
+from tests.support.data import make_topics, read_topic
+from tests.support.jobs import FLOWS, Job, cluster_addresses, init_recovery, run_cluster
+from tests.support.oracles import expected_bookings, expected_rows, raw_of
+from tests.support.readers import COLUMNS, KEY
+from tests.support.runs import BOUND_S, ImpressionsRun, snapshot_epochs, traffic
 
 KINDS = ("objects", "delta", "kafka", "kinesis")
 MINUTES = float(os.environ.get("CHAOS_MINUTES", "20"))

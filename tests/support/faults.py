@@ -1,20 +1,14 @@
-"""Fault injection for the guarantee tests: a flaky TCP proxy and a killable job."""
+"""Fault injection for the guarantee tests: a loopback TCP proxy that refuses or stalls connections."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from devstack.processes import child_setup, free_port
-from tests.conftest import ROOT
+from devstack.processes import free_port
 
 
 class FlakyProxy:
@@ -120,76 +114,3 @@ def _close(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
-
-
-class Job:
-    """A dataflow run in the background as `python -m bytewax.run`, killable like a crashed pod."""
-
-    def __init__(
-        self,
-        target: str,
-        env: dict[str, str],
-        log: Path,
-        *,
-        workers: int = 1,
-        recovery: Path | None = None,
-        snapshot_s: int = 1,
-        cluster: tuple[str, int] | None = None,
-        backup_s: int = 0,
-    ) -> None:
-        """`cluster`: (bytewax's -a addresses, this process's -i) for one process of several;
-        `backup_s`: bytewax's -b, the seconds of snapshot history it keeps."""
-        argv = [sys.executable, "-m", "bytewax.run", target, "-w", str(workers)]
-        if recovery is not None:
-            argv += ["-r", str(recovery), "-s", str(snapshot_s), "-b", str(backup_s)]
-        if cluster is not None:
-            argv += ["-a", cluster[0], "-i", str(cluster[1])]
-        self.log = log
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                argv,
-                env={**os.environ, **env},
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=child_setup(),
-            )
-
-    def kill(self) -> None:
-        """SIGKILL, no goodbye: what a crash or an OOM kill looks like."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
-
-    def pause(self) -> None:
-        os.killpg(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.killpg(self.process.pid, signal.SIGCONT)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def wait_for(condition, timeout: float, what: str, job: Job | None = None, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if job is not None and job.process.poll() is not None:
-            msg = f"the job exited ({job.process.returncode}) while waiting for {what}:\n{job.output()[-3000:]}"
-            raise AssertionError(msg)
-        if time.monotonic() > deadline:
-            msg = f"timed out waiting for {what}"
-            if job is not None:
-                msg += f"; the job's output ends:\n{job.output()[-3000:]}"
-            raise AssertionError(msg)
-        time.sleep(interval)
