@@ -1,7 +1,6 @@
 """Kafka client settings: any librdkafka property from the environment, checked up front, never logged.
 
-Where the properties come from (every job and producer reads the same):
-
+Where the properties come from (every job and producer reads the same; docs/settings.md):
 - `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_MECHANISM`, `KAFKA_SASL_USERNAME`,
   `KAFKA_SASL_PASSWORD`, `KAFKA_SSL_CA_LOCATION`, `KAFKA_SSL_CERTIFICATE_LOCATION`,
   `KAFKA_SSL_KEY_LOCATION`, `KAFKA_SSL_KEY_PASSWORD`: the common ones, by name;
@@ -10,8 +9,7 @@ Where the properties come from (every job and producer reads the same):
 - `KAFKA_PROPERTY_<name>`: one property, dots written `__`, any case, e.g.
   `KAFKA_PROPERTY_SASL__OAUTHBEARER__CLIENT__SECRET` (for values holding `;`, and for
   secrets mounted one per variable);
-- `KAFKA_SASL_MECHANISM=AWS_MSK_IAM`, `KAFKA_OAUTH_TOKEN_PROVIDER`: tokens made in Python (kafka_token.py);
-
+- `KAFKA_SASL_MECHANISM=AWS_MSK_IAM`, `KAFKA_OAUTH_TOKEN_PROVIDER`: tokens made in Python (kafka_token.py).
 Checked before anything connects: names librdkafka does not know, values it refuses,
 the security protocol and SASL mechanism, files that do not exist, a property set twice
 with different values, properties the jobs own. Each problem is one line naming the
