@@ -45,7 +45,9 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 import zlib
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -84,6 +86,17 @@ def routing_key(record: OutputRecord) -> str:
     return str(zlib.crc32(record.key))
 
 
+def _weakly(owner: Any, method: Callable[..., Any]) -> Callable[..., Any]:
+    """`method` of `owner` as a callback that does not keep `owner` alive."""
+    ref = weakref.ref(owner)
+
+    def call(*args: Any) -> Any:
+        alive = ref()
+        return None if alive is None else method(alive, *args)
+
+    return call
+
+
 class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
     def __init__(self, sink: KafkaTxSink, step_id: str, part: str, state: CommitState) -> None:
         self._sink = sink
@@ -115,8 +128,10 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
                 **sink.client_config,
                 "enable.idempotence": True,
                 "transactional.id": self._txid,
-                "on_delivery": self._delivered,
-                "error_cb": self._client_error,
+                # Through a weak reference: a producer holding its partition would keep both (and
+                # librdkafka's threads) alive past the partition's end, as a cycle no collector frees.
+                "on_delivery": _weakly(self, _TxPartition._delivered),
+                "error_cb": _weakly(self, _TxPartition._client_error),
                 "log_level": 3,
             }
         )
