@@ -83,6 +83,7 @@ test-image: install ## Build the image and run both jobs from it as uid 10001 ag
 
 bench: up ## Throughput, memory and latency vs the ceilings and the textbook design (about 12 min)
 	$(PY) -m bench --out bench-results.json
+	$(PY) -m bench.report  # the results into docs/performance.md
 
 JOB ?= movie-impressions
 deploy: ## Deploy JOB (movie-impressions | booking-correlation) with waxctl if installed, else kubectl -k
