@@ -334,8 +334,10 @@ class KafkaTxSink(FixedPartitionedSink[OutputRecord, dict]):
     def build_part(self, step_id: str, for_part: str, resume_state: dict | None) -> _TxPartition:
         if self._batch_bytes is None:  # once per worker
             try:
-                ensure_control_topic(self.bootstrap, self.client_config, control_topic(self.topic), self.partitions)
-                topic_max = topic_max_message_bytes(self.bootstrap, self.client_config, self.topic)
+                # A partition may be built mid-run, during a broker outage: wait for it as its start does.
+                wait_s, config = self.start_timeout_s, self.client_config
+                ensure_control_topic(self.bootstrap, config, control_topic(self.topic), self.partitions, wait_s)
+                topic_max = topic_max_message_bytes(self.bootstrap, config, self.topic, wait_s)
             except KafkaSinkError as exc:
                 log.error("%s", exc)
                 raise
