@@ -211,11 +211,18 @@ def _scrape_cpu(port: int) -> float | None:
 
 @dataclass
 class Autoscaler:
-    """The HPA's part: samples the cluster's CPU every period, applies the rule, sets the count."""
+    """The HPA's part: samples the cluster's CPU every period, applies the rule, sets the count.
+
+    One sample per period, the CPU averaged over it (as CloudWatch's one-minute datapoints):
+    shorter samples would see each snapshot's burst as load and keep an idle job up."""
 
     cluster: LocalCluster
     rule: ScalingRule
-    sample_s: float = 0.5
+    # After a rescale the processes stop, start, rejoin and catch up: seconds of low CPU that
+    # are the restart, not a quiet job. Their samples are not counted (KDA does not judge its
+    # metric while it is AUTOSCALING either).
+    settle_s: float = 10.0
+    settled_at: float = 0.0
     decisions: list[tuple[float, int, int, str]] = field(default_factory=list)  # (time, from, to, why)
     samples: list[Sample] = field(default_factory=list)
     history: list[tuple[float, int, float | None]] = field(default_factory=list)  # (time, count, CPU)
@@ -225,7 +232,7 @@ class Autoscaler:
         now = time.monotonic()
         cpu = self.cluster.cpu_utilisation()
         self.history.append((time.time(), self.cluster.count, cpu))
-        if cpu is not None:
+        if cpu is not None and now >= self.settled_at:
             self.samples.append(Sample(now, cpu))
         keep = self.rule.period_s * max(self.rule.up_periods, self.rule.down_periods) + self.rule.period_s
         self.samples = [s for s in self.samples if s.at > now - keep]
@@ -235,9 +242,10 @@ class Autoscaler:
             self.decisions.append((time.time(), self.cluster.count, decision.count, decision.reason))
             self.cluster.scale_to(decision.count)
             self.samples = []  # a new cluster: a new series, as KDA starts one after a rescale
+            self.settled_at = now + self.settle_s
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.sample_s):
+        while not stop.wait(self.rule.period_s):
             self.step()
 
 
@@ -252,13 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         "--down-periods", type=int, default=12, help="datapoints < --down-threshold to scale down (KDA: 360)"
     )
     parser.add_argument("--up-threshold", type=float, default=0.75)
-    parser.add_argument("--down-threshold", type=float, default=0.10)
+    # KDA's 10 % is of a KPU; an idle local process holding keyed state uses 5-15 % of a core.
+    parser.add_argument("--down-threshold", type=float, default=0.20)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "autoscale")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rule = ScalingRule(args.period, args.up_threshold, args.up_periods, args.down_threshold, args.down_periods)
     workdir = args.workdir / args.job
-    cluster = LocalCluster(TARGETS[args.job], {}, workdir, args.min, args.max)
+    cluster = LocalCluster(TARGETS[args.job], {}, workdir, args.min, args.max, snapshot_s=10)  # as k8s/ does
     log.info("autoscale: %s as %d..%d local processes; logs and recovery in %s", args.job, args.min, args.max, workdir)
     cluster.scale_to(args.min)
     stop = threading.Event()
