@@ -35,7 +35,7 @@ class RetryPolicy:
     error: type[WaxstreamsError]  # what the loop stops with
     give_up_after: float  # seconds from the first attempt
     fix: str  # the out-of-time message's fix, e.g. "check S3_ENDPOINT_URL and the network"
-    on_stop: str  # what stopping means for the data (logged with the message)
+    on_stop: str  # what stopping means for the data (logged with the message; "" = the caller decides, no log)
     incurable: Callable[[Exception], str | None] = _curable  # a failure retrying cannot cure: its one line
     describe: Callable[[Exception], str] = str  # the failure, as the out-of-time message shows it
     on_retry: Callable[[], None] = _nothing  # e.g. a retry counter
@@ -68,8 +68,8 @@ def retry(
                     f"({policy.describe(exc)}); {policy.fix}"
                 )
             if msg is not None:
-                # Logged here too: bytewax may abort on a sink exception without printing it.
-                policy.logger.error("%s; stopping: %s", msg, policy.on_stop)
+                if policy.on_stop:  # logged here too: bytewax may abort on a sink exception without printing it
+                    policy.logger.error("%s; stopping: %s", msg, policy.on_stop)
                 raise policy.error(msg) from None
             policy.logger.warning(
                 "%s %s failed (%s); retrying in %.1fs", policy.service, what, type(exc).__name__, delay

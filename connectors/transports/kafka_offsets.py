@@ -18,7 +18,7 @@ import logging
 import threading
 from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 from prometheus_client import Counter
 
 from connectors.engine import KafkaPartitionInternals
@@ -47,12 +47,12 @@ class StartOffsets:
         consumer, tp = internals.consumer, internals.topic_partition()
         resumed = offset is not None
         try:
-            low, high = query(lambda: consumer.get_watermark_offsets(tp, timeout=10))
-        except KafkaException as exc:
+            low, high = query(lambda: consumer.get_watermark_offsets(tp, timeout=10), "watermarks")
+        except KafkaUnavailable as exc:
             if resumed:  # auto.offset.reset=earliest still keeps retained records if it is gone
                 log.warning("Kafka %s: log start unknown (%s); resuming at offset %s unchecked", for_part, exc, offset)
                 return internals.next_offset, None
-            msg = f"Kafka {for_part}: cannot read the partition's offsets ({exc}): check KAFKA_BROKERS and the ACLs"
+            msg = f"Kafka {for_part}: cannot read the partition's offsets: {exc}"
             raise KafkaUnavailable(msg) from None
         if resumed:
             if self._told_resumed.acquire(blocking=False):
@@ -93,11 +93,11 @@ class StartOffsets:
         try:
             if kind == "timestamp":
                 at = TopicPartition(tp.topic, tp.partition, self._start.timestamp_ms or 0)
-                [found] = query(lambda: consumer.offsets_for_times([at], timeout=10))
+                [found] = query(lambda: consumer.offsets_for_times([at], timeout=10), "offsets for times")
                 return found.offset if found.offset >= 0 else high  # -1: no record that late yet
-            [committed] = query(lambda: consumer.committed([tp], timeout=10))
-        except KafkaException as exc:
-            msg = f"Kafka {for_part}: cannot resolve START_POSITION={self._start} ({exc}): check the broker and ACLs"
+            [committed] = query(lambda: consumer.committed([tp], timeout=10), "committed offsets")
+        except KafkaUnavailable as exc:
+            msg = f"Kafka {for_part}: cannot resolve START_POSITION={self._start}: {exc}"
             raise KafkaUnavailable(msg) from None
         if committed.offset < 0:
             log.info("Kafka %s: the consumer group has no committed offset; starting at the earliest record", for_part)
@@ -127,13 +127,15 @@ def stop_offset(internals: KafkaPartitionInternals, for_part: str, stop_at_ms: i
     """The first offset at or past STOP_AT (the partition's end if nothing is that late yet)."""
     at = internals.topic_partition(stop_at_ms)
     try:
-        [found] = query(lambda: internals.consumer.offsets_for_times([at], timeout=10))
+        [found] = query(lambda: internals.consumer.offsets_for_times([at], timeout=10), "offsets for times")
         return found.offset if found.offset >= 0 else end_offset(internals)
-    except KafkaException as exc:
-        msg = f"Kafka {for_part}: cannot resolve STOP_AT ({exc}): check the broker and ACLs"
+    except KafkaUnavailable as exc:
+        msg = f"Kafka {for_part}: cannot resolve STOP_AT: {exc}"
         raise KafkaUnavailable(msg) from None
 
 
 def end_offset(internals: KafkaPartitionInternals) -> int:
     """The partition's end now (its high watermark): where a bounded run stops at the latest."""
-    return query(lambda: internals.consumer.get_watermark_offsets(internals.topic_partition(), timeout=10))[1]
+    return query(
+        lambda: internals.consumer.get_watermark_offsets(internals.topic_partition(), timeout=10), "watermarks"
+    )[1]

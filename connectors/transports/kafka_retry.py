@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka import KafkaException
+
+from connectors.retry import RetryPolicy, retry
+from connectors.transports.kafka_startup_check import KafkaUnavailable
+
+T = TypeVar("T")
 
 _BROKER_QUERY_S = 30.0  # watermarks, times, committed offsets at partition start
 
@@ -27,13 +31,25 @@ def transient(exc: KafkaException) -> bool:
     return isinstance(error, ConfluentKafkaError) and (error.retriable() or error.code() in _TRANSIENT_ERRORS)
 
 
-def query(call: Callable[[], Any]) -> Any:
-    """A broker query at start, retried through passing errors (leader moves, a slow coordinator)."""
-    deadline = time.monotonic() + _BROKER_QUERY_S
-    while True:
-        try:
-            return call()
-        except KafkaException as exc:
-            if not transient(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+def _refused(exc: Exception) -> str | None:
+    """A refusal retrying cannot cure (no such partition, not authorized): at once, as it is."""
+    return None if isinstance(exc, KafkaException) and transient(exc) else f"Kafka refused the query ({exc})"
+
+
+_BROKER_QUERY = RetryPolicy(
+    service="Kafka",
+    retry_on=(KafkaException,),
+    error=KafkaUnavailable,
+    give_up_after=_BROKER_QUERY_S,
+    fix="check KAFKA_BROKERS, the brokers' health and the ACLs",
+    on_stop="",  # the caller words the stop (or carries on: a resume without the log start)
+    incurable=_refused,
+    first_delay=0.5,
+    max_delay=2.0,
+)
+
+
+def query(call: Callable[[], T], what: str, **timing: Callable) -> T:
+    """A broker query at start, retried through passing errors (leader moves, a slow coordinator);
+    KafkaUnavailable, naming the fix, once retrying cannot help. `timing`: retry's clock and sleep."""
+    return retry(call, what, _BROKER_QUERY, **timing)

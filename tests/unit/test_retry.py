@@ -113,3 +113,22 @@ def test_the_s3_policy_stops_at_once_on_a_missing_bucket_and_retries_the_network
     unreachable = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
     assert retry(failing(2, unreachable)[0], "PUT", p, clock=time.clock, sleep=time.sleep) == "done"
     assert time.slept == [0.2, 0.4]
+
+
+def test_the_kafka_query_policy_retries_a_passing_error_and_stops_on_a_refusal() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from connectors.transports.kafka_retry import query
+    from connectors.transports.kafka_startup_check import KafkaUnavailable
+
+    time = FakeTime()
+    loading = KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS))
+    assert query(failing(2, loading)[0], "committed offsets", clock=time.clock, sleep=time.sleep) == "done"
+    assert time.slept == [0.5, 1.0]
+    denied = KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    call, calls = failing(5, denied)
+    with pytest.raises(KafkaUnavailable, match=r"^Kafka refused the query \(.*"):
+        query(call, "watermarks", clock=time.clock, sleep=time.sleep)
+    assert len(calls) == 1
+    with pytest.raises(KafkaUnavailable, match=r"watermarks still failing after 30s .*; check KAFKA_BROKERS"):
+        query(failing(1_000, loading)[0], "watermarks", clock=time.clock, sleep=time.sleep)
