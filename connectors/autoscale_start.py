@@ -45,7 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connectors.autoscale_replicas import Replicas, ReplicasError, replicas_from
-from connectors.errors import WaxstreamsError
+from connectors.env import Env
+from connectors.errors import ConfigError, WaxstreamsError
 from connectors.recovery_store.namespace import NAMESPACE_FILE
 from connectors.recovery_store.partition_files import init_store
 from connectors.recovery_store.resume import recovery_directory
@@ -60,7 +61,7 @@ _PLACE_VARIABLES = frozenset(
 )
 
 
-class StartError(ReplicasError):
+class StartError(ReplicasError, ConfigError):
     """A setting of the cluster start-up is wrong; the message names it and the fix."""
 
 
@@ -202,12 +203,9 @@ class Settings:
         if not spec:
             msg = "CLUSTER_ADDRESSES is not set: give the processes' host:port as a template ('job-{ordinal}.job:9999')"
             raise StartError(msg)
-        try:
-            partitions = int(environ.get("BYTEWAX_RECOVERY_PARTS", "1"))
-            poll_s = float(environ.get("CLUSTER_REPLICAS_POLL_SECONDS", DEFAULT_POLL_SECONDS))
-        except ValueError as exc:
-            msg = f"BYTEWAX_RECOVERY_PARTS / CLUSTER_REPLICAS_POLL_SECONDS: {exc}: give numbers"
-            raise StartError(msg) from None
+        env = Env(environ, StartError)
+        partitions = int(env.number("BYTEWAX_RECOVERY_PARTS", 1, minimum=1, integer=True))
+        poll_s = env.number("CLUSTER_REPLICAS_POLL_SECONDS", DEFAULT_POLL_SECONDS, minimum=0.1)
         return cls(
             argv[0],
             list(argv[1:]),

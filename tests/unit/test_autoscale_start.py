@@ -225,3 +225,17 @@ def test_a_cluster_process_past_the_store_starts_with_an_empty_directory(tmp_pat
     assert resume.directory == empty and resume.fresh is False  # the processes holding the store judge that
     with pytest.raises(RecoveryStoreError, match="holds no recovery partitions"):
         prepare_resume(argv, {})
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("BYTEWAX_RECOVERY_PARTS", "two", r"^BYTEWAX_RECOVERY_PARTS='two' is not a whole number: set it to e\.g\. 1$"),
+        ("BYTEWAX_RECOVERY_PARTS", "0", r"^BYTEWAX_RECOVERY_PARTS=0 is below the minimum 1"),
+        ("CLUSTER_REPLICAS_POLL_SECONDS", "soon", r"^CLUSTER_REPLICAS_POLL_SECONDS='soon' is not a number"),
+    ],
+)
+def test_a_wrong_number_is_one_line_naming_the_setting(setting: str, value: str, says: str) -> None:
+    environ = {"CLUSTER_ADDRESSES": "job-{ordinal}.job:9999", "CLUSTER_ORDINAL": "0", setting: value}
+    with pytest.raises(StartError, match=says):
+        Settings.from_env(["dataflows.booking_correlation:flow", "-r", "/tmp/r"], environ)
