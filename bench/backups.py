@@ -7,10 +7,11 @@
 one session, the order rotated from run to run so that drift on a shared machine favours
 no configuration; figures are medians, and the throughput ratio is the median of each
 run's backups-on / backups-off pair. Each backups-on run backs up into a bucket of its
-own and keeps every round (BACKUP_RETENTION high), so the rounds can be counted after it:
-a round's size is the sum of its objects in S3, its seconds are what its manifest records
-(the copy, gzip and upload, timed by the job). One process, so bytewax keeps no snapshot
-history (-b 0); a cluster runs with -b of at least the interval, which makes copies larger.
+own and keeps every round (BACKUP_RETENTION high), so the rounds can be counted after it.
+A round's size is the sum of the largest round's objects in S3; its seconds are what its
+manifest records (the copy, gzip and upload, timed by the job). One process, so bytewax
+keeps no snapshot history (-b 0); a cluster runs with -b of at least the interval, which
+makes the copies larger.
 """
 
 from __future__ import annotations
@@ -46,20 +47,28 @@ def orders(configs: Sequence[str], runs: int) -> list[list[str]]:
     return [[*configs[i % n :], *configs[: i % n]] for i in range(runs)]
 
 
+def raw_bytes(manifests: Sequence[layout.Manifest]) -> int:
+    return sum(int(f["bytes"]) for m in manifests for f in m.files)
+
+
+def largest(rounds: Mapping[str, Sequence[layout.Manifest]]) -> str:
+    """The round that copied the most state: in a bounded run the newest may hold almost
+    none (taken once the windows closed), so the largest says what a round costs a live job."""
+    return max(rounds, key=lambda name: (raw_bytes(rounds[name]), name))
+
+
 def round_figures(rounds: Mapping[str, Sequence[layout.Manifest]]) -> dict:
     """The periodic rounds of one run, by name: how many, and what one cost.
 
-    A round's seconds are its slowest copy's (the processes copy at once); its bytes are
-    those of the newest round, which holds the most state."""
+    A round's seconds are its slowest copy's (the processes copy at once)."""
     if not rounds:
         return {"rounds": 0, "seconds_per_round": None, "max_seconds_per_round": None, "raw_bytes_per_round": None}
     seconds = [max(m.seconds for m in manifests) for manifests in rounds.values()]
-    newest = rounds[max(rounds)]  # names are tick times
     return {
         "rounds": len(rounds),
         "seconds_per_round": statistics.median(seconds),
         "max_seconds_per_round": max(seconds),
-        "raw_bytes_per_round": sum(int(f["bytes"]) for m in newest for f in m.files),
+        "raw_bytes_per_round": raw_bytes(rounds[largest(rounds)]),
     }
 
 
@@ -101,7 +110,7 @@ def read_rounds(bucket: str) -> dict:
     figures = round_figures(rounds)
     figures["bytes_per_round"] = None
     if rounds:
-        under = layout.round_dir(store.root, RUN, layout.BACKUPS, max(rounds))
+        under = layout.round_dir(store.root, RUN, layout.BACKUPS, largest(rounds))
         pages = store.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=under)
         figures["bytes_per_round"] = sum(o["Size"] for page in pages for o in page.get("Contents", []))
     return figures

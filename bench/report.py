@@ -138,7 +138,7 @@ def backups_section(b: dict[str, Any]) -> list[str]:
         f"### Recovery store backups (`{b['topic']}`, 1 worker, medians of {b['runs']} runs)",
         "",
         "The same job with backups off and every N s, runs interleaved; x off is the median of each run's pair. "
-        "A round's size is its objects in S3 (the newest round; uncompressed in brackets), its seconds the copy, "
+        "A round's size is its objects in S3 (the largest round; uncompressed in brackets), its seconds the copy, "
         "gzip and upload as its manifest records (median, max); of interval: those seconds over the interval.",
         "",
         "| backups | events/s | x off | job CPU s | rounds | KB per round (raw) | s per round (max) | of interval |",
