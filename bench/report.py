@@ -139,8 +139,9 @@ def backups_section(b: dict[str, Any]) -> list[str]:
         "",
         "The same job with backups off and every N s, runs interleaved; x off: the median of each run's pair "
         "(job CPU s is the steadier figure on a shared machine). "
-        "A round's size is its objects in S3 (the largest round; uncompressed in brackets), its seconds the copy, "
-        "gzip and upload as its manifest records (median, max); of interval: those seconds over the interval.",
+        "A round's size is its objects in S3 (the largest round of all runs; uncompressed in brackets), its seconds "
+        "the copy, gzip and upload as its manifest records (median; the slowest round of all runs); of interval: "
+        "the median seconds over the interval.",
         "",
         "| backups | events/s | x off | job CPU s | x off | rounds | KB per round (raw) | s per round (max) "
         "| of interval |",

@@ -42,13 +42,15 @@ def test_a_round_costs_its_slowest_copy_and_its_size_is_the_largest_rounds() -> 
     }
 
 
-def job(rate: float, cpu: float, out: int = 1_000, rounds: int | None = None, spent: float | None = None) -> dict:
+def job(
+    rate: float, cpu: float, out: int = 1_000, rounds: int | None = None, spent: float | None = None, kb: int = 2
+) -> dict:
     figures = {"seconds": 100_000 / rate, "events_per_s": rate, "cpu_seconds": cpu, "impressions_out": out}
     if rounds is not None:
         figures |= {"rounds": rounds, "seconds_per_round": spent, "max_seconds_per_round": spent}
         figures |= {
-            "raw_bytes_per_round": None if spent is None else 8_192,
-            "bytes_per_round": None if spent is None else 2_048,
+            "raw_bytes_per_round": None if spent is None else kb * 4_096,
+            "bytes_per_round": None if spent is None else kb * 1_024,
         }
     return figures
 
@@ -58,9 +60,9 @@ def test_the_throughput_ratio_is_the_median_of_each_runs_pair_not_a_ratio_of_med
         OFF: [job(100, 10), job(200, 10), job(50, 10)],
         label(10): [job(150, 11, rounds=0), job(100, 11, rounds=1, spent=0.4), job(45, 12, rounds=1, spent=0.6)],
         label(1): [
-            job(80, 12, rounds=8, spent=0.5),
-            job(160, 13, rounds=9, spent=0.5),
-            job(45, 14, rounds=10, spent=0.5),
+            job(80, 12, rounds=8, spent=0.5, kb=900),
+            job(160, 13, rounds=9, spent=0.5, kb=2),  # no tick landed while windows were open
+            job(45, 14, rounds=10, spent=0.5, kb=500),
         ],
     }
     result = summarize("topic", 100_000, by_config)
@@ -70,6 +72,8 @@ def test_the_throughput_ratio_is_the_median_of_each_runs_pair_not_a_ratio_of_med
     assert ten["rounds"] == 1 and ten["seconds_per_round"] == 0.5  # the runs that took a round
     assert ten["share_of_interval"] == 0.05
     assert one["vs_off"] == 0.8 and one["share_of_interval"] == 0.5 and one["rounds"] == 9
+    assert one["bytes_per_round"] == 900 * 1_024 and one["raw_bytes_per_round"] == 900 * 4_096  # the largest
+    assert ten["max_seconds_per_round"] == 0.6  # the slowest round of all runs
     assert result["off"]["events_per_s"] == 100 and result["runs"] == 3 and result["same_output"]
     by_config[label(1)][2] = job(45, 14, out=999, rounds=10, spent=0.5)
     assert not summarize("topic", 100_000, by_config)["same_output"]
