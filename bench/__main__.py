@@ -25,6 +25,7 @@ from pathlib import Path
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
+from bench import backups as bench_backups
 from bench import bookings as bench_bookings
 from bench import kinesis as bench_kinesis
 from bench import resume as bench_resume
@@ -433,6 +434,8 @@ def main() -> int:
     other = bench_bookings.checkout(bench_bookings.FLUSH_PER_BATCH)
     results["bookings"] = bench_bookings.compare(other, args.bookings, args.runs)
     results["object_sink_resume"] = bench_resume.resume(writes=64, folders=20, runs=args.runs)
+    print("== recovery store backups off and on", file=sys.stderr)
+    results["backups"] = bench_backups.compare(workloads[0].topic, workloads[0].events, args.runs)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print_table(results)
     return 0
@@ -464,6 +467,7 @@ def print_table(results: dict) -> None:
     )
     bench_bookings.print_table(results["bookings"])
     bench_resume.print_line(results["object_sink_resume"])
+    bench_backups.print_table(results["backups"])
     lat = results["latency"]
     print(
         f"latency (window end -> object in S3): median {lat['median_s']:.1f} s, max {lat['max_s']:.1f} s over "

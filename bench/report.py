@@ -131,6 +131,40 @@ def _resume(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def backups_section(b: dict[str, Any]) -> list[str]:
+    """bench/backups.py's figures: the job with the recovery store's S3 backups off and on."""
+    off = b["off"]
+    lines = [
+        f"### Recovery store backups (`{b['topic']}`, 1 worker, medians of {b['runs']} runs)",
+        "",
+        "The same job with backups off and every N s, runs interleaved; x off: the median of each run's pair "
+        "(job CPU s is the steadier figure on a shared machine). "
+        "A round's size is its objects in S3 (the largest round of all runs; uncompressed in brackets), its seconds "
+        "the copy, gzip and upload as its manifest records (median; the slowest round of all runs); of interval: "
+        "the median seconds over the interval.",
+        "",
+        "| backups | events/s | x off | job CPU s | x off | rounds | KB per round (raw) | s per round (max) "
+        "| of interval |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| off | {_rate(off['events_per_s'])} | 1.00 | {_num(off.get('cpu_seconds'), 1)} | 1.00 |  |  |  |  |",
+    ]
+    for interval, f in b["intervals"].items():
+        size = "" if f["bytes_per_round"] is None else f"{f['bytes_per_round'] / 1024:,.0f}"
+        if f["raw_bytes_per_round"] is not None:
+            size += f" ({f['raw_bytes_per_round'] / 1024:,.0f})"
+        spent = _num(f["seconds_per_round"], 2)
+        if f["max_seconds_per_round"] is not None:
+            spent += f" ({f['max_seconds_per_round']:.2f})"
+        share = "" if f["share_of_interval"] is None else f"{f['share_of_interval']:.1%}"
+        lines.append(
+            f"| every {interval} s | {_rate(f['events_per_s'])} | {_num(f['vs_off'], 2)} "
+            f"| {_num(f.get('cpu_seconds'), 1)} | {_num(f['cpu_vs_off'], 2)} | {f['rounds']:.0f} | {size} | {spent} "
+            f"| {share} |"
+        )
+    same = "the same" if b["same_output"] else "**not the same**"
+    return [*lines, "", f"The output (impressions summed) was {same} in every run, backups on or off.", ""]
+
+
 def render(results: dict[str, Any]) -> str:
     """The markdown for one `bench-results.json`."""
     try:
@@ -138,7 +172,7 @@ def render(results: dict[str, Any]) -> str:
         for name, figures in results.get("workloads", {}).items():
             lines += _workload(name, figures)
         sections = (("kinesis", _kinesis), ("latency", _latency), ("bookings", _bookings))
-        for key, section in (*sections, ("object_sink_resume", _resume)):
+        for key, section in (*sections, ("object_sink_resume", _resume), ("backups", backups_section)):
             if key in results:
                 lines += section(results[key])
     except (KeyError, TypeError) as exc:
