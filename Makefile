@@ -52,10 +52,10 @@ run-bookings: up ## 2,000 generated bookings through the booking-correlation job
 autoscale: up ## JOB as local processes scaling on their CPU (KDA's rule, 5-s periods; load it with the producers)
 	$(LOCAL_AWS) $(PY) -m devstack.autoscale --job $(JOB) --min 1 --max 2
 
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3  # most of a test's time is waiting on brokers, lateness bounds and restarts: 3 fill 2 cores
 PYTEST_ARGS ?=  # e.g. PYTEST_ARGS="-x --durations=20"
 test: lint ## Lint, then every test (unit, integration, e2e); starts and stops its own services
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)  # each worker runs whole files, with its own services
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)  # whole files per worker, each with its own services, slowest tiers first (tests/conftest.py)
 
 test-guarantees: install ## Only the crash, lag, outage, bad-input and secrets tests, with 10,000 hostile messages per job
 	HOSTILE_MESSAGES=10000 $(PY) -m pytest -m guarantees

@@ -22,3 +22,16 @@ pytest_plugins = [
 hypothesis.settings.register_profile("waxstreams", deadline=None)
 hypothesis.settings.load_profile("waxstreams")
 processes.tie_children_to_parent = True  # nothing the suite starts outlives it
+
+# The slowest tiers first: xdist hands out whole files in this order (with its own reordering
+# off, see the Makefile), so a worker that draws a long guarantee file draws it early, not last.
+_TIER_ORDER = ("guarantees", "e2e", "deploy", "integration", "inprocess", "unit")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        tier = item.path.parent.name
+        return _TIER_ORDER.index(tier) if tier in _TIER_ORDER else len(_TIER_ORDER)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
