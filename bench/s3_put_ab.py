@@ -1,5 +1,6 @@
-"""A/B of the sink's data PUTs: `s3_put.DirectPut` (SigV4 signed in Python, urllib3) against
-`obstore` (Rust object_store; the GIL released while it signs and sends), boto3 for reference.
+"""A/B of the sink's data PUTs: `s3_client.NativePut` (obstore, Rust object_store: signed and
+sent with the GIL released) against the hand-signed `DirectPut` it replaced (SigV4 in Python,
+urllib3; taken from git history) and the boto3 client (S3_DIRECT_PUT=false).
 
     python -m bench.s3_put_ab                    # 1,000 PUTs per side and mode, 3 alternating runs
     python -m bench.s3_put_ab --objects 2000 --runs 5
@@ -12,10 +13,10 @@ sent one after another (`seq`) and from 8 threads (`pool`, the sink's upload poo
 the machine does spreads over both. Reported, medians of the runs: objects/s (wall, bound
 by moto, which runs in its own process) and CPU-seconds per 1,000 PUTs of this process
 (every thread, obstore's runtime included) and of the calling threads alone (what can
-hold the GIL against the job). Also checks that each side's create refuses a taken key.
-
-obstore is not a dependency of the product: `pip install --target DIR obstore` and put DIR on
-PYTHONPATH to measure it (a missing side is reported and skipped).
+hold the GIL against the job: for native, mostly Rust without it), and with a pure-Python
+thread alongside (`pool+py`), how much of its speed alone it keeps. The GIL time itself:
+`py-spy record --gil -f raw` of a run, samples in `one` over PUTs. Also checks that each
+side's create refuses a taken key.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -57,11 +60,19 @@ def workload(n: int, seed: int = 7) -> list[bytes]:
     return bodies
 
 
+# The last commit with the hand-signed PUT (connectors/sinks/s3_put.py).
+DIRECT_PUT_COMMIT = "b5b9848b43bfa415c07d7735655d79d1de6feef6"
+
+
 def direct_put(endpoint: str) -> Put:
     from connectors.sinks.s3_client import S3Location
-    from connectors.sinks.s3_put import DirectPut
 
-    put = DirectPut(S3Location(BUCKET, "", endpoint, "us-east-1").client(), path_style=True)
+    source = subprocess.run(
+        ["git", "show", f"{DIRECT_PUT_COMMIT}:connectors/sinks/s3_put.py"], capture_output=True, check=True, text=True
+    ).stdout
+    module = types.ModuleType("s3_put")
+    exec(compile(source, "s3_put.py", "exec"), module.__dict__)  # this repository's own code, from history
+    put = module.DirectPut(S3Location(BUCKET, "", endpoint, "us-east-1").client(), path_style=True)
     return lambda key, body: put.put_object(Bucket=BUCKET, Key=key, Body=body, IfNoneMatch="*")
 
 
@@ -175,8 +186,8 @@ def main() -> int:
             for name in args.side or list(SIDES):
                 try:
                     puts[name] = SIDES[name](server.endpoint_url)
-                except ImportError as exc:
-                    print(f"{name}: not measured ({exc}); pip install --target DIR {name}, PYTHONPATH=DIR")
+                except (ImportError, subprocess.CalledProcessError) as exc:
+                    print(f"{name}: not measured ({exc})")
             pid = server._process.pid if server._process else 0
             for name, put in puts.items():
                 print(f"{name}: {refuses_taken_key(put, f'check-{name}')}")
