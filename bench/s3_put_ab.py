@@ -14,9 +14,10 @@ the machine does spreads over both. Reported, medians of the runs: objects/s (wa
 by moto, which runs in its own process) and CPU-seconds per 1,000 PUTs of this process
 (every thread, obstore's runtime included) and of the calling threads alone (what can
 hold the GIL against the job: for native, mostly Rust without it), and with a pure-Python
-thread alongside (`pool+py`), how much of its speed alone it keeps. The GIL time itself:
-`py-spy record --gil -f raw` of a run, samples in `one` over PUTs. Also checks that each
-side's create refuses a taken key.
+thread alongside (`pool+py`), how much of its speed alone it keeps (on an idle machine
+only: its baseline is half a second). The GIL time itself: `py-spy record --gil -r 200 -f raw`
+of a run with one `--side`, the samples with `one` in their stack over the PUTs. Also
+checks that each side's create refuses a taken key.
 """
 
 from __future__ import annotations
@@ -83,25 +84,17 @@ def boto3_put(endpoint: str) -> Put:
     return lambda key, body: client.put_object(Bucket=BUCKET, Key=key, Body=body, IfNoneMatch="*")
 
 
-def obstore_put(endpoint: str) -> Put:
-    import obstore
-    from obstore.store import S3Store
+def native_put(endpoint: str) -> Put:
+    from connectors.sinks.s3_client import NativePut, S3Location
 
-    # Retries off, as DirectPut's: the sink's own retry loop (connectors/retry.py) decides.
-    store = S3Store(
-        BUCKET,
-        endpoint=endpoint,
-        region="us-east-1",
-        client_options={"allow_http": True, "pool_max_idle_per_host": str(POOL)},
-        retry_config={"max_retries": 0},
-    )
-    return lambda key, body: obstore.put(store, key, body, mode="create")
+    put = NativePut(S3Location(BUCKET, "", endpoint, "us-east-1").client(), path_style=True)
+    return lambda key, body: put.put_object(Bucket=BUCKET, Key=key, Body=body, IfNoneMatch="*")
 
 
 # (name, threads, a pure-Python thread alongside: the job's main thread, as far as the GIL goes)
 MODES = (("seq", 1, False), ("pool", POOL, False), ("pool+py", POOL, True))
 
-SIDES: dict[str, Callable[[str], Put]] = {"direct": direct_put, "obstore": obstore_put, "boto3": boto3_put}
+SIDES: dict[str, Callable[[str], Put]] = {"native": native_put, "direct": direct_put, "boto3": boto3_put}
 
 
 def server_cpu(pid: int) -> float:
