@@ -4,8 +4,8 @@ bytewax 0.21.1 does not make these public: the Kafka source partition's consumer
 batch size, end-of-partition flag and next offset (its own snapshot() and lag metrics
 read `_offset`), the Kafka source's extra client config, and the recovery store's
 sqlite tables (bytewax's src/recovery.rs). Nor does botocore a client's resolved
-credentials and TLS verification, which the sink's own signed PUTs reuse
-(connectors/sinks/s3_put.py). tests/integration/test_engine.py checks each against the
+credentials and TLS verification, which the sink's native PUTs reuse
+(connectors/sinks/s3_client.NativePut). tests/integration/test_engine.py checks each against the
 installed libraries, so an upgrade that moves one fails there, loudly, rather than as
 wrong output.
 """

@@ -1,4 +1,5 @@
-"""The boto3 S3 client every S3 writer shares (sinks, backups), its retries, and its errors.
+"""The boto3 S3 client every S3 writer shares (sinks, backups), its retries, and its errors;
+and `NativePut`, the object sink's data PUTs without Python in the request path.
 
 Transient failures (5xx, throttling, the network) are retried with capped backoff until
 a deadline; failures retrying cannot cure stop at once, as one line that names the fix.
@@ -8,18 +9,27 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 from prometheus_client import Counter
 
+from connectors.engine import boto3_client_credentials, boto3_client_verify
 from connectors.errors import WaxstreamsError
 from connectors.retry import RetryPolicy, retry
+
+if TYPE_CHECKING:
+    from obstore import PutMode
+    from obstore.store import S3Credential, S3Store
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +130,141 @@ def check_bucket(location: S3Location) -> None:
         raise S3SinkError(msg) from None
     except (ClientError, BotoCoreError) as exc:
         raise S3SinkError(describe_s3_error(exc, location) or f"S3 bucket {location.bucket!r}: {exc}") from None
+
+
+_DNS_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")  # no dots: a dotted name breaks the TLS wildcard
+_STATUS = re.compile(r"status code: (\d{3})")
+_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+# obstore asks for credentials again once they are within 5 minutes of expiring: about once a
+# minute, while botocore hands out refreshable ones with 10 minutes or more left.
+_CREDENTIALS_TTL = timedelta(minutes=6)
+
+
+class NativePut:
+    """`put_object(Bucket, Key, Body, IfNoneMatch=None)` through obstore (Rust object_store) for
+    one boto3 S3 client's endpoint; thread-safe.
+
+    The object sink's data writes are many small PUTs: botocore spends about 2.5 ms of
+    Python on each, hand-signing in Python about 1; obstore signs and sends with the GIL
+    released, about 0.5 ms of CPU and 0.1 ms holding the GIL (bench/s3_put_ab.py).
+    Every other call (manifests, listings, reads, claims) goes through the boto3 client, and
+    `S3_DIRECT_PUT=false` sends the data PUTs there too.
+
+    What it takes from the boto3 client, so the two always agree: the endpoint (path-style
+    addressing with a configured `S3_ENDPOINT_URL`, virtual-hosted on AWS for bucket names
+    that allow it), the region, the credentials (boto3's chain: env, profile, web identity
+    for IRSA, container and instance roles; refreshed as boto3 refreshes them; never
+    logged), TLS verification and proxies. obstore's own AWS_* settings from the environment
+    that would change the protocol are overridden. A refusal raises botocore's
+    `ClientError` with S3's error code, a failed connection `EndpointConnectionError`, so
+    callers retry (connectors/retry.py; obstore's own retries are off) and explain errors
+    as for any boto3 call.
+    """
+
+    def __init__(self, client: Any, path_style: bool) -> None:
+        import obstore  # here, not at the top: every S3 writer imports this module, only the sink uses it
+
+        self._obstore = obstore
+        self._client = client
+        self._endpoint = client.meta.endpoint_url
+        self._credentials = boto3_client_credentials(client)
+        if self._credentials is None:
+            raise NoCredentialsError  # as boto3 would on its first call: one line (describe_s3_error)
+        self._credential_error: Exception | None = None
+        self._path_style = path_style
+        self._stores: dict[str, S3Store] = {}
+
+    def _store(self, bucket: str) -> S3Store:
+        if bucket not in self._stores:  # two threads may both build one: equal stores
+            config = store_config(self._client, bucket, self._path_style)
+            store = self._obstore.store.S3Store(bucket, credential_provider=self._credentials_now, **config)
+            self._stores[bucket] = store
+        return self._stores[bucket]
+
+    def _credentials_now(self) -> S3Credential:
+        try:
+            frozen = self._credentials.get_frozen_credentials()
+        except Exception as exc:
+            self._credential_error = exc  # obstore wraps it: put_object raises it as it was
+            raise
+        return {
+            "access_key_id": frozen.access_key,
+            "secret_access_key": frozen.secret_key,
+            "token": frozen.token,
+            "expires_at": datetime.now(UTC) + _CREDENTIALS_TTL,
+        }
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes, IfNoneMatch: str | None = None) -> None:
+        if not native_key(Key):
+            conditions = {"IfNoneMatch": IfNoneMatch} if IfNoneMatch else {}
+            self._client.put_object(Bucket=Bucket, Key=Key, Body=Body, **conditions)
+            return
+        mode: PutMode = "create" if IfNoneMatch == "*" else "overwrite"
+        errors = self._obstore.exceptions
+        try:
+            self._obstore.put(self._store(Bucket), Key, Body, mode=mode, use_multipart=False)
+        except (errors.BaseError, OSError) as exc:
+            if isinstance(exc, errors.UnauthenticatedError) and self._credential_error is not None:
+                raise self._credential_error from None
+            raise boto3_error(exc, f"{self._endpoint}/{Bucket}/{Key}") from None
+
+
+def native_key(key: str) -> bool:
+    """Whether obstore stores `key` as it is: it refuses empty, '.' and '..' segments and
+    control characters, and drops a leading or trailing '/' (boto3 PUTs those)."""
+    return key.isprintable() and all(part not in ("", ".", "..") for part in key.split("/"))
+
+
+def store_config(client: Any, bucket: str, path_style: bool) -> dict[str, Any]:
+    """obstore's S3Store settings for `bucket` through `client`'s endpoint, region and TLS."""
+    parts = urlsplit(client.meta.endpoint_url)
+    virtual = not path_style and bool(_DNS_BUCKET.fullmatch(bucket))
+    endpoint = f"{parts.scheme}://{bucket}.{parts.netloc}" if virtual else f"{parts.scheme}://{parts.netloc}"
+    options: dict[str, Any] = {
+        "allow_http": parts.scheme == "http",
+        "connect_timeout": "5s",
+        "timeout": "30s",
+        "pool_max_idle_per_host": "16",
+    }
+    verify = boto3_client_verify(client)
+    if parts.scheme == "https" and verify is False:
+        options["allow_invalid_certificates"] = True
+    elif parts.scheme == "https" and isinstance(verify, str):  # boto3's CA bundle (AWS_CA_BUNDLE, certifi's)
+        options["root_certificate"] = Path(verify).read_bytes()
+    proxy = (client.meta.config.proxies or {}).get(parts.scheme)
+    if proxy:
+        options["proxy_url"] = proxy
+    return {
+        "endpoint": endpoint,
+        "aws_endpoint_url_s3": endpoint,  # else AWS_ENDPOINT_URL_S3 would win over `endpoint`
+        "region": client.meta.region_name or "us-east-1",
+        "virtual_hosted_style_request": virtual,
+        "conditional_put": "etag",  # If-None-Match: * (AWS_CONDITIONAL_PUT=disabled would refuse creates)
+        "skip_signature": False,
+        "client_options": options,
+        "retry_config": {"max_retries": 0},  # the caller's retry loop decides
+    }
+
+
+def boto3_error(exc: Exception, url: str) -> Exception:
+    """obstore's error as botocore raises it: `ClientError` with S3's code for an answer,
+    `EndpointConnectionError` for none."""
+    from obstore import exceptions
+
+    text = str(exc)
+    status = _STATUS.search(text)
+    if isinstance(exc, exceptions.AlreadyExistsError | exceptions.PreconditionError):
+        code, http = "PreconditionFailed", 412
+    elif status:
+        found = _CODE.search(text)
+        http = int(status.group(1))
+        code = found.group(1) if found else str(http)
+    else:
+        return EndpointConnectionError(endpoint_url=url, error=text.splitlines()[0] if text else type(exc).__name__)
+    message = _MESSAGE.search(text)
+    error = {
+        "Error": {"Code": code, "Message": message.group(1) if message else ""},
+        "ResponseMetadata": {"HTTPStatusCode": http},
+    }
+    return ClientError(error, "PutObject")  # type: ignore[arg-type]

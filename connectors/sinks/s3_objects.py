@@ -34,7 +34,7 @@ built without one) in the legacy namespace, manifests directly in `<prefix>/_sin
 A run that starts without state checks the prefix first (`s3_manifests.check_existing_output`).
 
 Layers: the S3 client and its retries are `s3_client.py`, the manifest log `s3_manifests.py`,
-the data PUTs `s3_put.py`; this module buffers, writes and resumes.
+the data PUTs `s3_client.NativePut`; this module buffers, writes and resumes.
 """
 
 from __future__ import annotations
@@ -57,9 +57,8 @@ from prometheus_client import Counter
 
 from connectors.sinks.fence import LEGACY_NAMESPACE, CommitState  # legacy: manifests directly in `_sink/<partition>/`
 from connectors.sinks.rows import ObjectRows, partition_names, stable_partition
-from connectors.sinks.s3_client import S3Location, S3SinkError, key_taken, with_retries
+from connectors.sinks.s3_client import NativePut, S3Location, S3SinkError, key_taken, with_retries
 from connectors.sinks.s3_manifests import ManifestLog, fence_of, manifest_body, units_of, visible_of
-from connectors.sinks.s3_put import DirectPut
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +118,9 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._namespace = state.namespace
         self._next_seq = state.next_seq
         self._client = self._location.client()
-        # Data objects are most of the PUTs: sent without botocore's per-request Python (s3_put.py).
+        # Data objects are most of the PUTs: sent by obstore, without Python in the request (NativePut).
         self._data_put = (
-            DirectPut(self._client, path_style=bool(self._location.endpoint_url)) if sink.direct_put else self._client
+            NativePut(self._client, path_style=bool(self._location.endpoint_url)) if sink.direct_put else self._client
         )
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
         self._empty = encode(pl.DataFrame(schema=sink.schema), sink.fmt)  # what claims a key (`_landed_units`)
@@ -351,7 +350,7 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
     namespace, in which a partition without state skips the units of the prefix's
     earlier output of that partition: only for callers that own the prefix outright.
     `unit_columns`: what identifies a group of rows always emitted whole, and once.
-    `direct_put`: data objects PUT by `s3_put.DirectPut`, not the boto3 client (S3_DIRECT_PUT).
+    `direct_put`: data objects PUT by `s3_client.NativePut` (obstore), not the boto3 client (S3_DIRECT_PUT).
     """
 
     def __init__(
