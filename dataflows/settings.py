@@ -156,7 +156,7 @@ class MovieImpressionsSettings:
     start: StartSettings = field(default_factory=StartSettings)
     backup: BackupConfig = field(default_factory=BackupConfig)  # BACKUP_*: the recovery store's backups
     kinesis: KinesisSettings | None = None  # TRANSPORT=kinesis only
-    s3_direct_put: bool = True  # data PUTs signed and sent without botocore (connectors/sinks/s3_put.py)
+    s3_direct_put: bool = True  # data PUTs by obstore, without botocore (connectors/sinks/s3_client.NativePut)
     delta_table_uri: str = ""  # OUTPUT_FORMAT=delta: DELTA_TABLE_URI, else s3://<S3_BUCKET>/<S3_PREFIX>
 
     @classmethod
