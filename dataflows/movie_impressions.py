@@ -78,8 +78,9 @@ def build_flow(
         WindowTallies.merge,
         ordered=False,  # count and max do not depend on order
     )
+    # Batches: the windows closing together become rows in one pass.
     to_rows = outputs.closed_window_rows(settings.s3_prefix, window_ms)
-    op.output("s3_out", op.map("rows", windows.down, to_rows), rows_sink)
+    op.output("s3_out", op.flat_map_batch("rows", windows.down, to_rows), rows_sink)
 
     late_events = op.map("late_event", late.trues, outputs.late_event_record)
     # Only reachable when an idle partition let the watermark pass (dataflows/event_time.py).

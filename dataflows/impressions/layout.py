@@ -4,6 +4,7 @@ table's partitions, and the movie shards that key the windows."""
 from __future__ import annotations
 
 import functools
+import itertools
 import zlib
 from collections.abc import Iterable
 from urllib.parse import quote
@@ -50,9 +51,29 @@ def _movie_directory(movie_id: str) -> str:
 
 def folder_runs(prefix: str, window_start_ms: int, rows: pl.DataFrame) -> list[tuple[str, int]]:
     """(object folder, row count) of rows sorted by movie, in row order: the sink's split."""
-    hour = _hour_directory(prefix, window_start_ms)
-    runs = rows.get_column("movieId").rle().struct.unnest().rows()  # (length, movie) of each run
-    return [(f"{hour}/{_movie_directory(movie)}", count) for count, movie in runs]
+    runs = rows.get_column("movieId").rle().struct.unnest()  # (len, value) of each run
+    starts = pl.Series([window_start_ms] * runs.height, dtype=pl.Int64)
+    return list(
+        zip(object_folders(prefix, starts, runs.get_column("value")), runs.get_column("len").to_list(), strict=True)
+    )
+
+
+# The ids `quote` keeps as they are: unreserved characters only (RFC 3986), not only dots.
+_OWN_DIRECTORY = r"^[0-9A-Za-z_.~-]*[0-9A-Za-z_~-][0-9A-Za-z_.~-]*$"
+
+
+def object_folders(prefix: str, window_starts: pl.Series, movie_ids: pl.Series) -> list[str]:
+    """`object_folder` of each (window start, movie id), in one pass: hours named once per
+    window start, and ids quoted one by one only if they are not their own directory."""
+    if window_starts.is_empty():
+        return []
+    starts = window_starts.unique()
+    hours = window_starts.replace_strict(starts, [_hour_directory(prefix, start) for start in starts.to_list()])
+    own = movie_ids.str.contains(_OWN_DIRECTORY)
+    if not own.all():
+        others = movie_ids.filter(~own).unique()
+        movie_ids = movie_ids.replace(others, [_movie_directory(movie) for movie in others.to_list()])
+    return (hours + "/" + movie_ids).to_list()
 
 
 HOUR_MS = 3_600_000
@@ -71,18 +92,15 @@ class HourFolders:
     """
 
     def __init__(self) -> None:
-        self._open: dict[str, int] = {}  # folder -> its hour's end
+        self._open: dict[int, set[str]] = {}  # an hour's end -> its folders
 
     def closed(self, window_start_ms: int, window_ms: int, folders: Iterable[str]) -> list[str]:
         """Folders of the window just closed are noted; returns the folders complete now."""
         hour_end = window_start(window_start_ms, HOUR_MS) + HOUR_MS
-        for folder in folders:
-            self._open[folder] = hour_end
+        self._open.setdefault(hour_end, set()).update(folders)
         complete_before = window_start(window_start_ms + window_ms, HOUR_MS)
-        done = [folder for folder, end in self._open.items() if end <= complete_before]
-        for folder in done:
-            del self._open[folder]
-        return done
+        done = [end for end in self._open if end <= complete_before]
+        return sorted(itertools.chain.from_iterable(self._open.pop(end) for end in done))
 
 
 # A Delta table partitioned by the window start's hour and movieId as columns

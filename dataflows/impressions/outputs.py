@@ -7,6 +7,8 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
+import polars as pl
 from bytewax.outputs import Sink
 
 from connectors.recovery_store.resume import Resume
@@ -22,34 +24,46 @@ from dataflows.impressions.layout import (
     DELTA_SCHEMA,
     OUTPUT_SCHEMA,
     HourFolders,
-    folder_runs,
     movie_shards,
+    object_folders,
     with_window_hour,
 )
-from dataflows.impressions.windows import OPEN_MOVIES, WindowSlice, WindowTallies, window_rows
+from dataflows.impressions.windows import OPEN_MOVIES, ClosedRows, WindowSlice, WindowTallies
 from dataflows.settings import MovieImpressionsSettings
 
 if TYPE_CHECKING:
     from connectors.sinks.delta_sink import DeltaTableSink
 
 
-def closed_window_rows(
-    prefix: str, window_ms: int
-) -> Callable[[tuple[str, tuple[int, WindowTallies]]], tuple[str, ObjectRows]]:
-    """A shard's closed window -> the rows sink's item: its rows split by object folder, with
-    the folders no later window adds to (`HourFolders`)."""
+ClosedWindow = tuple[str, tuple[int, WindowTallies]]  # (shard, (window number, tallies)), from fold_window
+
+
+def closed_window_rows(prefix: str, window_ms: int) -> Callable[[list[ClosedWindow]], list[tuple[str, ObjectRows]]]:
+    """The windows a step activation closes -> the rows sink's items, one per window, in
+    order: its rows split by object folder, with the folders no later window adds to
+    (`HourFolders`). All the windows' rows and folders are made in one pass (`ClosedRows`)."""
     # A shard's windows close on the worker that holds its key: one tracker each, no sharing.
     hour_folders = {shard: HourFolders() for shard in movie_shards()}
 
-    def to_rows(shard_window: tuple[str, tuple[int, WindowTallies]]) -> tuple[str, ObjectRows]:
-        shard, (window_id, tallies) = shard_window
-        if tallies.counted:
-            OPEN_MOVIES.closed(tallies.movies)
-        start = window_id * window_ms  # bytewax numbers epoch-aligned tumbling windows from 0
-        rows = window_rows(start, window_ms, tallies)
-        runs = folder_runs(prefix, start, rows)
-        complete = hour_folders[shard].closed(start, window_ms, (folder for folder, _ in runs))
-        return shard, ObjectRows.split(rows, runs, complete)
+    def to_rows(closing: list[ClosedWindow]) -> list[tuple[str, ObjectRows]]:
+        windows = [(window_id * window_ms, tallies) for _, (window_id, tallies) in closing]
+        for _, tallies in windows:
+            if tallies.counted:
+                OPEN_MOVIES.closed(tallies.movies)
+        closed = ClosedRows.of(windows, window_ms)
+        run_starts = pl.Series([start for start, _ in windows], dtype=pl.Int64).gather(closed.run_windows)
+        folders = object_folders(prefix, run_starts, closed.movies.gather(closed.run_movies))
+        runs = list(zip(folders, closed.run_rows.tolist(), strict=True))
+        items = []
+        row = run = 0
+        window_runs = np.bincount(closed.run_windows, minlength=len(windows)).tolist()
+        for (shard, _), (start, _), count, runs_in in zip(
+            closing, windows, closed.counts.tolist(), window_runs, strict=True
+        ):
+            complete = hour_folders[shard].closed(start, window_ms, folders[run : run + runs_in])
+            items.append((shard, ObjectRows.split(closed.rows.slice(row, count), runs[run : run + runs_in], complete)))
+            row, run = row + count, run + runs_in
+        return items
 
     return to_rows
 
