@@ -14,7 +14,8 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from connectors.transports.kafka_client import ClientProblems, KafkaClientConfig
+from connectors.transports.kafka_client import KafkaClientConfig
+from connectors.transports.kafka_problems import ClientProblems
 
 
 class ProduceError(RuntimeError):

@@ -9,7 +9,8 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from connectors.errors import WaxstreamsError
-from connectors.transports.kafka_client import ClientProblems, KafkaClientConfig
+from connectors.transports.kafka_client import KafkaClientConfig
+from connectors.transports.kafka_problems import ClientProblems
 
 log = logging.getLogger(__name__)
 

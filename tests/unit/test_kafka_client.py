@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.transports.kafka_client import KafkaClientConfig, explain_connection_errors, from_env
+from connectors.transports.kafka_client import KafkaClientConfig, from_env
+from connectors.transports.kafka_problems import explain_connection_errors
 from dataflows.settings import ConfigError, KafkaSettings
 
 

@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connectors.transports import kafka_token
-from connectors.transports.kafka_client import explain_connection_errors, from_env
+from connectors.transports.kafka_client import from_env
+from connectors.transports.kafka_problems import explain_connection_errors
 from connectors.transports.kafka_token import (
     TokenCallback,
     TokenError,
@@ -337,3 +338,32 @@ def test_a_refused_token_names_what_to_check(aws_env: None) -> None:
     line = explain_connection_errors([(-169, again)], ["b-1:9098"], config)
     assert line is not None and line.startswith("Kafka at b-1:9098: SASL authentication failed (SASL OAUTHBEARER")
     assert line.endswith("check the pod's IAM role: its policy needs kafka-cluster:Connect on the cluster")
+
+
+@pytest.mark.parametrize(
+    ("text", "not_offered"),
+    [
+        # The broker lists what its listener enables, and ours is not among them.
+        (
+            "h:9098/bootstrap: SASL OAUTHBEARER mechanism handshake failed: Broker: Unsupported SASL mechanism: broker's supported mechanisms: SCRAM-SHA-512,PLAIN (after 3ms in state AUTH_HANDSHAKE)",
+            True,
+        ),
+        # A handshake that fails with no list (a session the broker ended, a re-authentication) says nothing about the mechanism.
+        (
+            "h:9098/1: SASL OAUTHBEARER mechanism handshake failed: Broker: Request not valid in current SASL state: broker's supported mechanisms:  (after 2ms in state AUTH_HANDSHAKE)",
+            False,
+        ),
+        (
+            "h:9098/1: SASL OAUTHBEARER mechanism handshake failed: Local: Broker transport failure: broker's supported mechanisms:  (after 9ms in state AUTH_HANDSHAKE)",
+            False,
+        ),
+    ],
+)
+def test_only_a_handshake_listing_other_mechanisms_means_ours_is_not_offered(text: str, not_offered: bool) -> None:
+    config = from_env(
+        {"KAFKA_BROKERS": "h:9098", "KAFKA_SASL_MECHANISM": "OAUTHBEARER", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+    )
+    line = explain_connection_errors([(-169, text)], ["h:9098"], config)
+    assert line is not None
+    assert line.startswith("Kafka at h:9098 does not offer SASL OAUTHBEARER") == not_offered, line
+    assert line.startswith("Kafka at h:9098: SASL authentication failed") != not_offered, line
