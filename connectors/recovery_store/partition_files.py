@@ -4,6 +4,7 @@ checked so a wrong `-r` is one line instead of a Rust panic, created, read and p
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -89,7 +90,11 @@ def init_store(directory: Path, partitions: int, only: int | None = None) -> str
         with tempfile.TemporaryDirectory(dir=directory, prefix=".init-") as scratch:
             init_db_dir(Path(scratch), partitions)
             for index in sorted(missing):
-                shutil.copy(Path(scratch) / f"part-{index}.sqlite3", directory / f"part-{index}.sqlite3")
+                # Moved in whole: a crash mid-copy must not leave a truncated partition under its
+                # name, nor a reader (a backup, a pod's start-up) open half a file.
+                aside = Path(scratch) / f".copy-{index}"
+                shutil.copy(Path(scratch) / f"part-{index}.sqlite3", aside)
+                os.replace(aside, directory / f"part-{index}.sqlite3")
     namespace = store_namespace(directory)
     state = f"created partitions {sorted(missing)}" if missing else "already initialised"
     return f"recovery store {directory}: {state} ({partitions} partitions, sink namespace {namespace})"

@@ -14,7 +14,7 @@ from pathlib import Path
 from connectors.recovery_store.partition_files import read_progress
 from connectors.recovery_store.resume_epoch import resume_epoch_of
 from tests.support.jobs import ROOT, init_recovery, wait_for
-from tests.support.runs import FLOW, traffic
+from tests.support.runs import FLOW, open_live_store, traffic
 
 # `python -m bytewax.run`, with bytewax's own log on, which names the epoch it resumes from.
 RUN_WITH_ENGINE_LOG = (
@@ -48,7 +48,7 @@ def _lose_last_frontier(store: Path) -> None:
 def _committed_epochs(store: Path) -> list[int]:
     epochs = []
     for part in store.glob("*.sqlite3"):
-        with closing(sqlite3.connect(part)) as db:
+        with closing(open_live_store(part)) as db:
             epochs += [epoch for (epoch,) in db.execute("SELECT commit_epoch FROM commits")]
     return epochs
 
@@ -57,7 +57,7 @@ def _snapshotted_offsets(store: Path) -> int:
     """The input offsets of the store's newest snapshots, summed over the partitions."""
     newest: dict[str, tuple[int, int]] = {}
     for part in store.glob("*.sqlite3"):
-        with closing(sqlite3.connect(part, timeout=30)) as db:
+        with closing(open_live_store(part)) as db:
             rows = db.execute("SELECT state_key, snap_epoch, ser_change FROM snaps WHERE step_id LIKE '%.input'")
             for key, epoch, change in rows:
                 if change is not None and epoch >= newest.get(key, (-1, 0))[0]:

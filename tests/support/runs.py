@@ -236,11 +236,19 @@ def pod_cluster(tmp_path: Path):
         cluster.kill()
 
 
+def open_live_store(part: Path) -> sqlite3.Connection:
+    """A read-only connection to a partition a running job writes. Read-write, its close could
+    checkpoint and remove the WAL under the job: bytewax links its own SQLite, so the job's
+    locks vanish whenever the job's process closes another handle on the file (a backup's),
+    and this connection would take itself for the last one."""
+    return sqlite3.connect(f"{part.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+
+
 def snapshot_epochs(recovery: Path) -> list[int]:
     """The epoch of every snapshot in a recovery store, read with plain sqlite."""
     epochs = []
     for part in recovery.glob("*.sqlite3"):
-        with closing(sqlite3.connect(part, timeout=30)) as db:
+        with closing(open_live_store(part)) as db:
             epochs += [e for (e,) in db.execute("SELECT snap_epoch FROM snaps")]
     return epochs
 
