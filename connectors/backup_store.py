@@ -9,6 +9,8 @@ import logging
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -148,9 +150,7 @@ def copy_store(directory: Path, into: Path) -> tuple[int, int, list[int], int, i
     epochs, parts, counts, executions, collections = [], [], set(), [-1], [0]
     kept: list[int] = []
     for file in files:
-        with closing(sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as src:
-            with closing(sqlite3.connect(into / file.name)) as dst:
-                src.backup(dst)
+        online_copy(file, into / file.name)
         with closing(sqlite3.connect(into / file.name)) as db:
             collected = max(engine.commit_epochs(db), default=None)
             epochs.append(layout.file_epoch(engine.newest_snapshot_epoch(db), collected))
@@ -168,6 +168,35 @@ def copy_store(directory: Path, into: Path) -> tuple[int, int, list[int], int, i
         if (directory / extra).exists():
             shutil.copy(directory / extra, into / extra)
     return max(executions), epoch, sorted(parts), counts.pop(), max(collections), max(kept, default=0)
+
+
+# bytewax links its own SQLite: a second SQLite library opening the live file in the job's
+# process would not see the job's locks (POSIX locks are per process), could reset the shared
+# WAL index under it, and on closing drops the job's locks for every other process. So the
+# copy is taken by a child process, which SQLite's locking does see.
+_COPY = (
+    "import sqlite3, sys\n"
+    "src = sqlite3.connect(sys.argv[1] + '?mode=ro', uri=True, timeout=60)\n"
+    "dst = sqlite3.connect(sys.argv[2])\n"
+    "src.backup(dst)\n"
+    "dst.close()\n"
+    "src.close()\n"
+)
+
+
+def online_copy(live: Path, into: Path) -> None:
+    """SQLite's online backup of `live` (bytewax goes on writing it) into `into`, by a child process."""
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _COPY, live.resolve().as_uri(), str(into)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        msg = f"backup of {live} failed ({reason}): check the recovery directory's disk"
+        raise BackupError(msg)
 
 
 def cut(file: Path, epoch: int) -> None:
