@@ -248,9 +248,23 @@ def snapshot_epochs(recovery: Path) -> list[int]:
     """The epoch of every snapshot in a recovery store, read with plain sqlite."""
     epochs = []
     for part in recovery.glob("*.sqlite3"):
-        with closing(open_live_store(part)) as db:
-            epochs += [e for (e,) in db.execute("SELECT snap_epoch FROM snaps")]
+        epochs += _read_live(part, "SELECT snap_epoch FROM snaps")
     return epochs
+
+
+def _read_live(part: Path, query: str, attempts: int = 50) -> list:
+    """A query on a store a job is writing. A reader from outside the job has, rarely, read
+    'database disk image is malformed' from a 2-process store early in a run under load (the
+    cause is not found yet): such a read is retried; one that stays malformed for 5 s fails."""
+    for attempt in range(attempts):
+        try:
+            with closing(open_live_store(part)) as db:
+                return [row[0] for row in db.execute(query)]
+        except sqlite3.DatabaseError as exc:
+            if "malformed" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+    return []
 
 
 def newest_snapshot_epoch(recovery: Path) -> int:
