@@ -114,23 +114,28 @@ def test_booking_alerts_into_kafka_stay_exact_through_2_3_2_with_kills(kafka, lo
     finish(cluster)
     check_booking_outputs(kafka, env, messages, allow_identical_repeats=False)
 
-    stopped = last_stop(cluster, "the replica count changed 2 -> 3")
-    first = watch.first_growth_after(stopped)
+    noticed = max(first_logged(cluster, "the replica count changed 2 -> 3").values())
+    started = first_logged(cluster, " of 3 (")  # a process's new child starts once its old one ended
+    assert sorted(started) == [0, 1, 2], started
+    restarted = max(started.values())
+    first = watch.first_growth_after(restarted)
     print(
-        f"\nrescale 2 -> 3: count written -> old processes stopped {stopped - up_at:.2f} s; "
-        f"stopped -> first alert of the new cluster {first - stopped:.2f} s"
+        f"\nrescale 2 -> 3: count written -> noticed {noticed - up_at:.2f} s; noticed -> every new process "
+        f"started {restarted - noticed:.2f} s; -> first alert of the new cluster {first - restarted:.2f} s; "
+        f"the count's change to new output {first - up_at:.2f} s"
     )
 
 
-def last_stop(cluster: LocalCluster, line: str) -> float:
-    """When the last process that logged `line` (then stopped its child) did so."""
-    times = []
-    for log in cluster.workdir.glob("*.log"):
+def first_logged(cluster: LocalCluster, line: str) -> dict[int, float]:
+    """Per process ordinal, when it first logged `line`."""
+    times: dict[int, float] = {}
+    for log in cluster.workdir.glob("process-*-start-*.log"):
+        ordinal = int(log.name.split("-")[1])
         for text in log.read_text(errors="replace").splitlines():
             if line in text:
-                times.append(datetime.strptime(text[:23], "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp())
-    assert len(times) == 2, times  # processes 0 and 1
-    return max(times)
+                at = datetime.strptime(text[:23], "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp()
+                times[ordinal] = min(times.get(ordinal, at), at)
+    return times
 
 
 class OutputWatch:
