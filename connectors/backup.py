@@ -118,7 +118,14 @@ def checked_agreement(agree: AgreeResumeEpoch | None, restored: Restored | None)
 
 
 class Backups:
-    """The background thread of one process: periodic rounds, savepoints on request, pruning."""
+    """The background thread of one process: periodic rounds, savepoints on request, pruning.
+
+    It runs while bytewax has the store open, and bytewax links its own SQLite: this process's
+    sqlite3 must never open a live partition (not even to read it). Its close would take itself
+    for the file's last connection (POSIX locks do not conflict within a process), checkpoint
+    and delete the WAL bytewax goes on writing, and drop bytewax's locks for every other
+    process: readers then see pages mid-checkpoint ('database disk image is malformed') and
+    not what bytewax commits since. Live files are read by a child (backup_store.online_copy)."""
 
     def __init__(self, config: BackupConfig, directory: Path, process_id: int | None) -> None:
         self.config, self.directory, self.process_id = config, directory, process_id
@@ -143,7 +150,7 @@ class Backups:
         try:
             manifest = take(self.directory, self.store, kind, name, self.process_id)
             if kind == layout.BACKUPS:
-                self.prune()
+                self.prune(manifest.parts)
         except (BackupError, S3SinkError, OSError, sqlite3.Error, ClientError) as exc:
             BACKUP_FAILURES.inc()
             log.warning("recovery store backup %s %s not taken: %s", kind, name, exc)
@@ -172,12 +179,14 @@ class Backups:
         (self.directory / f"{name}{layout.RESULT}").write_text(json.dumps(result) + "\n")
         request.unlink(missing_ok=True)
 
-    def prune(self) -> None:
+    def prune(self, parts: Sequence[int]) -> None:
+        """Drop this process's copies (of `parts`, as the round just taken read them from its
+        copies) in rounds past retention."""
         base = f"{layout.run_root(self.store.root, self.config.run)}{layout.BACKUPS}/"
         keys = self.store.keys(base)
         listed = [i for k in keys if (i := layout.parse_key(self.store.root, self.config.run, k))]
         seen = {k[len(base) :].split("/", 1)[0] for k in keys}
-        owner = layout.owner_of(_local_parts(self.directory))
+        owner = layout.owner_of(list(parts))
         for name in layout.to_prune(listed, self.config.retention, seen):
             ours = [k for k in keys if k.startswith(f"{base}{name}/{owner}.")]
             manifests = [k for k in ours if k.endswith(".manifest.json")]

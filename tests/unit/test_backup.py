@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 
+import bytewax.operators as op
 import pytest
-from bytewax.recovery import init_db_dir
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, TestingSource, run_main
 
 from connectors import backup_layout as layout
-from connectors.backup import history_seconds
-from connectors.backup_store import copy_store, cut
+from connectors.backup import Backups, history_seconds
+from connectors.backup_store import BackupConfig, copy_store, cut
 from connectors.recovery_store.partition_files import check_store, read_progress
 from connectors.recovery_store.resume_epoch import resume_epoch_of
 
@@ -242,3 +248,73 @@ def test_a_restored_copy_resumes_no_later_than_the_round_allows(tmp_path: Path) 
     assert resume_epoch_of(read_progress(store)) == 6
     with closing(sqlite3.connect(store / "part-0.sqlite3")) as db:
         assert db.execute("SELECT snap_epoch FROM snaps").fetchall() == [(3,)]
+
+
+class MemoryBackups:
+    """A bucket of backups in memory, with the calls of BackupStore the backup thread makes."""
+
+    def __init__(self, config: BackupConfig) -> None:
+        self.config, self.root, self.objects = config, config.location().root(), {}
+
+    def put(self, key: str, body: bytes, *, new: bool = False) -> bool:
+        if new and key in self.objects:
+            return False
+        self.objects[key] = body
+        return True
+
+    def keys(self, under: str) -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(under))
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self.objects.pop(key, None)
+
+    def manifest(self, key: str) -> layout.Manifest | None:
+        return None
+
+
+def newest_snapshot_seen_by_another_process(part: Path) -> int:
+    """What a backup's child process (or any reader beside the job) reads of the live store."""
+    query = "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT MAX(snap_epoch) FROM snaps').fetchone()[0])"
+    read = subprocess.run(
+        [sys.executable, "-c", query, str(part)], capture_output=True, text=True, timeout=60, check=True
+    )
+    return int(read.stdout)
+
+
+def test_backups_taken_in_the_job_process_leave_bytewax_its_store(tmp_path: Path) -> None:
+    """The backup thread runs beside bytewax, which links its own SQLite, while it writes the
+    store: after rounds taken and pruned, bytewax's WAL is still there and what it commits
+    next is what other processes read (a second SQLite library's close in this process would
+    delete the WAL under it and drop its locks)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    init_db_dir(store, 1)
+    part = store / "part-0.sqlite3"
+    config = BackupConfig("bucket", "state", "run", interval_seconds=1, retention=1)
+    backups = Backups(config, store, None)
+    bucket = MemoryBackups(config)
+    backups.store = bucket  # type: ignore[assignment]
+    seen: dict[str, object] = {}
+
+    def beside_the_flow(item: int) -> int:
+        if item == 20:
+            rounds = [backups.once(layout.BACKUPS, layout.round_name(tick)) for tick in (1_000, 2_000, 3_000)]
+            seen["rounds"] = [r is not None for r in rounds]
+            seen["wal"] = Path(f"{part}-wal").exists()
+            seen["after backups"] = newest_snapshot_seen_by_another_process(part)
+        if item == 70:
+            seen["later"] = newest_snapshot_seen_by_another_process(part)
+        return item
+
+    flow = Dataflow("store-beside-backups")
+    items = op.map("beside", op.input("in", flow, TestingSource(range(80))), beside_the_flow)
+    counts = op.stateful_map("count", op.key_on("k", items, lambda _: "k"), lambda s, v: ((s or 0) + 1,) * 2)
+    op.output("out", counts, TestingSink([]))
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=RecoveryConfig(str(store)))
+
+    assert seen["rounds"] == [True, True, True]
+    assert seen["wal"], "the job's WAL was deleted while bytewax had the store open"
+    assert seen["later"] > seen["after backups"], "what bytewax committed after the backups is invisible"
+    names = {item.name for key in bucket.objects if (item := layout.parse_key(bucket.root, "run", key))}
+    assert names == {layout.round_name(3_000)}, "pruning kept other rounds than the newest"
