@@ -83,8 +83,8 @@ ROWS_SCHEMA = pl.Schema({"row": pl.Int64, "movieId": pl.String, "userId": pl.Str
 
 def decode_batch(values: list[bytes | None] | pl.Series) -> tuple[pl.DataFrame, list[tuple[int, Exception]]]:
     """The batch's valid records (ROWS_SCHEMA, in offset order), and each invalid record's
-    index with the reason. `values`: a list, or a Binary Series (listed only if a record
-    is not in a producer's layout).
+    index with the reason. `values`: a list, or a Binary Series (of which only the records
+    not in a producer's layout are listed).
 
     Records in one of the producers' layouts are proven clean and cut natively
     (`_layout_rows`); the others are tried together by one typed decode (`_typed_rows`,
@@ -98,19 +98,20 @@ def decode_batch(values: list[bytes | None] | pl.Series) -> tuple[pl.DataFrame, 
         native = ROWS_SCHEMA.to_frame()
     if native.height == len(values):
         return native, []
-    values = _listed(values)
     rest = _others(native, len(values))
+    # Only the records left are listed (from a Series: gathered, then listed).
+    left = [values[i] for i in rest] if isinstance(values, list) else values.gather(rest).to_list()
     try:
-        typed = _typed_rows([values[i] for i in rest])
+        typed = _typed_rows(left)
     except Exception:
         typed = ROWS_SCHEMA.to_frame()
     if typed.height:  # all of `rest`, numbered within it
         return pl.concat([native, typed.with_columns(row=pl.Series(rest))]).sort("row"), []
     valid: list[tuple[int, str, str, int]] = []
     invalid: list[tuple[int, Exception]] = []
-    for i in rest.tolist():
+    for i, value in zip(rest.tolist(), left, strict=True):
         try:
-            valid.append((i, *decode_fields(values[i])))
+            valid.append((i, *decode_fields(value)))
         except Exception as exc:  # the record boundary: see dead_letters.rejected
             invalid.append((i, exc))
     if valid:
