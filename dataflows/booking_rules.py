@@ -23,6 +23,7 @@ from jsonpath_ng import JSONPath
 from jsonpath_ng import parse as parse_jsonpath
 from jsonpath_ng.exceptions import JsonPathParserError
 
+from connectors.transports.batch import RecordBatch
 from dataflows.dead_letters import DeadLetter, rejected
 from dataflows.event_time import partition_watermark
 from dataflows.untrusted_json import InvalidEvent, decode_json_object, event_time_value, id_value
@@ -215,7 +216,7 @@ def next_deadline(state: BookingState, timeout_ms: int) -> int | None:
 
 def read_booking_batch(
     source: str,
-    messages: list,
+    batch: RecordBatch,
     max_timestamp: int,
     *,
     schemas: dict[str, SideSchema],
@@ -224,14 +225,15 @@ def read_booking_batch(
     """Decode one input partition's batch (schema chosen by topic) and stamp its watermark."""
     out: list[BookingRecord | DeadLetter] = []
     records = []
-    for msg in messages:
+    for i, raw in enumerate(batch.value_list()):
         try:
-            record = decode_booking(msg.value(), schemas[msg.topic()])
+            record = decode_booking(raw, schemas[batch.stream])
         except Exception as exc:  # the record boundary: see dead_letters.rejected
-            out.append(rejected(msg, exc))
+            out.append(rejected(batch, i, exc))
             continue
         max_timestamp = max(max_timestamp, record.timestamp)
-        records.append(replace(record, position=f"{msg.topic()}:{msg.partition()}:{msg.offset()}"))
+        stream, partition, offset = batch.position(i)
+        records.append(replace(record, position=f"{stream}:{partition}:{offset}"))
     watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
     out.extend(replace(r, source=source, source_watermark=watermark) for r in records)
     return out, max_timestamp

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from connectors.transports.batch import RecordBatch
 from dataflows.untrusted_json import InvalidEvent
 
 log = logging.getLogger(__name__)
@@ -89,16 +90,16 @@ class DeadLetter:
         return _with_raw({"error": self.error, "kind": kind, **self.position.fields()}, self.raw)
 
 
-def rejected(msg: Any, exc: Exception) -> DeadLetter:
-    """The dead letter for an input message (Kafka's accessors) whose decoding raised `exc`."""
-    position = SourcePosition(msg.topic(), msg.partition(), msg.offset())
+def rejected(batch: RecordBatch, i: int, exc: Exception) -> DeadLetter:
+    """The dead letter for record `i` of an input batch, whose decoding raised `exc`."""
+    position = SourcePosition(*batch.position(i))
     if isinstance(exc, InvalidEvent):
-        return DeadLetter(str(exc), position, msg.value())
+        return DeadLetter(str(exc), position, batch.value(i))
     global _internal_errors_logged
     if _internal_errors_logged < _LOGGED_INTERNAL_ERRORS:
         _internal_errors_logged += 1
         log.error("internal error on the record at %s, sent to the dead letters", position.key().decode(), exc_info=exc)
-    return DeadLetter(f"internal error: {type(exc).__name__}: {exc}", position, msg.value(), internal=True)
+    return DeadLetter(f"internal error: {type(exc).__name__}: {exc}", position, batch.value(i), internal=True)
 
 
 @dataclass(frozen=True, slots=True)

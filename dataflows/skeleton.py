@@ -34,7 +34,7 @@ from connectors.errors import WaxstreamsError
 from connectors.recovery_store.resume import Resume, prepare_resume, recovery_directory
 from connectors.recovery_store.resume_epoch import AgreeResumeEpoch
 from connectors.recovery_store.state_settings import check_state_settings
-from connectors.transports.contract import OutputRecord, Transport
+from connectors.transports.contract import OutputRecord, RecordBatch, Transport
 from connectors.transports.kafka import KafkaTransport
 from connectors.transports.kinesis.transport import KinesisTransport
 from dataflows import metrics
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 _bounded_since: float | None = None  # set by `start` for a bounded run
 
 # (input partition, records in log order, its newest event time) -> (items, newest event time)
-BatchFunction = Callable[[str, list[Any], int], tuple[list[Any], int]]
+BatchFunction = Callable[[str, RecordBatch, int], tuple[list[Any], int]]
 
 
 def read_input(
@@ -62,7 +62,7 @@ def read_input(
     heartbeats = HeartbeatSchedule(keys=heartbeat_keys)
     bound_ms = int(max_out_of_orderness.total_seconds() * 1000)
 
-    def step(source: str, records: list[Any], max_timestamp: int) -> tuple[list[Any], int]:
+    def step(source: str, records: RecordBatch, max_timestamp: int) -> tuple[list[Any], int]:
         items, max_timestamp = batch(source, records, max_timestamp)
         metrics.count_inputs(job, len(records), items)
         return items + heartbeats.due(source, partition_watermark(max_timestamp, bound_ms)), max_timestamp

@@ -3,9 +3,9 @@
 A transport reads named streams (Kafka topics, Kinesis streams) as partitioned logs.
 Each partition's records go, in order and a batch at a time, through the job's
 stateful batch step, whose state is snapshotted together with the partition's
-position, so after a resume both describe the same point of the log. Records handed
-to the step have Kafka's accessor names: `value()`, `topic()` (the stream),
-`partition()`, `offset()` (the position in the partition).
+position, so after a resume both describe the same point of the log. The step gets
+a batch as columns, a `RecordBatch` (batch.py): values, offsets (the positions in the
+partition), keys, and its stream and partition.
 
 A transport also writes `OutputRecord`s to named streams, exactly once as readers of
 that stream see it: each record names its unit, a deterministic id from the input, and
@@ -22,9 +22,12 @@ from bytewax.dataflow import Stream
 from bytewax.inputs import Source
 
 from connectors.errors import WaxstreamsError
+from connectors.transports.batch import RecordBatch
 
-# (partition id, records in log order, partition state) -> (items, new state)
-BatchStep = Callable[[str, list[Any], Any], tuple[list[Any], Any]]
+__all__ = ["BatchStep", "OutputRecord", "RecordBatch", "Transport", "TransportUnavailable"]
+
+# (partition id, its records in log order, partition state) -> (items, new state)
+BatchStep = Callable[[str, RecordBatch, Any], tuple[list[Any], Any]]
 
 
 class OutputRecord(NamedTuple):

@@ -2,7 +2,8 @@
 committed for lag tools, and a look-out for partitions added while the job runs.
 
 bytewax's KafkaSource partition builds the consumer, reports lag and keeps the offset;
-only the batch loop is ours: it hands librdkafka's messages to the step as they are,
+only the batch loop is ours: it hands librdkafka's messages to the step as columns
+(`RecordBatch.of_messages`: one pass for the values, offsets only when a step asks),
 instead of copying each into a `KafkaSourceMessage` first. That copy cost more than all
 of the job's own per-event work (`make bench`, README).
 """
@@ -17,9 +18,10 @@ from typing import Any, Generic, TypeVar
 
 from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
-from confluent_kafka import KafkaException, Message
+from confluent_kafka import KafkaException
 
 from connectors.engine import KafkaPartitionInternals
+from connectors.transports.batch import RecordBatch
 from connectors.transports.kafka_retry import transient
 from connectors.transports.progress import BoundedProgress
 
@@ -34,8 +36,8 @@ _SYNC_COMMIT_RETRY_S = 10.0
 X = TypeVar("X")
 S = TypeVar("S")
 
-# (partition id, confluent_kafka.Message list in offset order, partition state) -> (items, new state)
-BatchStep = Callable[[str, list[Message], S], tuple[list[X], S]]
+# (partition id, its records in offset order, partition state) -> (items, new state)
+BatchStep = Callable[[str, RecordBatch, S], tuple[list[X], S]]
 
 
 class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], Generic[X, S]):
@@ -91,7 +93,7 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
         part.next_offset = messages[-1].offset() + 1  # type: ignore[operator]  # a consumed message has one
         if self._progress is not None:
             self._progress.advance(self._part_id, part.next_offset)
-        items, self._state = self._step(self._part_id, messages, self._state)
+        items, self._state = self._step(self._part_id, RecordBatch.of_messages(messages), self._state)
         return items
 
     def next_awake(self) -> datetime | None:

@@ -10,44 +10,22 @@ with the same recovery store to resume.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import TestingSink
 
-from connectors.transports.contract import BatchStep, OutputRecord, TransportUnavailable
+from connectors.transports.contract import BatchStep, OutputRecord, RecordBatch, TransportUnavailable
 
 ABORT = object()
 
 
 class Aborted(RuntimeError):
     """The crash an ABORT marker asked for."""
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryMessage:
-    """A record with Kafka's accessor names, as the batch steps expect."""
-
-    _value: bytes | None
-    _topic: str
-    _partition: int
-    _offset: int
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
 
 
 class _Partition(StatefulSourcePartition[Any, tuple[int, Any]]):
@@ -74,9 +52,10 @@ class _Partition(StatefulSourcePartition[Any, tuple[int, Any]]):
             batch = batch[:cut]
         if self._transport.pace:
             self._next_awake = datetime.now(UTC) + self._transport.pace
-        messages = [MemoryMessage(v, self._stream, self._index, self._offset + i) for i, v in enumerate(batch)]
+        offsets = np.arange(self._offset, self._offset + len(batch), dtype=np.int64)
         self._offset += len(batch)
-        items, self._state = self._transport.step(self._part_id, messages, self._state)
+        records = RecordBatch(self._stream, self._index, batch, offsets)
+        items, self._state = self._transport.step(self._part_id, records, self._state)
         return items
 
     def next_awake(self) -> datetime | None:
@@ -114,7 +93,7 @@ class MemoryTransport:
         self.record_limit = record_limit
         self.written: dict[str, list[tuple[bytes, bytes]]] = {}
         self.aborted: set[tuple[str, int, int]] = set()
-        self.step: BatchStep = lambda part, messages, state: (messages, state)
+        self.step: BatchStep = lambda part, records, state: (records.value_list(), state)
 
     def check(self, read: list[str], write: list[str]) -> None:
         missing = [s for s in read if s not in self.streams]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from connectors.transports.batch import RecordBatch
 from dataflows.dead_letters import DeadLetter, LateEvent, SourcePosition, rejected
 from dataflows.event_time import is_late, partition_watermark, window_start
 from dataflows.impressions.decode import decode_fields
@@ -15,7 +16,7 @@ from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice
 
 def slice_records(
     source: str,
-    messages: list,
+    batch: RecordBatch,
     max_timestamp: int,
     *,
     window_ms: int,
@@ -25,16 +26,16 @@ def slice_records(
     out: list[WindowSlice | DeadLetter | LateEvent] = []
     slices: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
     watermark = partition_watermark(max_timestamp, max_out_of_orderness_ms)
-    for msg in messages:
+    for i in range(len(batch)):
         try:
-            movie_id, user_id, ts = decode_fields(msg.value())
+            movie_id, user_id, ts = decode_fields(batch.value(i))
         except Exception as exc:  # the record boundary: see dead_letters.rejected
-            out.append(rejected(msg, exc))
+            out.append(rejected(batch, i, exc))
             continue
         start = window_start(ts, window_ms)
         if is_late(ts, watermark, window_ms):
-            position = SourcePosition(msg.topic(), msg.partition(), msg.offset())
-            out.append(LateEvent(position, msg.value(), ts, watermark, start, start + window_ms))
+            position = SourcePosition(*batch.position(i))
+            out.append(LateEvent(position, batch.value(i), ts, watermark, start, start + window_ms))
             continue
         if ts > max_timestamp:
             max_timestamp = ts

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from connectors.transports.batch import RecordBatch
 from dataflows.dead_letters import DeadLetter, LateEvent, SourcePosition, rejected
 from dataflows.event_time import NO_WATERMARK, partition_watermark
 from dataflows.impressions.decode import decode_batch
@@ -15,7 +16,7 @@ from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice
 
 def slice_batch(
     source: str,
-    messages: list,
+    batch: RecordBatch,
     max_timestamp: int,
     *,
     window_ms: int,
@@ -28,21 +29,19 @@ def slice_batch(
     clean are judged one by one, so bad records cost themselves, not their batch. Equal to
     its reference, `reference.slice_records` (tests/unit/test_columnar.py).
     """
-    values = [m.value() for m in messages]
-    rows, invalid = decode_batch(values)
-    out: list[WindowSlice | DeadLetter | LateEvent] = [rejected(messages[i], exc) for i, exc in invalid]
+    rows, invalid = decode_batch(batch.values)
+    out: list[WindowSlice | DeadLetter | LateEvent] = [rejected(batch, i, exc) for i, exc in invalid]
     if rows.height == 0:
         return out, max_timestamp
     items, max_timestamp = _slice_columns(
-        source, messages, values, rows, max_timestamp, window_ms=window_ms, bound_ms=max_out_of_orderness_ms
+        source, batch, rows, max_timestamp, window_ms=window_ms, bound_ms=max_out_of_orderness_ms
     )
     return out + items, max_timestamp
 
 
 def _slice_columns(
     source: str,
-    messages: list,
-    values: list,
+    batch: RecordBatch,
     rows: pl.DataFrame,
     max_timestamp: int,
     *,
@@ -60,11 +59,11 @@ def _slice_columns(
     if late.any():
         indices = rows["row"].to_numpy()
         for i in np.flatnonzero(late).tolist():
-            msg = messages[indices[i]]
-            position = SourcePosition(msg.topic(), msg.partition(), msg.offset())
+            record = int(indices[i])
+            position = SourcePosition(*batch.position(record))
             start = int(starts[i])
             out.append(
-                LateEvent(position, values[indices[i]], int(ts[i]), int(watermarks[i]), start, start + window_ms)
+                LateEvent(position, batch.value(record), int(ts[i]), int(watermarks[i]), start, start + window_ms)
             )
     watermark_before = partition_watermark(max_timestamp, bound_ms)
     max_timestamp = max(max_timestamp, int(ts.max()))  # a late event is older than the newest

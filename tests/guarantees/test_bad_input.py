@@ -19,7 +19,7 @@ from dataflows.untrusted_json import InvalidEvent
 from producers.kafka_producer import produce_messages
 from producers.movie_impressions import TrafficShape, generate
 from tests.support.data import make_topics, read_s3_rows, read_topic
-from tests.support.factories import kafka_message, tally_dict
+from tests.support.factories import record_batch, tally_dict
 from tests.support.jobs import FLOWS, init_recovery, run_dataflow
 from tests.support.oracles import expected_rows, raw_of
 
@@ -88,7 +88,7 @@ def test_valid_events_are_accepted(raw: bytes) -> None:
 def test_every_message_is_accounted_for(values: list[bytes]) -> None:
     items, _ = slice_batch(
         "0-t",
-        [kafka_message(v, offset=i) for i, v in enumerate(values)],
+        record_batch(values),
         NO_WATERMARK,
         window_ms=900_000,
         max_out_of_orderness_ms=0,

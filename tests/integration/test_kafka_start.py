@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
+from connectors.transports.batch import RecordBatch
 from connectors.transports.kafka_source import StatefulKafkaSource
 from connectors.transports.kafka_start_position import EARLIEST, StartPosition
 from tests.support.data import make_topics
@@ -22,8 +23,8 @@ COUNT = 100
 SOURCE_LOG = "connectors.transports.kafka_offsets"
 
 
-def offsets_and_values(part_id: str, messages: list, state: None) -> tuple[list[tuple[int, bytes]], None]:
-    return [(m.offset(), m.value()) for m in messages], state
+def offsets_and_values(part_id: str, batch: RecordBatch, state: None) -> tuple[list[tuple[int, bytes]], None]:
+    return [(batch.offset(i), batch.value(i)) for i in range(len(batch))], state
 
 
 def produce_numbered(bootstrap: str, topic: str, partition: int, first: int, count: int) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from connectors.transports.batch import RecordBatch
 from devstack.kinesis import KinesisLocal, create_stream, wait_active
 from devstack.processes import free_port
 from tests.support.jobs import ROOT
@@ -68,9 +69,11 @@ def open_shards(client: Any, stream: str) -> list[dict]:
     return sorted(open_, key=lambda s: int(s["HashKeyRange"]["StartingHashKey"]))
 
 
-def record_step(stream: str, records: list, count: int) -> tuple[list[tuple], int]:
+def record_step(stream: str, batch: RecordBatch, count: int) -> tuple[list[tuple], int]:
     """A batch step for tests: each record as (key, shard, sequence, data); the state counts records."""
-    return [(r.partition_key(), r.partition(), r.offset(), r.value()) for r in records], count + len(records)
+    keys, offsets, values = batch.keys, batch.offsets, batch.values
+    items = [(keys[i].decode(), batch.partition, offsets[i], values[i]) for i in range(len(batch))]
+    return items, count + len(batch)
 
 
 def drain(part: Any, *, until: Callable[[list], bool] | None = None, timeout: float = 60.0) -> list:

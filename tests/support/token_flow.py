@@ -17,7 +17,7 @@ from bytewax.connectors.stdio import StdOutSink
 from bytewax.dataflow import Dataflow
 
 from connectors.transports import kafka_token
-from connectors.transports.contract import OutputRecord
+from connectors.transports.contract import OutputRecord, RecordBatch
 from connectors.transports.kafka import KafkaTransport
 from connectors.transports.kafka_start_position import EARLIEST
 from dataflows.settings import KafkaSettings
@@ -40,8 +40,9 @@ def build() -> Dataflow:
         settings.brokers, "token-flow", True, 100, EARLIEST, None, client=settings.client, job="token-flow"
     )
 
-    def step(part: str, messages: list, state: None) -> tuple[list[OutputRecord], None]:
-        return [OutputRecord(f"{part}@{m.offset()}", m.key(), m.value()) for m in messages], state
+    def step(part: str, batch: RecordBatch, state: None) -> tuple[list[OutputRecord], None]:
+        keys = batch.keys
+        return [OutputRecord(f"{part}@{batch.offset(i)}", keys[i], batch.value(i)) for i in range(len(batch))], state
 
     flow = Dataflow("token_flow")
     records = op.input("in", flow, transport.source([env["TOKEN_FLOW_IN"]], step, None))

@@ -26,7 +26,7 @@ from dataflows.booking_rules import (
 from dataflows.dead_letters import DeadLetter
 from dataflows.event_time import NO_WATERMARK
 from dataflows.untrusted_json import InvalidEvent
-from tests.support.factories import kafka_message
+from tests.support.factories import batch_of, kafka_message
 
 T = 60_000  # timeout
 t0 = 1_546_845_718_557
@@ -155,7 +155,11 @@ def test_outcomes_are_named_by_the_input_positions_that_settled_them() -> None:
 def test_batch_reading_stamps_each_record_with_its_input_position() -> None:
     message = kafka_message(json.dumps({"bookingId": "b-9", "timestamp": t0, "eventType": "X"}).encode(), offset=42)
     (record,), _ = read_booking_batch(
-        "0-events", [message], NO_WATERMARK, schemas={message.topic(): DEFAULT_EVENT}, max_out_of_orderness_ms=0
+        "0-events",
+        batch_of([message]),
+        NO_WATERMARK,
+        schemas={message.topic(): DEFAULT_EVENT},
+        max_out_of_orderness_ms=0,
     )
     assert record.position == f"{message.topic()}:{message.partition()}:42"
 
@@ -214,7 +218,7 @@ def test_batch_reading_picks_schema_by_topic_and_stamps_the_partition_watermark(
     ]
     items, newest = read_booking_batch(
         "0-ev",
-        messages,
+        batch_of(messages),
         NO_WATERMARK,
         schemas={"ev": DEFAULT_EVENT, "cr": DEFAULT_CREATED},
         max_out_of_orderness_ms=1000,

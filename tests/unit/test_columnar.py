@@ -20,7 +20,7 @@ from dataflows.impressions.layout import MOVIE_SHARDS
 from dataflows.impressions.reference import slice_records
 from dataflows.impressions.slicing import slice_batch
 from dataflows.impressions.windows import WindowSlice
-from tests.support.factories import kafka_message, tally_dict
+from tests.support.factories import batch_of, kafka_message, record_batch, tally_dict
 from tests.support.hostile import hostile, odd_but_valid
 
 W = 900_000
@@ -74,12 +74,15 @@ def events(seed: int, count: int, dirty: bool) -> list[bytes]:
 
 
 def both_paths(values: list[bytes], max_timestamp: int) -> tuple[tuple, tuple]:
-    messages = [kafka_message(v, offset=i) for i, v in enumerate(values)]
+    """`slice_batch` and its reference; the first on the batch as each kind of reader builds it
+    (from confluent-kafka's messages, from a list, from a Binary Series), which must agree."""
     kwargs = {"window_ms": W, "max_out_of_orderness_ms": 2_000}
-    return (
-        canonical(slice_batch("0-t", messages, max_timestamp, **kwargs)),
-        canonical(slice_records("0-t", messages, max_timestamp, **kwargs)),
-    )
+    messages = batch_of([kafka_message(v, offset=i) for i, v in enumerate(values)])
+    listed, series = record_batch(values), record_batch(values, series=True)
+    columnar = canonical(slice_batch("0-t", messages, max_timestamp, **kwargs))
+    for other in (listed, series):
+        assert canonical(slice_batch("0-t", other, max_timestamp, **kwargs)) == columnar
+    return columnar, canonical(slice_records("0-t", series, max_timestamp, **kwargs))
 
 
 @given(st.integers(0, 2**32), st.integers(1, 400), st.sampled_from([NO_WATERMARK, BASE, BASE + 3 * W]))

@@ -31,7 +31,7 @@ from dataflows.event_time import (
 from dataflows.impressions.layout import movie_shards
 from dataflows.impressions.slicing import slice_batch
 from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice, WindowTallies
-from tests.support.factories import kafka_message
+from tests.support.factories import batch_of, kafka_message
 
 W = 15 * 60 * 1000
 
@@ -172,7 +172,9 @@ def _partition_items(source: str, batches: list[list[int]], window_ms: int, boun
             value = json.dumps({"movieId": f"m{ms % 3}", "userId": f"u{ms % 5}", "timestamp": ts}).encode()
             messages.append(kafka_message(value, offset))
             offset += 1
-        out, newest = slice_batch(source, messages, newest, window_ms=window_ms, max_out_of_orderness_ms=bound_ms)
+        out, newest = slice_batch(
+            source, batch_of(messages), newest, window_ms=window_ms, max_out_of_orderness_ms=bound_ms
+        )
         assert not [i for i in out if not isinstance(i, (WindowSlice, LateEvent))]
         items += [i for i in out if isinstance(i, WindowSlice)]
         items += [Heartbeat(shard, source, partition_watermark(newest, bound_ms)) for shard in movie_shards()]

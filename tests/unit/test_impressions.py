@@ -26,7 +26,7 @@ from dataflows.impressions.slicing import slice_batch
 from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice, WindowTallies, window_rows
 from dataflows.metrics import KEYS_IN_STATE
 from dataflows.untrusted_json import MAX_ID_BYTES, InvalidEvent
-from tests.support.factories import kafka_message, tally_dict
+from tests.support.factories import batch_of, kafka_message, tally_dict
 
 MIN15 = 15 * 60 * 1000
 
@@ -242,7 +242,7 @@ def test_slice_batch_preaggregates_and_routes_bad_and_late_in_offset_order() -> 
         # ...while this one is older than the watermark but its window is still open: not late.
         kafka_message(event("m1", "u3", base + MIN15 + 1), offset=5),
     ]
-    items, newest = slice_batch("0-t", messages, NO_WATERMARK, window_ms=MIN15, max_out_of_orderness_ms=bound)
+    items, newest = slice_batch("0-t", batch_of(messages), NO_WATERMARK, window_ms=MIN15, max_out_of_orderness_ms=bound)
     assert newest == base + MIN15 + 20_000
     dead = [i for i in items if isinstance(i, DeadLetter)]
     late = [i for i in items if isinstance(i, LateEvent)]
@@ -262,7 +262,11 @@ def test_slice_batch_continues_from_partition_state() -> None:
     base = ms(2019, 1, 7, 7, 0)
     # Newest event seen before this batch is 2 windows ahead: this event's window has closed.
     items, newest = slice_batch(
-        "0-t", [kafka_message(event("m", "u", base))], base + 2 * MIN15, window_ms=MIN15, max_out_of_orderness_ms=0
+        "0-t",
+        batch_of([kafka_message(event("m", "u", base))]),
+        base + 2 * MIN15,
+        window_ms=MIN15,
+        max_out_of_orderness_ms=0,
     )
     assert newest == base + 2 * MIN15
     assert [type(i) for i in items] == [LateEvent]
@@ -272,7 +276,11 @@ def test_dead_letter_record_keeps_binary_raw_as_base64() -> None:
     import base64
 
     [dead], _ = slice_batch(
-        "0-t", [kafka_message(b"\xff\x00", offset=9)], NO_WATERMARK, window_ms=MIN15, max_out_of_orderness_ms=0
+        "0-t",
+        batch_of([kafka_message(b"\xff\x00", offset=9)]),
+        NO_WATERMARK,
+        window_ms=MIN15,
+        max_out_of_orderness_ms=0,
     )
     record = json.loads(dead.to_json())
     assert record["rawEncoding"] == "base64"

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from confluent_kafka import KafkaError, KafkaException
 
 from connectors.transports.kafka_partition import StatefulKafkaPartition as _Partition
+from tests.support.factories import FakeMessage, kafka_message
 
 
 class FlakyConsumer:
@@ -66,24 +67,13 @@ def test_snapshots_commit_asynchronously_only_once_a_synchronous_commit_went_thr
     assert consumer.committed == [9_277, 9_277, 9_277]
 
 
-class Message:
-    def __init__(self, offset: int) -> None:
-        self._offset = offset
-
-    def error(self) -> None:
-        return None
-
-    def offset(self) -> int:
-        return self._offset
-
-
 class PolledConsumer:
     """Hands out the batches it was given, then nothing."""
 
-    def __init__(self, *batches: list[Message]) -> None:
+    def __init__(self, *batches: list[FakeMessage]) -> None:
         self.batches = list(batches)
 
-    def consume(self, count: int, timeout: float) -> list[Message]:
+    def consume(self, count: int, timeout: float) -> list[FakeMessage]:
         return self.batches.pop(0) if self.batches else []
 
 
@@ -98,7 +88,11 @@ def test_an_idle_partition_sleeps_between_empty_polls_and_wakes_at_once_while_bu
     # bytewax calls next_batch again 1 ms after an empty one unless told otherwise: an idle job
     # would spin, and a CPU-driven autoscaler would read the spinning as load.
     part = _Partition(
-        PolledKafkaPart(PolledConsumer([Message(0), Message(1)])), "0-impressions", lambda p, m, s: (m, s), None, False
+        PolledKafkaPart(PolledConsumer([kafka_message(b"a", 0), kafka_message(b"b", 1)])),
+        "0-impressions",
+        lambda p, batch, s: (batch.value_list(), s),
+        None,
+        False,
     )
     assert len(part.next_batch()) == 2
     assert part.next_awake() is None

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from connectors.transports.batch import RecordBatch
 from connectors.transports.kinesis.proxy import KinesisUnavailable
 from connectors.transports.kinesis.reader import KinesisSourceError, ReadOptions, StreamReader
 from tests.support.fake_kinesis import FakeKinesis
@@ -25,8 +26,9 @@ STEP = 1 / 32  # the fake clock's tick: exact in binary, so call times add up wi
 Item = tuple[str, str, str, bytes]  # (key, shard, sequence, data)
 
 
-def record_step(stream: str, records: list, count: int) -> tuple[list[Item], int]:
-    return [(r.partition_key(), r.partition(), r.offset(), r.value()) for r in records], count + len(records)
+def record_step(stream: str, batch: RecordBatch, count: int) -> tuple[list[Item], int]:
+    keys, offsets, values = batch.keys, batch.offsets, batch.values
+    return [(keys[i].decode(), batch.partition, offsets[i], values[i]) for i in range(len(batch))], count + len(batch)
 
 
 def reader(fake: FakeKinesis, stream: str, positions: Any = None, state: int = 0, **options: Any) -> StreamReader:

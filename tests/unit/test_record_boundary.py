@@ -22,7 +22,7 @@ from dataflows.impressions.slicing import slice_batch
 from dataflows.impressions.windows import WindowSlice
 from dataflows.metrics import EVENTS, INTERNAL_ERRORS, count_inputs
 from dataflows.untrusted_json import MAX_DEPTH, MAX_ID_BYTES, InvalidEvent, decode_json_object
-from tests.support.factories import kafka_message, tally_dict
+from tests.support.factories import batch_of, kafka_message, tally_dict
 from tests.support.hostile import MUTATIONS, hostile, odd_but_valid
 from tests.support.oracles import raw_of
 
@@ -132,7 +132,7 @@ def test_a_failure_of_our_own_code_is_an_internal_dead_letter_and_the_batch_goes
     monkeypatch.setattr(decode, "decode_fields", lambda raw: _boom() if raw == poisoned else real(raw))
     values = [json.dumps(IMPRESSION).encode(), poisoned, b"{", json.dumps(IMPRESSION).encode()]
     messages = [kafka_message(v, offset=i) for i, v in enumerate(values)]
-    items, _ = slice_batch("0-t", messages, NO_WATERMARK, window_ms=900_000, max_out_of_orderness_ms=0)
+    items, _ = slice_batch("0-t", batch_of(messages), NO_WATERMARK, window_ms=900_000, max_out_of_orderness_ms=0)
 
     dead = {d.position.offset: d for d in items if isinstance(d, DeadLetter)}
     assert set(dead) == {1, 2}
@@ -153,7 +153,7 @@ def test_the_booking_batch_step_has_the_same_boundary(monkeypatch) -> None:
     monkeypatch.setattr(bookings, "decode_booking", _boom)
     messages = [kafka_message(b'{"bookingId": "b"}', offset=i, topic="events") for i in range(3)]
     items, _ = read_booking_batch(
-        "0-events", messages, NO_WATERMARK, schemas={"events": DEFAULT_EVENT}, max_out_of_orderness_ms=0
+        "0-events", batch_of(messages), NO_WATERMARK, schemas={"events": DEFAULT_EVENT}, max_out_of_orderness_ms=0
     )
     assert [(d.position.offset, d.internal) for d in items if isinstance(d, DeadLetter)] == [
         (0, True),
@@ -188,7 +188,7 @@ def test_a_failure_of_the_batch_path_leaves_every_record_to_the_per_record_rules
     monkeypatch.setattr(decode, "_layout_rows", _boom)
     values = [json.dumps(IMPRESSION).encode(), b"{", json.dumps(IMPRESSION).encode()]
     messages = [kafka_message(v, offset=i) for i, v in enumerate(values)]
-    items, _ = slice_batch("0-t", messages, NO_WATERMARK, window_ms=900_000, max_out_of_orderness_ms=0)
+    items, _ = slice_batch("0-t", batch_of(messages), NO_WATERMARK, window_ms=900_000, max_out_of_orderness_ms=0)
 
     [dead] = [d for d in items if isinstance(d, DeadLetter)]
     assert dead.position.offset == 1 and not dead.internal

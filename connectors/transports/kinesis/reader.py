@@ -35,6 +35,7 @@ from bytewax.inputs import StatefulSourcePartition
 from prometheus_client import Counter, Gauge
 
 from connectors.errors import WaxstreamsError
+from connectors.transports.batch import RecordBatch
 from connectors.transports.kinesis.proxy import (
     EXPIRED_ITERATOR,
     INVALID_ARGUMENT,
@@ -50,7 +51,7 @@ from connectors.transports.kinesis.proxy import (
     unavailable,
     where,
 )
-from connectors.transports.kinesis.record import KinesisRecord
+from connectors.transports.kinesis.record import KinesisRecord, record_batch
 from connectors.transports.kinesis.settings import MAX_GET_RECORDS, MIN_CALL_INTERVAL
 from connectors.transports.kinesis.tracker import Position, Positions, ShardTracker, TrackedShard
 
@@ -78,7 +79,7 @@ X = TypeVar("X")
 S = TypeVar("S")
 
 # (stream name, records of one shard in sequence order, stream state) -> (items, new state)
-BatchStep = Callable[[str, list[KinesisRecord], S], tuple[list[X], S]]
+BatchStep = Callable[[str, RecordBatch, S], tuple[list[X], S]]
 
 
 class KinesisSourceError(WaxstreamsError, RuntimeError):
@@ -210,7 +211,8 @@ class StreamReader(StatefulSourcePartition[X, tuple[Positions, S]], Generic[X, S
             records = self._read(shard, now)
             if records:
                 RECORDS_READ.labels(self._stream).inc(len(records))
-                out, self._state = self._step(self._stream, records, self._state)
+                batch = record_batch(self._stream, shard.shard_id, records)
+                out, self._state = self._step(self._stream, batch, self._state)
                 items.extend(out)
                 budget -= len(records)
                 if budget <= 0:

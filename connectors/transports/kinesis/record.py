@@ -1,6 +1,8 @@
-"""One Kinesis record as the source hands it to the job's batch step.
+"""One Kinesis record as a GetRecords page holds it, and a page's records as the step gets them.
 
-Its accessors mirror confluent_kafka.Message, so the same pure batch functions take either:
+`record_batch`: one shard's records as a RecordBatch (connectors/transports/batch.py),
+the columns every transport hands the job's batch step. A record's accessors mirror
+confluent_kafka.Message:
 
 | KinesisRecord | meaning                          | confluent_kafka.Message |
 |---------------|----------------------------------|-------------------------|
@@ -16,6 +18,10 @@ plus `.stream()`, `.shard_id()`, `.sequence_number()`, `.partition_key()`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+from connectors.transports.batch import RecordBatch
 
 
 class KinesisRecord:
@@ -63,3 +69,15 @@ class KinesisRecord:
 
     def __repr__(self) -> str:
         return f"KinesisRecord({self._stream}/{self._shard}@{self._seq}, key={self._key!r}, {len(self._data)} bytes)"
+
+
+def record_batch(stream: str, shard: str, records: Sequence[KinesisRecord]) -> RecordBatch:
+    """One shard's records, in sequence-number order, as columns: sequence numbers stay strs
+    (up to 128 digits), partition keys become UTF-8 bytes like Kafka's keys."""
+    return RecordBatch(
+        stream,
+        shard,
+        [r._data for r in records],
+        [r._seq for r in records],
+        keys=[r._key.encode() for r in records],
+    )

@@ -7,10 +7,10 @@ Use::
     source = StatefulKinesisSource.from_settings(settings, step, initial_state)
     flow = Dataflow("job"); stream = op.input("in", flow, source)
 
-`step(part_id, records, state) -> (items, state)` is the batch step of
-connectors/transports/kafka_source.py: `part_id` is the stream name, `records` are the
-records of one GetRecords call (one shard, in sequence-number order) as `KinesisRecord`s
-(record.py). The step's state is snapshotted together with the positions of all shards
+`step(part_id, batch, state) -> (items, state)` is the batch step of
+connectors/transports/kafka_source.py: `part_id` is the stream name, `batch` holds the
+records of one GetRecords call (one shard, in sequence-number order) as a `RecordBatch`
+(record.py, connectors/transports/batch.py). The step's state is snapshotted together with the positions of all shards
 of the stream, so after a resume both describe the same point.
 
 Why one partition per stream: bytewax's partition list is fixed, Kinesis' shard list is
@@ -25,8 +25,8 @@ GetRecords calls one after another, so its throughput is bounded by round trips:
 records, i.e. it keeps about ten busy shards at Kinesis' 5 calls/s (idle shards cost
 1/`idle_poll_seconds` calls/s). Locally it read 20,000 small records from 4 shards in
 2 s. For more, split the data over several streams. A step that needs per-shard state (a
-per-partition watermark, say) can key its state by `records[0].partition()`: the state
-passed in is per stream.
+per-partition watermark, say) can key its state by `batch.partition` (the shard id): the
+state passed in is per stream.
 
 Positions: per shard, the last sequence number read (resumed AFTER_SEQUENCE_NUMBER);
 shards read to SHARD_END are remembered until ListShards no longer lists them. A fresh

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from connectors.transports.contract import BatchStep, OutputRecord, TransportUnavailable
+from connectors.transports.contract import BatchStep, OutputRecord, RecordBatch, TransportUnavailable
 from connectors.transports.kinesis.proxy import KinesisUnavailable, check_streams, kinesis_client, list_shards
 from connectors.transports.kinesis.settings import KinesisSettings
 from connectors.transports.kinesis.sink import KinesisSink
@@ -51,9 +51,9 @@ class KinesisTransport:
         return [f"{stream}/{shard['ShardId']}" for stream in streams for shard in list_shards(client, stream)]
 
     def source(self, streams: list[str], step: BatchStep, initial_state: Any) -> StatefulKinesisSource:
-        def per_shard(stream: str, records: list[Any], states: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-            shard = records[0].partition()  # one GetRecords call: one shard
-            items, state = step(f"{stream}/{shard}", records, states.get(shard, initial_state))
+        def per_shard(stream: str, batch: RecordBatch, states: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+            shard = str(batch.partition)  # one GetRecords call: one shard
+            items, state = step(f"{stream}/{shard}", batch, states.get(shard, initial_state))
             return items, {**states, shard: state}
 
         return StatefulKinesisSource.from_settings(self.settings, per_shard, {}, streams, _STREAM_SETTINGS)
