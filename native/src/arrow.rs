@@ -1,6 +1,6 @@
 //! A column of byte strings handed to Python through the Arrow C data interface
 //! (`__arrow_c_array__`): polars takes the buffers as they are, no copy, no pyarrow.
-//! Format: large_binary ("Z"): validity bitmap, i64 offsets, the bytes.
+//! Format: binary view ("vz"), polars' own layout for Binary: nothing to convert on import.
 
 use std::ffi::{c_char, c_void};
 use std::ptr;
@@ -39,31 +39,31 @@ struct ArrowArray {
 }
 
 /// Byte strings (or nulls) appended one by one, then frozen into a `Column`.
-#[derive(Default)]
 pub struct Builder {
-    offsets: Vec<i64>,
-    data: Vec<u8>,
+    views: Vec<u128>, // Arrow's 16-byte views: length, then the bytes inline (<= 12) or prefix, buffer, offset
+    buffers: Vec<Vec<u8>>,
     validity: Vec<u8>,
     nulls: usize,
+    long_bytes: usize, // what the values longer than 12 bytes still to come hold, reserved at once
 }
 
+const INLINE: usize = 12;
+const MAX_BUFFER: usize = i32::MAX as usize; // a view's offset is 32 bits
+
 impl Builder {
-    pub fn with_capacity(items: usize, bytes: usize) -> Self {
-        let mut offsets = Vec::with_capacity(items + 1);
-        offsets.push(0);
-        Builder { offsets, data: Vec::with_capacity(bytes), validity: Vec::with_capacity(items / 8 + 1), nulls: 0 }
+    /// `long_bytes`: the total length of the values longer than 12 bytes (one allocation).
+    pub fn with_capacity(items: usize, long_bytes: usize) -> Self {
+        Builder {
+            views: Vec::with_capacity(items),
+            buffers: Vec::new(),
+            validity: Vec::with_capacity(items / 8 + 1),
+            nulls: 0,
+            long_bytes,
+        }
     }
 
-    fn set_valid(&mut self, valid: bool) {
-        let i = self.offsets.len() - 2;
-        if i % 8 == 0 {
-            self.validity.push(0);
-        }
-        if valid {
-            *self.validity.last_mut().unwrap() |= 1 << (i % 8);
-        } else {
-            self.nulls += 1;
-        }
+    pub fn is_long(len: usize) -> bool {
+        len > INLINE
     }
 
     /// Appends `len` bytes at `ptr`, or a null when `ptr` is NULL.
@@ -71,32 +71,55 @@ impl Builder {
     /// # Safety
     /// `ptr` is NULL or points to `len` readable bytes.
     pub unsafe fn push(&mut self, ptr: *const u8, len: usize) {
-        if !ptr.is_null() {
-            self.data.extend_from_slice(std::slice::from_raw_parts(ptr, len));
+        let i = self.views.len();
+        if i % 8 == 0 {
+            self.validity.push(0);
         }
-        self.offsets.push(self.data.len() as i64);
-        self.set_valid(!ptr.is_null());
+        if ptr.is_null() {
+            self.nulls += 1;
+            self.views.push(0);
+            return;
+        }
+        *self.validity.last_mut().unwrap() |= 1 << (i % 8);
+        let bytes = std::slice::from_raw_parts(ptr, len);
+        let mut view = [0u8; 16];
+        view[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        if len <= INLINE {
+            view[4..4 + len].copy_from_slice(bytes);
+        } else {
+            if self.buffers.last().is_none_or(|b| b.len() + len > MAX_BUFFER) {
+                self.buffers.push(Vec::with_capacity(self.long_bytes.clamp(len, MAX_BUFFER)));
+            }
+            let index = self.buffers.len() - 1;
+            let buffer = self.buffers.last_mut().unwrap();
+            view[4..8].copy_from_slice(&bytes[..4]);
+            view[8..12].copy_from_slice(&(index as u32).to_le_bytes());
+            view[12..16].copy_from_slice(&(buffer.len() as u32).to_le_bytes());
+            buffer.extend_from_slice(bytes);
+            self.long_bytes = self.long_bytes.saturating_sub(len);
+        }
+        self.views.push(u128::from_le_bytes(view));
     }
 
     pub fn finish(self) -> Column {
-        let len = self.offsets.len() - 1;
         let validity = if self.nulls > 0 { Some(self.validity) } else { None };
-        Column { inner: Arc::new(Buffers { offsets: self.offsets, data: self.data, validity, nulls: self.nulls, len }) }
+        let sizes = self.buffers.iter().map(|b| b.len() as i64).collect();
+        Column { inner: Arc::new(Buffers { views: self.views, buffers: self.buffers, sizes, validity, nulls: self.nulls }) }
     }
 }
 
 struct Buffers {
-    offsets: Vec<i64>,
-    data: Vec<u8>,
+    views: Vec<u128>,
+    buffers: Vec<Vec<u8>>,
+    sizes: Vec<i64>, // the variadic buffers' lengths, the last buffer of a view array
     validity: Option<Vec<u8>>,
     nulls: usize,
-    len: usize,
 }
 
 /// What an exported ArrowArray keeps alive until its consumer releases it.
 struct Exported {
     _buffers: Arc<Buffers>,
-    pointers: [*const c_void; 3],
+    pointers: Vec<*const c_void>,
 }
 
 /// A column of byte strings: `pl.Series(column)` imports it without copying the bytes.
@@ -108,7 +131,7 @@ pub struct Column {
 #[pymethods]
 impl Column {
     fn __len__(&self) -> usize {
-        self.inner.len
+        self.inner.views.len()
     }
 
     #[getter]
@@ -124,7 +147,7 @@ impl Column {
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         let _ = requested_schema; // one type only: the consumer casts if it wants another
         let schema = Box::new(ArrowSchema {
-            format: c"Z".as_ptr(),
+            format: c"vz".as_ptr(),
             name: c"".as_ptr(),
             metadata: ptr::null(),
             flags: FLAG_NULLABLE,
@@ -136,13 +159,15 @@ impl Column {
         });
         let b = &self.inner;
         let validity = b.validity.as_ref().map_or(ptr::null(), |v| v.as_ptr().cast());
-        let mut exported =
-            Box::new(Exported { _buffers: b.clone(), pointers: [validity, b.offsets.as_ptr().cast(), b.data.as_ptr().cast()] });
+        let mut pointers = vec![validity, b.views.as_ptr().cast()];
+        pointers.extend(b.buffers.iter().map(|buffer| buffer.as_ptr().cast::<c_void>()));
+        pointers.push(b.sizes.as_ptr().cast());
+        let mut exported = Box::new(Exported { _buffers: b.clone(), pointers });
         let array = Box::new(ArrowArray {
-            length: b.len as i64,
+            length: b.views.len() as i64,
             null_count: b.nulls as i64,
             offset: 0,
-            n_buffers: 3,
+            n_buffers: exported.pointers.len() as i64,
             n_children: 0,
             buffers: exported.pointers.as_mut_ptr(),
             children: ptr::null_mut(),

@@ -277,8 +277,8 @@ impl Handles {
         let (mut bytes, mut key_bytes) = (0usize, 0usize);
         for &m in &pending[..take] {
             if (*m).err == 0 {
-                bytes += (*m).len;
-                key_bytes += (*m).key_len;
+                bytes += if Builder::is_long((*m).len) { (*m).len } else { 0 };
+                key_bytes += if Builder::is_long((*m).key_len) { (*m).key_len } else { 0 };
             }
         }
         let mut read = Read {
