@@ -20,7 +20,19 @@ $(VENV)/.installed: pyproject.toml
 	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[dev]'  # quiet: setuptools warns on every editable install
 	touch $@
 
-install: $(VENV)/.installed ## Create .venv with the project and its dev tools
+# The optional native Kafka reader (native/, connectors/transports/kafka_native.py), built when cargo is
+# on PATH: pyo3 only, librdkafka is confluent-kafka's own. Without cargo, install still succeeds.
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
+$(VENV)/.native: $(VENV)/.installed $(NATIVE_SOURCES)
+	@if command -v cargo >/dev/null; then \
+		rm -rf .cache/native-wheel \
+		&& $(VENV)/bin/maturin build --release --locked -q -m native/Cargo.toml -i $(PY) -o .cache/native-wheel \
+		&& $(PY) -m pip install -q --no-deps --force-reinstall .cache/native-wheel/waxstreams_native-*.whl \
+		&& touch $@ \
+		|| echo "the optional native Kafka reader did not build (above): the default reader is used"; \
+	else echo "cargo not on PATH: the optional native Kafka reader is not built (the default reader is used)"; fi
+
+install: $(VENV)/.installed $(VENV)/.native ## Create .venv with the project and its dev tools (and the native reader if cargo is there)
 
 up: install ## Start the local Kafka broker, S3 server and Kinesis (idempotent)
 	$(PY) -m devstack up
