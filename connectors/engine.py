@@ -56,6 +56,18 @@ class KafkaPartitionInternals:
         return tp
 
 
+def consumer_config(source: KafkaSource) -> dict[str, Any]:
+    """The consumer configuration bytewax's KafkaSource gives each partition's consumer (less its
+    statistics, which feed bytewax's own lag gauge), for a reader that replaces that consumer."""
+    return {
+        "group.id": "BYTEWAX_IGNORED",
+        "enable.auto.commit": "false",
+        "bootstrap.servers": ",".join(source._brokers),
+        "enable.partition.eof": str(not source._tail),
+        **source._add_config,
+    }
+
+
 def add_source_config(source: KafkaSource, config: dict[str, str]) -> None:
     """Client properties for the consumers bytewax's KafkaSource builds from now on."""
     source._add_config = {**source._add_config, **config}

@@ -17,7 +17,7 @@ from connectors.backup_layout import valid_name
 from connectors.backup_store import BackupConfig
 from connectors.env import Env
 from connectors.errors import ConfigError
-from connectors.transports import kafka_client
+from connectors.transports import kafka_client, kafka_native
 from connectors.transports.kafka_client import KafkaClientConfig, KafkaConfigError
 from connectors.transports.kafka_start_position import EARLIEST, StartPosition
 from connectors.transports.kinesis.settings import KinesisSettings
@@ -36,6 +36,7 @@ class KafkaSettings:
     # secrets: never log (`client.masked()` is safe to).
     client: KafkaClientConfig = field(default_factory=KafkaClientConfig)
     partition_check_seconds: float = 60.0  # KAFKA_PARTITION_CHECK_SECONDS: partitions added while running
+    reader: str = "confluent"  # KAFKA_READER: confluent-kafka's consumer, or the native reader (kafka_native.py)
 
     @property
     def client_config(self) -> dict[str, Any]:
@@ -59,7 +60,10 @@ class KafkaSettings:
         except KafkaConfigError as exc:
             raise ConfigError(str(exc)) from None
         partition_check = e.number("KAFKA_PARTITION_CHECK_SECONDS", 60, minimum=0)
-        return cls(brokers, client, partition_check)
+        reader = e.choice("KAFKA_READER", "confluent", ("confluent", "native"))
+        if reader == "native" and (why := kafka_native.unavailable()) is not None:
+            raise ConfigError(f"KAFKA_READER=native: {why}, or unset KAFKA_READER")
+        return cls(brokers, client, partition_check, reader)
 
 
 @dataclass(frozen=True)

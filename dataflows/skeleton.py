@@ -130,6 +130,7 @@ def transport_for(settings: JobSettings, environ: Mapping[str, str], job: str, r
         kafka.client,
         job=job,
         sink_namespace=resume.sink_namespace,
+        native_reader=kafka.reader == "native",
     )
 
 

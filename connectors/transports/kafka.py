@@ -54,6 +54,7 @@ class KafkaTransport:
     job: str = ""  # part of every output transactional.id
     sink_namespace: str = ""  # the recovery store's: output partitions without state start a run in it
     output_partitions: int = 4  # sink partitions (producers, one transaction each per epoch) per output topic
+    native_reader: bool = False  # KAFKA_READER=native: partitions read by kafka_native.py
 
     @functools.cached_property
     def client_config(self) -> dict[str, Any]:
@@ -88,6 +89,7 @@ class KafkaTransport:
             stop_at_ms=self.stop_at_ms,
             progress=BoundedProgress() if self.bounded else None,
             partition_check_s=self.partition_check_s,
+            native=self.native_reader,
         )
 
     @functools.cached_property

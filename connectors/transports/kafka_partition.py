@@ -16,12 +16,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka import KafkaException
 
 from connectors.engine import KafkaPartitionInternals
 from connectors.transports.batch import RecordBatch
+from connectors.transports.kafka_native import NativePartitionReader
 from connectors.transports.kafka_retry import transient
 from connectors.transports.progress import BoundedProgress
 
@@ -51,13 +53,17 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
         stop_offset: int | None = None,
         progress: BoundedProgress | None = None,
         watch: PartitionWatch | None = None,
+        native: NativePartitionReader | None = None,
     ) -> None:
         self._kafka_part = kafka_part
+        self._native = native  # KAFKA_READER=native: reads and commits instead of bytewax's consumer
         self._watch = watch  # partition 0 of each topic looks out for partitions added while running
         self._stop_offset = stop_offset  # STOP_AT: the first offset not to read
         self._progress = progress
         self._internals = KafkaPartitionInternals(kafka_part)
         self._part_id = part_id
+        index, _, self._topic = part_id.partition("-")
+        self._partition = int(index)
         self._step = step
         self._state = state
         self._commit_offsets = commit_offsets
@@ -72,6 +78,17 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
             raise StopIteration
         if self._watch is not None:
             self._watch.check(part.consumer)
+        batch = self._read_native(part) if self._native is not None else self._read_messages(part)
+        self._awake = None if batch is not None else datetime.now(UTC) + IDLE_BACKOFF
+        if batch is None:
+            return []
+        part.next_offset = int(batch.offset(len(batch) - 1)) + 1
+        if self._progress is not None:
+            self._progress.advance(self._part_id, part.next_offset)
+        items, self._state = self._step(self._part_id, batch, self._state)
+        return items
+
+    def _read_messages(self, part: KafkaPartitionInternals) -> RecordBatch | None:
         messages = []
         for msg in part.consumer.consume(part.batch_size, 0.001):
             error = msg.error()
@@ -87,14 +104,20 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
         if self._stop_offset is not None and messages and messages[-1].offset() >= self._stop_offset:  # type: ignore[operator]
             messages = [m for m in messages if m.offset() < self._stop_offset]  # type: ignore[operator]
             part.mark_end()
-        self._awake = None if messages else datetime.now(UTC) + IDLE_BACKOFF
-        if not messages:
-            return []
-        part.next_offset = messages[-1].offset() + 1  # type: ignore[operator]  # a consumed message has one
-        if self._progress is not None:
-            self._progress.advance(self._part_id, part.next_offset)
-        items, self._state = self._step(self._part_id, RecordBatch.of_messages(messages), self._state)
-        return items
+        return RecordBatch.of_messages(messages) if messages else None
+
+    def _read_native(self, part: KafkaPartitionInternals) -> RecordBatch | None:
+        read = self._native.read(part.batch_size, 0.001)  # type: ignore[union-attr]  # only when native
+        if read.reached_end:
+            part.mark_end()
+        values, offsets, keys = read.values, read.offsets, read.keys
+        if self._stop_offset is not None and len(offsets) and offsets[-1] >= self._stop_offset:
+            kept = int(np.searchsorted(offsets, self._stop_offset))
+            values, offsets, keys = values.head(kept), offsets[:kept], keys.head(kept)
+            part.mark_end()
+        if not len(offsets):
+            return None
+        return RecordBatch(self._topic, self._partition, values, offsets, keys)
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -114,7 +137,10 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
         deadline = time.monotonic() + (0 if asynchronous else _SYNC_COMMIT_RETRY_S)
         while True:
             try:
-                part.consumer.commit(offsets=offsets, asynchronous=asynchronous)
+                if self._native is not None:
+                    self._native.commit(offset, asynchronous)
+                else:
+                    part.consumer.commit(offsets=offsets, asynchronous=asynchronous)
                 self._coordinator_ready = True
                 return
             except KafkaException as exc:
@@ -131,6 +157,8 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
 
     def close(self) -> None:
         self._commit(self._kafka_part.snapshot(), asynchronous=False)  # an async one may not be sent yet
+        if self._native is not None:
+            self._native.close()
         self._kafka_part.close()
 
 

@@ -16,7 +16,8 @@ from typing import Generic, TypeVar
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.inputs import FixedPartitionedSource
 
-from connectors.engine import KafkaPartitionInternals, add_source_config, list_parts_quietly
+from connectors.engine import KafkaPartitionInternals, add_source_config, consumer_config, list_parts_quietly
+from connectors.transports.kafka_native import NativePartitionReader
 from connectors.transports.kafka_offsets import StartOffsets, end_offset, stop_offset
 from connectors.transports.kafka_partition import BatchStep, PartitionWatch, StatefulKafkaPartition
 from connectors.transports.kafka_start_position import EARLIEST, StartPosition
@@ -39,6 +40,7 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         stop_at_ms: int | None = None,
         progress: BoundedProgress | None = None,
         partition_check_s: float = 60.0,
+        native: bool = False,
     ) -> None:
         """`commit_offsets`: also commit each snapshot's offsets to the `group.id` of kafka's config.
 
@@ -46,7 +48,9 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         `stop_at_ms` (STOP_AT, bounded runs): each partition stops before its first record with a
         Kafka timestamp at or past it. `progress`: a bounded run's progress line.
         `partition_check_s`: how often to look for partitions added while running (0: never).
+        `native`: read with the native reader (kafka_native.py) instead of bytewax's consumer.
         """
+        self._native = native
         self._stop_at_ms = stop_at_ms
         self._progress = progress
         self._partition_check_s = partition_check_s
@@ -87,10 +91,15 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
             end = stop if stop is not None else high if high is not None else end_offset(internals)
             self._progress.register(for_part, start, end)
         index, _, topic = for_part.partition("-")
+        native = None
+        if self._native:
+            # bytewax's consumer stays for the queries (watermarks, new partitions), unassigned so it fetches nothing.
+            internals.consumer.unassign()
+            native = NativePartitionReader(consumer_config(self._kafka), topic, int(index), start)
         watch = None
         if index == "0" and self._partition_check_s:
             known = sum(1 for part in self._parts if part.partition("-")[2] == topic)
             watch = PartitionWatch(topic, known, self._partition_check_s)
         return StatefulKafkaPartition(
-            kafka_part, for_part, self._step, state, self._commit_offsets, stop, self._progress, watch
+            kafka_part, for_part, self._step, state, self._commit_offsets, stop, self._progress, watch, native
         )

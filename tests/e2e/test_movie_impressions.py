@@ -81,14 +81,15 @@ def test_traffic_exercises_the_hard_cases(produced) -> None:
     assert len(late) >= 50 and for_quiet_keys >= 10
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_output_equals_independent_computation(kafka, s3, produced, tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize(("workers", "reader"), [(1, "confluent"), (2, "confluent"), (2, "native")])
+def test_output_equals_independent_computation(kafka, s3, produced, tmp_path: Path, workers: int, reader: str) -> None:
     topic, events = produced
-    run_id = f"w{workers}-{tmp_path.name[-12:]}"
+    run_id = f"w{workers}{reader[0]}-{tmp_path.name[-12:]}"
     dead_topic, late_topic, bucket, prefix = f"dead-{run_id}", f"late-{run_id}", f"bucket-{run_id}".lower(), "out/impr"
     make_topics(kafka, dead_topic, late_topic)
     s3.create_bucket(bucket)
     env = {**job_env(kafka, s3, topic, dead_topic, late_topic, bucket, prefix), "KAFKA_BATCH_SIZE": "500"}
+    env["KAFKA_READER"] = reader
     result = run_dataflow(
         FLOWS["movie-impressions"], env, workers=workers, recovery=init_recovery(tmp_path / "recovery")
     )

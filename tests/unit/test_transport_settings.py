@@ -6,6 +6,7 @@ import pytest
 
 from connectors.env import Env
 from connectors.errors import ConfigError
+from connectors.transports import kafka_native
 from connectors.transports.kinesis.settings import KinesisConfigError, KinesisSettings
 from dataflows.settings import BookingSettings, MovieImpressionsSettings
 
@@ -17,6 +18,7 @@ BAD_KAFKA = {
     "KAFKA_SECURITY_PROTOCOL": "CARRIER_PIGEON",
     "KAFKA_PROPERTIES": "not a pair",
     "KAFKA_BATCH_SIZE": "lots",
+    "KAFKA_READER": "fastest",
 }
 BAD_KINESIS = {
     "KINESIS_STREAMS": " , ",
@@ -31,6 +33,29 @@ BAD_KINESIS = {
 def test_a_bad_kafka_setting_stops_a_kafka_run(job, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         job.from_env({name: value})
+
+
+def test_the_native_reader_where_it_is_not_built_is_one_line_naming_the_setting(monkeypatch) -> None:
+    monkeypatch.setattr("builtins.__import__", _without("waxstreams_native"))
+    monkeypatch.setattr(kafka_native, "_module", None)
+    monkeypatch.setattr(kafka_native, "_unavailable", None)
+    with pytest.raises(ConfigError) as refused:
+        MovieImpressionsSettings.from_env({"KAFKA_READER": "native"})
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith("KAFKA_READER=native: ") and "make install" in line
+    assert "unset KAFKA_READER" in line
+
+
+def _without(module: str):
+    real = __import__
+
+    def find(name, *args, **kwargs):
+        if name == module:
+            msg = f"No module named {module!r}"
+            raise ImportError(msg)
+        return real(name, *args, **kwargs)
+
+    return find
 
 
 @pytest.mark.parametrize("job", JOBS)
