@@ -25,11 +25,12 @@ $(VENV)/.installed: pyproject.toml
 NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 $(VENV)/.native: $(VENV)/.installed $(NATIVE_SOURCES)
 	@if command -v cargo >/dev/null; then \
-		rm -rf .cache/native-wheel \
-		&& $(VENV)/bin/maturin build --release --locked -q -m native/Cargo.toml -i $(PY) -o .cache/native-wheel \
+		rm -rf .cache/native-wheel && mkdir -p .cache \
+		&& $(VENV)/bin/maturin build --release --locked -m native/Cargo.toml -i $(PY) -o .cache/native-wheel \
+			> .cache/native-build.log 2>&1 \
 		&& $(PY) -m pip install -q --no-deps --force-reinstall .cache/native-wheel/waxstreams_native-*.whl \
 		&& touch $@ \
-		|| echo "the optional native Kafka reader did not build (above): the default reader is used"; \
+		|| echo "the optional native Kafka reader did not build (.cache/native-build.log): the default reader is used"; \
 	else echo "cargo not on PATH: the optional native Kafka reader is not built (the default reader is used)"; fi
 
 install: $(VENV)/.installed $(VENV)/.native ## Create .venv with the project and its dev tools (and the native reader if cargo is there)

@@ -30,6 +30,8 @@ from bench import bookings as bench_bookings
 from bench import kinesis as bench_kinesis
 from bench import resume as bench_resume
 from bench.steady import steady_rate
+from connectors.transports import kafka_native
+from connectors.transports.kafka_native import OFFSET_BEGINNING, NativePartitionReader
 from dataflows.skeleton import GC_THRESHOLDS
 from devstack.kafka import create_topics
 from devstack.processes import free_port
@@ -110,6 +112,7 @@ FETCH_SWEEP: dict[str, dict[str, int]] = {
 }
 
 
+NATIVE_READER = {"KAFKA_READER": "native"}
 CONSUME_SIZES = (10_000, 50_000)  # messages per consume() call; 50,000 is the jobs' KAFKA_BATCH_SIZE
 # One consumer for the topic, or one per partition polled in turn, as bytewax's
 # KafkaSource reads: each consumer is its own librdkafka instance, whose own thread
@@ -160,8 +163,29 @@ def _raw_consume(topic: str, config: dict | None, size: int, per_partition: bool
     return count / elapsed
 
 
+def native_consume(topic: str, config: dict, size: int) -> float:
+    """The native reader (KAFKA_READER=native) over the whole topic, a reader per partition, no work."""
+    settings = {"bootstrap.servers": BROKERS, "group.id": f"bench-{uuid.uuid4()}", "enable.partition.eof": True}
+    probe = Consumer(settings)
+    parts = sorted(probe.list_topics(topic, timeout=10).topics[topic].partitions)
+    probe.close()
+    readers = [NativePartitionReader({**settings, **config}, topic, p, OFFSET_BEGINNING) for p in parts]
+    started, count, reading = time.perf_counter(), 0, list(readers)
+    while reading:
+        for reader in list(reading):
+            batch = reader.read(size, 0.001)
+            count += len(batch)
+            if batch.reached_end:
+                reading.remove(reader)
+    elapsed = time.perf_counter() - started
+    for reader in readers:
+        reader.close()
+    return count / elapsed
+
+
 def raw_consume_ceilings(topic: str, runs: int) -> dict:
-    """Raw consume with librdkafka's defaults, and the best of the sweep (the ceiling)."""
+    """Raw consume with librdkafka's defaults, and the best of the sweep, confluent-kafka's and the
+    native reader's (when built): the ceiling is the fastest reader measured."""
     figures = {
         f"{name}, {size:,} per call, {layout}": statistics.median(
             raw_consume(topic, cfg, size, layout) for _ in range(runs)
@@ -170,6 +194,12 @@ def raw_consume_ceilings(topic: str, runs: int) -> dict:
         for size in CONSUME_SIZES
         for layout in LAYOUTS
     }
+    if kafka_native.unavailable() is None:
+        for name, cfg in FETCH_SWEEP.items():
+            for size in CONSUME_SIZES:
+                figures[f"{name}, {size:,} per call, native reader per partition"] = statistics.median(
+                    native_consume(topic, cfg, size) for _ in range(runs)
+                )
     best = max(figures, key=figures.__getitem__)
     return {
         "raw_consume_defaults": {"events_per_s": figures[f"defaults, {CONSUME_SIZES[0]:,} per call, {LAYOUTS[0]}"]},
@@ -415,6 +445,14 @@ def main() -> int:
             "events_per_s": steady_rate(half.events, small["seconds"], w.events, large),
             "from": f"{half.topic} ({small['seconds']:.1f} s) and {w.topic} ({large:.1f} s)",
         }
+        if kafka_native.unavailable() is None:
+            r["ours_1_worker_native"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic, env=NATIVE_READER))
+            small = median_of(args.runs, lambda half=half: run_job(flow, half.topic, env=NATIVE_READER))
+            large = r["ours_1_worker_native"]["seconds"]
+            r["ours_1_worker_native_steady"] = {
+                "events_per_s": steady_rate(half.events, small["seconds"], w.events, large),
+                "from": f"{half.topic} ({small['seconds']:.1f} s) and {w.topic} ({large:.1f} s)",
+            }
         r["ours_2_workers"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic, workers=2))
         r["ours_2_processes"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic, processes=2))
         results["workloads"][w.name] = r

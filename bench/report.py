@@ -30,6 +30,8 @@ LABELS = {
     "ours_1_worker": "**ours, 1 worker**",
     "ours_1_worker_0.1%_invalid": "ours, 1 worker, one record in 1,000 invalid",
     "ours_1_worker_steady": "ours, 1 worker, steady state",
+    "ours_1_worker_native": "ours, 1 worker, native reader (`KAFKA_READER=native`)",
+    "ours_1_worker_native_steady": "ours, 1 worker, native reader, steady state",
     "ours_2_workers": "ours, 2 workers (1 process)",
     "ours_2_processes": "ours, 2 processes",
 }
