@@ -130,14 +130,19 @@ def raw_consume(topic: str, config: dict | None = None, size: int = 10_000, layo
         gc.set_threshold(*before)
 
 
-def _raw_consume(topic: str, config: dict | None, size: int, per_partition: bool) -> float:
-    settings = {
-        "bootstrap.servers": BROKERS,
+def reader_settings(brokers: str, config: dict | None = None) -> dict:
+    """A whole-topic reader's consumer settings: a group of its own, the end reported, no commits."""
+    return {
+        "bootstrap.servers": brokers,
         "group.id": f"bench-{uuid.uuid4()}",
         "enable.partition.eof": True,
         "enable.auto.commit": False,
         **(config or {}),
     }
+
+
+def _raw_consume(topic: str, config: dict | None, size: int, per_partition: bool) -> float:
+    settings = reader_settings(BROKERS, config)
     probe = Consumer(settings)
     parts = [TopicPartition(topic, p, 0) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
     probe.close()
@@ -163,24 +168,31 @@ def _raw_consume(topic: str, config: dict | None, size: int, per_partition: bool
     return count / elapsed
 
 
-def native_consume(topic: str, config: dict, size: int) -> float:
-    """The native reader (KAFKA_READER=native) over the whole topic, a reader per partition, no work."""
-    settings = {"bootstrap.servers": BROKERS, "group.id": f"bench-{uuid.uuid4()}", "enable.partition.eof": True}
+def native_read_all(brokers: str, topic: str, config: dict, size: int) -> tuple[int, float, float]:
+    """(messages, wall s, main-thread CPU s): the native reader (KAFKA_READER=native) over the
+    whole topic, a reader per partition polled in turn, no work."""
+    settings = reader_settings(brokers, config)
     probe = Consumer(settings)
     parts = sorted(probe.list_topics(topic, timeout=10).topics[topic].partitions)
     probe.close()
-    readers = [NativePartitionReader({**settings, **config}, topic, p, OFFSET_BEGINNING) for p in parts]
-    started, count, reading = time.perf_counter(), 0, list(readers)
+    readers = [NativePartitionReader(settings, topic, p, OFFSET_BEGINNING) for p in parts]
+    count, reading = 0, list(readers)
+    wall, cpu = time.perf_counter(), time.thread_time()
     while reading:
         for reader in list(reading):
             batch = reader.read(size, 0.001)
             count += len(batch)
             if batch.reached_end:
                 reading.remove(reader)
-    elapsed = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
     for reader in readers:
         reader.close()
-    return count / elapsed
+    return count, wall, cpu
+
+
+def native_consume(topic: str, config: dict, size: int) -> float:
+    count, wall, _ = native_read_all(BROKERS, topic, config, size)
+    return count / wall
 
 
 def raw_consume_ceilings(topic: str, runs: int) -> dict:

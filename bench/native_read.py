@@ -18,13 +18,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 import bench.__main__ as bench
-from connectors.transports.kafka_native import OFFSET_BEGINNING, NativePartitionReader, unavailable
+from connectors.transports.kafka_native import OFFSET_BEGINNING, unavailable
 from dataflows.skeleton import GC_THRESHOLDS
 from devstack.kafka import KafkaBroker, create_topics
 from devstack.processes import free_port
@@ -34,13 +33,7 @@ FETCH = bench.FETCH_SWEEP["1 MB fetches, 400 K / 32 MiB queue (the jobs' default
 
 
 def _config(brokers: str) -> dict:
-    return {
-        "bootstrap.servers": brokers,
-        "group.id": f"bench-{uuid.uuid4()}",
-        "enable.partition.eof": True,
-        "enable.auto.commit": False,
-        **FETCH,
-    }
+    return bench.reader_settings(brokers, FETCH)
 
 
 def _partitions(brokers: str, topic: str) -> list[int]:
@@ -75,20 +68,7 @@ def read_confluent(brokers: str, topic: str, size: int) -> tuple[int, float, flo
 
 
 def read_native(brokers: str, topic: str, size: int) -> tuple[int, float, float]:
-    readers = [NativePartitionReader(_config(brokers), topic, p, OFFSET_BEGINNING) for p in _partitions(brokers, topic)]
-    count = 0
-    wall, cpu = time.perf_counter(), time.thread_time()
-    reading = list(readers)
-    while reading:
-        for reader in list(reading):
-            batch = reader.read(size, 0.001)
-            count += len(batch.values)
-            if batch.reached_end:
-                reading.remove(reader)
-    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-    for reader in readers:
-        reader.close()
-    return count, wall, cpu
+    return bench.native_read_all(brokers, topic, FETCH, size)
 
 
 def fill(brokers: str, events: int) -> str:
