@@ -55,7 +55,7 @@ from connectors.sinks.delta_table import (
     describe_delta_error,
 )
 from connectors.sinks.fence import CommitState, Fence
-from connectors.sinks.rows import ObjectRows, partition_names, stable_partition
+from connectors.sinks.rows import ObjectRows, in_unit_order, partition_names, stable_partition
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,11 @@ class _DeltaPartition(StatefulSinkPartition[ObjectRows, DeltaState]):
         if not self._buffer:
             return
         sink = self._sink
-        frame = pl.concat([r.select(sink.schema.names()).cast(sink.schema) for r in self._buffer])
+        ordered = in_unit_order(self._buffer, sink.unit_columns)
         self._buffer.clear()
+        if not ordered:
+            return
+        frame = pl.concat([r.select(sink.schema.names()).cast(sink.schema) for r in ordered])
         if self._fence:
             replayed = frame.select(sink.unit_columns).unique().rows()
             already = [u for u in replayed if not self._fence.passes(u)]

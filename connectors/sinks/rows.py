@@ -43,6 +43,16 @@ class ObjectRows:
             offset += count
 
 
+def in_unit_order(parts: list[pl.DataFrame], unit_columns: Iterable[str]) -> list[pl.DataFrame]:
+    """`parts` ordered by their first row's unit, the empty ones left out.
+
+    Each part holds whole units (a closed window's rows), each unit in one part only, so
+    this order is a function of the rows alone: a file's bytes do not depend on the order
+    in which windows closed (out-of-order input, worker count, a replay's epochs)."""
+    columns = list(unit_columns)
+    return sorted((part for part in parts if part.height), key=lambda part: part.select(columns).row(0))
+
+
 def stable_partition(key: str) -> int:
     """Stable across processes and runs, unlike hash() (salted per process)."""
     return zlib.crc32(key.encode())

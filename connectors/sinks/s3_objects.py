@@ -56,7 +56,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from prometheus_client import Counter
 
 from connectors.sinks.fence import LEGACY_NAMESPACE, CommitState  # legacy: manifests directly in `_sink/<partition>/`
-from connectors.sinks.rows import ObjectRows, partition_names, stable_partition
+from connectors.sinks.rows import ObjectRows, in_unit_order, partition_names, stable_partition
 from connectors.sinks.s3_client import NativePut, S3Location, S3SinkError, key_taken, with_retries
 from connectors.sinks.s3_manifests import ManifestLog, fence_of, manifest_body, units_of, visible_of
 
@@ -296,7 +296,10 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         fmt, schema = self._sink.fmt, self._sink.schema
         frames = {}
         for directory in sorted(batch):
-            parts = [r if r.schema == schema else r.select(schema.names()).cast(schema) for r in batch[directory]]
+            ordered = in_unit_order(batch[directory], self._sink.unit_columns)
+            parts = [r if r.schema == schema else r.select(schema.names()).cast(schema) for r in ordered]
+            if not parts:
+                continue
             frames[f"{directory}/{self._partition}-{seq:010d}-{self._writer}.{fmt}"] = (
                 parts[0] if len(parts) == 1 else pl.concat(parts)
             )

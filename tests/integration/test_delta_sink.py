@@ -273,3 +273,21 @@ def test_object_sink_state_in_the_store_is_refused_with_the_fix(location) -> Non
         DeltaSinkError, match=r"OUTPUT_FORMAT changed on a resumed run; switch formats with a new recovery"
     ):
         sink(location).build_part("out", "p00", 7)  # type: ignore[arg-type]  # a legacy object-sink state
+
+
+def test_a_files_rows_do_not_depend_on_the_order_its_windows_closed(s3, unique) -> None:
+    """Out-of-order input closes windows in another order: each data file holds the same rows in the same order."""
+    windows = [window("m1", w * 900_000, f"u{w}a", f"u{w}b") for w in (0, 1, 2, 3)]
+    files = []
+    for order in (windows, windows[::-1]):
+        s3.create_bucket(f"delta-{unique}-{len(files)}")
+        location = DeltaLocation(f"s3://delta-{unique}-{len(files)}/out", s3.endpoint_url, "us-east-1")
+        ensure_table(location, DELTA_SCHEMA, DELTA_PARTITION_BY)
+        part = sink(location).build_part("out", "p00", None)
+        part.write_batch(list(order))
+        part.snapshot()
+        (uri,) = location.open().file_uris()
+        file = pl.read_parquet(uri, storage_options=location.storage_options())
+        files.append(file.select("userId", "windowStart").rows())
+    assert files[0] == [(f"u{w}{x}", w * 900_000) for w in (0, 1, 2, 3) for x in "ab"]
+    assert files[1] == files[0]

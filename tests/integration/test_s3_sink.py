@@ -240,3 +240,23 @@ def test_a_refused_direct_put_is_one_clear_error(s3, sink) -> None:
     s3.client().delete_bucket(Bucket=sink.location.bucket)
     with pytest.raises(S3SinkError, match="the bucket does not exist: create it or fix S3_BUCKET"):
         part._call("write object", lambda: part._put_new("out/x.parquet", b"rows"))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_an_objects_bytes_do_not_depend_on_the_order_its_windows_closed(s3, unique, fmt: str) -> None:
+    """Out-of-order input closes a folder's windows in another order: the object is the same."""
+    client = s3.client()
+    windows = [rows("m1", f"u{w}", w + 1, window=w) for w in (0, 1, 2, 3)]
+    bodies = []
+    for order in (windows, windows[::-1]):
+        bucket = f"order-{unique}-{len(bodies)}"
+        s3.create_bucket(bucket)
+        sink = PartitionedS3Sink(S3Location(bucket, "out", s3.endpoint_url, "us-east-1"), OUTPUT_SCHEMA, fmt)
+        part = sink.build_part("s3_out", "p00", None)
+        part.write_batch(list(order))
+        part.close()
+        (key,) = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/2019")["Contents"]]
+        bodies.append(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        got = s3_objects.decode(bodies[-1], fmt, OUTPUT_SCHEMA).select("userId", "windowStart").rows()
+        assert got == [(f"u{w}", w * 900_000) for w in (0, 1, 2, 3)], "rows in window order"
+    assert bodies[0] == bodies[1]
