@@ -19,6 +19,35 @@ from connectors.recovery_store.resume_epoch import PartitionProgress
 log = logging.getLogger(__name__)
 
 
+def connect(file: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """Python's SQLite on a partition file, refused if this process already holds the file open.
+
+    bytewax links its own SQLite: a second SQLite library opening a live partition in the job's
+    process does not see the job's locks (POSIX locks are per process), and its close checkpoints
+    and deletes the WAL bytewax is still writing (SQLite's "How To Corrupt", 2.2). Such a file is
+    read in a child process, as the backups do (`backup_store.online_copy`)."""
+    if _open_in_this_process(file):
+        msg = f"{file} is open in this process (by bytewax): read a live partition from a child process (a bug)"
+        raise RecoveryStoreError(msg)
+    if read_only:
+        return sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+    return sqlite3.connect(file, timeout=60)
+
+
+def _open_in_this_process(file: Path) -> bool:
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():  # not Linux: nothing to check with
+        return False
+    target = str(file.resolve())
+    for fd in fds.iterdir():
+        try:
+            if os.readlink(fd) == target:
+                return True
+        except OSError:  # closed while listed (the listing's own descriptor among them)
+            continue
+    return False
+
+
 def check_store(directory: Path) -> list[tuple[int, int]]:
     """The (part_index, part_count) of every partition file; one-line errors for a wrong `-r`."""
     where = f"recovery directory {directory} (-r / BYTEWAX_RECOVERY_DIRECTORY)"
@@ -36,7 +65,7 @@ def check_store(directory: Path) -> list[tuple[int, int]]:
     for file in files:
         try:
             # Read-only: a check must not turn a stray file into an empty database.
-            with closing(sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+            with closing(connect(file, read_only=True)) as db:
                 missing = engine.missing_recovery_columns(db)
                 if missing:
                     msg = f"missing tables or columns {', '.join(f'{t}.{sorted(c)}' for t, c in missing.items())}"
@@ -57,7 +86,7 @@ def check_store(directory: Path) -> list[tuple[int, int]]:
 def is_fresh(directory: Path) -> bool:
     """No execution and no snapshot recorded: nothing has ever run from this store."""
     for file in directory.glob("*.sqlite3"):
-        with closing(sqlite3.connect(file, timeout=60)) as db:
+        with closing(connect(file)) as db:
             if engine.has_history(db):
                 return False
     return True
@@ -104,7 +133,7 @@ def read_progress(directory: Path) -> list[PartitionProgress]:
     """The progress every partition file in `directory` records."""
     progress = []
     for file in sorted(directory.glob("*.sqlite3")):  # what bytewax opens as partitions
-        with closing(sqlite3.connect(file, timeout=60)) as db:
+        with closing(connect(file)) as db:
             exs, fronts = tuple(sorted(engine.executions(db))), tuple(sorted(engine.all_frontiers(db)))
             progress += [PartitionProgress(index, count, exs, fronts) for index, count in engine.store_parts(db)]
     return progress
@@ -114,7 +143,7 @@ def drop_snapshots_from(directory: Path, epoch: int) -> int:
     """Delete the snapshots at or past `epoch` in every partition of `directory`; returns how many."""
     dropped = 0
     for file in sorted(directory.glob("*.sqlite3")):
-        with closing(sqlite3.connect(file, timeout=60)) as db, db:
+        with closing(connect(file)) as db, db:
             dropped += engine.delete_snapshots_from(db, epoch)
     if dropped:
         log.info("recovery store %s: dropped %d snapshots of epochs >= %d left by a crash", directory, dropped, epoch)

@@ -12,7 +12,7 @@ import pytest
 
 from connectors.recovery_store.errors import RecoveryStoreError
 from connectors.recovery_store.namespace import NAMESPACE_FILE, store_namespace
-from connectors.recovery_store.partition_files import check_store, init_store
+from connectors.recovery_store.partition_files import check_store, init_store, is_fresh, read_progress
 from connectors.recovery_store.resume import prepare_resume
 from connectors.recovery_store.state_settings import RECORDED_LATER, SHAPE_FILE, check_state_settings
 from dataflows.settings import MovieImpressionsSettings
@@ -147,3 +147,15 @@ def test_a_pod_whose_only_record_is_a_crashed_first_epoch_resumes_rather_than_st
         db.execute("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES ('s', 'k', 1, NULL)")
     resume = prepare_resume(["x:flow", "-r", str(store)], {})
     assert not resume.fresh
+
+
+def test_a_partition_this_process_holds_open_is_never_opened_by_pythons_sqlite(tmp_path: Path) -> None:
+    """A live partition (held open, as bytewax holds it in the job's process) is refused in one line."""
+    store = tmp_path / "store"
+    init_store(store, 1)
+    assert is_fresh(store) and len(read_progress(store)) == 1  # a store nobody holds reads as before
+    with open(store / "part-0.sqlite3", "rb"):
+        for read in (check_store, is_fresh, read_progress):
+            with pytest.raises(RecoveryStoreError, match="open in this process"):
+                read(store)
+    assert is_fresh(store)
