@@ -21,7 +21,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 BEGIN = "<!-- bench-results:begin (python -m bench.report writes this part) -->"
 END = "<!-- bench-results:end -->"
 
-# bench/__main__.py's names for its configurations; a name not listed is shown as it is.
+# make bench's names for its configurations (bench/__main__.py); a name not listed is shown as it is.
 LABELS = {
     "raw_consume_defaults": "raw consume, librdkafka's defaults, one consumer",
     "raw_consume": "**raw consume, best of the sweep: the ceiling**",
