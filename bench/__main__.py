@@ -19,10 +19,12 @@ from pathlib import Path
 
 from bench import backups as bench_backups
 from bench import bookings as bench_bookings
+from bench import breakdown as bench_breakdown
 from bench import kinesis as bench_kinesis
 from bench import resume as bench_resume
 from bench.ceiling import polars_ceiling, raw_consume_ceilings, read_all
 from bench.job import FLOW, NATIVE_READER, latency, run_job
+from bench.report import breakdown_section
 from bench.stack import BUCKET, S3, Workload, load, median_of
 from bench.steady import steady_rate
 from connectors.transports import kafka_native
@@ -54,7 +56,7 @@ def main() -> int:
     halves = {w.name: replace(w, name=f"{w.name}-2h", events=w.events // 2, hours=w.hours // 2) for w in workloads}
     # The high workload with one record in 1,000 invalid: bad records must cost only themselves.
     dirty = replace(workloads[0], name="high-dirty", invalid_fraction=0.001)
-    for w in [*workloads, baseline, *halves.values(), dirty]:
+    for w in [*workloads, baseline, *halves.values(), dirty, bench_breakdown.STARTUP]:
         load(w)
 
     flow = FLOW
@@ -90,6 +92,9 @@ def main() -> int:
                 "events_per_s": steady_rate(half.events, small["seconds"], w.events, large),
                 "from": f"{half.topic} ({small['seconds']:.1f} s) and {w.topic} ({large:.1f} s)",
             }
+        # Where the time goes, per event: against the job's runs above.
+        jobs = {"confluent": r["ours_1_worker"], "native": r.get("ours_1_worker_native")}
+        r["breakdown"] = bench_breakdown.measure(w, args.runs, jobs)
         r["ours_2_workers"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic, workers=2))
         r["ours_2_processes"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic, processes=2))
         results["workloads"][w.name] = r
@@ -133,6 +138,7 @@ def print_table(results: dict) -> None:
                 f"| {m['events_per_s'] / base if base else float('nan'):.1f} | {m.get('peak_mb', float('nan')):.0f} |"
             )
         print(f"2 processes / 1 process: {r['ours_2_processes']['events_per_s'] / ours:.2f}\n")
+        print("\n".join([*breakdown_section(r["breakdown"]), ""]))
     kin = results["kinesis"]
     ceiling = kin["raw_get_records"]["events_per_s"]
     ours_k = kin["ours_1_worker"]["events_per_s"]

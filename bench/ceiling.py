@@ -21,9 +21,10 @@ from dataflows.skeleton import GC_THRESHOLDS
 # The ceiling is the best of these (librdkafka's defaults fetch little at a time). Each
 # runs with the job's garbage-collector tuning and with the job's consume size too
 # (`CONSUME_SIZES`), so nothing the job gains from either flatters it against the ceiling.
+JOBS_FETCH_NAME = "1 MB fetches, 400 K / 32 MiB queue (the jobs' defaults)"
 FETCH_SWEEP: dict[str, dict[str, int]] = {
     "defaults": {},
-    "1 MB fetches, 400 K / 32 MiB queue (the jobs' defaults)": {
+    JOBS_FETCH_NAME: {
         "fetch.min.bytes": 1_000_000,
         "fetch.wait.max.ms": 100,
         "max.partition.fetch.bytes": 10_000_000,

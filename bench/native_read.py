@@ -22,7 +22,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from bench.ceiling import FETCH_SWEEP, native_read_all, reader_settings
+from bench.ceiling import FETCH_SWEEP, JOBS_FETCH_NAME, native_read_all, reader_settings
 from bench.stack import BROKERS, ROOT, Workload
 from connectors.transports.kafka_native import OFFSET_BEGINNING, unavailable
 from dataflows.skeleton import GC_THRESHOLDS
@@ -30,7 +30,7 @@ from devstack.kafka import KafkaBroker, create_topics
 from devstack.processes import free_port
 from producers.movie_impressions import generate, produce
 
-FETCH = FETCH_SWEEP["1 MB fetches, 400 K / 32 MiB queue (the jobs' defaults)"]
+FETCH = FETCH_SWEEP[JOBS_FETCH_NAME]
 
 
 def _config(brokers: str) -> dict:
