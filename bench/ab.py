@@ -5,7 +5,7 @@
     python -m bench.ab --a .cache/base --topic bench-high-2h-500000 --topic bench-high-1000000  # + steady state
     python -m bench.ab --a . --b-env KAFKA_READER=native --topic bench-high-2000000  # one checkout, two settings
 
-Each run is `make bench`'s (bench/__main__.run_job: bounded, exactly-once into the local
+Each run is `make bench`'s (bench/job.run_job: bounded, exactly-once into the local
 S3, start-up included) with the working directory at that checkout, so `-m bytewax.run`
 imports its code. Interleaving spreads what else the machine does over both sides. With
 two topics (a topic's first half in event time, then the topic), each side's steady state
@@ -20,7 +20,8 @@ import statistics
 import sys
 from pathlib import Path
 
-import bench.__main__ as bench
+from bench.job import FLOW, run_job
+from bench.stack import BUCKET, ROOT, S3, topic_size
 from bench.steady import report
 from devstack.s3 import LOCAL_CREDENTIALS, create_bucket
 
@@ -28,7 +29,7 @@ from devstack.s3 import LOCAL_CREDENTIALS, create_bucket
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
     parser.add_argument("--a", required=True, help="the other checkout (e.g. the old code)")
-    parser.add_argument("--b", default=str(bench.ROOT), help="default: this checkout")
+    parser.add_argument("--b", default=str(ROOT), help="default: this checkout")
     parser.add_argument("--a-env", action="append", default=[], metavar="NAME=VALUE", help="a setting for A's runs")
     parser.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE", help="a setting for B's runs")
     parser.add_argument("--topic", required=True, action="append", help="repeat for more topics")
@@ -36,15 +37,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     os.environ.update(LOCAL_CREDENTIALS)
-    create_bucket(bench.S3, bench.BUCKET)
+    create_bucket(S3, BUCKET)
     sides = {"A": Path(args.a).resolve(), "B": Path(args.b).resolve()}
     envs = {"A": dict(e.split("=", 1) for e in args.a_env), "B": dict(e.split("=", 1) for e in args.b_env)}
     results: dict[tuple[str, str], list[dict]] = {(side, topic): [] for side in sides for topic in args.topic}
     for i in range(args.runs):
         for topic in args.topic:
             for side, root in sides.items():
-                bench.ROOT = root  # run_job's working directory: whose code runs
-                r = bench.run_job("dataflows.movie_impressions:flow", topic, workers=args.workers, env=envs[side])
+                r = run_job(FLOW, topic, workers=args.workers, env=envs[side], root=root)  # root: whose code runs
                 results[side, topic].append(r)
                 print(
                     f"run {i + 1} {side} {topic}: {r['events_per_s']:,.0f} events/s, {r['seconds']:.1f} s, "
@@ -64,7 +64,7 @@ def main() -> int:
                 f"job CPU median {cpu:.1f} s = {runs[0]['impressions_out'] / cpu:,.0f} events per CPU second"
             )
         if len(args.topic) == 2:
-            small, large = ((bench.topic_size(t), seconds[t]) for t in args.topic)
+            small, large = ((topic_size(t), seconds[t]) for t in args.topic)
             print(report(f"{side} ({root})", small, large))
     return 0
 

@@ -2,7 +2,7 @@
 
     python -m bench.backups --events 200000 --runs 1
 
-`make bench` runs it on its `high` topic. The job runs as bench/__main__.py runs it
+`make bench` runs it on its `high` topic. The job runs as bench/job.py runs it
 (bounded, 1 worker, exactly-once into S3) with backups off and at each of INTERVALS, in
 one session, the order rotated from run to run so that drift on a shared machine favours
 no configuration; figures are medians, and the throughput ratio is the median of each
@@ -140,8 +140,8 @@ def one_run(config: str, topic: str, run_job: Callable[..., dict]) -> dict:
 
 
 def compare(topic: str, events: int, runs: int) -> dict:
-    """Backups off and at each interval, interleaved; bench/__main__.py's job runs."""
-    from bench.__main__ import run_job
+    """Backups off and at each interval, interleaved; bench/job.py's job runs."""
+    from bench.job import run_job
 
     configs = [OFF, *(label(i) for i in INTERVALS)]
     by_config: dict[str, list[dict]] = {c: [] for c in configs}
@@ -159,7 +159,7 @@ def print_table(r: dict) -> None:
 
 
 def main() -> int:
-    from bench.__main__ import Workload, load
+    from bench.stack import Workload, load
 
     parser = argparse.ArgumentParser(prog="python -m bench.backups", description=__doc__)
     parser.add_argument("--events", type=int, default=2_000_000, help="the size of make bench's `high` workload")

@@ -37,7 +37,7 @@ def topics(bookings: int) -> tuple[str, str]:
 
 def load(bookings: int) -> int:
     """Produce the workload once (later runs reuse it); the number of input messages."""
-    from bench.__main__ import topic_size
+    from bench.stack import topic_size
 
     created, events = topics(bookings)
     messages = generate_bookings(BookingTraffic(count=bookings, step_ms=50, invalid_fraction=0.001, seed=3))

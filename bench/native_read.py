@@ -22,18 +22,19 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-import bench.__main__ as bench
+from bench.ceiling import FETCH_SWEEP, JOBS_FETCH_NAME, native_read_all, reader_settings
+from bench.stack import BROKERS, ROOT, Workload
 from connectors.transports.kafka_native import OFFSET_BEGINNING, unavailable
 from dataflows.skeleton import GC_THRESHOLDS
 from devstack.kafka import KafkaBroker, create_topics
 from devstack.processes import free_port
 from producers.movie_impressions import generate, produce
 
-FETCH = bench.FETCH_SWEEP["1 MB fetches, 400 K / 32 MiB queue (the jobs' defaults)"]
+FETCH = FETCH_SWEEP[JOBS_FETCH_NAME]
 
 
 def _config(brokers: str) -> dict:
-    return bench.reader_settings(brokers, FETCH)
+    return reader_settings(brokers, FETCH)
 
 
 def _partitions(brokers: str, topic: str) -> list[int]:
@@ -68,11 +69,11 @@ def read_confluent(brokers: str, topic: str, size: int) -> tuple[int, float, flo
 
 
 def read_native(brokers: str, topic: str, size: int) -> tuple[int, float, float]:
-    return bench.native_read_all(brokers, topic, FETCH, size)
+    return native_read_all(brokers, topic, FETCH, size)
 
 
 def fill(brokers: str, events: int) -> str:
-    workload = bench.Workload("high", events, 200, 5_000)
+    workload = Workload("high", events, 200, 5_000)
     create_topics(brokers, [workload.topic], partitions=2)
     print(f"loading {events:,} events into {workload.topic} ...", file=sys.stderr, flush=True)
     produce(generate(workload.shape()), brokers, workload.topic)
@@ -82,7 +83,7 @@ def fill(brokers: str, events: int) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.native_read", description=__doc__)
     parser.add_argument("--topic", help="an existing topic (default: the bench's high workload of --events)")
-    parser.add_argument("--brokers", default=bench.BROKERS)
+    parser.add_argument("--brokers", default=BROKERS)
     parser.add_argument("--own-broker", action="store_true", help="start a broker of its own and fill the topic")
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--size", type=int, default=50_000, help="messages per call (the jobs' KAFKA_BATCH_SIZE)")
@@ -97,7 +98,7 @@ def main() -> int:
     try:
         if args.own_broker:
             data = Path(tempfile.mkdtemp(prefix="native-read-"))
-            broker = KafkaBroker(free_port(), free_port(), data, bench.ROOT / ".cache", heap="1g")
+            broker = KafkaBroker(free_port(), free_port(), data, ROOT / ".cache", heap="1g")
             broker.start()
             args.brokers = broker.bootstrap
         topic = args.topic or fill(args.brokers, args.events)

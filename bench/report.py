@@ -21,7 +21,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 BEGIN = "<!-- bench-results:begin (python -m bench.report writes this part) -->"
 END = "<!-- bench-results:end -->"
 
-# bench/__main__.py's names for its configurations; a name not listed is shown as it is.
+# make bench's names for its configurations (bench/__main__.py); a name not listed is shown as it is.
 LABELS = {
     "raw_consume_defaults": "raw consume, librdkafka's defaults, one consumer",
     "raw_consume": "**raw consume, best of the sweep: the ceiling**",
@@ -35,6 +35,18 @@ LABELS = {
     "ours_2_workers": "ours, 2 workers (1 process)",
     "ours_2_processes": "ours, 2 processes",
 }
+# bench/breakdown.py's parts, in the table's order.
+BREAKDOWN_ROWS = {
+    "read": "read: the job's read loop, a reader per partition",
+    "step": "step: decode, lateness, pre-aggregation, window fold",
+    "close": "close: closing windows into rows",
+    "sink": "sink: Parquet encoding, manifests, PUTs into the local S3",
+    "startup": "start-up and shut-down (a 1,000-event run)",
+    "parts": "sum of the parts",
+    "job": "**the job, end to end**",
+    "other": "engine/other: the job minus the parts",
+}
+READERS = {"confluent": "confluent-kafka", "native": "native reader"}
 BOOKING_SIDES = {
     "exactly_once_outputs": "exactly-once outputs (this checkout)",
     "flush_per_batch_outputs": "flush after every batch, at-least-once (`FLUSH_PER_BATCH` commit)",
@@ -73,11 +85,32 @@ def _workload(name: str, figures: dict[str, Any]) -> list[str]:
     steady = figures.get("ours_1_worker_steady", {}).get("from")
     if steady:
         lines += ["", f"Steady state from {steady}."]
+    if "breakdown" in figures:
+        lines += ["", *breakdown_section(figures["breakdown"])]
     sweep = figures.get("raw_consume", {}).get("sweep")
     if sweep:
         lines += ["", "| raw consume sweep (fetch settings, messages per call, layout) | events/s |", "|---|---:|"]
         lines += [f"| {setting} | {_rate(rate)} |" for setting, rate in sweep.items()]
     return [*lines, ""]
+
+
+def breakdown_section(b: dict[str, Any]) -> list[str]:
+    """bench/breakdown.py's figures: µs per event by part, for each reader measured."""
+    readers = list(b["readers"])
+    lines = [
+        f"Per event, µs, over {b['events']:,} events, 1 worker (`python -m bench.breakdown`); wall: the part run "
+        "alone; CPU: all of the process's threads, as job CPU s (it adds up across threads: in the job the parts "
+        "overlap in wall time, so there the remainder can be negative).",
+        "",
+        "| part | " + " | ".join(f"{READERS.get(r, r)}, wall | CPU" for r in readers) + " |",
+        "|---|" + "---:|---:|" * len(readers),
+    ]
+    for part, label in BREAKDOWN_ROWS.items():
+        cells = " | ".join(
+            f"{_num(b['readers'][r][part]['wall_us'], 2)} | {_num(b['readers'][r][part]['cpu_us'], 2)}" for r in readers
+        )
+        lines.append(f"| {label} | {cells} |")
+    return lines
 
 
 def _kinesis(k: dict[str, Any]) -> list[str]:
