@@ -15,6 +15,7 @@ RESULTS = Path(os.environ.get("CHAOS_RESULTS", ".cache/chaos.jsonl"))
 COLUMNS = (
     "output",
     "sequences",
+    "native reader",
     "crashes",
     "frontier kills",
     "stalls",

@@ -31,6 +31,7 @@ import pytest
 
 from connectors.recovery_store.partition_files import read_progress
 from connectors.recovery_store.resume_epoch import resume_epoch_of
+from connectors.transports import kafka_native
 from devstack.processes import free_port
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
@@ -45,6 +46,8 @@ MINUTES = float(os.environ.get("CHAOS_MINUTES", "20"))
 RESULTS = Path(os.environ.get("CHAOS_RESULTS", ".cache/chaos.jsonl"))
 FAILED_LOGS = Path(".cache/chaos-failures")
 LAYOUTS = ("1 worker", "2 workers", "2 processes")
+# The Kafka reader of a sequence's job (KAFKA_READER): the native one too, when it is built.
+READERS = ("confluent", "native") if kafka_native.unavailable() is None else ("confluent",)
 
 
 def share_s() -> float:
@@ -111,6 +114,7 @@ class Plan:
         self.rng = random.Random(seed)
         self.attempts = self.rng.randint(1, 3)
         self.layout = self.rng.choice(LAYOUTS)
+        self.reader = self.rng.choice(READERS)
 
     def attempt(self) -> list[tuple[str, float]]:
         """(action, seconds to wait before it), ending in a kill."""
@@ -128,7 +132,8 @@ class Plan:
 
 class Stats:
     def __init__(self, output: str) -> None:
-        self.row = {"output": output, "sequences": 0, "crashes": 0, "frontier kills": 0, "stalls": 0, "outages": 0}
+        self.row = {"output": output, "sequences": 0, "native reader": 0, "crashes": 0, "frontier kills": 0}
+        self.row |= {"stalls": 0, "outages": 0}
         self.row |= {"records": 0, "lost": 0, "doubled": 0, "failures": 0}
 
     def write(self, **fields: Any) -> None:
@@ -277,6 +282,8 @@ def impressions_sequence(kafka, s3, output_format: str) -> Callable[[Plan, Stats
     def one(plan: Plan, stats: Stats, tmp: Path) -> None:
         run = ImpressionsRun(kafka, s3, tmp, output_format=output_format)
         run.env["KAFKA_BATCH_SIZE"] = "200"
+        run.env["KAFKA_READER"] = plan.reader
+        stats.row["native reader"] += plan.reader == "native"
         events = traffic(1_500 * (plan.attempts + 1), seed=plan.rng.randrange(1 << 30))
         chunks = [events[i * 1_500 : (i + 1) * 1_500] for i in range(plan.attempts + 1)]
         run.produce(chunks[0])
@@ -376,7 +383,8 @@ def bookings_sequence(kafka, kinesis_env: Callable[[], dict[str, str]] | None, k
         per = len(messages) // (plan.attempts + 1) + 1
         chunks = [messages[i * per : (i + 1) * per] for i in range(plan.attempts + 1)]
         if kinesis_env is None:
-            env = booking_kafka_env(kafka)
+            env = {**booking_kafka_env(kafka), "KAFKA_READER": plan.reader}
+            stats.row["native reader"] += plan.reader == "native"
             read_output = lambda name: read_topic(kafka.bootstrap, name)  # noqa: E731
             server_pid = kafka._process.pid if kafka._process else None
 
