@@ -49,8 +49,16 @@ class KafkaPartitionInternals:
     def next_offset(self, offset: int) -> None:
         self.part._offset = offset
 
+    @property
+    def topic(self) -> str:
+        return self.part._topic
+
+    @property
+    def partition(self) -> int:
+        return self.part._part_idx
+
     def topic_partition(self, offset: int | None = None) -> TopicPartition:
-        tp = TopicPartition(self.part._topic, self.part._part_idx)
+        tp = TopicPartition(self.topic, self.partition)
         if offset is not None:
             tp.offset = offset
         return tp

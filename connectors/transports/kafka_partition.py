@@ -62,8 +62,6 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
         self._progress = progress
         self._internals = KafkaPartitionInternals(kafka_part)
         self._part_id = part_id
-        index, _, self._topic = part_id.partition("-")
-        self._partition = int(index)
         self._step = step
         self._state = state
         self._commit_offsets = commit_offsets
@@ -117,7 +115,7 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
             part.mark_end()
         if not len(offsets):
             return None
-        return RecordBatch(self._topic, self._partition, values, offsets, keys)
+        return RecordBatch(part.topic, part.partition, values, offsets, keys)
 
     def next_awake(self) -> datetime | None:
         return self._awake
