@@ -23,10 +23,8 @@ The protocol (connectors/sinks/fence.py, docs/architecture.md "Exactly-once"):
   refused at write or commit time (the broker unreachable past message.timeout.ms,
   fenced by a newer producer, not authorised, no transactions) stops the job with one
   line (logged, then raised); the restart replays from the last stored snapshot;
-- a transaction that goes abortable (the coordinator forgot a transactional id idle past the
-  brokers' transactional.id.expiration.ms) is aborted and the epoch written again, manifest
-  included, in a new one, from a copy of its records (kafka_tx_retry.py: bounded attempts,
-  an epoch over 64 MB is not kept and stops the job as above).
+- a transaction that goes abortable (its transactional id idle past transactional.id.expiration.ms)
+  is aborted and its epoch written again in a new one (kafka_tx_retry.py).
 
 What readers must set: `isolation.level=read_committed` (Java `isolation.level`,
 librdkafka `isolation.level`, the default in librdkafka clients but NOT in Java's).
@@ -77,7 +75,7 @@ from connectors.transports.kafka_control import (
     topic_max_message_bytes,
     transactional_id,
 )
-from connectors.transports.kafka_tx_retry import Abortable, EpochCopy, abortable, worse
+from connectors.transports.kafka_tx_retry import Abortable, EpochCopy, abort, abortable, guarded, rewrite_line, worse
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +120,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         self._passed: set[str] = set()  # fenced units the replay reached this epoch
         self._failure: KafkaError | None = None  # the worst seen in this transaction
         self._copy = EpochCopy()  # this transaction's records, to write again if it goes abortable
+        self._stopped: str | None = None
         self._manifest_end: int | None = None
         self._warned_long_epoch = False
         self._producer = Producer(
@@ -198,6 +197,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
 
     def _fail(self, line: str) -> NoReturn:
         log.error("%s", line)  # bytewax may abort without a word if snapshot() and close() both raise
+        self._stopped = line  # an aborted epoch is never followed by a snapshot
         raise KafkaSinkError(line)
 
     def _refused(self, error: KafkaError, when: str) -> NoReturn:
@@ -233,7 +233,9 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
             self._refused(self._failure, "delivering records")
 
     def write_batch(self, values: list[OutputRecord]) -> None:
-        self._guarded(lambda: self._serve(0))
+        if self._stopped is not None:
+            raise KafkaSinkError(self._stopped)
+        guarded(lambda: self._serve(0), self._rewrite)
         fenced = {record.unit for record in values if record.unit in self._fence} if self._fence else set()
         if fenced:
             self._fence.passed(fenced)
@@ -257,7 +259,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
             self._begin()
         self._units.update(dict.fromkeys(record.unit for record in fresh))
         self._copy.keep((record.value, record.key) for record in fresh)
-        self._guarded(lambda: self._write(fresh))
+        guarded(lambda: self._write(fresh), self._rewrite)
 
     def _write(self, fresh: list[OutputRecord]) -> None:
         for record in fresh:
@@ -268,66 +270,29 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         self._call("beginning a transaction", self._producer.begin_transaction)
         self._in_txn, self._txn_started = True, time.monotonic()
 
-    def _guarded(self, step: Callable[[], None]) -> None:
-        """`step`; if it finds the open transaction abortable, the epoch is written again in a new one."""
-        try:
-            step()
-            return
-        except Abortable as exc:
-            refused = exc
-        while True:
-            try:
-                self._rewrite(refused)
-                return
-            except Abortable as exc:
-                refused = exc
-
     def _rewrite(self, refused: Abortable) -> None:
         """Aborts the open transaction and writes the epoch's records again in a new one; stops the
         job if the abort reveals a worse error, the records were not kept or the attempts are spent."""
-        aborted = self._abort()  # serves the delivery reports of its records
-        failure = self._failure or refused.error
-        if not aborted or not abortable(failure):
+        error = abort(self._producer, self._sink.start_timeout_s)  # serves its records' delivery reports
+        self._in_txn = False
+        failure = self._note(error) if error is not None else self._failure or refused.error
+        if error is not None or not abortable(failure):
             self._fail(refusal(self._topic, self._txid, failure, refused.when))
-        if not self._copy.next_attempt():
+        if not self._copy.next_attempt() or self._copy.records is None:
             self._fail(refusal(self._topic, self._txid, failure, f"{refused.when} ({self._copy.why_not()})"))
-        assert self._copy.records is not None
-        log.warning(
-            "Kafka output topic %s, sink partition %s: its transaction went abortable while %s (%s): aborted, "
-            "writing the epoch's %d record(s) again in a new one (attempt %d); a transactional id idle longer "
-            "than the brokers' transactional.id.expiration.ms is refused once like this",
-            self._topic,
-            self._part,
-            refused.when,
-            failure.str(),
-            len(self._copy.records),
-            self._copy.attempt,
-        )
+        log.warning("%s", rewrite_line(self._topic, self._part, refused.when, failure, self._copy))
         self._failure, self._manifest_end = None, None
         self._begin()
         for value, key in self._copy.records:
             self._produce(self._topic, value, key, "producing")
         self._serve(0)
 
-    def _abort(self) -> bool:
-        """Aborts the open transaction; False (the error noted) if the producer cannot."""
-        deadline = time.monotonic() + self._txn_timeout_s + 30
-        while True:
-            try:
-                self._producer.abort_transaction(max(1.0, deadline - time.monotonic()))
-                self._in_txn = False
-                return True
-            except KafkaException as exc:
-                error = error_of(exc)
-                if error.retriable() and time.monotonic() < deadline:
-                    continue
-                self._note(error)
-                return False
-
     def _commit(self) -> None:
         """Manifest and commit of the open transaction, if any; written again if it goes abortable."""
+        if self._stopped is not None:
+            raise KafkaSinkError(self._stopped)
         while self._in_txn:
-            self._guarded(self._finish)
+            guarded(self._finish, self._rewrite)
 
     def _finish(self) -> None:
         self._manifest_end = None
@@ -348,7 +313,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
                 failure = self._note(error)
                 if not abortable(failure) and error.txn_requires_abort():
                     # Frees the broker's partitions for readers now, not at the transaction timeout.
-                    self._abort()
+                    abort(self._producer, 10)
                 self._refused(failure, "committing the epoch")
         if self._manifest_end is None:  # the commit succeeded, so did the manifest: its report is in
             self._fail(f"Kafka output topic {self._topic}: the manifest's delivery report is missing (a bug)")

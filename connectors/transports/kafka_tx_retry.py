@@ -19,9 +19,12 @@ broker refused (timed out, too large) is never retried: it stops the job.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from connectors.transports.kafka_control import error_of
 
 EPOCH_WRITE_ATTEMPTS = 3
 KEPT_EPOCH_BYTES = 64 * 1024 * 1024  # the copy of one transaction's records (the values stay shared, not copied)
@@ -44,6 +47,22 @@ class Abortable(Exception):
         self.when = when
 
 
+def guarded(step: Callable[[], None], rewrite: Callable[[Abortable], None]) -> None:
+    """`step`, then, while it or a rewrite finds the open transaction abortable, `rewrite` (which
+    aborts it and writes the epoch again, or stops the job when it may not)."""
+    try:
+        step()
+        return
+    except Abortable as exc:
+        refused = exc
+    while True:
+        try:
+            rewrite(refused)
+            return
+        except Abortable as exc:
+            refused = exc
+
+
 def abortable(error: KafkaError) -> bool:
     """Whether a transaction refused with `error` may be aborted and written again."""
     return not error.fatal() and (error.txn_requires_abort() or error.code() in _ABORTABLE_CODES)
@@ -63,7 +82,7 @@ class EpochCopy:
 
     def __init__(self, limit_bytes: int = KEPT_EPOCH_BYTES, attempts: int = EPOCH_WRITE_ATTEMPTS) -> None:
         self._limit = limit_bytes
-        self._attempts = attempts
+        self.attempts = attempts
         self.records: list[tuple[bytes, bytes]] | None = []  # None: over the limit, not kept
         self._bytes = 0
         self.attempt = 1
@@ -80,7 +99,7 @@ class EpochCopy:
 
     def next_attempt(self) -> bool:
         """Whether the epoch may be written again (its records kept, attempts left); counts the attempt."""
-        if self.records is None or self.attempt >= self._attempts:
+        if self.records is None or self.attempt >= self.attempts:
             return False
         self.attempt += 1
         return True
@@ -96,3 +115,27 @@ class EpochCopy:
         self.records = []
         self._bytes = 0
         self.attempt = 1
+
+
+def rewrite_line(topic: str, part: str, when: str, error: KafkaError, copy: EpochCopy) -> str:
+    """The warning for an epoch written again."""
+    return (
+        f"Kafka output topic {topic}, sink partition {part}: its transaction went abortable while {when} "
+        f"({error.str()}): aborted, writing the epoch's {len(copy.records or ())} record(s) again in a new one "
+        f"(attempt {copy.attempt} of {copy.attempts}); the brokers forget a transactional id idle longer than "
+        "their transactional.id.expiration.ms and refuse its next transaction once like this"
+    )
+
+
+def abort(producer: Producer, timeout_s: float) -> KafkaError | None:
+    """Aborts the producer's open transaction, serving its records' delivery reports: None, or
+    the error that stopped it (retriable ones are tried again for up to `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            producer.abort_transaction(max(1.0, deadline - time.monotonic()))
+            return None
+        except KafkaException as exc:
+            error = error_of(exc)
+            if not error.retriable() or time.monotonic() >= deadline:
+                return error

@@ -31,6 +31,7 @@ from connectors.transports.kafka import KafkaTransport
 from connectors.transports.kafka_control import RECORD_OVERHEAD_BYTES, KafkaSinkError, control_topic
 from connectors.transports.kafka_sink import KafkaTxSink
 from connectors.transports.kafka_start_position import StartPosition
+from connectors.transports.kafka_tx_retry import EpochCopy
 from devstack.kafka import KafkaBroker
 from devstack.processes import free_port
 from tests.support.data import make_topics
@@ -352,9 +353,11 @@ TXN_ID_EXPIRY = {
 }
 
 
-@pytest.fixture
-def forgetful_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(free_port(), free_port(), tmp_path / "kafka", ROOT / ".cache", extra_settings=TXN_ID_EXPIRY)
+@pytest.fixture(scope="module")
+def forgetful_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """Its tests use job names of their own: the same transactional id would fence the other's producer."""
+    data = tmp_path_factory.mktemp("kafka")
+    broker = KafkaBroker(free_port(), free_port(), data, ROOT / ".cache", extra_settings=TXN_ID_EXPIRY)
     broker.start()
     yield broker
     gc.collect()  # the partitions' producers go while it still answers
@@ -390,7 +393,7 @@ def test_an_output_idle_past_the_brokers_transactional_id_expiry_writes_its_epoc
     kafka = forgetful_broker
     topic = f"tx-idle-{unique}"
     make_topics(kafka, topic, partitions=2)
-    sink = sink_for(kafka, topic)
+    sink = KafkaTxSink([kafka.bootstrap], topic, job="idle", namespace=NAMESPACE, partitions=1)
     a = sink.build_part("out", "p00", None)
     a.write_batch(records("u1", "u2"))
     stored = a.snapshot()
@@ -408,3 +411,31 @@ def test_an_output_idle_past_the_brokers_transactional_id_expiry_writes_its_epoc
     b.write_batch(records("u3", "u4", "u5", "u6"))
     b.close()
     assert units_seen(kafka.bootstrap, topic) == Counter({f"u{i}": 1 for i in range(1, 7)})
+
+
+def test_an_abortable_epoch_too_large_to_keep_stops_the_job_with_one_line_and_the_resume_is_exact(
+    forgetful_broker: KafkaBroker, unique: str, caplog: pytest.LogCaptureFixture, zombies: list[Any]
+) -> None:
+    kafka = forgetful_broker
+    topic = f"tx-big-{unique}"
+    make_topics(kafka, topic, partitions=2)
+    sink = KafkaTxSink([kafka.bootstrap], topic, job="big", namespace=NAMESPACE, partitions=1)
+    a = sink.build_part("out", "p00", None)
+    a.write_batch(records("u1"))
+    stored = a.snapshot()
+    a._copy = EpochCopy(limit_bytes=10)  # less than the next epoch's records
+    wait_until_forgotten(kafka.bootstrap, a._txid)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(KafkaSinkError) as refused:
+        a.write_batch(records("u2", "u3"))
+        a.snapshot()
+    line = str(refused.value)
+    assert "\n" not in line and f"Kafka output topic {topic}" in line and "too many to keep" in line
+    assert line in caplog.text and "went abortable" not in caplog.text
+    with pytest.raises(KafkaSinkError, match="too many to keep"):
+        a.close()  # a stopped partition never commits what is left
+    zombies.append(a)
+    b = sink.build_part("out", "p00", stored)
+    b.write_batch(records("u2", "u3"))
+    b.close()
+    assert units_seen(kafka.bootstrap, topic) == Counter({"u1": 1, "u2": 1, "u3": 1})
