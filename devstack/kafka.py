@@ -106,6 +106,7 @@ class KafkaBroker:
     cache_dir: Path
     heap: str = "384m"
     security: str = "plaintext"
+    extra_settings: dict[str, str] = field(default_factory=dict)  # server.properties a test needs beside these
     _process: ManagedProcess | None = field(default=None, init=False)
     _internal_port: int | None = field(default=None, init=False)
     _token_port: int | None = field(default=None, init=False)
@@ -298,6 +299,7 @@ class KafkaBroker:
             "transaction.state.log.num.partitions": "4",  # not 50: a first transaction waits for them all
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
+            **self.extra_settings,
         }
         config.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         config.chmod(0o600)  # holds the keystore password

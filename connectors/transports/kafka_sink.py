@@ -22,7 +22,9 @@ The protocol (connectors/sinks/fence.py, docs/architecture.md "Exactly-once"):
 - nothing is dropped silently: every record's delivery report is checked. A record
   refused at write or commit time (the broker unreachable past message.timeout.ms,
   fenced by a newer producer, not authorised, no transactions) stops the job with one
-  line (logged, then raised); the restart replays from the last stored snapshot.
+  line (logged, then raised); the restart replays from the last stored snapshot;
+- a transaction that goes abortable (its transactional id idle past transactional.id.expiration.ms)
+  is aborted and its epoch written again in a new one (kafka_tx_retry.py).
 
 What readers must set: `isolation.level=read_committed` (Java `isolation.level`,
 librdkafka `isolation.level`, the default in librdkafka clients but NOT in Java's).
@@ -73,6 +75,7 @@ from connectors.transports.kafka_control import (
     topic_max_message_bytes,
     transactional_id,
 )
+from connectors.transports.kafka_tx_retry import Abortable, EpochCopy, abort, abortable, guarded, rewrite_line, worse
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,9 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         self._txn_started = 0.0
         self._units: dict[str, None] = {}  # this transaction's units, in order
         self._passed: set[str] = set()  # fenced units the replay reached this epoch
-        self._failure: KafkaError | None = None
+        self._failure: KafkaError | None = None  # the worst seen in this transaction
+        self._copy = EpochCopy()  # this transaction's records, to write again if it goes abortable
+        self._stopped: str | None = None
         self._manifest_end: int | None = None
         self._warned_long_epoch = False
         self._producer = Producer(
@@ -174,22 +179,32 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         except KafkaException as exc:
             self._fail(refusal(self._control, self._txid, error_of(exc), "reading back the manifests"))
 
+    def _note(self, error: KafkaError) -> KafkaError:
+        self._failure = worse(self._failure, error)
+        return self._failure
+
     def _delivered(self, error: KafkaError | None, msg: Any) -> None:
         if error is not None:
-            if self._failure is None:
-                self._failure = error
+            self._note(error)
         elif msg.topic() == self._control:
             self._manifest_end = msg.offset() + 1
 
     def _client_error(self, error: KafkaError) -> None:
         # Fatal ones (fenced, not authorised) end the producer; the rest (a broker gone) it retries
         # until message.timeout.ms, and the delivery reports say what became of the records.
-        if error.fatal() and self._failure is None:
-            self._failure = error
+        if error.fatal():
+            self._note(error)
 
     def _fail(self, line: str) -> NoReturn:
         log.error("%s", line)  # bytewax may abort without a word if snapshot() and close() both raise
+        self._stopped = line  # an aborted epoch is never followed by a snapshot
         raise KafkaSinkError(line)
+
+    def _refused(self, error: KafkaError, when: str) -> NoReturn:
+        """Raises Abortable if the open transaction may be written again, else stops the job."""
+        if self._in_txn and abortable(error):
+            raise Abortable(error, when)
+        self._fail(refusal(self._topic, self._txid, error, when))
 
     def _call(self, when: str, call: Any) -> Any:
         try:
@@ -205,7 +220,7 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
             except BufferError:  # librdkafka's queue is full: serve delivery reports while it sends
                 self._serve(0.1)
             except KafkaException as exc:
-                self._fail(refusal(self._topic, self._txid, error_of(exc), when))
+                self._refused(self._note(error_of(exc)), when)
 
     def _serve(self, timeout: float) -> None:
         """Delivery reports and client errors; raises on the first refusal. Never flush(): with
@@ -213,12 +228,14 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
         try:
             self._producer.poll(timeout)
         except KafkaException as exc:  # a fatal error: the producer is done
-            self._failure = self._failure or error_of(exc)
+            self._note(error_of(exc))
         if self._failure is not None:
-            self._fail(refusal(self._topic, self._txid, self._failure, "delivering records"))
+            self._refused(self._failure, "delivering records")
 
     def write_batch(self, values: list[OutputRecord]) -> None:
-        self._serve(0)
+        if self._stopped is not None:
+            raise KafkaSinkError(self._stopped)
+        guarded(lambda: self._serve(0), self._rewrite)
         fenced = {record.unit for record in values if record.unit in self._fence} if self._fence else set()
         if fenced:
             self._fence.passed(fenced)
@@ -235,20 +252,49 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
                 )
                 self._warned_long_epoch = True
             self._commit()
-        for record in values:
-            if record.unit in self._passed:
-                continue
-            if not self._in_txn:
-                self._call("beginning a transaction", self._producer.begin_transaction)
-                self._in_txn, self._txn_started = True, time.monotonic()
-            self._units[record.unit] = None
+        fresh = [record for record in values if record.unit not in self._passed]
+        if not fresh:
+            return
+        if not self._in_txn:
+            self._begin()
+        self._units.update(dict.fromkeys(record.unit for record in fresh))
+        self._copy.keep((record.value, record.key) for record in fresh)
+        guarded(lambda: self._write(fresh), self._rewrite)
+
+    def _write(self, fresh: list[OutputRecord]) -> None:
+        for record in fresh:
             self._produce(self._topic, record.value, record.key, "producing")
         self._serve(0)
 
+    def _begin(self) -> None:
+        self._call("beginning a transaction", self._producer.begin_transaction)
+        self._in_txn, self._txn_started = True, time.monotonic()
+
+    def _rewrite(self, refused: Abortable) -> None:
+        """Aborts the open transaction and writes the epoch's records again in a new one; stops the
+        job if the abort reveals a worse error, the records were not kept or the attempts are spent."""
+        error = abort(self._producer, self._sink.start_timeout_s)  # serves its records' delivery reports
+        self._in_txn = False
+        failure = self._note(error) if error is not None else self._failure or refused.error
+        if error is not None or not abortable(failure):
+            self._fail(refusal(self._topic, self._txid, failure, refused.when))
+        if not self._copy.next_attempt() or self._copy.records is None:
+            self._fail(refusal(self._topic, self._txid, failure, f"{refused.when} ({self._copy.why_not()})"))
+        log.warning("%s", rewrite_line(self._topic, self._part, refused.when, failure, self._copy))
+        self._failure, self._manifest_end = None, None
+        self._begin()
+        for value, key in self._copy.records:
+            self._produce(self._topic, value, key, "producing")
+        self._serve(0)
+
     def _commit(self) -> None:
-        """Manifest and commit of the open transaction, if any."""
-        if not self._in_txn:
-            return
+        """Manifest and commit of the open transaction, if any; written again if it goes abortable."""
+        if self._stopped is not None:
+            raise KafkaSinkError(self._stopped)
+        while self._in_txn:
+            guarded(self._finish, self._rewrite)
+
+    def _finish(self) -> None:
         self._manifest_end = None
         for value in manifest_values(self._part, self._next_seq, self._units):
             self._produce(self._control, value, self._key, "writing the manifest", self._control_partition)
@@ -264,18 +310,18 @@ class _TxPartition(StatefulSinkPartition[OutputRecord, dict]):
                 error = error_of(exc)
                 if error.retriable() and time.monotonic() < deadline:
                     continue
-                if error.txn_requires_abort():
-                    try:  # frees the broker's partitions for readers now, not at the transaction timeout
-                        self._producer.abort_transaction(10)
-                    except KafkaException:
-                        pass
-                self._fail(refusal(self._topic, self._txid, self._failure or error, "committing the epoch"))
+                failure = self._note(error)
+                if not abortable(failure) and error.txn_requires_abort():
+                    # Frees the broker's partitions for readers now, not at the transaction timeout.
+                    abort(self._producer, 10)
+                self._refused(failure, "committing the epoch")
         if self._manifest_end is None:  # the commit succeeded, so did the manifest: its report is in
             self._fail(f"Kafka output topic {self._topic}: the manifest's delivery report is missing (a bug)")
         self._position = self._manifest_end
         self._next_seq += 1
         self._in_txn = False
         self._units = {}
+        self._copy.clear()
 
     def snapshot(self) -> dict:
         self._commit()

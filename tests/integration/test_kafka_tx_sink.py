@@ -7,9 +7,12 @@ reader of the output topic sees.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
+import struct
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -28,8 +31,11 @@ from connectors.transports.kafka import KafkaTransport
 from connectors.transports.kafka_control import RECORD_OVERHEAD_BYTES, KafkaSinkError, control_topic
 from connectors.transports.kafka_sink import KafkaTxSink
 from connectors.transports.kafka_start_position import StartPosition
+from connectors.transports.kafka_tx_retry import EpochCopy
 from devstack.kafka import KafkaBroker
+from devstack.processes import free_port
 from tests.support.data import make_topics
+from tests.support.jobs import ROOT
 
 NAMESPACE = "20250102T030405Z-abc123"  # a run namespace as the recovery store makes them
 
@@ -338,3 +344,98 @@ def test_an_outage_past_message_timeout_stops_the_sink_and_the_resume_is_exact(
     resumed.write_batch(records(*(f"u{i}" for i in range(10, 20))))
     resumed.close()
     assert units_seen(own_broker.bootstrap, topic) == Counter({f"u{i}": 1 for i in range(20)})
+
+
+# The broker forgets a transactional id idle this long (production: 7 days), checking every half second.
+TXN_ID_EXPIRY = {
+    "transactional.id.expiration.ms": "3000",
+    "transaction.remove.expired.transaction.cleanup.interval.ms": "500",
+}
+
+
+@pytest.fixture(scope="module")
+def forgetful_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """Its tests use job names of their own: the same transactional id would fence the other's producer."""
+    data = tmp_path_factory.mktemp("kafka")
+    broker = KafkaBroker(free_port(), free_port(), data, ROOT / ".cache", extra_settings=TXN_ID_EXPIRY)
+    broker.start()
+    yield broker
+    gc.collect()  # the partitions' producers go while it still answers
+    broker.stop(grace=0)
+
+
+def wait_until_forgotten(bootstrap: str, txid: str, timeout: float = 60.0) -> None:
+    """Until the transaction coordinator has written the tombstone of `txid` to its log: it then
+    holds no metadata for it (or is removing it, answering CONCURRENT_TRANSACTIONS, which clients retry)."""
+    key = struct.pack(">hh", 0, len(txid)) + txid.encode()  # TransactionLogKey v0: version, string
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4()}", "enable.auto.commit": False})
+    try:
+        log_topic = "__transaction_state"
+        partitions = consumer.list_topics(log_topic, timeout=10).topics[log_topic].partitions
+        consumer.assign([TopicPartition(log_topic, p, 0) for p in partitions])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(100, 0.5):
+                if msg.error() is None and msg.key() == key and msg.value() is None:
+                    return
+    finally:
+        consumer.close()
+    msg = f"the broker did not forget {txid} within {timeout:g}s"
+    raise AssertionError(msg)
+
+
+def test_an_output_idle_past_the_brokers_transactional_id_expiry_writes_its_epoch_again(
+    forgetful_broker: KafkaBroker, unique: str, caplog: pytest.LogCaptureFixture, zombies: list[Any]
+) -> None:
+    """An output idle longer than transactional.id.expiration.ms: the coordinator forgets its
+    transactional id and refuses the next transaction (INVALID_PRODUCER_ID_MAPPING, abortable).
+    The partition aborts it and writes the epoch again, manifest included, in a new one."""
+    kafka = forgetful_broker
+    topic = f"tx-idle-{unique}"
+    make_topics(kafka, topic, partitions=2)
+    sink = KafkaTxSink([kafka.bootstrap], topic, job="idle", namespace=NAMESPACE, partitions=1)
+    a = sink.build_part("out", "p00", None)
+    a.write_batch(records("u1", "u2"))
+    stored = a.snapshot()
+    wait_until_forgotten(kafka.bootstrap, a._txid)
+    caplog.set_level(logging.WARNING)
+    a.write_batch(records("u3", "u4"))
+    a.write_batch(records("u5"))
+    a.snapshot()
+    rewrites = [r.getMessage() for r in caplog.records if "went abortable" in r.getMessage()]
+    assert len(rewrites) == 1 and f"Kafka output topic {topic}" in rewrites[0], caplog.text
+    assert units_seen(kafka.bootstrap, topic) == Counter({f"u{i}": 1 for i in range(1, 6)})
+    zombies.append(a)  # dies before its snapshot is stored
+    b = sink.build_part("out", "p00", stored)
+    assert b._fence.units() == {"u3", "u4", "u5"}, "the rewritten transaction's manifest is not read back once"
+    b.write_batch(records("u3", "u4", "u5", "u6"))
+    b.close()
+    assert units_seen(kafka.bootstrap, topic) == Counter({f"u{i}": 1 for i in range(1, 7)})
+
+
+def test_an_abortable_epoch_too_large_to_keep_stops_the_job_with_one_line_and_the_resume_is_exact(
+    forgetful_broker: KafkaBroker, unique: str, caplog: pytest.LogCaptureFixture, zombies: list[Any]
+) -> None:
+    kafka = forgetful_broker
+    topic = f"tx-big-{unique}"
+    make_topics(kafka, topic, partitions=2)
+    sink = KafkaTxSink([kafka.bootstrap], topic, job="big", namespace=NAMESPACE, partitions=1)
+    a = sink.build_part("out", "p00", None)
+    a.write_batch(records("u1"))
+    stored = a.snapshot()
+    a._copy = EpochCopy(limit_bytes=10)  # less than the next epoch's records
+    wait_until_forgotten(kafka.bootstrap, a._txid)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(KafkaSinkError) as refused:
+        a.write_batch(records("u2", "u3"))
+        a.snapshot()
+    line = str(refused.value)
+    assert "\n" not in line and f"Kafka output topic {topic}" in line and "too many to keep" in line
+    assert line in caplog.text and "went abortable" not in caplog.text
+    with pytest.raises(KafkaSinkError, match="too many to keep"):
+        a.close()  # a stopped partition never commits what is left
+    zombies.append(a)
+    b = sink.build_part("out", "p00", stored)
+    b.write_batch(records("u2", "u3"))
+    b.close()
+    assert units_seen(kafka.bootstrap, topic) == Counter({"u1": 1, "u2": 1, "u3": 1})

@@ -27,6 +27,7 @@ INTERNAL = {
     "dataflows.untrusted_json.InvalidEvent": "a record's rejection: becomes a dead letter, the job goes on",
     "connectors.transports.kinesis.proxy.ProxyError": "the reader retries it or raises a Kinesis error from it",
     "connectors.transports.memory.Aborted": "the in-memory test transport's asked-for crash",
+    "connectors.transports.kafka_tx_retry.Abortable": "the Kafka sink writes the epoch again or raises KafkaSinkError",
 }
 
 
