@@ -254,7 +254,11 @@ def bounded_finish(target: str, env: dict[str, str], layout: str, store_dirs: li
     assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
 
 
-def until_time_is_up(kind: str, tmp_path: Path, one: Callable[[Plan, Stats, Path], None]) -> None:
+def until_time_is_up(
+    kind: str, tmp_path: Path, one: Callable[[Plan, Stats, Path], None], server_log: Path | None = None
+) -> None:
+    """Sequences until the kind's share of time is up; a failed one's logs (and `server_log`, the
+    broker's, whose coordinator lines explain a refused producer) are kept in FAILED_LOGS."""
     stats = Stats(kind)
     deadline = time.monotonic() + share_s()
     seed = int(os.environ.get("CHAOS_SEED", str(random.randrange(1 << 30))))
@@ -268,6 +272,8 @@ def until_time_is_up(kind: str, tmp_path: Path, one: Callable[[Plan, Stats, Path
         except Exception as exc:  # a hung or failed run too: recorded, its logs kept, and the next sequence goes on
             kept = FAILED_LOGS / f"{kind}-seed-{seed + stats.row['sequences']}"
             shutil.copytree(tmp, kept, ignore=shutil.ignore_patterns("*.sqlite3"), dirs_exist_ok=True)
+            if server_log is not None and server_log.exists():
+                shutil.copy(server_log, kept / server_log.name)
             stats.row["failures"] += 1
             failures.append(f"seed {seed + stats.row['sequences']} ({plan.layout}, logs in {kept}): {str(exc)[:2000]}")
         stats.row["sequences"] += 1
@@ -358,7 +364,7 @@ def check_dead_letters_once(run: ImpressionsRun) -> None:
 @pytest.mark.parametrize("kind", ["objects", "delta"])
 def test_impressions_through_random_crashes(kafka, s3, tmp_path: Path, kind: str) -> None:
     output_format = "delta" if kind == "delta" else "parquet"
-    until_time_is_up(kind, tmp_path, impressions_sequence(kafka, s3, output_format))
+    until_time_is_up(kind, tmp_path, impressions_sequence(kafka, s3, output_format), kafka.data_dir / "broker.log")
 
 
 # Bookings into Kafka or Kinesis --------------------------------------------------------
@@ -456,7 +462,7 @@ def booking_kafka_env(kafka) -> dict[str, str]:
 
 
 def test_bookings_into_kafka_through_random_crashes(kafka, tmp_path: Path) -> None:
-    until_time_is_up("kafka", tmp_path, bookings_sequence(kafka, None))
+    until_time_is_up("kafka", tmp_path, bookings_sequence(kafka, None), kafka.data_dir / "broker.log")
 
 
 def test_bookings_into_kinesis_through_random_crashes(kafka, kinesis, kinesis_stream, tmp_path: Path) -> None:
