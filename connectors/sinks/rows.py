@@ -50,7 +50,10 @@ def in_unit_order(parts: list[pl.DataFrame], unit_columns: Iterable[str]) -> lis
     this order is a function of the rows alone: a file's bytes do not depend on the order
     in which windows closed (out-of-order input, worker count, a replay's epochs)."""
     columns = list(unit_columns)
-    return sorted((part for part in parts if part.height), key=lambda part: part.select(columns).row(0))
+    # Column by column, not `select(columns).row(0)`: a select is a query, some 0.1 ms each part.
+    return sorted(
+        (part for part in parts if part.height), key=lambda part: tuple(part.get_column(c)[0] for c in columns)
+    )
 
 
 def stable_partition(key: str) -> int:

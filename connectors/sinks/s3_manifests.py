@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
+from itertools import accumulate
 from typing import Any
 
 import polars as pl
@@ -77,6 +78,26 @@ def sort_manifests(keys: list[str], next_seq: int) -> ManifestListing:
 
 def units_of(frame: pl.DataFrame, columns: Iterable[str]) -> list[tuple]:
     return sorted(frame.select(list(columns)).unique().rows())
+
+
+def units_of_each(frames: list[pl.DataFrame], columns: Iterable[str]) -> list[list[tuple]]:
+    """`units_of` each of `frames` (of one schema), in one pass over them all: a query per
+    write, not per object (each costs some 0.3 ms whatever its size).
+
+    Only the first row of each run of equal units (within a frame) is looked at; rows
+    come in runs, a unit's rows together, so few remain to deduplicate."""
+    columns = list(columns)
+    if not frames:
+        return []
+    ends = pl.Series(list(accumulate(frame.height for frame in frames)), dtype=pl.Int64)
+    index = "_frame" + "_" * max((len(c) for c in columns if c.startswith("_frame")), default=0)  # a new name
+    whole = pl.concat(frames).select(columns)
+    whole = whole.with_columns(ends.search_sorted(pl.int_range(ends[-1], eager=True), side="right").alias(index))
+    starts = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift()) for c in whole.columns])
+    units: list[list[tuple]] = [[] for _ in frames]
+    for *unit, frame in whole.filter(starts).unique().rows():
+        units[frame].append(tuple(unit))
+    return [sorted(held) for held in units]
 
 
 def object_units(units: Mapping[str, list[tuple]]) -> dict[str, list[list]]:

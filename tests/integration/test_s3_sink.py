@@ -260,3 +260,14 @@ def test_an_objects_bytes_do_not_depend_on_the_order_its_windows_closed(s3, uniq
         got = s3_objects.decode(bodies[-1], fmt, OUTPUT_SCHEMA).select("userId", "windowStart").rows()
         assert got == [(f"u{w}", w * 900_000) for w in (0, 1, 2, 3)], "rows in window order"
     assert bodies[0] == bodies[1]
+
+
+def test_rows_of_another_column_order_and_width_are_written_in_the_sinks_schema(s3, sink) -> None:
+    item = rows("m1", "u1", 7)
+    other = item.rows.select(reversed(item.rows.columns)).with_columns(pl.col("impressions").cast(pl.Int32))
+    part = sink.build_part("s3_out", "p00", None)
+    part.write_batch([ObjectRows(item.directory, other)])
+    part.close()
+    table = read_s3_rows(s3, sink.location.bucket, "out")
+    assert table.drop("object").schema == OUTPUT_SCHEMA
+    assert table.drop("object").rows() == item.rows.rows()
