@@ -139,7 +139,9 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         # fence, or found by `_resume`) that the replay has not reached; only parts in these folders
         # are looked at, and a unit goes once its replay has been dropped.
         self._visible: dict[str, set[tuple]] = visible_of(state.fence)
-        self._resume()
+        # Its S3 listing runs while the job goes on (bytewax builds partitions one by one); what
+        # uses the state it sets waits for it first, and gets its error if it failed.
+        self._resuming = self._writes.submit(self._resume)
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         return with_retries(call, what, self._location, self._sink.give_up_after)
@@ -241,6 +243,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         return True
 
     def write_batch(self, items: list[ObjectRows]) -> None:
+        self._resuming.result()
         for item in items:
             for folder, rows in item.by_folder():
                 self._buffer[folder].append(rows)
@@ -322,6 +325,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
 
     def _flush(self) -> None:
         """Write the rest and wait for every write in flight: then all seqs below next_seq are in."""
+        self._resuming.result()
         self._start_write()
         in_flight, self._in_flight = self._in_flight, []
         for done in in_flight:

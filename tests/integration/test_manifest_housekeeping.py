@@ -80,7 +80,7 @@ def start_up_calls(s3, unique: str, history: int) -> tuple[Counter[str], set[str
 
     sink = PartitionedS3Sink(CountingLocation(bucket, "out", s3.endpoint_url, "us-east-1"), OUTPUT_SCHEMA)
     CountingLocation.calls.clear()
-    sink.build_part("s3_out", "p00", ("run-a", history))  # the resume
+    sink.build_part("s3_out", "p00", ("run-a", history)).snapshot()  # the resume (a snapshot waits for it)
     calls = Counter(CountingLocation.calls)
     assert len(keys(s3, bucket, "out/data/")) == 2, "the writes past the snapshot stay"
     return calls, keys(s3, bucket, "out/_sink/")

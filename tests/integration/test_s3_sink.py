@@ -1,6 +1,8 @@
 """The exactly-once protocol of the S3 sink against a real S3 endpoint."""
 
+import threading
 from dataclasses import replace
+from typing import Any, ClassVar
 
 import polars as pl
 import pytest
@@ -65,6 +67,49 @@ def test_a_resume_keeps_what_was_written_after_the_restored_snapshot_and_skips_i
     assert resumed._visible == {}, "a unit dropped once is forgotten: later writes check nothing"
     resumed.close()
     assert triples(s3, bucket) == sorted([*written, ("m3", "u1", 900_000)])
+
+
+class HeldListing(S3Location):
+    """An S3 whose listings answer only once `release` is set (a slow start-up listing)."""
+
+    release: ClassVar[threading.Event] = threading.Event()
+    answered: ClassVar[list[str]] = []
+
+    def client(self) -> Any:
+        client = super().client()
+        # None: a before-call handler's answer would stand in for S3's.
+        client.meta.events.register("before-call.s3.ListObjectsV2", lambda **_: HeldListing.release.wait(60) and None)
+        client.meta.events.register("after-call.s3.ListObjectsV2", lambda **_: HeldListing.answered.append("list"))
+        return client
+
+
+def test_the_resume_lists_while_the_job_goes_on_and_the_first_write_waits_for_it(s3, sink) -> None:
+    first = sink.build_part("s3_out", "p00", None)
+    first.write_batch([rows("m1", "u1", 1)])
+    first.snapshot()  # written, but say the crash came before bytewax stored this
+    HeldListing.release.clear()
+    HeldListing.answered.clear()
+    location = sink.location
+    held = PartitionedS3Sink(HeldListing(location.bucket, "out", location.endpoint_url, "us-east-1"), OUTPUT_SCHEMA)
+    resumed = held.build_part("s3_out", "p00", None)  # bytewax builds the next partition meanwhile
+    assert HeldListing.answered == [], "the resume's listing is still waiting"
+    # The replay again: it must not write m1's window twice, so the write waits for the resume.
+    replay = threading.Thread(target=resumed.write_batch, args=([rows("m1", "u1", 1), rows("m2", "u1", 1)],))
+    replay.start()
+    replay.join(timeout=1.0)
+    assert replay.is_alive(), "the write went on before the resume knew what was written"
+    HeldListing.release.set()
+    replay.join()
+    resumed.close()
+    assert triples(s3, sink.location.bucket) == [("m1", "u1", 0), ("m2", "u1", 0)]
+
+
+def test_a_failed_resume_stops_the_first_write_and_every_snapshot_with_its_one_line(s3, sink) -> None:
+    s3.client().delete_bucket(Bucket=sink.location.bucket)
+    part = sink.build_part("s3_out", "p00", None)  # returns: its listing fails in the background
+    for use in (lambda: part.write_batch([rows("m1", "u1", 1)]), part.snapshot, part.snapshot):
+        with pytest.raises(S3SinkError, match="the bucket does not exist: create it or fix S3_BUCKET"):
+            use()
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
