@@ -32,6 +32,9 @@ from connectors.transports.progress import BoundedProgress
 # whichever comes first. librdkafka keeps about 150 bytes per record beside the payload:
 # with small records, 400 K records is about 80 MB resident. Measured (make bench): 200 K
 # left the seed backfill ~10 % slower; 1 M took the high-cardinality run to 880 MB peak.
+# Fetches of 1 MB a partition: librdkafka hands out none of a response's records before it
+# has parsed all of it, so 10 MB fetches kept a start waiting ~200 ms for its first batch
+# (~30 ms at 1 MB); the deep queue keeps the job fed, in batches of the same size.
 CONSUMER_DEFAULTS = {
     "fetch.min.bytes": "1000000",
     "fetch.wait.max.ms": "100",
