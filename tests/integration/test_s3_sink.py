@@ -104,6 +104,51 @@ def test_the_resume_lists_while_the_job_goes_on_and_the_first_write_waits_for_it
     assert triples(s3, sink.location.bucket) == [("m1", "u1", 0), ("m2", "u1", 0)]
 
 
+class HeldManifests(S3Location):
+    """An S3 whose manifest PUTs (the first PUT of every write) wait until `release` is set."""
+
+    release: ClassVar[threading.Event] = threading.Event()
+    both_started: ClassVar[threading.Event] = threading.Event()
+    started: ClassVar[list[str]] = []
+
+    def client(self) -> Any:
+        client = super().client()
+
+        def hold(params: dict, **_: Any) -> None:
+            HeldManifests.started.append(params["url_path"])
+            if len(HeldManifests.started) == 2:
+                HeldManifests.both_started.set()
+            HeldManifests.release.wait(60)
+
+        client.meta.events.register("before-call.s3.PutObject", hold)
+        return client
+
+
+def test_a_snapshot_starts_the_writes_of_every_partition_of_its_worker_at_once(s3, sink) -> None:
+    location = sink.location
+    held = PartitionedS3Sink(HeldManifests(location.bucket, "out", location.endpoint_url, "us-east-1"), OUTPUT_SCHEMA)
+    snapshots = []
+
+    def worker() -> None:  # one bytewax worker: it builds its partitions, then snapshots p00, then p01
+        p00, p01 = held.build_part("s3_out", "p00", None), held.build_part("s3_out", "p01", None)
+        p00.write_batch([rows("m1", "u1", 1)])
+        p01.write_batch([rows("m2", "u1", 1)])
+        snapshots.extend([p00.snapshot(), p01.snapshot()])
+        p00.close()
+        p01.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert HeldManifests.both_started.wait(30), "p01's write waited for p00's to finish"
+    finally:
+        HeldManifests.release.set()
+        thread.join()
+    assert sorted(key.split("/")[-2] for key in HeldManifests.started) == ["p00", "p01"]  # _sink/<partition>/<seq>
+    assert snapshots == [state("", 1), state("", 1)]
+    assert triples(s3, location.bucket) == [("m1", "u1", 0), ("m2", "u1", 0)]
+
+
 def test_a_failed_resume_stops_the_first_write_and_every_snapshot_with_its_one_line(s3, sink) -> None:
     s3.client().delete_bucket(Bucket=sink.location.bucket)
     part = sink.build_part("s3_out", "p00", None)  # returns: its listing fails in the background
