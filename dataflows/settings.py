@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectors.backup_layout import valid_name
 from connectors.backup_store import BackupConfig
@@ -21,8 +21,10 @@ from connectors.transports import kafka_client, kafka_native
 from connectors.transports.kafka_client import KafkaClientConfig, KafkaConfigError
 from connectors.transports.kafka_start_position import EARLIEST, StartPosition
 from connectors.transports.kinesis.settings import KinesisSettings
-from dataflows.booking_rules import CREATED, DEFAULT_CREATED, DEFAULT_EVENT, EVENT, SideSchema, parse_field_spec
 from dataflows.impressions.layout import WINDOW_STATE
+
+if TYPE_CHECKING:
+    from dataflows.booking_rules import SideSchema
 
 LOCAL_KAFKA = "127.0.0.1:19092"
 LOCAL_S3 = "http://127.0.0.1:4566"
@@ -242,6 +244,9 @@ class BookingSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BookingSettings:
+        # Imported here: its JSONPath parser is slow to import, and only the booking job needs it.
+        from dataflows.booking_rules import CREATED, DEFAULT_CREATED, DEFAULT_EVENT, EVENT, SideSchema, parse_field_spec
+
         e = Env(env)
 
         def schema(side: str, prefix: str, default: SideSchema) -> SideSchema:

@@ -36,7 +36,6 @@ from connectors.recovery_store.resume_epoch import AgreeResumeEpoch
 from connectors.recovery_store.state_settings import check_state_settings
 from connectors.transports.contract import OutputRecord, RecordBatch, Transport
 from connectors.transports.kafka import KafkaTransport
-from connectors.transports.kinesis.transport import KinesisTransport
 from dataflows import metrics
 from dataflows.dead_letters import DeadLetter, RefusedOutput
 from dataflows.event_time import NO_WATERMARK, HeartbeatSchedule, partition_watermark
@@ -114,6 +113,9 @@ def transport_for(settings: JobSettings, environ: Mapping[str, str], job: str, r
     """`resume`: the run's namespace names its outputs' writers (Kafka transactional ids,
     Kinesis record ids) and where their read-back starts."""
     if settings.kinesis is not None:
+        # Imported here: only TRANSPORT=kinesis needs it (off the Kafka job's start-up).
+        from connectors.transports.kinesis.transport import KinesisTransport
+
         return KinesisTransport(settings.kinesis, job=job, sink_namespace=resume.sink_namespace)
     kafka = settings.kafka
     if kafka is None:

@@ -39,10 +39,10 @@ the data PUTs `s3_client.NativePut`; this module buffers, writes and resumes.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
+import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -57,6 +57,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from prometheus_client import Counter
 
 from connectors.sinks.fence import LEGACY_NAMESPACE, CommitState  # legacy: manifests directly in `_sink/<partition>/`
+from connectors.sinks.object_bodies import decode, drop_units, encode
 from connectors.sinks.rows import ObjectRows, in_unit_order, partition_names, stable_partition
 from connectors.sinks.s3_client import NativePut, S3Location, S3SinkError, key_taken, with_retries
 from connectors.sinks.s3_manifests import ManifestLog, fence_of, manifest_body, units_of_each, visible_of
@@ -76,33 +77,6 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SinkState = dict[str, Any] | int | tuple[str, int]
 # Object metadata of the empty object a resume puts where a crashed write's object never landed.
 CLAIM_METADATA = "waxstreams-claim"
-
-
-def drop_units(rows: pl.DataFrame, units: set[tuple], columns: list[str]) -> tuple[pl.DataFrame, int]:
-    """The rows whose unit (values of `columns`) is not in `units`, and how many units went."""
-    seen = [unit for unit in rows.select(columns).unique().rows() if unit in units]
-    if not seen:
-        return rows, 0
-    done = pl.DataFrame(seen, schema=rows.select(columns).schema, orient="row")
-    return rows.join(done, on=columns, how="anti"), len(seen)
-
-
-def decode(body: bytes, fmt: str, schema: pl.Schema) -> pl.DataFrame:
-    if fmt == "parquet":
-        return pl.read_parquet(io.BytesIO(body))
-    return pl.read_csv(io.BytesIO(body), schema=schema)
-
-
-PARQUET_ZSTD_LEVEL = 1  # zstd's fastest: ~10 % less CPU per object than polars' default level, files as small
-
-
-def encode(frame: pl.DataFrame, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    if fmt == "parquet":
-        frame.write_parquet(buffer, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL)
-    else:
-        frame.write_csv(buffer)
-    return buffer.getvalue()
 
 
 # Complete folders are written in the background, not waiting for the snapshot, once
@@ -143,7 +117,9 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         # fence, or found by `_resume`) that the replay has not reached; only parts in these folders
         # are looked at, and a unit goes once its replay has been dropped.
         self._visible: dict[str, set[tuple]] = visible_of(state.fence)
-        self._resume()
+        # Its S3 listing runs while the job goes on (bytewax builds partitions one by one); what
+        # uses the state it sets waits for it first, and gets its error if it failed.
+        self._resuming = self._writes.submit(self._resume)
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         return with_retries(call, what, self._location, self._sink.give_up_after)
@@ -245,6 +221,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         return True
 
     def write_batch(self, items: list[ObjectRows]) -> None:
+        self._resuming.result()
         schema = self._sink.schema
         for item in items:
             if item.rows.schema != schema:  # once per item, not per object: the job's rows match already
@@ -328,6 +305,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
 
     def _flush(self) -> None:
         """Write the rest and wait for every write in flight: then all seqs below next_seq are in."""
+        self._resuming.result()
         self._start_write()
         in_flight, self._in_flight = self._in_flight, []
         for done in in_flight:
@@ -337,6 +315,12 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
 
     def snapshot(self) -> SinkState:
         try:
+            # bytewax snapshots a worker's partitions one after another: their writes start together,
+            # so that an epoch waits for the slowest write, not for the sum of them.
+            for part in self._sink.held[threading.get_ident()].values():
+                if not part._failed:
+                    part._resuming.result()
+                    part._start_write()
             self._flush()
         except S3SinkError:
             self._failed = True
@@ -389,6 +373,7 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
         self.manifests_per_segment = manifests_per_segment
         self.unit_columns = unit_columns
         self.direct_put = direct_put
+        self.held: dict[int, dict[str, _S3SinkPartition]] = defaultdict(dict)  # worker thread -> its partitions
 
     def list_parts(self) -> list[str]:
         return partition_names(self.partitions)
@@ -397,4 +382,6 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
         return stable_partition(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: SinkState | None) -> _S3SinkPartition:
-        return _S3SinkPartition(self, for_part, CommitState.from_snapshot(resume_state, self.namespace))
+        part = _S3SinkPartition(self, for_part, CommitState.from_snapshot(resume_state, self.namespace))
+        self.held[threading.get_ident()][for_part] = part  # a partition is built and used by one worker thread
+        return part

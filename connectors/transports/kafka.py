@@ -6,6 +6,8 @@ says how, what readers must set, and how transaction.timeout.ms relates to the e
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -30,13 +32,27 @@ from connectors.transports.progress import BoundedProgress
 # whichever comes first. librdkafka keeps about 150 bytes per record beside the payload:
 # with small records, 400 K records is about 80 MB resident. Measured (make bench): 200 K
 # left the seed backfill ~10 % slower; 1 M took the high-cardinality run to 880 MB peak.
+# Fetches of 1 MB a partition: librdkafka hands out none of a response's records before it
+# has parsed all of it, so 10 MB fetches kept a start waiting ~200 ms for its first batch
+# (~30 ms at 1 MB); the deep queue keeps the job fed, in batches of the same size.
 CONSUMER_DEFAULTS = {
     "fetch.min.bytes": "1000000",
     "fetch.wait.max.ms": "100",
-    "max.partition.fetch.bytes": "10000000",
+    "max.partition.fetch.bytes": "1000000",
     "queued.min.messages": "400000",
     "queued.max.messages.kbytes": "32768",
 }
+# Every client of the job (checks, listings, consumers, producers). librdkafka waits half of
+# reconnect.backoff.ms (its default: 100 ms) before connecting to the broker its bootstrap
+# answer names, so each new client took about 50 ms to its first answer, and a start makes
+# about six of them one after another; at 10 ms, about 12 ms. Backoff after a failure still
+# doubles up to reconnect.backoff.max.ms.
+CLIENT_DEFAULTS = {"reconnect.backoff.ms": "10"}
+
+
+def partition_names(streams: list[str], listed: Mapping[str, list[int]]) -> list[str]:
+    """bytewax's KafkaSource partition names (`<partition>-<topic>`), from a listing."""
+    return [f"{partition}-{stream}" for stream in streams for partition in listed[stream]]
 
 
 @dataclass(frozen=True)
@@ -58,13 +74,21 @@ class KafkaTransport:
 
     @functools.cached_property
     def client_config(self) -> dict[str, Any]:
-        return self.client.client_config()
+        return {**CLIENT_DEFAULTS, **self.client.client_config()}
+
+    @functools.cached_property
+    def _listed(self) -> dict[str, list[int]]:
+        return {}  # topic -> its partitions, as the start-up check listed them
 
     def check(self, read: list[str], write: list[str]) -> None:
+        """The broker answers and the topics exist; also what the flow needs from the broker
+        next (partitions, output record limits), so that it is asked once, and the limits at once."""
         try:
-            check_topics(self.brokers, self.client_config, [*read, *write], client=self.client)
+            self._listed.update(check_topics(self.brokers, self.client_config, [*read, *write], client=self.client))
         except KafkaUnavailable as exc:
             raise TransportUnavailable(str(exc)) from None
+        with ThreadPoolExecutor(max(len(write), 1), thread_name_prefix="kafka-limits") as pool:
+            list(pool.map(self.max_record_bytes, write))
 
     def _kafka_source(self, topics: list[str]) -> KafkaSource:
         return KafkaSource(
@@ -76,8 +100,12 @@ class KafkaTransport:
             raise_on_errors=False,
         )
 
+    def _listed_parts(self, streams: list[str]) -> list[str] | None:
+        return partition_names(streams, self._listed) if all(s in self._listed for s in streams) else None
+
     def partitions(self, streams: list[str]) -> list[str]:
-        return list_parts_quietly(self._kafka_source(streams))
+        listed = self._listed_parts(streams)
+        return listed if listed is not None else list_parts_quietly(self._kafka_source(streams))
 
     def source(self, streams: list[str], step: BatchStep, initial_state: Any) -> StatefulKafkaSource:
         return StatefulKafkaSource(
@@ -90,6 +118,7 @@ class KafkaTransport:
             progress=BoundedProgress() if self.bounded else None,
             partition_check_s=self.partition_check_s,
             native=self.native_reader,
+            listed=self._listed_parts(streams),
         )
 
     @functools.cached_property

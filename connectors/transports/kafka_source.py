@@ -41,6 +41,7 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         progress: BoundedProgress | None = None,
         partition_check_s: float = 60.0,
         native: bool = False,
+        listed: list[str] | None = None,
     ) -> None:
         """`commit_offsets`: also commit each snapshot's offsets to the `group.id` of kafka's config.
 
@@ -49,12 +50,14 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         Kafka timestamp at or past it. `progress`: a bounded run's progress line.
         `partition_check_s`: how often to look for partitions added while running (0: never).
         `native`: read with the native reader (kafka_native.py) instead of bytewax's consumer.
+        `listed`: the partitions, already listed at start (KafkaTransport.check): not asked again.
         """
         self._native = native
         self._stop_at_ms = stop_at_ms
         self._progress = progress
         self._partition_check_s = partition_check_s
         self._parts: list[str] = []
+        self._listed = listed
         self._kafka = kafka
         # Safety net: librdkafka's default (latest) would skip every retained record if a
         # read position falls out of the log mid-run; build_part handles it at start.
@@ -65,7 +68,7 @@ class StatefulKafkaSource(FixedPartitionedSource[X, tuple[int | None, S]], Gener
         self._starts = StartOffsets(start)
 
     def list_parts(self) -> list[str]:
-        self._parts = list_parts_quietly(self._kafka)
+        self._parts = list(self._listed) if self._listed is not None else list_parts_quietly(self._kafka)
         return self._parts
 
     def build_part(

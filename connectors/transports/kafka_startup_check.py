@@ -25,8 +25,10 @@ def check_topics(
     topics: list[str],
     timeout: float = 10.0,
     client: KafkaClientConfig | None = None,
-) -> None:
+) -> dict[str, list[int]]:
     """Fail fast at start with one clear line instead of a consumer that waits forever.
+    Returns each topic's partitions as the broker listed them (the job reads them from here
+    instead of asking again); a topic whose metadata carries an error is left out.
 
     librdkafka reports why it cannot connect (a refused login, a certificate it cannot
     verify, a listener speaking another protocol) only to `error_cb`: those errors are
@@ -58,3 +60,4 @@ def check_topics(
         )
         raise KafkaUnavailable(msg)
     log.info("Kafka at %s: connected (%s)", ",".join(brokers), client.masked())
+    return {t: list(existing[t].partitions) for t in topics if existing[t].error is None}

@@ -14,8 +14,10 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
 from connectors.transports.batch import RecordBatch
+from connectors.transports.kafka import partition_names
 from connectors.transports.kafka_source import StatefulKafkaSource
 from connectors.transports.kafka_start_position import EARLIEST, StartPosition
+from connectors.transports.kafka_startup_check import check_topics
 from tests.support.data import make_topics
 
 BASE_MS = 1_546_844_400_000  # record i has timestamp BASE_MS + i * 1000
@@ -156,3 +158,10 @@ def test_a_resume_past_the_end_of_a_recreated_topic_reads_it_from_the_start(kafk
     records, _ = read(source(kafka, topic), f"0-{topic}", (5_000, None))  # the old topic had reached 5,000
     assert records == numbered(0, COUNT)
     assert any("resume offset 5000 is past the partition's end 100" in r.getMessage() for r in caplog.records)
+
+
+def test_the_start_check_lists_each_topics_partitions_as_bytewax_does(kafka, topic) -> None:
+    # The job reads the check's listing instead of asking again (KafkaTransport.partitions).
+    listed = check_topics([kafka.bootstrap], {}, [topic])
+    bytewax_lists = KafkaSource([kafka.bootstrap], [topic]).list_parts()
+    assert partition_names([topic], listed) == bytewax_lists == [f"0-{topic}", f"1-{topic}"]

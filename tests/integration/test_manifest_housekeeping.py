@@ -11,9 +11,10 @@ from typing import Any, ClassVar
 import polars as pl
 
 from connectors.sinks.fence import CommitState
+from connectors.sinks.object_bodies import encode
 from connectors.sinks.rows import ObjectRows
 from connectors.sinks.s3_client import S3Location
-from connectors.sinks.s3_objects import PartitionedS3Sink, encode
+from connectors.sinks.s3_objects import PartitionedS3Sink
 from dataflows.impressions.layout import OUTPUT_SCHEMA
 from tests.support.data import read_s3_rows
 
@@ -80,7 +81,7 @@ def start_up_calls(s3, unique: str, history: int) -> tuple[Counter[str], set[str
 
     sink = PartitionedS3Sink(CountingLocation(bucket, "out", s3.endpoint_url, "us-east-1"), OUTPUT_SCHEMA)
     CountingLocation.calls.clear()
-    sink.build_part("s3_out", "p00", ("run-a", history))  # the resume
+    sink.build_part("s3_out", "p00", ("run-a", history)).snapshot()  # the resume (a snapshot waits for it)
     calls = Counter(CountingLocation.calls)
     assert len(keys(s3, bucket, "out/data/")) == 2, "the writes past the snapshot stay"
     return calls, keys(s3, bucket, "out/_sink/")

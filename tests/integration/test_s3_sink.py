@@ -1,11 +1,13 @@
 """The exactly-once protocol of the S3 sink against a real S3 endpoint."""
 
+import threading
 from dataclasses import replace
+from typing import Any, ClassVar
 
 import polars as pl
 import pytest
 
-from connectors.sinks import s3_objects
+from connectors.sinks import object_bodies, s3_objects
 from connectors.sinks.fence import CommitState
 from connectors.sinks.rows import ObjectRows, stable_partition
 from connectors.sinks.s3_client import S3Location, S3SinkError, check_bucket
@@ -65,6 +67,94 @@ def test_a_resume_keeps_what_was_written_after_the_restored_snapshot_and_skips_i
     assert resumed._visible == {}, "a unit dropped once is forgotten: later writes check nothing"
     resumed.close()
     assert triples(s3, bucket) == sorted([*written, ("m3", "u1", 900_000)])
+
+
+class HeldListing(S3Location):
+    """An S3 whose listings answer only once `release` is set (a slow start-up listing)."""
+
+    release: ClassVar[threading.Event] = threading.Event()
+    answered: ClassVar[list[str]] = []
+
+    def client(self) -> Any:
+        client = super().client()
+        # None: a before-call handler's answer would stand in for S3's.
+        client.meta.events.register("before-call.s3.ListObjectsV2", lambda **_: HeldListing.release.wait(60) and None)
+        client.meta.events.register("after-call.s3.ListObjectsV2", lambda **_: HeldListing.answered.append("list"))
+        return client
+
+
+def test_the_resume_lists_while_the_job_goes_on_and_the_first_write_waits_for_it(s3, sink) -> None:
+    first = sink.build_part("s3_out", "p00", None)
+    first.write_batch([rows("m1", "u1", 1)])
+    first.snapshot()  # written, but say the crash came before bytewax stored this
+    HeldListing.release.clear()
+    HeldListing.answered.clear()
+    location = sink.location
+    held = PartitionedS3Sink(HeldListing(location.bucket, "out", location.endpoint_url, "us-east-1"), OUTPUT_SCHEMA)
+    resumed = held.build_part("s3_out", "p00", None)  # bytewax builds the next partition meanwhile
+    assert HeldListing.answered == [], "the resume's listing is still waiting"
+    # The replay again: it must not write m1's window twice, so the write waits for the resume.
+    replay = threading.Thread(target=resumed.write_batch, args=([rows("m1", "u1", 1), rows("m2", "u1", 1)],))
+    replay.start()
+    replay.join(timeout=1.0)
+    assert replay.is_alive(), "the write went on before the resume knew what was written"
+    HeldListing.release.set()
+    replay.join()
+    resumed.close()
+    assert triples(s3, sink.location.bucket) == [("m1", "u1", 0), ("m2", "u1", 0)]
+
+
+class HeldManifests(S3Location):
+    """An S3 whose manifest PUTs (the first PUT of every write) wait until `release` is set."""
+
+    release: ClassVar[threading.Event] = threading.Event()
+    both_started: ClassVar[threading.Event] = threading.Event()
+    started: ClassVar[list[str]] = []
+
+    def client(self) -> Any:
+        client = super().client()
+
+        def hold(params: dict, **_: Any) -> None:
+            HeldManifests.started.append(params["url_path"])
+            if len(HeldManifests.started) == 2:
+                HeldManifests.both_started.set()
+            HeldManifests.release.wait(60)
+
+        client.meta.events.register("before-call.s3.PutObject", hold)
+        return client
+
+
+def test_a_snapshot_starts_the_writes_of_every_partition_of_its_worker_at_once(s3, sink) -> None:
+    location = sink.location
+    held = PartitionedS3Sink(HeldManifests(location.bucket, "out", location.endpoint_url, "us-east-1"), OUTPUT_SCHEMA)
+    snapshots = []
+
+    def worker() -> None:  # one bytewax worker: it builds its partitions, then snapshots p00, then p01
+        p00, p01 = held.build_part("s3_out", "p00", None), held.build_part("s3_out", "p01", None)
+        p00.write_batch([rows("m1", "u1", 1)])
+        p01.write_batch([rows("m2", "u1", 1)])
+        snapshots.extend([p00.snapshot(), p01.snapshot()])
+        p00.close()
+        p01.close()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert HeldManifests.both_started.wait(30), "p01's write waited for p00's to finish"
+    finally:
+        HeldManifests.release.set()
+        thread.join()
+    assert sorted(key.split("/")[-2] for key in HeldManifests.started) == ["p00", "p01"]  # _sink/<partition>/<seq>
+    assert snapshots == [state("", 1), state("", 1)]
+    assert triples(s3, location.bucket) == [("m1", "u1", 0), ("m2", "u1", 0)]
+
+
+def test_a_failed_resume_stops_the_first_write_and_every_snapshot_with_its_one_line(s3, sink) -> None:
+    s3.client().delete_bucket(Bucket=sink.location.bucket)
+    part = sink.build_part("s3_out", "p00", None)  # returns: its listing fails in the background
+    for use in (lambda: part.write_batch([rows("m1", "u1", 1)]), part.snapshot, part.snapshot):
+        with pytest.raises(S3SinkError, match="the bucket does not exist: create it or fix S3_BUCKET"):
+            use()
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
@@ -257,7 +347,7 @@ def test_an_objects_bytes_do_not_depend_on_the_order_its_windows_closed(s3, uniq
         part.close()
         (key,) = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/2019")["Contents"]]
         bodies.append(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-        got = s3_objects.decode(bodies[-1], fmt, OUTPUT_SCHEMA).select("userId", "windowStart").rows()
+        got = object_bodies.decode(bodies[-1], fmt, OUTPUT_SCHEMA).select("userId", "windowStart").rows()
         assert got == [(f"u{w}", w * 900_000) for w in (0, 1, 2, 3)], "rows in window order"
     assert bodies[0] == bodies[1]
 

@@ -7,6 +7,7 @@ import polars as pl
 from botocore.exceptions import ClientError
 
 from connectors.sinks.fence import CommitState
+from connectors.sinks.object_bodies import drop_units
 from connectors.sinks.s3_client import S3Location, describe_s3_error
 from connectors.sinks.s3_manifests import (
     fence_of,
@@ -17,7 +18,6 @@ from connectors.sinks.s3_manifests import (
     sort_manifests,
     visible_of,
 )
-from connectors.sinks.s3_objects import drop_units
 
 DIR = "out/_sink/p00/run-a/"
 

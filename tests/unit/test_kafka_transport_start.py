@@ -1,0 +1,82 @@
+"""What a Kafka job's start asks the broker: the check's listing serves the flow and the source,
+the output record limits are asked in the check, once each, and every client connects fast."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from connectors.transports import kafka, kafka_source
+from connectors.transports.kafka import KafkaTransport, partition_names
+from connectors.transports.kafka_client import KafkaClientConfig
+from connectors.transports.kafka_start_position import EARLIEST
+
+TOPIC, DEAD, LATE = "impressions", "dead", "late"
+
+
+def test_partition_names_are_bytewax_kafka_source_names_topic_by_topic() -> None:
+    listed = {"a": [0, 1, 2], "b": [1, 0], "c": [5]}
+    assert partition_names(["b", "a"], listed) == ["1-b", "0-b", "0-a", "1-a", "2-a"]
+    assert partition_names([], listed) == []
+
+
+@pytest.fixture
+def broker(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """The broker's answers, recorded: the check's topic listing, each limit query and any other listing."""
+    asked: dict[str, list] = {"check": [], "limit": [], "listing": []}
+
+    def check_topics(brokers, config, topics, client=None) -> dict[str, list[int]]:
+        asked["check"].append(list(topics))
+        return {TOPIC: [0, 1], DEAD: [0], LATE: [0]}
+
+    def limit(bootstrap, config, topic) -> int:
+        asked["limit"].append((topic, threading.current_thread().name))
+        return 1_000_000
+
+    def listing(source) -> list[str]:
+        asked["listing"].append(source)
+        return ["0-listed", "1-listed"]
+
+    monkeypatch.setattr(kafka, "check_topics", check_topics)
+    monkeypatch.setattr(kafka, "topic_max_message_bytes", limit)
+    monkeypatch.setattr(kafka, "list_parts_quietly", listing)
+    monkeypatch.setattr(kafka_source, "list_parts_quietly", listing)
+    return asked
+
+
+def transport() -> KafkaTransport:
+    return KafkaTransport(["127.0.0.1:9"], "group", True, 100, EARLIEST, None)
+
+
+def test_the_check_listing_serves_the_flow_and_the_source_without_asking_again(broker) -> None:
+    t = transport()
+    t.check(read=[TOPIC], write=[DEAD, LATE])
+    assert t.partitions([TOPIC]) == ["0-impressions", "1-impressions"]
+    source = t.source([TOPIC], lambda p, batch, s: ([], s), None)
+    assert source.list_parts() == ["0-impressions", "1-impressions"]
+    assert broker["check"] == [[TOPIC, DEAD, LATE]] and broker["listing"] == []
+
+
+def test_without_the_check_the_partitions_are_listed_as_before(broker) -> None:
+    t = transport()
+    assert t.partitions([TOPIC]) == ["0-listed", "1-listed"]
+    assert t.source([TOPIC], lambda p, batch, s: ([], s), None).list_parts() == ["0-listed", "1-listed"]
+    assert len(broker["listing"]) == 2
+
+
+def test_the_check_asks_each_output_limit_once_and_at_once(broker) -> None:
+    t = transport()
+    t.check(read=[TOPIC], write=[DEAD, LATE])
+    assert sorted(topic for topic, _ in broker["limit"]) == [DEAD, LATE]
+    assert {thread for _, thread in broker["limit"]} != {threading.current_thread().name}  # not one after another
+    expected = kafka.record_limit(1_000_000, kafka.PRODUCER_MESSAGE_MAX_BYTES)
+    assert t.max_record_bytes(DEAD) == t.max_record_bytes(LATE) == expected
+    assert len(broker["limit"]) == 2  # the flow's own questions are answered from the check's
+
+
+def test_every_client_reconnects_fast_unless_the_user_says_otherwise() -> None:
+    assert transport().client_config["reconnect.backoff.ms"] == "10"
+    own = KafkaClientConfig({"reconnect.backoff.ms": "250", "security.protocol": "SSL"})
+    t = KafkaTransport(["127.0.0.1:9"], "group", True, 100, EARLIEST, None, client=own)
+    assert t.client_config == {"reconnect.backoff.ms": "250", "security.protocol": "SSL"}
