@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench.stack import BROKERS
 from connectors.transports import kafka_native
+from connectors.transports.kafka import CONSUMER_DEFAULTS
 from connectors.transports.kafka_native import OFFSET_BEGINNING, NativePartitionReader
 from dataflows.skeleton import GC_THRESHOLDS
 
@@ -24,13 +25,7 @@ from dataflows.skeleton import GC_THRESHOLDS
 JOBS_FETCH_NAME = "1 MB fetches, 400 K / 32 MiB queue (the jobs' defaults)"
 FETCH_SWEEP: dict[str, dict[str, int]] = {
     "defaults": {},
-    JOBS_FETCH_NAME: {
-        "fetch.min.bytes": 1_000_000,
-        "fetch.wait.max.ms": 100,
-        "max.partition.fetch.bytes": 10_000_000,
-        "queued.min.messages": 400_000,
-        "queued.max.messages.kbytes": 32_768,
-    },
+    JOBS_FETCH_NAME: {name: int(value) for name, value in CONSUMER_DEFAULTS.items()},  # whatever the jobs use
     "1 MB fetches, 1 M / 1 GB queue": {
         "fetch.min.bytes": 1_000_000,
         "fetch.wait.max.ms": 100,

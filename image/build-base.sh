@@ -60,7 +60,8 @@ rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/var/log
     "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
     "$rootfs"/usr/share/locale/* "$rootfs"/tmp/*
 : >"$rootfs/etc/resolv.conf"
-find "$rootfs/venv" -name '__pycache__' -prune -exec rm -rf {} +
+# The venv's bytecode stays: the container's filesystem is read-only, so a pod without it
+# would compile bytewax, polars and botocore again at every start.
 
 ctr=$(buildah from scratch)
 buildah copy --quiet "$ctr" "$rootfs" / >/dev/null
