@@ -94,7 +94,7 @@ image: ## Build the job image with buildah (installs buildah/debootstrap; a Debi
 test-image: install ## Build the image and run both jobs from it as uid 10001 against a local Kafka and S3 (root, buildah)
 	$(PY) -m pytest -m image tests/image
 
-bench: up ## Throughput, memory and latency vs the ceilings and the textbook design (about 12 min)
+bench: up ## Throughput, memory, latency and the per-event cost breakdown vs the ceilings (about 20 min)
 	$(PY) -m bench --out bench-results.json
 	$(PY) -m bench.report  # the results into docs/performance.md
 
