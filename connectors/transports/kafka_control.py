@@ -325,11 +325,18 @@ def read_manifests(
 
 
 # What a broker answers for a partition that is still being placed (a control topic just made).
+# What a control partition answers while it is not ready yet, asked again until the deadline:
+# a topic just created is not in the client's metadata at once ("Unknown partition"), and a
+# broker too busy to answer in time drops the client's connections ("All brokers down").
 NOT_READY = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._TIMED_OUT,
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError._UNKNOWN_TOPIC,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._TRANSPORT,
 }
 
 

@@ -36,7 +36,7 @@ from devstack.processes import free_port
 from producers.bookings import BookingTraffic, GeneratedBooking, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
 from tests.support.data import make_topics, read_topic
-from tests.support.jobs import FLOWS, Job, cluster_addresses, init_recovery, run_cluster
+from tests.support.jobs import FLOWS, Job, cluster_addresses, failed_processes, init_recovery, run_cluster
 from tests.support.oracles import expected_bookings, expected_rows, raw_of
 from tests.support.readers import COLUMNS, KEY
 from tests.support.runs import BOUND_S, ImpressionsRun, snapshot_epochs, traffic
@@ -251,7 +251,7 @@ def bounded_finish(target: str, env: dict[str, str], layout: str, store_dirs: li
         code = done.wait(300)
         assert code == 0, done.output()[-3000:]
         return
-    assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+    assert not failed_processes(results), failed_processes(results)
 
 
 def until_time_is_up(

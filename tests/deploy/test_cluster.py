@@ -17,7 +17,7 @@ from producers.bookings import BookingTraffic, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
 from tests.e2e.test_booking_correlation import output_env
 from tests.support.data import make_topics, read_partitions, read_s3_rows
-from tests.support.jobs import FLOWS, init_recovery, run_cluster, wait_for
+from tests.support.jobs import FLOWS, failed_processes, init_recovery, run_cluster, wait_for
 from tests.support.oracles import WINDOW_MS
 from tests.support.runs import BOUND_S, check_booking_outputs, traffic
 
@@ -27,7 +27,7 @@ def test_movie_impressions_as_two_processes_is_exact_and_lag_is_visible(kafka, n
     run.produce(traffic(15_000, seed=31))
     recovery = init_recovery(tmp_path / "cluster-recovery", partitions=2)
     results = run_cluster(FLOWS["movie-impressions"], {**run.env, "BOUNDED": "true"}, processes=2, recovery=recovery)
-    assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+    assert not failed_processes(results), failed_processes(results)
     run.assert_exact()
 
     # The offsets are also committed to the consumer group, for standard lag tools.
@@ -59,7 +59,7 @@ def test_booking_correlation_as_two_processes_is_exact(kafka, tmp_path: Path) ->
     results = run_cluster(
         FLOWS["booking-correlation"], env, processes=2, recovery=init_recovery(tmp_path / "recovery", partitions=2)
     )
-    assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+    assert not failed_processes(results), failed_processes(results)
     check_booking_outputs(kafka, env, messages, allow_identical_repeats=False)
 
 
@@ -75,7 +75,7 @@ def test_rescale_from_one_worker_to_two_processes_keeps_the_output_exact(new_run
     results = run_cluster(
         FLOWS["movie-impressions"], {**run.env, "BOUNDED": "true"}, processes=2, recovery=run.recovery
     )
-    assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+    assert not failed_processes(results), failed_processes(results)
     run.assert_exact()
 
 

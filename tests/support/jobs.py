@@ -118,6 +118,14 @@ def run_cluster(
     return results
 
 
+def failed_processes(results: list[subprocess.CompletedProcess]) -> str:
+    """The processes of a cluster run that did not exit 0, with their exit codes and the ends of
+    their logs, whole (an assertion's repr of a list would cut them in the middle); "" if none."""
+    return "\n\n".join(
+        f"process {i} exited {r.returncode}:\n{r.stderr[-3000:]}" for i, r in enumerate(results) if r.returncode != 0
+    )
+
+
 class Job:
     """A dataflow run in the background as `python -m bytewax.run`, killable like a crashed pod."""
 

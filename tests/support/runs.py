@@ -23,7 +23,7 @@ from devstack.processes import free_port
 from producers.bookings import GeneratedBooking
 from producers.movie_impressions import GeneratedEvent, TrafficShape, generate, produce
 from tests.support.data import make_topics, read_s3_rows, read_topic
-from tests.support.jobs import FLOWS, Job, cluster_addresses, init_recovery, run_cluster, run_dataflow
+from tests.support.jobs import FLOWS, Job, cluster_addresses, failed_processes, init_recovery, run_cluster, run_dataflow
 from tests.support.oracles import expected_bookings, expected_rows, raw_of
 
 BOUND_S = 2  # MAX_OUT_OF_ORDERNESS_SECONDS of these runs; every outage lasts longer
@@ -214,7 +214,7 @@ class PodCluster:
         self.starts += 1
         for i, result in enumerate(results):
             (self.tmp_path / f"start-{self.starts}-process-{i}.log").write_text(result.stderr)
-        assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+        assert not failed_processes(results), failed_processes(results)
 
     def dropped_snapshots(self) -> int:
         """Snapshots the last start's repair dropped, over all its processes (from their logs)."""

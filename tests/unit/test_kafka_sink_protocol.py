@@ -104,3 +104,26 @@ def test_a_coordinator_that_never_answers_at_start_is_one_line_about_transaction
 def test_the_sink_s_own_producer_properties_cannot_be_set(prop: str) -> None:
     with pytest.raises(KafkaConfigError, match=f"KAFKA_PROPERTIES sets {prop}: the jobs' Kafka outputs"):
         from_env({"KAFKA_PROPERTIES": f"{prop}=x"})
+
+
+def test_a_control_partition_not_yet_in_the_clients_metadata_is_asked_again() -> None:
+    """A control topic just created (or a broker too busy to answer) is not ready yet, not an error."""
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    from connectors.transports.kafka_control import _watermarks
+
+    answers: list = [
+        KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION)),
+        KafkaException(KafkaError(KafkaError._ALL_BROKERS_DOWN)),
+        (0, 7),
+    ]
+
+    class Consumer:
+        def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    assert _watermarks(Consumer(), TopicPartition("t.waxstreams-commits", 0), timeout=30) == (0, 7)  # type: ignore[arg-type]
+    assert not answers
