@@ -8,6 +8,7 @@ from __future__ import annotations
 import compileall
 import functools
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import polars as pl
 from bench.stack import BROKERS, BUCKET, ROOT, S3, topic_size
 from devstack.kafka import create_topics
 from devstack.processes import free_port
-from devstack.s3 import LOCAL_CREDENTIALS, create_bucket, s3_client
+from devstack.s3 import LOCAL_CREDENTIALS, create_bucket, delete_bucket, s3_client
 from producers.movie_impressions import TrafficShape, generate, produce
 
 FLOW = "dataflows.movie_impressions:flow"
@@ -58,6 +59,25 @@ def run_job(
     bucket = f"{BUCKET}-{prefix}"
     create_bucket(S3, bucket)
     recovery = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
+    try:
+        return _run(target, topic, processes, workers, env, events, root, bucket, prefix, recovery)
+    finally:
+        delete_bucket(S3, bucket)
+        shutil.rmtree(recovery, ignore_errors=True)
+
+
+def _run(
+    target: str,
+    topic: str,
+    processes: int,
+    workers: int,
+    env: dict | None,
+    events: int | None,
+    root: Path,
+    bucket: str,
+    prefix: str,
+    recovery: Path,
+) -> dict:
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), str(max(processes, 1))], check=True)
     job_env = {
         **os.environ,

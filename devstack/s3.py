@@ -72,3 +72,14 @@ def create_bucket(endpoint_url: str, name: str) -> None:
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     if name not in existing:
         client.create_bucket(Bucket=name)
+
+
+def delete_bucket(endpoint_url: str, name: str) -> None:
+    """The bucket and every object in it (benchmarks' scratch buckets: the local server keeps
+    them in memory, and a bucket left per run grew it to gigabytes)."""
+    client = s3_client(endpoint_url)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+    client.delete_bucket(Bucket=name)
