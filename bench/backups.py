@@ -27,7 +27,7 @@ from pathlib import Path
 
 from connectors import backup_layout as layout
 from connectors.backup_store import BackupConfig, BackupStore
-from devstack.s3 import LOCAL_CREDENTIALS, create_bucket
+from devstack.s3 import LOCAL_CREDENTIALS, create_bucket, delete_bucket
 
 S3 = "http://127.0.0.1:4566"
 FLOW = "dataflows.movie_impressions:flow"
@@ -136,7 +136,10 @@ def one_run(config: str, topic: str, run_job: Callable[..., dict]) -> dict:
         "BACKUP_RUN": RUN,
         "BACKUP_RETENTION": str(KEEP_ALL),
     }
-    return {**run_job(FLOW, topic, env=env), **read_rounds(bucket)}
+    try:
+        return {**run_job(FLOW, topic, env=env), **read_rounds(bucket)}
+    finally:
+        delete_bucket(S3, bucket)
 
 
 def compare(topic: str, events: int, runs: int) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,7 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-from devstack.kafka import create_topics
+from connectors.transports.kafka_control import CONTROL_SUFFIX
+from devstack.kafka import create_topics, delete_topics
 from producers.bookings import BookingTraffic, generate_bookings, messages_for
 from producers.kafka_producer import produce_messages
 
@@ -68,31 +70,36 @@ def run(root: Path, bookings: int, messages: int) -> dict:
     }
     create_topics(BROKERS, list(outputs.values()), partitions=2)
     recovery = Path(tempfile.mkdtemp(prefix="bench-bookings-"))
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
-    env = {
-        **os.environ,
-        **outputs,
-        "KAFKA_BROKERS": BROKERS,
-        "CREATED_TOPIC": created,
-        "EVENTS_TOPIC": events,
-        "BOUNDED": "true",
-        "PYTHONPATH": str(root),
-    }
-    argv = ["/usr/bin/time", "-f", "%M %U %S", sys.executable, "-m", "bytewax.run"]
-    argv += ["dataflows.booking_correlation:flow", "-r", str(recovery), "-s", "5", "-b", "0"]
-    started = time.perf_counter()
-    done = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        msg = f"the booking job at {root} failed:\n{done.stderr[-3000:]}"
-        raise RuntimeError(msg)
-    peak_kb, user, system = done.stderr.strip().splitlines()[-1].split()
-    return {
-        "seconds": elapsed,
-        "events_per_s": messages / elapsed,
-        "cpu_seconds": float(user) + float(system),
-        "peak_mb": int(peak_kb) / 1024,
-    }
+    try:
+        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
+        env = {
+            **os.environ,
+            **outputs,
+            "KAFKA_BROKERS": BROKERS,
+            "CREATED_TOPIC": created,
+            "EVENTS_TOPIC": events,
+            "BOUNDED": "true",
+            "PYTHONPATH": str(root),
+        }
+        argv = ["/usr/bin/time", "-f", "%M %U %S", sys.executable, "-m", "bytewax.run"]
+        argv += ["dataflows.booking_correlation:flow", "-r", str(recovery), "-s", "5", "-b", "0"]
+        started = time.perf_counter()
+        done = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, check=False)
+        elapsed = time.perf_counter() - started
+        if done.returncode != 0:
+            msg = f"the booking job at {root} failed:\n{done.stderr[-3000:]}"
+            raise RuntimeError(msg)
+        peak_kb, user, system = done.stderr.strip().splitlines()[-1].split()
+        return {
+            "seconds": elapsed,
+            "events_per_s": messages / elapsed,
+            "cpu_seconds": float(user) + float(system),
+            "peak_mb": int(peak_kb) / 1024,
+        }
+    finally:
+        shutil.rmtree(recovery, ignore_errors=True)
+        # The outputs and their sinks' commit logs.
+        delete_topics(BROKERS, [name + suffix for name in outputs.values() for suffix in ("", CONTROL_SUFFIX)])
 
 
 def compare(other: Path, bookings: int, runs: int) -> dict:

@@ -382,3 +382,10 @@ def create_topics(bootstrap: str, names: list[str], partitions: int = 2) -> None
     wanted = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
     for future in admin.create_topics(wanted).values() if wanted else []:
         future.result(timeout=30)
+
+
+def delete_topics(bootstrap: str, names: list[str]) -> None:
+    """Delete topics (benchmarks' scratch outputs: each run's would stay on the broker's disk)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
+    for future in admin.delete_topics(names).values() if names else []:
+        future.result(timeout=30)
