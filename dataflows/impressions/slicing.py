@@ -11,7 +11,7 @@ from dataflows.dead_letters import DeadLetter, LateEvent, SourcePosition, reject
 from dataflows.event_time import NO_WATERMARK, partition_watermark
 from dataflows.impressions.decode import decode_batch
 from dataflows.impressions.layout import MOVIE_SHARDS, movie_shard, movie_shards
-from dataflows.impressions.windows import WindowSlice
+from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice
 
 
 def slice_batch(
@@ -68,79 +68,60 @@ def _slice_columns(
     watermark_before = partition_watermark(max_timestamp, bound_ms)
     max_timestamp = max(max_timestamp, int(ts.max()))  # a late event is older than the newest
     watermark = partition_watermark(max_timestamp, bound_ms)
+    on_time = rows.select("movieId", "userId", "ts", window=pl.Series(starts // window_ms))
     if late.any():
-        on_time = ~late
-        rows, ts, starts = rows.filter(pl.Series(on_time)), ts[on_time], starts[on_time]
-    return out + _slices(rows, ts, starts, source, watermark, watermark_before, window_ms), max_timestamp
+        on_time = on_time.filter(pl.Series(~late))
+    # Hashed once per event: on few (movie, user) pairs the group-by leaves little to sort.
+    tallies = on_time.group_by("movieId", "window", "userId").agg(
+        impressions=pl.len().cast(pl.Int64), latestImpression=pl.col("ts").max()
+    )
+    return out + _slices(tallies, source, watermark, watermark_before, window_ms), max_timestamp
 
 
 _SHARDS = movie_shards()
 _SHARD_NUMBERS = {shard: number for number, shard in enumerate(_SHARDS)}
 
 
-def _codes(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
-    """Each value's number among the column's distinct values (in no particular order), and those values."""
-    distinct = column.unique()
-    return column.cast(pl.Enum(distinct)).to_physical().to_numpy().astype(np.int64), distinct
-
-
 def _slices(
-    rows: pl.DataFrame,
-    ts: np.ndarray,
-    starts: np.ndarray,
-    source: str,
-    watermark: int,
-    watermark_before: int,
-    window_ms: int,
+    tallies: pl.DataFrame, source: str, watermark: int, watermark_before: int, window_ms: int
 ) -> list[WindowSlice | DeadLetter | LateEvent]:
-    """A slice per (shard, window) of the on-time `rows` (ts and window starts given), in
-    window and shard order, tallied per (movie, user): the events numbered by (window,
-    shard, movie, user) and sorted once with numpy, each run summed, then cut into
-    zero-copy slices. Integers throughout: no string is hashed twice or compared."""
-    if rows.height == 0:
+    """A slice per (shard, window) of the batch's tallies, in window and shard order: the
+    rows ordered by (window, shard, movie) with one numpy sort of an integer key (movies
+    numbered by an Enum cast), then cut into zero-copy slices."""
+    if tallies.height == 0:
         return []
-    movie_of, movies = _codes(rows.get_column("movieId"))
-    user_of, users = _codes(rows.get_column("userId"))
+    movies = tallies.get_column("movieId").unique()
     names = movies.to_list()
     shard_of = np.array([_SHARD_NUMBERS[movie_shard(m)] for m in names], dtype=np.int64)
-    windows = starts // window_ms
+    movie_of = tallies.get_column("movieId").cast(pl.Enum(movies)).to_physical().to_numpy().astype(np.int64)
+    windows = tallies.get_column("window").to_numpy()
     first_window = int(windows.min())
     piece_of = (windows - first_window) * MOVIE_SHARDS + shard_of[movie_of]
-    pieces, n_movies, n_users = (int(windows.max()) - first_window + 1) * MOVIE_SHARDS, len(names), len(users)
-    if pieces * n_movies * n_users < 2**62:  # one int64 key
-        key = (piece_of * n_movies + movie_of) * n_users + user_of
-        order = np.argsort(key)
-        key = key[order]
-        firsts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    else:  # a batch spanning years of tiny windows
-        order = np.lexsort((user_of, movie_of, piece_of))
-        p, m, u = piece_of[order], movie_of[order], user_of[order]
-        firsts = np.flatnonzero(np.r_[True, (p[1:] != p[:-1]) | (m[1:] != m[:-1]) | (u[1:] != u[:-1])])
-    take = order[firsts]  # a row of each (piece, movie, user)
-    latest = np.maximum.reduceat(ts[order], firsts)
-    tallies = rows.select("movieId", "userId")[take].with_columns(
-        impressions=pl.Series(np.diff(firsts, append=len(order)), dtype=pl.Int64),
-        latestImpression=pl.Series(latest, dtype=pl.Int64),
-    )
-    piece_of, movie_of = piece_of[take], movie_of[take]
+    pieces = (int(windows.max()) - first_window + 1) * MOVIE_SHARDS
+    # One int64 key, unless a batch spans so many windows that it would overflow.
+    order = np.argsort(piece_of * len(names) + movie_of) if pieces * len(names) < 2**62 else None
+    if order is None:
+        order = np.lexsort((movie_of, piece_of))
+    piece_of, movie_of = piece_of[order], movie_of[order]
+    rows = tallies.select(*TALLY_SCHEMA.names())[order]
     firsts = np.flatnonzero(np.r_[True, piece_of[1:] != piece_of[:-1]])
-    newest = np.maximum.reduceat(latest, firsts).tolist()
+    latest = np.maximum.reduceat(rows.get_column("latestImpression").to_numpy(), firsts).tolist()
     # Each piece's movies: the first row of each (piece, movie) run.
     runs = np.flatnonzero(np.r_[True, (piece_of[1:] != piece_of[:-1]) | (movie_of[1:] != movie_of[:-1])])
     run_movies = np.array(names, dtype=object)[movie_of[runs]]
     piece_movies = np.split(run_movies, np.searchsorted(runs, firsts[1:]))
-    ends = [*firsts[1:].tolist(), tallies.height]
+    ends = [*firsts[1:].tolist(), rows.height]
     out: list[WindowSlice | DeadLetter | LateEvent] = []
-    for first, end, latest_in, in_piece in zip(firsts.tolist(), ends, newest, piece_movies, strict=True):
+    for first, end, newest, in_piece in zip(firsts.tolist(), ends, latest, piece_movies, strict=True):
         piece = int(piece_of[first])
         shard, start = _SHARDS[piece % MOVIE_SHARDS], (piece // MOVIE_SHARDS + first_window) * window_ms
         out.append(
             WindowSlice(
                 shard,
                 start,
-                latest_in,
+                newest,
                 in_piece.tolist(),
-                tallies.slice(first, end - first),
+                rows.slice(first, end - first),
                 source,
                 watermark,
                 watermark_before,
