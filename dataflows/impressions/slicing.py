@@ -11,7 +11,7 @@ from dataflows.dead_letters import DeadLetter, LateEvent, SourcePosition, reject
 from dataflows.event_time import NO_WATERMARK, partition_watermark
 from dataflows.impressions.decode import decode_batch
 from dataflows.impressions.layout import MOVIE_SHARDS, movie_shard, movie_shards
-from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice
+from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice, sort_order
 
 
 def slice_batch(
@@ -98,10 +98,7 @@ def _slices(
     first_window = int(windows.min())
     piece_of = (windows - first_window) * MOVIE_SHARDS + shard_of[movie_of]
     pieces = (int(windows.max()) - first_window + 1) * MOVIE_SHARDS
-    # One int64 key, unless a batch spans so many windows that it would overflow.
-    order = np.argsort(piece_of * len(names) + movie_of) if pieces * len(names) < 2**62 else None
-    if order is None:
-        order = np.lexsort((movie_of, piece_of))
+    order = sort_order((piece_of, movie_of), (pieces, len(names)))
     piece_of, movie_of = piece_of[order], movie_of[order]
     rows = tallies.select(*TALLY_SCHEMA.names())[order]
     firsts = np.flatnonzero(np.r_[True, piece_of[1:] != piece_of[:-1]])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
 import operator
 import threading
 from collections import Counter
@@ -142,7 +143,7 @@ class ClosedRows:
         # the rows by (window, movie, user) and no string is compared row against row.
         movie, movies = _ranks(frame.get_column("movieId"))
         user, users = _ranks(frame.get_column("userId"))
-        order = _order(window, movie, user, len(windows), len(movies), len(users))
+        order = sort_order((window, movie, user), (len(windows), len(movies), len(users)))
         window, movie, user = window[order], movie[order], user[order]
         new_run = _run_starts(window, movie)  # of (window, movie)
         impressions = frame.get_column("impressions").to_numpy()[order]
@@ -187,13 +188,15 @@ def _ranks(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
     return column.cast(pl.Enum(distinct)).to_physical().to_numpy().astype(np.int64), distinct
 
 
-def _order(
-    window: np.ndarray, movie: np.ndarray, user: np.ndarray, windows: int, movies: int, users: int
-) -> np.ndarray:
-    """The rows' order by (window, movie, user): one int64 key sorted, or a lexsort if that would overflow."""
-    if windows * movies * users < 2**62:
-        return np.argsort((window * movies + movie) * users + user)
-    return np.lexsort((user, movie, window))
+def sort_order(keys: Sequence[np.ndarray], sizes: Sequence[int]) -> np.ndarray:
+    """The order of rows by `keys` (each a non-negative int64 below its size, the first
+    most significant): one int64 key sorted, or a lexsort if that key would overflow."""
+    if math.prod(sizes) < 2**62:
+        key = keys[0]
+        for column, size in zip(keys[1:], sizes[1:], strict=True):
+            key = key * size + column
+        return np.argsort(key)
+    return np.lexsort(keys[::-1])
 
 
 class OpenMovies:
