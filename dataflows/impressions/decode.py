@@ -156,16 +156,20 @@ class _Layout:
 
     @functools.cached_property
     def pattern(self) -> str:
-        # An id the per-record path takes as it is: no quote, escape, C0, DEL or C1 control
-        # (its length in bytes is checked after); the digits an integer without sign,
-        # fraction, exponent or leading zero that fits an int64.
-        text_id = r'[^"\\\x00-\x1f\x7f-\x9f]+'
+        # An id the per-record path takes as it is: no quote, escape, C0, DEL or C1 control,
+        # an ASCII letter or digit somewhere (so never blank; its length in bytes is checked
+        # after); the digits an integer without sign, fraction, exponent or leading zero that
+        # fits an int64. The DFA proves it all in the one pass.
+        text = r'[^"\\\x00-\x1f\x7f-\x9f]*'
+        text_id = text + _ASCII_ALNUM + text
         parts = (re.escape(self.head), text_id, re.escape(self.middle), text_id, re.escape(self.tail))
         return "^" + "".join(parts) + r"[1-9][0-9]{0,17}\}$"
 
     def cut(self, lines: pl.DataFrame) -> pl.DataFrame:
         """ROWS_SCHEMA of `lines` (row, line, text) that match `pattern`, cut between the
-        literal pieces (found where they first occur: the ids hold no quote)."""
+        literal pieces (found where they first occur: the ids hold no quote), and only the
+        rows whose fields are accepted as they are (`_accepted_as_is`, the rest of it:
+        each id's length in bytes, the time's range)."""
         head, middle, tail = len(self.head), len(self.middle), len(self.tail)
         text = pl.col("text")
         # Byte offsets (`str.find` counts bytes, `str.slice` would count characters).
@@ -177,12 +181,18 @@ class _Layout:
             end=text.str.len_bytes() - 1,
         )
         raw, movie_end, user_end = pl.col("line"), pl.col("movie_end"), pl.col("user_end")
-        return cuts.select(
+        movie_bytes, user_bytes = movie_end - head, user_end - movie_end - middle
+        rows = cuts.select(
             pl.col("row").cast(pl.Int64),
-            raw.bin.slice(head, movie_end - head).cast(pl.String).alias("movieId"),
-            raw.bin.slice(movie_end + middle, user_end - movie_end - middle).cast(pl.String).alias("userId"),
+            raw.bin.slice(head, movie_bytes).cast(pl.String).alias("movieId"),
+            raw.bin.slice(movie_end + middle, user_bytes).cast(pl.String).alias("userId"),
             raw.bin.slice(user_end + tail, pl.col("end") - user_end - tail).cast(pl.String).cast(pl.Int64).alias("ts"),
+            ok=pl.max_horizontal(movie_bytes, user_bytes) <= MAX_ID_BYTES,
         )
+        ok = pl.col("ok") & pl.col("ts").is_between(MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS, closed="left")
+        if rows.select(ok.all()).item():
+            return rows.drop("ok")
+        return rows.filter(ok).drop("ok")
 
 
 # json.dumps' default and the compact one (JSON.stringify, Jackson), keys in the producers' order.
@@ -209,7 +219,7 @@ def _layout_rows(values: list[bytes | None] | pl.Series) -> pl.DataFrame:
         text = lines.get_column("line").cast(pl.String)
     lines = lines.with_columns(text=text)
     found = []
-    for layout in _LAYOUTS:
+    for layout in _in_likely_order(text):
         matches = lines.get_column("text").str.contains(layout.pattern).fill_null(False)
         if matches.all():
             found.append(layout.cut(lines))
@@ -219,7 +229,16 @@ def _layout_rows(values: list[bytes | None] | pl.Series) -> pl.DataFrame:
             lines = lines.filter(~matches)
     if not found:
         return ROWS_SCHEMA.to_frame()
-    return _accepted_as_is(found[0] if len(found) == 1 else pl.concat(found).sort("row"))
+    return found[0] if len(found) == 1 else pl.concat(found).sort("row")
+
+
+def _in_likely_order(text: pl.Series) -> tuple[_Layout, ...]:
+    """`_LAYOUTS`, the first record's first: a batch is mostly one producer's, so one match pass."""
+    first = text[0] if len(text) else None
+    for i, layout in enumerate(_LAYOUTS):
+        if first is not None and first.startswith(layout.head):
+            return (layout, *_LAYOUTS[:i], *_LAYOUTS[i + 1 :])
+    return _LAYOUTS
 
 
 def _utf8(values: list[bytes | None]) -> np.ndarray:

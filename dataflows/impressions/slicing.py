@@ -11,7 +11,7 @@ from dataflows.dead_letters import DeadLetter, LateEvent, SourcePosition, reject
 from dataflows.event_time import NO_WATERMARK, partition_watermark
 from dataflows.impressions.decode import decode_batch
 from dataflows.impressions.layout import MOVIE_SHARDS, movie_shard, movie_shards
-from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice
+from dataflows.impressions.windows import TALLY_SCHEMA, WindowSlice, sort_order
 
 
 def slice_batch(
@@ -68,10 +68,11 @@ def _slice_columns(
     watermark_before = partition_watermark(max_timestamp, bound_ms)
     max_timestamp = max(max_timestamp, int(ts.max()))  # a late event is older than the newest
     watermark = partition_watermark(max_timestamp, bound_ms)
-    on_time = rows.select("movieId", "userId", "ts", start=pl.Series(starts))
+    on_time = rows.select("movieId", "userId", "ts", window=pl.Series(starts // window_ms))
     if late.any():
         on_time = on_time.filter(pl.Series(~late))
-    tallies = on_time.group_by("movieId", "start", "userId").agg(
+    # Hashed once per event: on few (movie, user) pairs the group-by leaves little to sort.
+    tallies = on_time.group_by("movieId", "window", "userId").agg(
         impressions=pl.len().cast(pl.Int64), latestImpression=pl.col("ts").max()
     )
     return out + _slices(tallies, source, watermark, watermark_before, window_ms), max_timestamp
@@ -85,17 +86,19 @@ def _slices(
     tallies: pl.DataFrame, source: str, watermark: int, watermark_before: int, window_ms: int
 ) -> list[WindowSlice | DeadLetter | LateEvent]:
     """A slice per (shard, window) of the batch's tallies, in window and shard order: the
-    rows ordered by (window, shard, movie) with numpy, then cut into zero-copy slices."""
+    rows ordered by (window, shard, movie) with one numpy sort of an integer key (movies
+    numbered by an Enum cast), then cut into zero-copy slices."""
     if tallies.height == 0:
         return []
     movies = tallies.get_column("movieId").unique()
     names = movies.to_list()
     shard_of = np.array([_SHARD_NUMBERS[movie_shard(m)] for m in names], dtype=np.int64)
-    ranks = movies.to_frame().with_row_index("movie")
-    movie = tallies.select("movieId").join(ranks, on="movieId", how="left", maintain_order="left")
-    movie_of = movie.get_column("movie").to_numpy().astype(np.int64)
-    piece_of = tallies.get_column("start").to_numpy() // window_ms * MOVIE_SHARDS + shard_of[movie_of]
-    order = np.lexsort((movie_of, piece_of))
+    movie_of = tallies.get_column("movieId").cast(pl.Enum(movies)).to_physical().to_numpy().astype(np.int64)
+    windows = tallies.get_column("window").to_numpy()
+    first_window = int(windows.min())
+    piece_of = (windows - first_window) * MOVIE_SHARDS + shard_of[movie_of]
+    pieces = (int(windows.max()) - first_window + 1) * MOVIE_SHARDS
+    order = sort_order((piece_of, movie_of), (pieces, len(names)))
     piece_of, movie_of = piece_of[order], movie_of[order]
     rows = tallies.select(*TALLY_SCHEMA.names())[order]
     firsts = np.flatnonzero(np.r_[True, piece_of[1:] != piece_of[:-1]])
@@ -108,7 +111,7 @@ def _slices(
     out: list[WindowSlice | DeadLetter | LateEvent] = []
     for first, end, newest, in_piece in zip(firsts.tolist(), ends, latest, piece_movies, strict=True):
         piece = int(piece_of[first])
-        shard, start = _SHARDS[piece % MOVIE_SHARDS], piece // MOVIE_SHARDS * window_ms
+        shard, start = _SHARDS[piece % MOVIE_SHARDS], (piece // MOVIE_SHARDS + first_window) * window_ms
         out.append(
             WindowSlice(
                 shard,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
 import operator
 import threading
 from collections import Counter
@@ -138,45 +139,64 @@ class ClosedRows:
         frame = pl.concat(parts) if parts else TALLY_SCHEMA.to_frame()
         heights = [sum(part.height for part in tallies.parts) for _, tallies in windows]
         window = np.repeat(np.arange(len(windows), dtype=np.int64), heights)
-        # The movies ranked (a few distinct values), so that one integer orders windows
-        # and movies, and the sort compares user strings only within a (window, movie).
-        movies = frame.get_column("movieId").unique().sort()
-        ranks = movies.to_frame().with_row_index("movie")
-        movie = frame.select("movieId").join(ranks, on="movieId", how="left", maintain_order="left")
-        key = window * len(movies) + movie.get_column("movie").to_numpy().astype(np.int64)
-        frame = frame.with_columns(key=pl.Series(key)).sort("key", "userId")
-        if any(len(tallies.parts) > 1 for _, tallies in windows):
-            frame = _summed_sorted(frame)
-        key = frame.get_column("key").to_numpy()
-        window_of_row = key // max(len(movies), 1)
-        starts = np.array([start for start, _ in windows], dtype=np.int64)[window_of_row]
-        rows = frame.select(*TALLY_SCHEMA.names()).with_columns(
-            windowStart=pl.Series(starts), windowEnd=pl.Series(starts + length_ms)
+        # Movies and users ranked (each distinct string sorted once), so that integers order
+        # the rows by (window, movie, user) and no string is compared row against row.
+        movie, movies = _ranks(frame.get_column("movieId"))
+        user, users = _ranks(frame.get_column("userId"))
+        order = sort_order((window, movie, user), (len(windows), len(movies), len(users)))
+        window, movie, user = window[order], movie[order], user[order]
+        new_run = _run_starts(window, movie)  # of (window, movie)
+        impressions = frame.get_column("impressions").to_numpy()[order]
+        latest = frame.get_column("latestImpression").to_numpy()[order]
+        if any(len(tallies.parts) > 1 for _, tallies in windows):  # a (window, movie, user) may repeat: summed
+            firsts = np.flatnonzero(new_run | _run_starts(user))
+            if len(firsts) < len(order):
+                impressions = np.add.reduceat(impressions, firsts)
+                latest = np.maximum.reduceat(latest, firsts)
+                order, window, movie, new_run = order[firsts], window[firsts], movie[firsts], new_run[firsts]
+        starts = np.array([start for start, _ in windows], dtype=np.int64)[window]
+        rows = frame.select("movieId", "userId")[order].with_columns(
+            impressions=pl.Series(impressions, dtype=pl.Int64),
+            latestImpression=pl.Series(latest, dtype=pl.Int64),
+            windowStart=pl.Series(starts, dtype=pl.Int64),
+            windowEnd=pl.Series(starts + length_ms, dtype=pl.Int64),
         )
-        run_starts = np.flatnonzero(np.diff(key, prepend=-1))
+        run_starts = np.flatnonzero(new_run)
         return cls(
             rows,
-            np.bincount(window_of_row, minlength=len(windows)),
-            window_of_row[run_starts],
-            key[run_starts] % max(len(movies), 1),
-            np.diff(run_starts, append=len(key)),
+            np.bincount(window, minlength=len(windows)),
+            window[run_starts],
+            movie[run_starts],
+            np.diff(run_starts, append=len(order)),
             movies,
         )
 
 
-def _summed_sorted(frame: pl.DataFrame) -> pl.DataFrame:
-    """`frame` (sorted by key and user) with each (key, user)'s rows summed into one:
-    counts added, latest the newest."""
-    again = frame.select(
-        (pl.col("key") == pl.col("key").shift(1)) & (pl.col("userId") == pl.col("userId").shift(1))
-    ).to_series()
-    if not again.any():
-        return frame
-    firsts = np.flatnonzero(~again.fill_null(False).to_numpy())
-    return frame[firsts].with_columns(
-        impressions=pl.Series(np.add.reduceat(frame.get_column("impressions").to_numpy(), firsts)),
-        latestImpression=pl.Series(np.maximum.reduceat(frame.get_column("latestImpression").to_numpy(), firsts)),
-    )
+def _run_starts(*columns: np.ndarray) -> np.ndarray:
+    """Which rows differ from the row before in any of `columns` (the first row does)."""
+    starts = np.ones(len(columns[0]), dtype=bool)
+    if len(starts) > 1:
+        starts[1:] = np.logical_or.reduce([column[1:] != column[:-1] for column in columns])
+    return starts
+
+
+def _ranks(column: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """Each value's rank among the column's distinct values, and those values, sorted."""
+    distinct = column.unique().sort()
+    if distinct.is_empty():
+        return np.zeros(0, dtype=np.int64), distinct
+    return column.cast(pl.Enum(distinct)).to_physical().to_numpy().astype(np.int64), distinct
+
+
+def sort_order(keys: Sequence[np.ndarray], sizes: Sequence[int]) -> np.ndarray:
+    """The order of rows by `keys` (each a non-negative int64 below its size, the first
+    most significant): one int64 key sorted, or a lexsort if that key would overflow."""
+    if math.prod(sizes) < 2**62:
+        key = keys[0]
+        for column, size in zip(keys[1:], sizes[1:], strict=True):
+            key = key * size + column
+        return np.argsort(key)
+    return np.lexsort(keys[::-1])
 
 
 class OpenMovies:

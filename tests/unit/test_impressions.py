@@ -3,6 +3,7 @@ import pickle
 import zlib
 from datetime import UTC, datetime
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -145,6 +146,16 @@ def test_window_rows_in_schema_order_sorted_by_movie_and_user() -> None:
     }
     assert window_rows(0, MIN15, acc).schema == OUTPUT_SCHEMA
     assert window_rows(0, MIN15, WindowTallies()).schema == OUTPUT_SCHEMA
+
+
+@pytest.mark.parametrize("room", [1, 2**40])  # a key of 2**40 * 2**40 * 8 would overflow an int64
+def test_rows_are_ordered_by_their_keys_whether_one_integer_holds_them_or_not(room: int) -> None:
+    rng = np.random.default_rng(7)
+    keys = (rng.integers(0, 8, 500), rng.integers(0, 50, 500), rng.integers(0, 50, 500))
+    order = windows.sort_order(keys, (8, 50 * room, 50 * room))
+    assert sorted(zip(*(k.tolist() for k in keys), strict=True)) == list(
+        zip(*(k[order].tolist() for k in keys), strict=True)
+    )
 
 
 @pytest.mark.parametrize("rows_per_part", [1, 2_000])
