@@ -11,7 +11,8 @@ from connectors.env import Env
 from connectors.errors import ConfigError
 from connectors.transports import kafka_native
 from connectors.transports.kinesis.settings import KinesisConfigError, KinesisSettings
-from dataflows.settings import READER_DEFAULT, BookingSettings, MovieImpressionsSettings, choose_reader
+from dataflows import settings as settings_module
+from dataflows.settings import READERS, BookingSettings, MovieImpressionsSettings, choose_reader
 
 JOBS = [MovieImpressionsSettings, BookingSettings]
 
@@ -89,14 +90,22 @@ def test_auto_where_the_native_reader_can_read_uses_it(monkeypatch) -> None:
     assert kafka is not None and (kafka.reader, kafka.reader_note) == ("native", "")
 
 
-def test_the_default_reader_does_not_look_for_the_native_one(monkeypatch) -> None:
+def test_confluent_does_not_look_for_the_native_reader(monkeypatch) -> None:
     def looked(config: object) -> str:
         msg = "the native reader was looked for"
         raise AssertionError(msg)
 
     monkeypatch.setattr(kafka_native, "unusable", looked)
+    kafka = MovieImpressionsSettings.from_env({"KAFKA_READER": "confluent"}).kafka
+    assert kafka is not None and (kafka.reader, kafka.reader_note) == ("confluent", "")
+
+
+@pytest.mark.parametrize("default", READERS)
+def test_unset_is_the_default_and_flipping_it_is_one_value(default: str, monkeypatch) -> None:
+    monkeypatch.setattr(kafka_native, "unusable", lambda config: None)
+    monkeypatch.setattr(settings_module, "READER_DEFAULT", default)
     kafka = MovieImpressionsSettings.from_env({}).kafka
-    assert kafka is not None and (kafka.reader, kafka.reader_note) == (READER_DEFAULT, "") == ("confluent", "")
+    assert kafka is not None and kafka.reader == ("confluent" if default == "confluent" else "native")
 
 
 def test_a_consumer_setting_the_native_reader_does_not_call_makes_it_unusable(monkeypatch) -> None:
