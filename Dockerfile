@@ -12,12 +12,20 @@ COPY connectors/ connectors/
 COPY producers/ producers/
 COPY devstack/ devstack/
 COPY bench/ bench/
+# The optional native Kafka reader: the wheel `make install` built on the host, which
+# image/build.sh puts here (none: the image reads Kafka with confluent-kafka).
+COPY image/native-wheel/ /tmp/native-wheel/
 # Runtime dependencies only (no [dev] extra). The optional build secret `pip_ca` is a CA
 # bundle for pip (a TLS-inspecting proxy's, say): used for this step, never stored.
 RUN --mount=type=secret,id=pip_ca,required=false \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && /venv/bin/pip install --no-cache-dir --disable-pip-version-check . \
- && rm -rf dataflows connectors producers devstack bench pyproject.toml README.md build *.egg-info \
+ && if ls /tmp/native-wheel/*.whl >/dev/null 2>&1; then \
+        { /venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps /tmp/native-wheel/*.whl \
+          && /venv/bin/python -c 'import sys; from connectors.transports import kafka_native as k; sys.exit(k.unavailable())'; } \
+        || { echo "the native Kafka reader (.cache/native-wheel) does not work on this base: rebuild it with make install, or delete .cache/native-wheel to build without it" >&2; exit 1; }; \
+    fi \
+ && rm -rf /tmp/native-wheel dataflows connectors producers devstack bench pyproject.toml README.md build *.egg-info \
  && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin bytewax \
  && mkdir -p /var/bytewax/recovery && chown 10001:10001 /var/bytewax/recovery
 

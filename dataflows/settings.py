@@ -38,7 +38,8 @@ class KafkaSettings:
     # secrets: never log (`client.masked()` is safe to).
     client: KafkaClientConfig = field(default_factory=KafkaClientConfig)
     partition_check_seconds: float = 60.0  # KAFKA_PARTITION_CHECK_SECONDS: partitions added while running
-    reader: str = "confluent"  # KAFKA_READER: confluent-kafka's consumer, or the native reader (kafka_native.py)
+    reader: str = "confluent"  # KAFKA_READER as chosen: confluent-kafka's consumer, or native (kafka_native.py)
+    reader_note: str = ""  # KAFKA_READER=auto without the native reader: why, logged once at start
 
     @property
     def client_config(self) -> dict[str, Any]:
@@ -62,10 +63,26 @@ class KafkaSettings:
         except KafkaConfigError as exc:
             raise ConfigError(str(exc)) from None
         partition_check = e.number("KAFKA_PARTITION_CHECK_SECONDS", 60, minimum=0)
-        reader = e.choice("KAFKA_READER", "confluent", ("confluent", "native"))
-        if reader == "native" and (why := kafka_native.unavailable()) is not None:
-            raise ConfigError(f"KAFKA_READER=native: {why}, or unset KAFKA_READER")
-        return cls(brokers, client, partition_check, reader)
+        requested = e.choice("KAFKA_READER", READER_DEFAULT, READERS)
+        why_not = kafka_native.unusable(client.client_config()) if requested != "confluent" else None
+        reader, note = choose_reader(requested, why_not)
+        return cls(brokers, client, partition_check, reader, note)
+
+
+READERS = ("confluent", "native", "auto")  # KAFKA_READER's values
+READER_DEFAULT = "confluent"  # "auto" makes the native reader the default wherever it is built
+
+
+def choose_reader(requested: str, why_not_native: str | None) -> tuple[str, str]:
+    """KAFKA_READER as the reader to use (`confluent` or `native`) and the line to log at start
+    ("" for none). `why_not_native`: why the native reader cannot read here, with the fix (None: it can)."""
+    if requested == "confluent":
+        return "confluent", ""
+    if why_not_native is None:
+        return "native", ""
+    if requested == "auto":
+        return "confluent", f"KAFKA_READER=auto: reading Kafka with confluent-kafka, since {why_not_native}"
+    raise ConfigError(f"KAFKA_READER=native: {why_not_native}, or unset KAFKA_READER")
 
 
 @dataclass(frozen=True)

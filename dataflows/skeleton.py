@@ -144,6 +144,8 @@ def start(settings: JobSettings, argv: Sequence[str], environ: Mapping[str, str]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     tune_garbage_collector()
+    if settings.kafka is not None and settings.kafka.reader_note:
+        log.info("%s", settings.kafka.reader_note)
     metrics.serve(settings.metrics_port)
     global _bounded_since
     _bounded_since = time.monotonic() if settings.bounded else None

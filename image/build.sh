@@ -32,6 +32,16 @@ else
     base=$LOCAL_BASE
 fi
 
+# The optional native Kafka reader: the wheel `make install` built here (this host's glibc must
+# not be newer than the base's: Debian 12, 2.36), else none and KAFKA_READER=auto falls back.
+rm -f image/native-wheel/*.whl
+trap 'rm -f image/native-wheel/*.whl' EXIT
+native="without the native Kafka reader (no .cache/native-wheel: make install with cargo on PATH builds it)"
+if compgen -G ".cache/native-wheel/*.whl" >/dev/null; then
+    cp .cache/native-wheel/*.whl image/native-wheel/
+    native="with the native Kafka reader ($(basename .cache/native-wheel/*.whl))"
+fi
+
 # pip inside the build trusts what this machine trusts (a TLS-inspecting proxy's CA, say);
 # passed as a build secret, so it is in no layer.
 ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
@@ -39,4 +49,4 @@ secret=()
 if [ -s "$ca" ]; then secret=(--secret "id=pip_ca,src=$ca"); fi
 
 buildah bud --quiet --isolation chroot --layers --build-arg "BASE_IMAGE=$base" "${secret[@]}" -t "$TAG" . >/dev/null
-echo "built $TAG on $base ($(buildah images --format '{{.Size}}' "$TAG" | head -1))"
+echo "built $TAG on $base, $native ($(buildah images --format '{{.Size}}' "$TAG" | head -1))"

@@ -7,8 +7,8 @@ wheel ships (opened by path at first use, its version checked against confluent-
 polars takes without copying, offsets and timestamps as int64 arrays. The consumer configuration
 is confluent-kafka's: every librdkafka property passes through, and `error_cb`, `logger` and
 `oauth_cb` are called as confluent-kafka calls them (so ClientProblems and the token callback
-work unchanged). `make install` builds the extension when `cargo` is on PATH; without it,
-`unavailable()` says so in one line and the default reader is used.
+work unchanged). `make install` builds the extension when `cargo` is on PATH, and the image
+installs the wheel it made; without it, `unavailable()` says so in one line.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ OFFSET_BEGINNING = -2
 OFFSET_END = -1
 OFFSET_STORED = -1000
 
-BUILD_FIX = "install a Rust toolchain (cargo on PATH) and run make install"
+BUILD_FIX = "install a Rust toolchain (cargo on PATH) and run make install (then make image, for the image)"
 
 # librdkafka's syslog levels as logging levels (confluent-kafka's mapping).
 _PY_LEVELS = {0: logging.CRITICAL, 1: logging.CRITICAL, 2: logging.CRITICAL, 3: logging.ERROR, 4: logging.WARNING}
@@ -78,6 +78,17 @@ def unavailable() -> str | None:
     return None
 
 
+def unusable(config: Mapping[str, Any]) -> str | None:
+    """None when the native reader can read with this consumer configuration, else why and the fix."""
+    why = unavailable()
+    if why is None:
+        try:
+            split_config(config)
+        except KafkaConfigError as exc:
+            why = str(exc)
+    return why
+
+
 def _load() -> types.ModuleType:
     global _module, _unavailable
     if _module is not None:
@@ -98,6 +109,9 @@ def _open() -> types.ModuleType:
     except ImportError as exc:
         msg = f"the native Kafka reader (waxstreams_native) is not installed ({exc}): {BUILD_FIX}"
         raise NativeReaderUnavailable(msg) from None
+    if not hasattr(waxstreams_native.PartitionReader, "watermarks"):  # built from an older checkout
+        msg = f"the native Kafka reader installed is older than this checkout (no lag gauge): {BUILD_FIX}"
+        raise NativeReaderUnavailable(msg)
     path = librdkafka_path()
     try:
         version, version_str = waxstreams_native.load(str(path))
@@ -182,6 +196,15 @@ class NativePartitionReader:
             self._reader.commit(offset, asynchronous)
         except _load().KafkaError as exc:
             raise KafkaException(KafkaError(exc.args[0], exc.args[2])) from None
+
+    def watermarks(self) -> tuple[int, int]:
+        """(low, high): the partition's watermarks from the last fetch response (librdkafka's cache,
+        no broker round trip); high is the offset the next record will get. -1001 until known."""
+        try:
+            low, high = self._reader.watermarks()
+        except _load().KafkaError as exc:
+            raise KafkaException(KafkaError(exc.args[0], exc.args[2])) from None
+        return int(low), int(high)
 
     def close(self) -> None:
         self._reader.close()

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaException
 
 from connectors.engine import KafkaPartitionInternals
 from connectors.transports.batch import RecordBatch
+from connectors.transports.kafka_lag import LagGauge
 from connectors.transports.kafka_native import NativePartitionReader
 from connectors.transports.kafka_retry import transient
 from connectors.transports.progress import BoundedProgress
@@ -54,9 +55,11 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
         progress: BoundedProgress | None = None,
         watch: PartitionWatch | None = None,
         native: NativePartitionReader | None = None,
+        lag: LagGauge | None = None,
     ) -> None:
         self._kafka_part = kafka_part
         self._native = native  # KAFKA_READER=native: reads and commits instead of bytewax's consumer
+        self._lag = lag  # with `native`: bytewax's lag gauge, which its consumer's statistics no longer set
         self._watch = watch  # partition 0 of each topic looks out for partitions added while running
         self._stop_offset = stop_offset  # STOP_AT: the first offset not to read
         self._progress = progress
@@ -113,6 +116,8 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
             kept = int(np.searchsorted(offsets, self._stop_offset))
             values, offsets, keys = values.head(kept), offsets[:kept], keys.head(kept)
             part.mark_end()
+        if self._lag is not None:
+            self._lag.update(self._native, int(offsets[-1]) + 1 if len(offsets) else part.next_offset)  # type: ignore[arg-type]
         if not len(offsets):
             return None
         return RecordBatch(part.topic, part.partition, values, offsets, keys)

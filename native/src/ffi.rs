@@ -14,6 +14,7 @@ pub const CONSUMER: c_int = 1; // RD_KAFKA_CONSUMER
 pub const CONF_OK: c_int = 0;
 pub const ERR_PARTITION_EOF: c_int = -191;
 pub const ERR_NO_OFFSET: c_int = -168; // an async commit with nothing to commit
+pub const OFFSET_INVALID: i64 = -1001; // a watermark not known yet
 
 #[repr(C)]
 pub struct Message {
@@ -115,6 +116,7 @@ library! {
     rd_kafka_topic_partition_list_destroy: fn(*mut TopicPartitionList);
     rd_kafka_assign: fn(*mut Client, *const TopicPartitionList) -> c_int;
     rd_kafka_commit: fn(*mut Client, *const TopicPartitionList, c_int) -> c_int;
+    rd_kafka_get_watermark_offsets: fn(*mut Client, *const c_char, i32, *mut i64, *mut i64) -> c_int;
     rd_kafka_consumer_close: fn(*mut Client) -> c_int;
 }
 

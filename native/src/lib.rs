@@ -191,6 +191,21 @@ impl PartitionReader {
         Ok(())
     }
 
+    /// (low, high) watermarks of the partition as the last fetch response gave them: librdkafka's
+    /// cached values, no broker round trip; -1001 (OFFSET_INVALID) until the first response.
+    fn watermarks(&self) -> PyResult<(i64, i64)> {
+        let lib = lib().map_err(runtime)?;
+        let handles = self.handles.as_ref().ok_or_else(|| runtime("the reader is closed".into()))?;
+        let (mut low, mut high) = (ffi::OFFSET_INVALID, ffi::OFFSET_INVALID);
+        let code = unsafe {
+            (lib.rd_kafka_get_watermark_offsets)(handles.rk, self.topic.as_ptr(), self.partition, &mut low, &mut high)
+        };
+        if code != 0 {
+            return Err(kafka_error(lib, code, "get_watermark_offsets"));
+        }
+        Ok((low, high))
+    }
+
     /// Leaves the partition and destroys the client (waits for librdkafka's threads).
     fn close(&mut self, py: Python<'_>) {
         if let Some(handles) = self.handles.take() {

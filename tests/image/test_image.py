@@ -113,6 +113,12 @@ def test_both_jobs_run_from_the_image_as_uid_10001_writing_only_tmp_and_recovery
     assert not [p for p in DEV_ONLY if f"\n{p}==" in f"\n{installed}"], installed
     version = container.run("python", "-c", "import sys; print(sys.version_info[:2])").stdout.strip()
     assert version == "(3, 11)"
+    # The native Kafka reader is in the image exactly when `make install` built its wheel here (image/build.sh).
+    shipped = any((ROOT / ".cache" / "native-wheel").glob("*.whl"))
+    why_not = container.run(
+        "python", "-c", "from connectors.transports import kafka_native as k; print(k.unavailable())"
+    )
+    assert (why_not.stdout.strip() == "None") == shipped, why_not.stdout + why_not.stderr
     before = container.layer_files()
 
     run_id = uuid.uuid4().hex[:8]
@@ -129,9 +135,11 @@ def test_both_jobs_run_from_the_image_as_uid_10001_writing_only_tmp_and_recovery
         "S3_BUCKET": f"img-{run_id}",
         "S3_PREFIX": "impressions",
         "BOUNDED": "true",
+        "KAFKA_READER": "auto",  # the native reader if shipped, else confluent-kafka and one line saying why
     }
     result = job(container, "dataflows.movie_impressions:flow", env, recovery_dir(tmp_path, "impressions"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert ("KAFKA_READER=auto: reading Kafka with confluent-kafka" in result.stderr) != shipped, result.stderr[-3000:]
     rows = read_s3_rows(s3, f"img-{run_id}", "impressions")
     assert_frame_equal(rows.drop("object").sort("movieId", "userId", "windowStart"), expected_rows(events))
     dead = read_topic(kafka.bootstrap, topics["DEAD_LETTER_TOPIC"])

@@ -3,6 +3,7 @@ store checked and repaired, and what the run resumes from returned."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import urllib.request
 from contextlib import closing
@@ -17,6 +18,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from connectors.recovery_store.errors import RecoveryStoreError
 from connectors.recovery_store.state_settings import SHAPE_FILE, check_state_settings
+from connectors.transports import kafka_native
 from dataflows import skeleton
 from dataflows.settings import MovieImpressionsSettings
 from devstack.processes import free_port
@@ -79,3 +81,15 @@ def test_start_refuses_to_run_without_a_store_in_one_line() -> None:
     with pytest.raises(RecoveryStoreError, match="ALLOW_NO_RECOVERY") as refused:
         skeleton.start(MovieImpressionsSettings.from_env({}), ["dataflows.movie_impressions:flow"], {})
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("reader", ["auto", "confluent"])
+def test_auto_without_the_native_reader_says_so_in_one_info_line_at_start(reader: str, monkeypatch, caplog) -> None:
+    why = "the native Kafka reader (waxstreams_native) is not installed: run make install"
+    monkeypatch.setattr(kafka_native, "unusable", lambda config: why)
+    settings = MovieImpressionsSettings.from_env({"KAFKA_READER": reader, "ALLOW_NO_RECOVERY": "true"})
+    with caplog.at_level(logging.INFO):
+        skeleton.start(settings, ["dataflows.movie_impressions:flow"], {})
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "KAFKA_READER" in r.getMessage()]
+    expected = f"KAFKA_READER=auto: reading Kafka with confluent-kafka, since {why}"
+    assert said == ([(logging.INFO, expected)] if reader == "auto" else [])

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 
 from connectors.env import Env
 from connectors.errors import ConfigError
 from connectors.transports import kafka_native
 from connectors.transports.kinesis.settings import KinesisConfigError, KinesisSettings
-from dataflows.settings import BookingSettings, MovieImpressionsSettings
+from dataflows import settings as settings_module
+from dataflows.settings import READERS, BookingSettings, MovieImpressionsSettings, choose_reader
 
 JOBS = [MovieImpressionsSettings, BookingSettings]
 
@@ -44,6 +48,82 @@ def test_the_native_reader_where_it_is_not_built_is_one_line_naming_the_setting(
     line = str(refused.value)
     assert "\n" not in line and line.startswith("KAFKA_READER=native: ") and "make install" in line
     assert "unset KAFKA_READER" in line
+
+
+@pytest.mark.parametrize(
+    ("requested", "why_not", "expected"),
+    [
+        ("confluent", None, "confluent"),
+        ("confluent", "not built: build it", "confluent"),
+        ("native", None, "native"),
+        ("auto", None, "native"),
+        ("auto", "not built: build it", "confluent"),
+    ],
+)
+def test_the_reader_chosen(requested: str, why_not: str | None, expected: str) -> None:
+    reader, note = choose_reader(requested, why_not)
+    assert reader == expected
+    if requested == "auto" and why_not is not None:  # the one line a fallback logs: why and the fix
+        assert note.startswith("KAFKA_READER=auto: reading Kafka with confluent-kafka") and note.endswith(why_not)
+    else:
+        assert note == ""
+
+
+def test_native_asked_for_where_it_cannot_read_stops_the_run() -> None:
+    with pytest.raises(ConfigError, match=r"^KAFKA_READER=native: not built: build it, or unset KAFKA_READER$"):
+        choose_reader("native", "not built: build it")
+
+
+def test_auto_where_the_native_reader_is_not_built_reads_with_confluent_kafka_and_says_why(monkeypatch) -> None:
+    monkeypatch.setattr("builtins.__import__", _without("waxstreams_native"))
+    monkeypatch.setattr(kafka_native, "_module", None)
+    monkeypatch.setattr(kafka_native, "_unavailable", None)
+    kafka = MovieImpressionsSettings.from_env({"KAFKA_READER": "auto"}).kafka
+    assert kafka is not None and kafka.reader == "confluent"
+    assert "\n" not in kafka.reader_note and "waxstreams_native" in kafka.reader_note
+    assert "make install" in kafka.reader_note
+
+
+def test_auto_where_the_native_reader_can_read_uses_it(monkeypatch) -> None:
+    monkeypatch.setattr(kafka_native, "unusable", lambda config: None)
+    kafka = BookingSettings.from_env({"KAFKA_READER": "auto"}).kafka
+    assert kafka is not None and (kafka.reader, kafka.reader_note) == ("native", "")
+
+
+def test_confluent_does_not_look_for_the_native_reader(monkeypatch) -> None:
+    def looked(config: object) -> str:
+        msg = "the native reader was looked for"
+        raise AssertionError(msg)
+
+    monkeypatch.setattr(kafka_native, "unusable", looked)
+    kafka = MovieImpressionsSettings.from_env({"KAFKA_READER": "confluent"}).kafka
+    assert kafka is not None and (kafka.reader, kafka.reader_note) == ("confluent", "")
+
+
+@pytest.mark.parametrize("default", READERS)
+def test_unset_is_the_default_and_flipping_it_is_one_value(default: str, monkeypatch) -> None:
+    monkeypatch.setattr(kafka_native, "unusable", lambda config: None)
+    monkeypatch.setattr(settings_module, "READER_DEFAULT", default)
+    kafka = MovieImpressionsSettings.from_env({}).kafka
+    assert kafka is not None and kafka.reader == ("confluent" if default == "confluent" else "native")
+
+
+def test_a_consumer_setting_the_native_reader_does_not_call_makes_it_unusable(monkeypatch) -> None:
+    monkeypatch.setattr(kafka_native, "unavailable", lambda: None)
+    assert kafka_native.unusable({"security.protocol": "SSL", "oauth_cb": print, "group.id": "g"}) is None
+    why = kafka_native.unusable({"stats_cb": print})
+    assert why is not None and why.startswith("Kafka consumer setting stats_cb: the native reader does not call it")
+
+
+def test_a_native_reader_built_from_an_older_checkout_is_not_used(monkeypatch) -> None:
+    """Its lag gauge would be missing: `auto` falls back, `native` stops, both with the fix."""
+    old = types.ModuleType("waxstreams_native")
+    old.PartitionReader = type("PartitionReader", (), {"read": None, "commit": None})  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "waxstreams_native", old)
+    monkeypatch.setattr(kafka_native, "_module", None)
+    monkeypatch.setattr(kafka_native, "_unavailable", None)
+    why = kafka_native.unavailable()
+    assert why is not None and "older than this checkout" in why and "make install" in why
 
 
 def _without(module: str):
