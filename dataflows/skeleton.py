@@ -180,6 +180,7 @@ def tune_garbage_collector() -> None:
     frozen: never walked again."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    gc.enable()  # held off while the job's modules were imported (dataflows/__init__.py)
 
 
 def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], Dataflow]) -> Dataflow:
@@ -188,6 +189,7 @@ def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], 
         flow = build(os.environ, sys.argv[1:])
     except WaxstreamsError as exc:
         sys.exit(f"{job}: {exc}")
+    gc.enable()  # also when `build` did not start a job (dataflows/__init__.py held it off)
     if _bounded_since is not None:
         since = _bounded_since
         atexit.register(lambda: log.info("%s", metrics.run_summary(job, time.monotonic() - since)))
