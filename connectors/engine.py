@@ -51,9 +51,9 @@ def exit_when_run_ends(finish: Callable[[], NoReturn] | None = None) -> bool:
 def exit_without_teardown() -> NoReturn:
     """What the interpreter does at a normal exit, less tearing itself down: non-daemon threads
     joined (with the thread pools' own exit hooks), the atexit handlers (logging's flush, the run
-    summary), output flushed, exit code 0. The teardown (every module's objects freed, a full
-    garbage collection over everything imported) cost a bounded run ~0.1 s of CPU after its
-    end, with nothing left to do: the sinks and the store committed before the run returned.
+    summary), output flushed, exit code 0. The teardown (every module's objects freed, full
+    garbage collections over everything imported) held a bounded run's process 0.1-0.4 s
+    past its end, with nothing left to do: the sinks and the store committed before the run returned.
     The steps are the standard library's own for a process it ends (multiprocessing's child)."""
     threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()

@@ -194,6 +194,6 @@ def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], 
         since = _bounded_since
         atexit.register(lambda: log.info("%s", metrics.run_summary(job, time.monotonic() - since)))
     # Under `python -m bytewax.run`: a run that ends without error ends the process at once
-    # (the exit handlers above still run; the interpreter's teardown, ~0.1 s of CPU, is skipped).
+    # (the exit handlers above still run; the interpreter's teardown, 0.1-0.4 s, is skipped).
     engine.exit_when_run_ends()
     return flow
