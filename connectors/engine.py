@@ -1,22 +1,69 @@
 """The private parts of pinned libraries this project relies on, in one place.
 
-bytewax 0.21.1 does not make these public: the Kafka source partition's consumer,
-batch size, end-of-partition flag and next offset (its own snapshot() and lag metrics
-read `_offset`), the Kafka source's extra client config, and the recovery store's
-sqlite tables (bytewax's src/recovery.rs). Nor does botocore a client's resolved
-credentials and TLS verification, which the sink's native PUTs reuse
-(connectors/sinks/s3_client.NativePut). tests/integration/test_engine.py checks each against the
+bytewax 0.21.1 does not make these public: how `python -m bytewax.run` calls the run,
+the Kafka source partition's consumer, batch size, end-of-partition flag and next offset
+(its own snapshot() and lag metrics read `_offset`), the Kafka source's extra client
+config, and the recovery store's sqlite tables (bytewax's src/recovery.rs). Nor does
+botocore a client's resolved credentials and TLS verification, which the sink's native
+PUTs reuse (connectors/sinks/s3_client.NativePut), nor Python 3.11 its exit steps
+(`exit_without_teardown`). tests/integration/test_engine.py checks each against the
 installed libraries, so an upgrade that moves one fails there, loudly, rather than as
 wrong output.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import sqlite3
-from typing import Any
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, NoReturn
 
+from bytewax._bytewax import cli_main as bytewax_cli_main
 from bytewax.connectors.kafka import KafkaSource
 from confluent_kafka import TopicPartition
+
+
+def exit_when_run_ends(finish: Callable[[], NoReturn] | None = None) -> bool:
+    """In `python -m bytewax.run`: once the run ends without error, the process ends at once.
+
+    `bytewax.run`, run as `__main__`, builds the flow (`_locate_dataflow`, where the jobs call
+    this) and then calls its global `cli_main(**kwargs)` last; that global is wrapped so that
+    `finish` (default `exit_without_teardown`) follows a run that returned. A run that
+    raised is left to Python as before (traceback, exit code 1, full teardown). Whether it
+    applies: False in any other entry point (tests, tools), which are left alone."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is None or spec.name != "bytewax.run" or getattr(main, "cli_main", None) is not bytewax_cli_main:
+        return False
+    done = finish or exit_without_teardown
+
+    def cli_main(**kwargs: Any) -> None:
+        bytewax_cli_main(**kwargs)
+        done()
+
+    main.cli_main = cli_main  # type: ignore[union-attr]
+    return True
+
+
+def exit_without_teardown() -> NoReturn:
+    """What the interpreter does at a normal exit, less tearing itself down: non-daemon threads
+    joined (with the thread pools' own exit hooks), the atexit handlers (logging's flush, the run
+    summary), output flushed, exit code 0. The teardown (every module's objects freed, full
+    garbage collections over everything imported) held a bounded run's process 0.1-0.4 s
+    past its end, with nothing left to do: the sinks and the store committed before the run returned.
+    The steps are the standard library's own for a process it ends (multiprocessing's child)."""
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken pipe: as at a normal exit, nothing more to say
+    os._exit(0)
 
 
 class KafkaPartitionInternals:

@@ -29,7 +29,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
-from connectors import backup, rendezvous
+from connectors import backup, engine, rendezvous
 from connectors.errors import WaxstreamsError
 from connectors.recovery_store.resume import Resume, prepare_resume, recovery_directory
 from connectors.recovery_store.resume_epoch import AgreeResumeEpoch
@@ -182,6 +182,7 @@ def tune_garbage_collector() -> None:
     frozen: never walked again."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    gc.enable()  # held off while the job's modules were imported (dataflows/__init__.py)
 
 
 def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], Dataflow]) -> Dataflow:
@@ -190,7 +191,11 @@ def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], 
         flow = build(os.environ, sys.argv[1:])
     except WaxstreamsError as exc:
         sys.exit(f"{job}: {exc}")
+    gc.enable()  # also when `build` did not start a job (dataflows/__init__.py held it off)
     if _bounded_since is not None:
         since = _bounded_since
         atexit.register(lambda: log.info("%s", metrics.run_summary(job, time.monotonic() - since)))
+    # Under `python -m bytewax.run`: a run that ends without error ends the process at once
+    # (the exit handlers above still run; the interpreter's teardown, 0.1-0.4 s, is skipped).
+    engine.exit_when_run_ends()
     return flow

@@ -70,10 +70,14 @@ class S3Location:
     endpoint_url: str | None = None
     region: str | None = None
 
-    def client(self) -> Any:
+    def client(self, max_pool_connections: int = 16) -> Any:
+        """A new client; `max_pool_connections`: the most requests it keeps a connection for at once."""
         # Credentials come from boto3's standard chain (env, profile, IRSA, instance role).
         config = Config(
-            retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30, max_pool_connections=16
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=30,
+            max_pool_connections=max_pool_connections,
         )
         with _SESSION_LOCK:  # a session is not thread-safe; its clients are
             return _session().create_client(
@@ -124,9 +128,10 @@ def s3_retry_policy(location: S3Location, give_up_after: float) -> RetryPolicy:
     )
 
 
-def check_bucket(location: S3Location) -> None:
-    """Fail fast at start with one clear line if the bucket cannot be written."""
-    client = location.client()
+def check_bucket(location: S3Location, client: Any = None) -> None:
+    """Fail fast at start with one clear line if the bucket cannot be written (`client`: the
+    location's, if made already)."""
+    client = client if client is not None else location.client()
     try:
         client.head_bucket(Bucket=location.bucket)
     except EndpointConnectionError:

@@ -277,14 +277,17 @@ class ManifestLog:
                 raise S3SinkError(msg)
 
 
-def find_foreign_output(location: S3Location, namespace: str, give_up_after: float = 300.0) -> str | None:
+def find_foreign_output(
+    location: S3Location, namespace: str, give_up_after: float = 300.0, client: Any = None
+) -> str | None:
     """The first key under the prefix not written by `namespace`, or None.
 
     Own output is a manifest in `_sink/<partition>/<namespace>/` and the objects it
     lists: what a crashed earlier attempt of this very run left. The listing stops
     at the first foreign key, so a large prefix costs one page, not a full scan.
+    `client`: the location's, if made already.
     """
-    client = location.client()
+    client = client if client is not None else location.client()
     bucket, root = location.bucket, location.root()
     sink_root = f"{root}_sink/"
 
@@ -322,13 +325,15 @@ def find_foreign_output(location: S3Location, namespace: str, give_up_after: flo
     return None
 
 
-def check_existing_output(location: S3Location, namespace: str, append: bool, give_up_after: float = 300.0) -> None:
+def check_existing_output(
+    location: S3Location, namespace: str, append: bool, give_up_after: float = 300.0, client: Any = None
+) -> None:
     """For a run that starts without recovery state: stop if the prefix holds other output.
 
     Nothing would be lost either way (the run writes in its own namespace), but a new
     run over old output is usually a mistake: a lost recovery store, a wrong prefix.
     """
-    foreign = find_foreign_output(location, namespace, give_up_after)
+    foreign = find_foreign_output(location, namespace, give_up_after, client)
     if foreign is None:
         return
     if append:

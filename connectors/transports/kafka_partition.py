@@ -80,7 +80,8 @@ class StatefulKafkaPartition(StatefulSourcePartition[X, tuple[int | None, S]], G
         if self._watch is not None:
             self._watch.check(part.consumer)
         batch = self._read_native(part) if self._native is not None else self._read_messages(part)
-        self._awake = None if batch is not None else datetime.now(UTC) + IDLE_BACKOFF
+        # At its end (bounded) the next call only stops the partition: at once, not after a sleep.
+        self._awake = None if batch is not None or part.at_end else datetime.now(UTC) + IDLE_BACKOFF
         if batch is None:
             return []
         part.next_offset = int(batch.offset(len(batch) - 1)) + 1

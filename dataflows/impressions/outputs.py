@@ -119,13 +119,7 @@ def rows_sink(settings: MovieImpressionsSettings, resume: Resume) -> Sink[tuple[
 
 def object_sink(settings: MovieImpressionsSettings, resume: Resume) -> PartitionedS3Sink:
     location = S3Location(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_region)
-    check_bucket(location)
-    # A run that starts without state writes in its own namespace, and stops over another
-    # run's output unless ON_EXISTING_OUTPUT=append (connectors/sinks/s3_manifests.py).
-    if resume.fresh:
-        append = settings.start.on_existing_output == "append"
-        check_existing_output(location, resume.sink_namespace, append, settings.s3_give_up_after.total_seconds())
-    return PartitionedS3Sink(
+    sink = PartitionedS3Sink(
         location,
         OUTPUT_SCHEMA,
         settings.output_format,
@@ -134,6 +128,16 @@ def object_sink(settings: MovieImpressionsSettings, resume: Resume) -> Partition
         namespace=resume.sink_namespace,
         direct_put=settings.s3_direct_put,
     )
+    # One client for the checks and every partition, made here, beside the broker checks.
+    sink.client = client = sink.shared_client()
+    check_bucket(location, client)
+    # A run that starts without state writes in its own namespace, and stops over another
+    # run's output unless ON_EXISTING_OUTPUT=append (connectors/sinks/s3_manifests.py).
+    if resume.fresh:
+        append = settings.start.on_existing_output == "append"
+        give_up_after = settings.s3_give_up_after.total_seconds()
+        check_existing_output(location, resume.sink_namespace, append, give_up_after, client)
+    return sink
 
 
 def delta_sink(settings: MovieImpressionsSettings, resume: Resume) -> DeltaTableSink:

@@ -3,7 +3,10 @@ as relied on, in the *installed* bytewax: an upgrade that moves one fails here."
 
 from __future__ import annotations
 
+import ast
+import atexit
 import sqlite3
+import threading
 import uuid
 from contextlib import closing
 from datetime import timedelta
@@ -100,3 +103,23 @@ def test_boto3_client_credentials_and_tls_verification(tmp_path: Path, monkeypat
         frozen = engine.boto3_client_credentials(client).get_frozen_credentials()
         assert (frozen.access_key, frozen.secret_key, frozen.token) == ("AKID", "secret", "tok")
         assert engine.boto3_client_verify(client) == expected
+
+
+def test_bytewax_run_calls_the_global_cli_main_last_once_the_flow_is_built() -> None:
+    # engine.exit_when_run_ends wraps that global from inside _locate_dataflow: it must be looked up
+    # after the flow is built, and nothing of bytewax's may follow the run.
+    import bytewax.run
+    from bytewax._bytewax import cli_main
+
+    tree = ast.parse(Path(bytewax.run.__file__).read_text())
+    [main] = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ('__name__ == "__main__"', "__name__ == '__main__'")
+    ]
+    calls = [ast.unparse(stmt) for stmt in main.body if isinstance(stmt, ast.Expr | ast.Assign)]
+    assert calls[-1] == "cli_main(**kwargs)"
+    assert any("_locate_dataflow(" in call for call in calls[:-1])
+    assert bytewax.run.cli_main is cli_main
+    assert callable(threading._shutdown) and callable(atexit._run_exitfuncs)  # exit_without_teardown's steps
+    assert not engine.exit_when_run_ends()  # any other entry point (here pytest) is left alone

@@ -361,3 +361,28 @@ def test_rows_of_another_column_order_and_width_are_written_in_the_sinks_schema(
     table = read_s3_rows(s3, sink.location.bucket, "out")
     assert table.drop("object").schema == OUTPUT_SCHEMA
     assert table.drop("object").rows() == item.rows.rows()
+
+
+def test_the_jobs_s3_checks_and_every_sink_partition_share_one_client(s3, unique, monkeypatch) -> None:
+    # A client costs ~13 ms of CPU to make: the job made one per check and one per partition,
+    # the partitions' on bytewax's worker thread while it read.
+    from connectors.recovery_store.resume import Resume
+    from dataflows.impressions import outputs
+    from dataflows.settings import MovieImpressionsSettings
+
+    bucket = f"shared-{unique}"
+    s3.create_bucket(bucket)
+    settings = MovieImpressionsSettings.from_env(
+        {"S3_BUCKET": bucket, "S3_PREFIX": "out", "S3_ENDPOINT_URL": s3.endpoint_url}
+    )
+    made = []
+    new_client = S3Location.client
+    monkeypatch.setattr(S3Location, "client", lambda self, **kw: made.append(new_client(self, **kw)) or made[-1])
+    sink = outputs.rows_sink(settings, Resume.without_store())
+    parts = [sink.build_part("s3_out", name, None) for name in sink.list_parts()]
+    for part in parts:
+        part.write_batch([rows("m1", "u1", 1)])
+        part.snapshot()
+        part.close()
+    assert len(made) == 1 and len(parts) == settings.sink_partitions == 4
+    assert triples(s3, bucket) == [("m1", "u1", 0)] * 4  # each partition wrote its own row through it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from connectors.transports.kafka_partition import StatefulKafkaPartition as _Partition
@@ -100,3 +101,27 @@ def test_an_idle_partition_sleeps_between_empty_polls_and_wakes_at_once_while_bu
     assert part.next_batch() == []
     awake = part.next_awake()
     assert awake is not None and awake - before >= timedelta(milliseconds=10)
+
+
+class EndOfPartition:
+    """librdkafka's end-of-partition event (bounded runs): an error message, not a record."""
+
+    def error(self) -> KafkaError:
+        return KafkaError(KafkaError._PARTITION_EOF)
+
+
+def test_a_partition_that_reached_its_end_is_stopped_at_once_not_after_the_idle_sleep() -> None:
+    # The end often comes alone, in an answer after the last records: the next call only
+    # raises StopIteration, and a sleep before it delayed every bounded run's end.
+    part = _Partition(
+        PolledKafkaPart(PolledConsumer([kafka_message(b"a", 0)], [EndOfPartition()])),
+        "0-impressions",
+        lambda p, batch, s: (batch.value_list(), s),
+        None,
+        False,
+    )
+    assert part.next_batch() == [b"a"]
+    assert part.next_batch() == []  # the end, with no record
+    assert part.next_awake() is None
+    with pytest.raises(StopIteration):
+        part.next_batch()

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from connectors.engine import consumer_config
 from connectors.transports import kafka, kafka_source
 from connectors.transports.kafka import KafkaTransport, partition_names
 from connectors.transports.kafka_client import KafkaClientConfig
@@ -80,3 +81,15 @@ def test_every_client_reconnects_fast_unless_the_user_says_otherwise() -> None:
     own = KafkaClientConfig({"reconnect.backoff.ms": "250", "security.protocol": "SSL"})
     t = KafkaTransport(["127.0.0.1:9"], "group", True, 100, EARLIEST, None, client=own)
     assert t.client_config == {"reconnect.backoff.ms": "250", "security.protocol": "SSL"}
+
+
+def test_a_bounded_runs_consumers_are_not_held_by_the_broker_waiting_for_more_records() -> None:
+    # The end of a partition comes with a fetch that found nothing: the broker holds that one for
+    # fetch.wait.max.ms. A run that follows the topic keeps the longer wait (fewer empty fetches).
+    def wait_ms(t: KafkaTransport) -> str:
+        return consumer_config(t._kafka_source([TOPIC]))["fetch.wait.max.ms"]
+
+    assert wait_ms(transport()) == "10"
+    assert wait_ms(KafkaTransport(["127.0.0.1:9"], "group", False, 100, EARLIEST, None)) == "100"
+    own = KafkaClientConfig({"fetch.wait.max.ms": "50"})
+    assert wait_ms(KafkaTransport(["127.0.0.1:9"], "group", True, 100, EARLIEST, None, client=own)) == "50"
