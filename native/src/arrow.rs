@@ -71,6 +71,7 @@ impl Builder {
     ///
     /// # Safety
     /// `ptr` is NULL or points to `len` readable bytes.
+    #[inline]
     pub unsafe fn push(&mut self, ptr: *const u8, len: usize) {
         let i = self.views.len();
         if i % 8 == 0 {
