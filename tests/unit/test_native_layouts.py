@@ -107,7 +107,8 @@ def judged(values: list[bytes | None] | pl.Series) -> tuple[list[tuple], list[tu
 def test_the_native_tier_returns_exactly_the_polars_tiers_rows(values: list[bytes | None]) -> None:
     reference = decode._polars_layout_rows(values)
     assert reference.schema == decode.ROWS_SCHEMA
-    for batch in [values, *as_series(values)]:
+    batches: list[list[bytes | None] | pl.Series] = [values, *as_series(values)]
+    for batch in batches:
         native = decode._native_layout_rows(batch)
         assert native.schema == decode.ROWS_SCHEMA
         assert native.rows() == reference.rows(), batch
@@ -129,7 +130,7 @@ def test_the_native_tier_takes_what_the_rules_accept_and_nothing_else() -> None:
     def spaced(movie: str, user: str = "u1", ts: str = "1546844400001", end: str = "}") -> bytes:
         return f'{{"movieId": "{movie}", "userId": "{user}", "timestamp": {ts}{end}'.encode()
 
-    accepted = [
+    accepted: list[bytes | None] = [
         spaced("m" * MAX_ID_BYTES),
         spaced("é" * (MAX_ID_BYTES // 2 - 1) + "a1"),  # 200 bytes, 101 characters
         spaced(" \xa0x€"),  # a no-break space (not a control), a letter
@@ -137,7 +138,7 @@ def test_the_native_tier_takes_what_the_rules_accept_and_nothing_else() -> None:
         spaced("m", ts=str(MAX_TIMESTAMP_MS - 1)),
         b'{"movieId":"m","userId":"u","timestamp":1546844400001}',
     ]
-    refused = [
+    refused: list[bytes | None] = [
         spaced("m" * (MAX_ID_BYTES + 1)),
         spaced("é" * (MAX_ID_BYTES // 2) + "a"),  # 201 bytes
         spaced("a\x80"),  # C1
@@ -159,7 +160,8 @@ def test_the_native_tier_takes_what_the_rules_accept_and_nothing_else() -> None:
     ]
     values = accepted + refused
     expected = [0, 1, 2, 3, 4, 5]
-    for batch in [values, *as_series(values)]:
+    batches: list[list[bytes | None] | pl.Series] = [values, *as_series(values)]
+    for batch in batches:
         assert decode._native_layout_rows(batch)["row"].to_list() == expected
     rows = decode._native_layout_rows(accepted)
     assert rows.row(2) == (2, " \xa0x€", "u1", 1546844400001)
