@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+import types
 from dataclasses import dataclass
 
 import msgspec
@@ -203,7 +204,45 @@ _LAYOUTS = (
 
 
 def _layout_rows(values: list[bytes | None] | pl.Series) -> pl.DataFrame:
-    """ROWS_SCHEMA of the records in one of `_LAYOUTS` whose fields are accepted as they are.
+    """ROWS_SCHEMA of the records in one of `_LAYOUTS` whose fields are accepted as they are:
+    natively when the extension is installed (`_native_layout_rows`), else by polars."""
+    if _native is None:
+        return _polars_layout_rows(values)
+    return _native_layout_rows(values)
+
+
+def _native_layout_rows(values: list[bytes | None] | pl.Series) -> pl.DataFrame:
+    """`_polars_layout_rows` by the extension (native/src/layouts.rs): one pass over each record's
+    bytes under the same rules, the ids handed over as Arrow text columns without a copy."""
+    assert _native is not None
+    rows, movies, users, ts = _native.layout_rows(
+        values, _NATIVE_LAYOUTS, MAX_ID_BYTES, MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS
+    )
+    columns = {
+        "row": np.frombuffer(rows, np.int64),
+        "movieId": pl.Series(movies),
+        "userId": pl.Series(users),
+        "ts": np.frombuffer(ts, np.int64),
+    }
+    return pl.DataFrame(columns, schema=ROWS_SCHEMA)
+
+
+def _load_native() -> types.ModuleType | None:
+    """The optional extension (native/, built by `make install` when cargo is there) if it has
+    `layout_rows` (one built from an older checkout has not), else None: polars decodes."""
+    try:
+        import waxstreams_native  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return waxstreams_native if hasattr(waxstreams_native, "layout_rows") else None
+
+
+_native = _load_native()
+_NATIVE_LAYOUTS = [(layout.head.encode(), layout.middle.encode(), layout.tail.encode()) for layout in _LAYOUTS]
+
+
+def _polars_layout_rows(values: list[bytes | None] | pl.Series) -> pl.DataFrame:
+    """`_layout_rows` without the extension (and its reference).
 
     One regex match per record proves it (valid UTF-8 first, by the cast): a JSON object
     with exactly these keys, whose ids hold no quote. No Python object per field and no

@@ -1,8 +1,9 @@
 //! A column of byte strings handed to Python through the Arrow C data interface
 //! (`__arrow_c_array__`): polars takes the buffers as they are, no copy, no pyarrow.
-//! Format: binary view ("vz"), polars' own layout for Binary: nothing to convert on import.
+//! Format: binary view ("vz") or utf8 view ("vu"), polars' own layouts for Binary and String:
+//! nothing to convert on import.
 
-use std::ffi::{c_char, c_void};
+use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
 use std::sync::Arc;
 
@@ -12,29 +13,29 @@ use pyo3::prelude::*;
 const FLAG_NULLABLE: i64 = 2;
 
 #[repr(C)]
-struct ArrowSchema {
-    format: *const c_char,
+pub(crate) struct ArrowSchema {
+    pub format: *const c_char,
     name: *const c_char,
     metadata: *const c_char,
     flags: i64,
     n_children: i64,
     children: *mut *mut ArrowSchema,
     dictionary: *mut ArrowSchema,
-    release: Option<unsafe extern "C" fn(*mut ArrowSchema)>,
+    pub release: Option<unsafe extern "C" fn(*mut ArrowSchema)>,
     private_data: *mut c_void,
 }
 
 #[repr(C)]
-struct ArrowArray {
-    length: i64,
+pub(crate) struct ArrowArray {
+    pub length: i64,
     null_count: i64,
-    offset: i64,
-    n_buffers: i64,
+    pub offset: i64,
+    pub n_buffers: i64,
     n_children: i64,
-    buffers: *mut *const c_void,
+    pub buffers: *mut *const c_void,
     children: *mut *mut ArrowArray,
     dictionary: *mut ArrowArray,
-    release: Option<unsafe extern "C" fn(*mut ArrowArray)>,
+    pub release: Option<unsafe extern "C" fn(*mut ArrowArray)>,
     private_data: *mut c_void,
 }
 
@@ -70,6 +71,7 @@ impl Builder {
     ///
     /// # Safety
     /// `ptr` is NULL or points to `len` readable bytes.
+    #[inline]
     pub unsafe fn push(&mut self, ptr: *const u8, len: usize) {
         let i = self.views.len();
         if i % 8 == 0 {
@@ -102,9 +104,19 @@ impl Builder {
     }
 
     pub fn finish(self) -> Column {
+        self.finish_as(c"vz")
+    }
+
+    /// As `finish`, typed as text ("vu", utf8 view, polars' String): every value pushed must be UTF-8.
+    pub fn finish_utf8(self) -> Column {
+        self.finish_as(c"vu")
+    }
+
+    fn finish_as(self, format: &'static CStr) -> Column {
         let validity = if self.nulls > 0 { Some(self.validity) } else { None };
         let sizes = self.buffers.iter().map(|b| b.len() as i64).collect();
-        Column { inner: Arc::new(Buffers { views: self.views, buffers: self.buffers, sizes, validity, nulls: self.nulls }) }
+        let buffers = Buffers { views: self.views, buffers: self.buffers, sizes, validity, nulls: self.nulls };
+        Column { inner: Arc::new(buffers), format }
     }
 }
 
@@ -126,6 +138,7 @@ struct Exported {
 #[pyclass(module = "waxstreams_native", frozen)]
 pub struct Column {
     inner: Arc<Buffers>,
+    format: &'static CStr,
 }
 
 #[pymethods]
@@ -147,7 +160,7 @@ impl Column {
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         let _ = requested_schema; // one type only: the consumer casts if it wants another
         let schema = Box::new(ArrowSchema {
-            format: c"vz".as_ptr(),
+            format: self.format.as_ptr(),
             name: c"".as_ptr(),
             metadata: ptr::null(),
             flags: FLAG_NULLABLE,

@@ -4,6 +4,7 @@
 
 mod arrow;
 mod ffi;
+mod layouts;
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::ptr;
@@ -452,6 +453,7 @@ fn load(path: &str) -> PyResult<(i64, String)> {
 #[pymodule]
 fn waxstreams_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load, m)?)?;
+    m.add_function(wrap_pyfunction!(layouts::layout_rows, m)?)?;
     m.add_class::<PartitionReader>()?;
     m.add_class::<Column>()?;
     m.add("ConfigError", m.py().get_type::<ConfigError>())?;
