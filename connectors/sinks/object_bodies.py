@@ -4,7 +4,9 @@ filter of units already written (connectors/sinks/s3_objects.py)."""
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
 
@@ -24,12 +26,52 @@ def decode(body: bytes, fmt: str, schema: pl.Schema) -> pl.DataFrame:
 
 
 PARQUET_ZSTD_LEVEL = 1  # zstd's fastest: ~10 % less CPU per object than polars' default level, files as small
+# Set, not left to polars: its own choice cuts a large frame's row groups where its memory
+# chunks end, so an object's bytes would depend on how its rows were held, not on the rows.
+PARQUET_ROW_GROUP_ROWS = 262_144
 
 
 def encode(frame: pl.DataFrame, fmt: str) -> bytes:
     buffer = io.BytesIO()
     if fmt == "parquet":
-        frame.write_parquet(buffer, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL)
+        frame.write_parquet(
+            buffer, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL, row_group_size=PARQUET_ROW_GROUP_ROWS
+        )
     else:
         frame.write_csv(buffer)
     return buffer.getvalue()
+
+
+def encode_each(rows: pl.DataFrame, heights: Sequence[int], fmt: str) -> list[bytes]:
+    """The bodies of `rows` cut in consecutive runs of `heights` rows (none empty), each as
+    `encode` writes it alone, byte for byte; in one polars query, as each query costs about
+    0.4 ms of CPU however few its rows (most objects hold a few thousand rows)."""
+    if len(heights) <= 1:
+        return [encode(rows, fmt)] if heights else []
+    if min(heights) < 1 or sum(heights) != rows.height:
+        msg = f"runs of {list(heights)} rows do not cut {rows.height} rows into non-empty objects"
+        raise ValueError(msg)
+    index = "_object" + "_" * max((len(c) for c in rows.columns if c.startswith("_object")), default=0)  # a new name
+    numbered = rows.with_columns(pl.Series(index, np.repeat(np.arange(len(heights), dtype=np.uint32), heights)))
+    buffers: dict[int, io.BytesIO] = {}
+    split: list[int] = []  # objects polars cut in more than one file: none, unless a new polars does
+
+    def body_of(args: pl.io.partition.FileProviderArgs) -> io.BytesIO:
+        key = args.partition_keys.item(0, 0)
+        if args.index_in_partition or key in buffers:
+            split.append(key)
+        buffer = buffers[key] = io.BytesIO()
+        return buffer
+
+    # One file per key, the key column left out: each file is what `encode` writes of its rows.
+    into = pl.PartitionBy("", key=index, include_key=False, file_path_provider=body_of, approximate_bytes_per_file=None)
+    if fmt == "parquet":
+        numbered.lazy().sink_parquet(
+            into, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL, row_group_size=PARQUET_ROW_GROUP_ROWS
+        )
+    else:
+        numbered.lazy().sink_csv(into)
+    if split or len(buffers) != len(heights):
+        msg = f"polars wrote {len(buffers)} objects for {len(heights)} (objects cut: {split}): a polars change?"
+        raise RuntimeError(msg)
+    return [buffers[i].getvalue() for i in range(len(heights))]

@@ -57,10 +57,10 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from prometheus_client import Counter
 
 from connectors.sinks.fence import LEGACY_NAMESPACE, CommitState  # legacy: manifests directly in `_sink/<partition>/`
-from connectors.sinks.object_bodies import decode, drop_units, encode
+from connectors.sinks.object_bodies import decode, drop_units, encode, encode_each
 from connectors.sinks.rows import ObjectRows, in_unit_order, partition_names, stable_partition
 from connectors.sinks.s3_client import NativePut, S3Location, S3SinkError, key_taken, with_retries
-from connectors.sinks.s3_manifests import ManifestLog, fence_of, manifest_body, units_of_each, visible_of
+from connectors.sinks.s3_manifests import ManifestLog, fence_of, manifest_body, units_of_runs, visible_of
 
 log = logging.getLogger(__name__)
 
@@ -277,25 +277,31 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                 self._complete.discard(directory)
 
     def _write(self, seq: int, batch: dict[str, list[pl.DataFrame]]) -> tuple[int, dict[str, Any]]:
-        fmt, frames = self._sink.fmt, {}
+        keys, parts, heights = [], [], []
         for directory in sorted(batch):
-            parts = in_unit_order(batch[directory], self._sink.unit_columns)  # of the sink's schema (`write_batch`)
-            if not parts:
-                continue
-            frames[f"{directory}/{self._partition}-{seq:010d}-{self._writer}.{fmt}"] = (
-                parts[0] if len(parts) == 1 else pl.concat(parts)
-            )
-        units = dict(zip(frames, units_of_each(list(frames.values()), self._sink.unit_columns), strict=True))
-        manifest = manifest_body(seq, list(frames), units)
-        self._put_manifest(seq, json.dumps(manifest, separators=(",", ":")).encode())
+            ordered = in_unit_order(batch[directory], self._sink.unit_columns)  # of the sink's schema (`write_batch`)
+            if ordered:
+                keys.append(f"{directory}/{self._partition}-{seq:010d}-{self._writer}.{self._sink.fmt}")
+                parts += ordered
+                heights.append(sum(part.height for part in ordered))
+        # The write's objects one after another in one frame: a polars query per write, not per object.
+        rows = pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=self._sink.schema)
+        units = dict(zip(keys, units_of_runs(rows, heights, self._sink.unit_columns), strict=True))
+        manifest = manifest_body(seq, keys, units)
+        # The manifest goes first; the objects are encoded while it is on its way.
+        manifest_put = self._uploads.submit(
+            self._put_manifest, seq, json.dumps(manifest, separators=(",", ":")).encode()
+        )
+        bodies = encode_each(rows, heights, self._sink.fmt)
+        manifest_put.result()  # re-raises S3SinkError: then no object is sent
 
-        def write(key: str, body: bytes, rows: int) -> None:
+        def write(key: str, body: bytes, count: int) -> None:
             self._call("write object", partial(self._put_new, key, body))
             OBJECTS_WRITTEN.inc()
-            ROWS_WRITTEN.inc(rows)
+            ROWS_WRITTEN.inc(count)
 
-        # Latency, not bandwidth, bounds many small PUTs: all at once, each once encoded here, in turn (less CPU).
-        sent = [self._uploads.submit(write, key, encode(frame, fmt), frame.height) for key, frame in frames.items()]
+        # Latency, not bandwidth, bounds many small PUTs: all at once.
+        sent = [self._uploads.submit(write, *object_) for object_ in zip(keys, bodies, heights, strict=True)]
         for done in sent:
             done.result()  # re-raises S3SinkError
         return seq, manifest
