@@ -43,35 +43,29 @@ def encode(frame: pl.DataFrame, fmt: str) -> bytes:
 
 
 def encode_each(rows: pl.DataFrame, heights: Sequence[int], fmt: str) -> list[bytes]:
-    """The bodies of `rows` cut in consecutive runs of `heights` rows (none empty), each as
-    `encode` writes it alone, byte for byte; in one polars query, as each query costs about
-    0.4 ms of CPU however few its rows (most objects hold a few thousand rows)."""
+    """The bodies of `rows` cut in consecutive runs of `heights` rows, each as `encode`
+    writes it alone, byte for byte; in one polars query, as each query costs about 0.4 ms
+    of CPU however few its rows (most objects hold a few thousand rows)."""
     if len(heights) <= 1:
         return [encode(rows, fmt)] if heights else []
-    if min(heights) < 1 or sum(heights) != rows.height:
-        msg = f"runs of {list(heights)} rows do not cut {rows.height} rows into non-empty objects"
+    if sum(heights) != rows.height:
+        msg = f"runs of {sum(heights)} rows in all do not cut {rows.height} rows"
         raise ValueError(msg)
-    index = "_object" + "_" * max((len(c) for c in rows.columns if c.startswith("_object")), default=0)  # a new name
-    numbered = rows.with_columns(pl.Series(index, np.repeat(np.arange(len(heights), dtype=np.uint32), heights)))
-    buffers: dict[int, io.BytesIO] = {}
-    split: list[int] = []  # objects polars cut in more than one file: none, unless a new polars does
-
-    def body_of(args: pl.io.partition.FileProviderArgs) -> io.BytesIO:
-        key = args.partition_keys.item(0, 0)
-        if args.index_in_partition or key in buffers:
-            split.append(key)
-        buffer = buffers[key] = io.BytesIO()
-        return buffer
-
-    # One file per key, the key column left out: each file is what `encode` writes of its rows.
-    into = pl.PartitionBy("", key=index, include_key=False, file_path_provider=body_of, approximate_bytes_per_file=None)
+    buffers = [io.BytesIO() for _ in heights]
+    starts = np.cumsum([0, *heights[:-1]]).tolist()
+    pieces = [rows.slice(start, height).lazy() for start, height in zip(starts, heights, strict=True)]
     if fmt == "parquet":
-        numbered.lazy().sink_parquet(
-            into, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL, row_group_size=PARQUET_ROW_GROUP_ROWS
-        )
+        sinks = [
+            piece.sink_parquet(
+                buffer,
+                compression="zstd",
+                compression_level=PARQUET_ZSTD_LEVEL,
+                row_group_size=PARQUET_ROW_GROUP_ROWS,
+                lazy=True,
+            )
+            for piece, buffer in zip(pieces, buffers, strict=True)
+        ]
     else:
-        numbered.lazy().sink_csv(into)
-    if split or len(buffers) != len(heights):
-        msg = f"polars wrote {len(buffers)} objects for {len(heights)} (objects cut: {split}): a polars change?"
-        raise RuntimeError(msg)
-    return [buffers[i].getvalue() for i in range(len(heights))]
+        sinks = [piece.sink_csv(buffer, lazy=True) for piece, buffer in zip(pieces, buffers, strict=True)]
+    pl.collect_all(sinks)
+    return [buffer.getvalue() for buffer in buffers]
