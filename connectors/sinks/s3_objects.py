@@ -87,7 +87,7 @@ EARLY_WRITE_ROWS = 20_000
 EARLY_WRITE_FOLDERS = 4
 BUFFER_LIMIT_ROWS = 1_000_000
 # Objects encoded per polars query (`object_bodies.encode_each`): a query costs about 0.4 ms however small.
-ENCODE_GROUP = 64
+ENCODE_GROUP = 16
 
 
 class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
@@ -291,27 +291,22 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         rows = pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=self._sink.schema)
         units = dict(zip(keys, units_of_runs(rows, heights, self._sink.unit_columns), strict=True))
         manifest = manifest_body(seq, keys, units)
-        # The manifest goes first; the objects are encoded while it is on its way, a group at a
-        # time (a polars query each), and each group's PUTs start as the next group is encoded.
-        manifest_put = self._uploads.submit(
-            self._put_manifest, seq, json.dumps(manifest, separators=(",", ":")).encode()
-        )
+        self._put_manifest(seq, json.dumps(manifest, separators=(",", ":")).encode())
 
         def write(key: str, body: bytes, count: int) -> None:
             self._call("write object", partial(self._put_new, key, body))
             OBJECTS_WRITTEN.inc()
             ROWS_WRITTEN.inc(count)
 
+        # A group of objects encoded at a time (a polars query each); its PUTs start as the next is encoded.
         sent: list[Future[None]] = []
         offset = 0
         for first in range(0, len(keys), ENCODE_GROUP):
             group = heights[first : first + ENCODE_GROUP]
             bodies = encode_each(rows.slice(offset, sum(group)), group, self._sink.fmt)
             offset += sum(group)
-            manifest_put.result()  # re-raises S3SinkError: then no object is sent
             # Latency, not bandwidth, bounds many small PUTs: all at once.
             sent += [self._uploads.submit(write, *o) for o in zip(keys[first:], bodies, group, strict=False)]
-        manifest_put.result()  # a write of no objects still has its manifest
         for done in sent:
             done.result()  # re-raises S3SinkError
         return seq, manifest
