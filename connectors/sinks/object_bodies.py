@@ -4,7 +4,9 @@ filter of units already written (connectors/sinks/s3_objects.py)."""
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
 
@@ -24,12 +26,46 @@ def decode(body: bytes, fmt: str, schema: pl.Schema) -> pl.DataFrame:
 
 
 PARQUET_ZSTD_LEVEL = 1  # zstd's fastest: ~10 % less CPU per object than polars' default level, files as small
+# Set, not left to polars: its own choice cuts a large frame's row groups where its memory
+# chunks end, so an object's bytes would depend on how its rows were held, not on the rows.
+PARQUET_ROW_GROUP_ROWS = 262_144
 
 
 def encode(frame: pl.DataFrame, fmt: str) -> bytes:
     buffer = io.BytesIO()
     if fmt == "parquet":
-        frame.write_parquet(buffer, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL)
+        frame.write_parquet(
+            buffer, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL, row_group_size=PARQUET_ROW_GROUP_ROWS
+        )
     else:
         frame.write_csv(buffer)
     return buffer.getvalue()
+
+
+def encode_each(rows: pl.DataFrame, heights: Sequence[int], fmt: str) -> list[bytes]:
+    """The bodies of `rows` cut in consecutive runs of `heights` rows, each as `encode`
+    writes it alone, byte for byte; in one polars query, as each query costs about 0.4 ms
+    of CPU however few its rows (most objects hold a few thousand rows)."""
+    if len(heights) <= 1:
+        return [encode(rows, fmt)] if heights else []
+    if sum(heights) != rows.height:
+        msg = f"runs of {sum(heights)} rows in all do not cut {rows.height} rows"
+        raise ValueError(msg)
+    buffers = [io.BytesIO() for _ in heights]
+    starts = np.cumsum([0, *heights[:-1]]).tolist()
+    pieces = [rows.slice(start, height).lazy() for start, height in zip(starts, heights, strict=True)]
+    if fmt == "parquet":
+        sinks = [
+            piece.sink_parquet(
+                buffer,
+                compression="zstd",
+                compression_level=PARQUET_ZSTD_LEVEL,
+                row_group_size=PARQUET_ROW_GROUP_ROWS,
+                lazy=True,
+            )
+            for piece, buffer in zip(pieces, buffers, strict=True)
+        ]
+    else:
+        sinks = [piece.sink_csv(buffer, lazy=True) for piece, buffer in zip(pieces, buffers, strict=True)]
+    pl.collect_all(sinks)
+    return [buffer.getvalue() for buffer in buffers]

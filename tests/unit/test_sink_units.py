@@ -3,7 +3,7 @@
 import polars as pl
 
 from connectors.sinks.rows import in_unit_order
-from connectors.sinks.s3_manifests import units_of, units_of_each
+from connectors.sinks.s3_manifests import units_of, units_of_each, units_of_runs
 
 
 def frame(units: list[tuple], **extra: list) -> pl.DataFrame:
@@ -36,3 +36,17 @@ def test_parts_go_in_their_first_units_order_and_empty_ones_go() -> None:
     late, early, empty, other = frame([("m1", 900), ("m1", 900)]), frame([("m1", 0)]), frame([]), frame([("m0", 900)])
     ordered = in_unit_order([late, empty, early, other], ["movieId", "windowStart"])
     assert [part.rows() for part in ordered] == [other.rows(), early.rows(), late.rows()]
+
+
+def test_an_object_that_starts_with_the_unit_the_one_before_ended_with_has_it_too() -> None:
+    objects = [frame([(None, None)]), frame([(None, None)] * 2), frame([]), frame([("m1", None), ("m2", 0)])]
+    objects.append(frame([("m2", 0), ("m1", None)]))
+    heights = [o.height for o in objects]
+    assert units_of_runs(pl.concat(objects), heights, ["movieId", "windowStart"]) == [
+        [(None, None)],
+        [(None, None)],
+        [],
+        [("m1", None), ("m2", 0)],
+        [("m1", None), ("m2", 0)],
+    ]
+    assert units_of_runs(objects[2], [], ["movieId"]) == []
