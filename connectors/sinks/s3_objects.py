@@ -57,7 +57,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from prometheus_client import Counter
 
 from connectors.sinks.fence import LEGACY_NAMESPACE, CommitState  # legacy: manifests directly in `_sink/<partition>/`
-from connectors.sinks.object_bodies import decode, drop_units, encode, encode_each
+from connectors.sinks.object_bodies import decode, drop_units, encode, encoded_in_turn
 from connectors.sinks.rows import ObjectRows, in_unit_order, partition_names, stable_partition
 from connectors.sinks.s3_client import NativePut, S3Location, S3SinkError, key_taken, with_retries
 from connectors.sinks.s3_manifests import ManifestLog, fence_of, manifest_body, units_of_runs, visible_of
@@ -86,8 +86,6 @@ CLAIM_METADATA = "waxstreams-claim"
 EARLY_WRITE_ROWS = 20_000
 EARLY_WRITE_FOLDERS = 4
 BUFFER_LIMIT_ROWS = 1_000_000
-# Objects encoded per polars query (`object_bodies.encode_each`): a query costs about 0.4 ms however small.
-ENCODE_GROUP = 16
 
 
 class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
@@ -287,7 +285,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                 parts += ordered
                 heights.append(sum(part.height for part in ordered))
         # The write's objects one after another in one frame: their units in one query, their
-        # bodies in one per ENCODE_GROUP objects, not a query per object.
+        # bodies a group of objects per query (object_bodies.ENCODE_GROUP), not a query per object.
         rows = pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=self._sink.schema)
         units = dict(zip(keys, units_of_runs(rows, heights, self._sink.unit_columns), strict=True))
         manifest = manifest_body(seq, keys, units)
@@ -298,15 +296,9 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
             OBJECTS_WRITTEN.inc()
             ROWS_WRITTEN.inc(count)
 
-        # A group of objects encoded at a time (a polars query each); its PUTs start as the next is encoded.
-        sent: list[Future[None]] = []
-        offset = 0
-        for first in range(0, len(keys), ENCODE_GROUP):
-            group = heights[first : first + ENCODE_GROUP]
-            bodies = encode_each(rows.slice(offset, sum(group)), group, self._sink.fmt)
-            offset += sum(group)
-            # Latency, not bandwidth, bounds many small PUTs: all at once.
-            sent += [self._uploads.submit(write, *o) for o in zip(keys[first:], bodies, group, strict=False)]
+        # Latency, not bandwidth, bounds many small PUTs: each is sent as soon as its body is encoded.
+        bodies = encoded_in_turn(rows, heights, self._sink.fmt)
+        sent = [self._uploads.submit(write, *o) for o in zip(keys, bodies, heights, strict=True)]
         for done in sent:
             done.result()  # re-raises S3SinkError
         return seq, manifest

@@ -6,7 +6,14 @@ from itertools import pairwise
 import polars as pl
 import pytest
 
-from connectors.sinks.object_bodies import PARQUET_ROW_GROUP_ROWS, decode, encode, encode_each
+from connectors.sinks.object_bodies import (
+    ENCODE_GROUP,
+    PARQUET_ROW_GROUP_ROWS,
+    decode,
+    encode,
+    encode_each,
+    encoded_in_turn,
+)
 from dataflows.impressions.layout import OUTPUT_SCHEMA
 
 
@@ -56,3 +63,10 @@ def test_a_large_objects_bytes_do_not_depend_on_how_its_rows_are_held() -> None:
         whole, "parquet"
     )
     assert pl.read_parquet(io.BytesIO(encode(in_chunks, "parquet"))).equals(whole)
+
+
+def test_a_writes_objects_in_turn_are_each_what_encoding_it_alone_gives_across_groups() -> None:
+    objects = [impressions(f"m{i}", 1 + i % 4, window=i) for i in range(2 * ENCODE_GROUP + 3)]
+    rows = pl.concat(objects, rechunk=False)
+    bodies = list(encoded_in_turn(rows, [o.height for o in objects], "parquet"))
+    assert bodies == [encode(o, "parquet") for o in objects]
