@@ -35,7 +35,13 @@ from connectors.transports.progress import BoundedProgress
 # Fetches of 1 MB a partition: librdkafka hands out none of a response's records before it
 # has parsed all of it, so 10 MB fetches kept a start waiting ~200 ms for its first batch
 # (~30 ms at 1 MB); the deep queue keeps the job fed, in batches of the same size.
+# A partition whose queue reached those bounds had its next fetch put off by
+# fetch.queue.backoff.ms (librdkafka's default: 1 s), long after the job had drained the
+# queue: in a backlog the job sat idle for up to a second at a time (a 1 M-record seed run:
+# 2.2 s, 1.6 s with 10 ms; python -m bench.timeline). At 10 ms the queue is looked at again
+# soon after it drains; no request goes to the broker while it is still full.
 CONSUMER_DEFAULTS = {
+    "fetch.queue.backoff.ms": "10",
     "fetch.min.bytes": "1000000",
     "fetch.wait.max.ms": "100",
     "max.partition.fetch.bytes": "1000000",
