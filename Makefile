@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The optional native Kafka reader (native/, connectors/transports/kafka_native.py), built when cargo is
-# on PATH: pyo3 only, librdkafka is confluent-kafka's own. Without cargo, install still succeeds.
+# on PATH: pyo3 only, librdkafka is confluent-kafka's own. Without cargo, install still succeeds; a
+# failed build uninstalls the one built before, which would not match the sources.
 NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 $(VENV)/.native: $(VENV)/.installed $(NATIVE_SOURCES)
 	@if command -v cargo >/dev/null; then \
@@ -30,7 +31,8 @@ $(VENV)/.native: $(VENV)/.installed $(NATIVE_SOURCES)
 			> .cache/native-build.log 2>&1 \
 		&& $(PY) -m pip install -q --no-deps --force-reinstall .cache/native-wheel/waxstreams_native-*.whl \
 		&& touch $@ \
-		|| echo "the optional native Kafka reader did not build (.cache/native-build.log): the default reader is used"; \
+		|| { $(PY) -m pip uninstall -q -y waxstreams-native >/dev/null 2>&1; \
+			echo "the optional native Kafka reader did not build (.cache/native-build.log): the default reader is used"; }; \
 	else echo "cargo not on PATH: the optional native Kafka reader is not built (the default reader is used)"; fi
 
 install: $(VENV)/.installed $(VENV)/.native ## Create .venv with the project and its dev tools (and the native reader if cargo is there)

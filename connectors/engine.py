@@ -14,6 +14,7 @@ wrong output.
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import sqlite3
 import sys
@@ -36,12 +37,14 @@ def exit_when_run_ends(finish: Callable[[], NoReturn] | None = None) -> bool:
     applies: False in any other entry point (tests, tools), which are left alone."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
-    if spec is None or spec.name != "bytewax.run" or getattr(main, "cli_main", None) is not bytewax_cli_main:
+    run = getattr(main, "cli_main", None)
+    # bytewax's own, or it wrapped (functools.wraps: dataflows/__init__ turns the collector on in it).
+    if spec is None or spec.name != "bytewax.run" or run is None or inspect.unwrap(run) is not bytewax_cli_main:
         return False
     done = finish or exit_without_teardown
 
     def cli_main(**kwargs: Any) -> None:
-        bytewax_cli_main(**kwargs)
+        run(**kwargs)
         done()
 
     main.cli_main = cli_main  # type: ignore[union-attr]

@@ -33,6 +33,7 @@ class LagGauge:
 
     def __init__(self, step_id: str, topic: str, partition: int) -> None:
         self._gauge = BYTEWAX_CONSUMER_LAG_GAUGE.labels(step_id=step_id, topic=topic, partition=partition)
+        self._name = f"{topic}[{partition}]"
         self._failed = False
 
     def update(self, reader: NativePartitionReader, position: int) -> None:
@@ -41,7 +42,7 @@ class LagGauge:
         except KafkaException as exc:  # a metric never stops the job
             if not self._failed:
                 self._failed = True
-                log.warning("the Kafka lag gauge of %s is not updated: %s", self._gauge, exc)
+                log.warning("the Kafka lag gauge of %s is not updated: %s", self._name, exc)
             return
         value = lag(high, position)
         if value is not None:

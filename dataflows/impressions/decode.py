@@ -227,14 +227,19 @@ def _native_layout_rows(values: list[bytes | None] | pl.Series) -> pl.DataFrame:
     return pl.DataFrame(columns, schema=ROWS_SCHEMA)
 
 
+# The rules native/src/layouts.rs hard-codes (the characters an id may hold, the digits): a
+# change to them here or there bumps both, so an extension built from an older checkout is not used.
+NATIVE_RULES = 1
+
+
 def _load_native() -> types.ModuleType | None:
-    """The optional extension (native/, built by `make install` when cargo is there) if it has
-    `layout_rows` (one built from an older checkout has not), else None: polars decodes."""
+    """The optional extension (native/, built by `make install` when cargo is there) if it
+    decodes by these rules (one built from an older checkout may not), else None: polars decodes."""
     try:
         import waxstreams_native  # type: ignore[import-not-found]
     except ImportError:
         return None
-    return waxstreams_native if hasattr(waxstreams_native, "layout_rows") else None
+    return waxstreams_native if getattr(waxstreams_native, "LAYOUT_RULES", None) == NATIVE_RULES else None
 
 
 _native = _load_native()

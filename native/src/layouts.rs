@@ -104,6 +104,10 @@ impl Rules {
 /// Arrow binary: a polars Binary Series) in one of `layouts` ((head, middle, tail) as bytes) whose
 /// fields are accepted as they are: (row indices as int64 bytes, movieIds and userIds as utf8
 /// columns, timestamps as int64 bytes), in row order.
+/// The acceptance rules this file hard-codes (dataflows/impressions/decode.py: `NATIVE_RULES`);
+/// a change to either side's rules bumps both, so an extension built before is not used.
+pub const RULES: u32 = 1;
+
 #[pyfunction]
 pub fn layout_rows<'py>(
     py: Python<'py>,
@@ -206,10 +210,12 @@ unsafe fn read_array(array: &ArrowArray, format: &[u8], first_row: usize, rules:
                 } else {
                     let index = u32::from_le_bytes(view[8..12].try_into().unwrap()) as usize;
                     let start = u32::from_le_bytes(view[12..16].try_into().unwrap()) as usize;
-                    if index + 3 > buffers.len() {
-                        return Err(PyValueError::new_err("an Arrow view names a buffer the array lacks"));
+                    // [validity, views, data 0..n, sizes of the n data buffers]
+                    let sizes = buffers[buffers.len() - 1].cast::<i64>();
+                    if index + 3 >= buffers.len() || start + len > ptr::read_unaligned(sizes.add(index)) as usize {
+                        return Err(PyValueError::new_err("an Arrow view names bytes its array lacks"));
                     }
-                    std::slice::from_raw_parts(buffers[2 + index].cast::<u8>().add(start), len)
+                    bytes_at(buffers[2 + index].cast::<u8>(), start, len)
                 };
                 rules.take(rows, first_row + i, value);
             }
@@ -239,7 +245,16 @@ unsafe fn read_offsets<O: Copy + TryInto<usize>>(
     for i in 0..length {
         if valid(offset + i) {
             let (start, end) = (at(offset + i), at(offset + i + 1));
-            rules.take(rows, first_row + i, std::slice::from_raw_parts(data.add(start), end.saturating_sub(start)));
+            rules.take(rows, first_row + i, bytes_at(data, start, end.saturating_sub(start)));
         }
+    }
+}
+
+/// `len` bytes from `start` of `data`; none for an empty value (its buffer may be null).
+unsafe fn bytes_at<'a>(data: *const u8, start: usize, len: usize) -> &'a [u8] {
+    if len == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(data.add(start), len)
     }
 }

@@ -454,6 +454,7 @@ fn load(path: &str) -> PyResult<(i64, String)> {
 fn waxstreams_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(layouts::layout_rows, m)?)?;
+    m.add("LAYOUT_RULES", layouts::RULES)?;
     m.add_class::<PartitionReader>()?;
     m.add_class::<Column>()?;
     m.add("ConfigError", m.py().get_type::<ConfigError>())?;

@@ -13,7 +13,7 @@ from tests.support.jobs import run_dataflow
 
 # A flow built by the jobs' own `skeleton.flow_from_env`. The module keeps an object whose
 # finaliser only the interpreter's teardown runs, and registers an exit handler; both leave a
-# line in MARKS. FAIL=1 makes the step raise mid-run.
+# line in MARKS. FAIL=1 makes the step raise mid-run; PLAIN=1 builds it without the jobs' start.
 FLOW = textwrap.dedent(
     """
     import atexit
@@ -55,6 +55,8 @@ FLOW = textwrap.dedent(
 
 
     def __getattr__(name):
+        if name == "flow" and os.environ.get("PLAIN"):  # a flow the jobs' start does not build
+            return build(os.environ, [])
         if name == "flow":
             return skeleton.flow_from_env("exit", build)
         raise AttributeError(name)
@@ -85,5 +87,11 @@ def test_a_run_that_fails_ends_as_python_ends_it(tmp_path: Path) -> None:
 
 def test_the_collector_is_held_off_while_the_job_is_imported_and_on_while_it_runs(tmp_path: Path) -> None:
     result, marks = run(tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert marks[:2] == ["import:gc-off", "run:gc-on"]
+
+
+def test_the_collector_is_on_while_any_flow_runs_that_imported_the_jobs(tmp_path: Path) -> None:
+    result, marks = run(tmp_path, PLAIN="1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert marks[:2] == ["import:gc-off", "run:gc-on"]

@@ -5,7 +5,7 @@ its invalid records with the same reasons, with and without the native tier.
 
 The extension is optional (built by `make install` when cargo is on PATH): without cargo these
 tests are skipped with the reason; with cargo and no extension (or one built from an older
-checkout, without `layout_rows`) they fail.
+checkout, with other `LAYOUT_RULES`) they fail.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataflows.untrusted_json import MAX_ID_BYTES, MAX_TIMESTAMP_MS, MIN_TIMESTA
 _MISSING = (
     None
     if decode._native is not None
-    else f"the native decode (waxstreams_native.layout_rows) is not built: {BUILD_FIX}"
+    else f"the native decode (waxstreams_native.layout_rows, LAYOUT_RULES {decode.NATIVE_RULES}) is not built: {BUILD_FIX}"
 )
 if _MISSING is not None and shutil.which("cargo") is None:
     pytest.skip(f"no Rust toolchain, so no native decode: {_MISSING}", allow_module_level=True)
