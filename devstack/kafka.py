@@ -385,7 +385,8 @@ def create_topics(bootstrap: str, names: list[str], partitions: int = 2) -> None
 
 
 def delete_topics(bootstrap: str, names: list[str]) -> None:
-    """Delete topics (benchmarks' scratch outputs: each run's would stay on the broker's disk)."""
+    """Delete those of `names` that exist (benchmarks' scratch outputs: each run's would stay on the broker's disk)."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
-    for future in admin.delete_topics(names).values() if names else []:
+    existing = [name for name in names if name in admin.list_topics(timeout=10).topics]
+    for future in admin.delete_topics(existing).values() if existing else []:
         future.result(timeout=30)
