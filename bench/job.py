@@ -38,6 +38,22 @@ def compiled(root: Path) -> None:
         compileall.compile_dir(root / package, quiet=1)
 
 
+def job_environment(topic: str, bucket: str, prefix: str) -> dict[str, str]:
+    """A bounded run of the impressions job from `topic` into the local S3 (`bucket`, `prefix`)."""
+    return {
+        **os.environ,
+        **LOCAL_CREDENTIALS,
+        "KAFKA_BROKERS": BROKERS,
+        "S3_ENDPOINT_URL": S3,
+        "S3_BUCKET": bucket,
+        "S3_PREFIX": prefix,
+        "IMPRESSIONS_TOPIC": topic,
+        "BOUNDED": "true",
+        "DEAD_LETTER_TOPIC": "movie-impressions-dead-letter",
+        "LATE_TOPIC": "movie-impressions-late",
+    }
+
+
 def run_job(
     target: str,
     topic: str,
@@ -79,19 +95,7 @@ def _run(
     recovery: Path,
 ) -> dict:
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), str(max(processes, 1))], check=True)
-    job_env = {
-        **os.environ,
-        **LOCAL_CREDENTIALS,
-        "KAFKA_BROKERS": BROKERS,
-        "S3_ENDPOINT_URL": S3,
-        "S3_BUCKET": bucket,
-        "S3_PREFIX": prefix,
-        "IMPRESSIONS_TOPIC": topic,
-        "BOUNDED": "true",
-        "DEAD_LETTER_TOPIC": "movie-impressions-dead-letter",
-        "LATE_TOPIC": "movie-impressions-late",
-        **(env or {}),
-    }
+    job_env = {**job_environment(topic, bucket, prefix), **(env or {})}
     argv = [sys.executable, "-m", "bytewax.run", target, "-w", str(workers), "-r", str(recovery), "-s", "5", "-b", "0"]
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     started = time.perf_counter()

@@ -144,9 +144,9 @@ def child(argv: list[str]) -> None:
 
 
 def timeline(topic: str, root: Path) -> str:
-    from bench.job import FLOW, compiled
-    from bench.stack import BROKERS, BUCKET, S3
-    from devstack.s3 import LOCAL_CREDENTIALS, create_bucket
+    from bench.job import FLOW, compiled, job_environment
+    from bench.stack import BUCKET, S3
+    from devstack.s3 import create_bucket
 
     compiled(root)
     prefix = f"timeline-{uuid.uuid4().hex[:8]}"
@@ -156,16 +156,7 @@ def timeline(topic: str, root: Path) -> str:
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
     out = recovery / "timeline.txt"
     env = {
-        **os.environ,
-        **LOCAL_CREDENTIALS,
-        "KAFKA_BROKERS": BROKERS,
-        "S3_ENDPOINT_URL": S3,
-        "S3_BUCKET": bucket,
-        "S3_PREFIX": prefix,
-        "IMPRESSIONS_TOPIC": topic,
-        "BOUNDED": "true",
-        "DEAD_LETTER_TOPIC": "movie-impressions-dead-letter",
-        "LATE_TOPIC": "movie-impressions-late",
+        **job_environment(topic, bucket, prefix),
         "TIMELINE_OUT": str(out),
         "PYTHONPATH": str(root),
     }
