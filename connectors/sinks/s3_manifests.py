@@ -80,13 +80,6 @@ def units_of(frame: pl.DataFrame, columns: Iterable[str]) -> list[tuple]:
     return sorted(frame.select(list(columns)).unique().rows())
 
 
-def units_of_each(frames: list[pl.DataFrame], columns: Iterable[str]) -> list[list[tuple]]:
-    """`units_of` each of `frames` (of one schema), in one pass over them all."""
-    if not frames:
-        return []
-    return units_of_runs(pl.concat(frames, rechunk=False), [frame.height for frame in frames], columns)
-
-
 def units_of_runs(rows: pl.DataFrame, heights: Sequence[int], columns: Iterable[str]) -> list[list[tuple]]:
     """`units_of` each run of `heights` consecutive rows of `rows` (a write's objects, one
     after another), in one query: a query per write, not per object (each costs some 0.3 ms

@@ -3,7 +3,7 @@
 import polars as pl
 
 from connectors.sinks.rows import in_unit_order
-from connectors.sinks.s3_manifests import units_of, units_of_each, units_of_runs
+from connectors.sinks.s3_manifests import units_of, units_of_runs
 
 
 def frame(units: list[tuple], **extra: list) -> pl.DataFrame:
@@ -11,6 +11,12 @@ def frame(units: list[tuple], **extra: list) -> pl.DataFrame:
         {"movieId": [m for m, _ in units], "windowStart": [w for _, w in units], **extra},
         schema={"movieId": pl.String, "windowStart": pl.Int64, **{k: pl.Int64 for k in extra}},
     )
+
+
+def units_of_each(frames: list[pl.DataFrame], columns: list[str]) -> list[list[tuple]]:
+    """`units_of_runs` over `frames` one after another, as a write's objects."""
+    rows = pl.concat(frames, rechunk=False) if frames else frame([])
+    return units_of_runs(rows, [f.height for f in frames], columns)
 
 
 def test_each_frames_units_are_its_distinct_units_sorted_whatever_the_runs() -> None:
