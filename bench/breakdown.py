@@ -46,7 +46,7 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from bench.ceiling import reader_settings
-from bench.job import FLOW, NATIVE_READER, run_job
+from bench.job import FLOW, READER, run_job
 from bench.stack import BROKERS, S3, Workload, load, median_of
 from connectors.sinks.rows import ObjectRows
 from connectors.sinks.s3_client import S3Location
@@ -273,7 +273,7 @@ def measure(
     for reader in readers:
         if reader == "native" and kafka_native.unavailable() is not None:
             continue
-        env = NATIVE_READER if reader == "native" else {}
+        env = READER[reader]
         print(f"   breakdown of {workload.topic}, {reader} reader", file=sys.stderr)
         passes = [one_pass(workload.topic, reader, settings) for _ in range(runs)]
         costs = {

@@ -27,7 +27,7 @@ from devstack.s3 import LOCAL_CREDENTIALS, create_bucket, delete_bucket, s3_clie
 from producers.movie_impressions import TrafficShape, generate, produce
 
 FLOW = "dataflows.movie_impressions:flow"
-NATIVE_READER = {"KAFKA_READER": "native"}
+READER = {reader: {"KAFKA_READER": reader} for reader in ("confluent", "native")}  # each reader, whatever the default
 
 
 @functools.cache

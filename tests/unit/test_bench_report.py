@@ -92,7 +92,7 @@ def test_a_complete_run_renders_every_table_with_ratios_against_its_ceiling() ->
         "| **raw consume, best of the sweep: the ceiling** | 1,600,000 | 1.00 |  |  |",
         "| polars NDJSON decode + group-by in memory | 2,400,000 | 1.50 |  |  |",
         "| textbook bytewax (fold_window per movieId:userId, stock clock; a prefix-sized topic) | 2,500 | 0.00 | 8.0 | 246 |",
-        "| **ours, 1 worker** | 320,000 | 0.20 | 7.2 | 618 |",
+        "| **ours, 1 worker** (defaults: the native reader where built) | 320,000 | 0.20 | 7.2 | 618 |",
         "| ours, 1 worker, one record in 1,000 invalid | 280,000 | 0.17 | 7.7 | 632 |",
         "| ours, 1 worker, steady state | 400,000 | 0.25 |  |  |",
         "| ours, 2 workers (1 process) | 333,333 | 0.21 | 8.0 | 640 |",
