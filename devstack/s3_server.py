@@ -82,6 +82,18 @@ def _build_response_header_metadata_lowercase(self: WSGITask) -> bytes:
 
 WSGITask.build_response_header = _build_response_header_metadata_lowercase  # type: ignore[method-assign]
 
+
+def _with_raw_uri(app: Callable[..., Any]) -> Callable[..., Any]:
+    """moto takes an S3 key from the path as it arrived (`RAW_URI`, which werkzeug sets), else
+    from the decoded path, where `a%2Fb` and `a/b` are one key; waitress calls it `REQUEST_URI`."""
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        environ.setdefault("RAW_URI", environ.get("REQUEST_URI", ""))
+        return app(environ, start_response)
+
+    return serve
+
+
 THREADS = 8  # concurrent requests: the sink's partitions upload in parallel, tests run several writers
 # Open connections: past this waitress stops accepting, and a client's request waits unanswered.
 # Clients keep idle connections in their pools (S3 has no such bound); the tests' crashed
@@ -96,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MOTO_PORT", str(args.port))  # moto builds its own URLs from it
     logging.getLogger("waitress").setLevel(logging.ERROR)  # not a line per idle client it closes
-    app = DomainDispatcherApplication(create_backend_app)
+    app = _with_raw_uri(DomainDispatcherApplication(create_backend_app))
     waitress.serve(
         app, host=args.host, port=args.port, threads=THREADS, connection_limit=CONNECTIONS, asyncore_use_poll=True
     )
