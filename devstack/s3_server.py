@@ -6,8 +6,10 @@ uses: werkzeug closes every connection, starts a thread per request and drains e
 socket after the response, about two thirds of the server's CPU per PUT (py-spy). On a
 two-core machine the server shares the cores with the job it serves, so in `make bench`
 that cost was charged to the job. Waitress keeps connections alive, as S3 does, and
-serves them from a fixed pool of threads. It drops request headers with an underscore in
-their name (moto's werkzeug handler keeps them, for S3 metadata keys); ours send none.
+serves them from a fixed pool of threads. Where it differs from werkzeug in what moto or a
+client sees, it is mended below (an empty PUT expecting 100-continue, metadata header
+names, the raw path). It drops request headers with an underscore in their name (moto's
+werkzeug handler keeps them, for S3 metadata keys); ours send none.
 
 Writes to a key are made atomic, as S3's are: moto checks a conditional write's
 condition (`If-None-Match: *`, `If-Match`) and stores the object as two steps, so two
