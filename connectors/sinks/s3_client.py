@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import botocore.session
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 from prometheus_client import Counter
 
@@ -28,6 +26,7 @@ from connectors.errors import WaxstreamsError
 from connectors.retry import RetryPolicy, retry
 
 if TYPE_CHECKING:
+    import botocore.session
     from obstore import PutMode
     from obstore.store import S3Credential, S3Store
 
@@ -59,7 +58,12 @@ def _session() -> botocore.session.Session:
     """One per process: it loads the S3 model once for every client (a session per client
     costs about 0.1 s each, and a job makes one per sink partition and per start-up check).
     botocore's own session, whose clients are boto3's: boto3 on top costs about 50 ms of
-    start-up CPU (its import and its session) and adds nothing these clients use."""
+    start-up CPU (its import and its session) and adds nothing these clients use.
+    Imported here, not at the top: botocore's client machinery takes about 0.1 s of CPU to
+    import, which the job's first client pays beside the broker checks instead of before them
+    (and a process that makes no client never pays)."""
+    import botocore.session
+
     return botocore.session.Session()
 
 
@@ -72,6 +76,8 @@ class S3Location:
 
     def client(self, max_pool_connections: int = 16) -> Any:
         """A new client; `max_pool_connections`: the most requests it keeps a connection for at once."""
+        from botocore.config import Config  # with the session: off the import path
+
         # Credentials come from boto3's standard chain (env, profile, IRSA, instance role).
         config = Config(
             retries={"max_attempts": 3, "mode": "standard"},
