@@ -6,6 +6,7 @@ Each check runs in a fresh interpreter, as `python -m bytewax.run` would import 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,25 @@ def test_the_first_s3_client_brings_botocore() -> None:
         "S3Location('bucket', 'prefix', 'http://127.0.0.1:9', 'us-east-1').client()"
     )
     assert set(BOTOCORE_CLIENT) <= modules
+
+
+def test_the_s3_clients_model_loader_knows_the_services_botocore_lists() -> None:
+    from botocore.loaders import Loader
+
+    from connectors.sinks.s3_client import _session, quick_loader
+
+    botocores = Loader()
+    quick = quick_loader(botocores.search_paths)
+    for type_name in ("service-2", "paginators-1", "waiters-2", "endpoint-rule-set-1"):
+        listed = botocores.list_available_services(type_name)
+        known = quick.list_available_services(type_name)
+        every_folder = {
+            entry.name for path in botocores.search_paths if os.path.isdir(path) for entry in os.scandir(path)
+        }
+        assert {name for name in every_folder if name in known} == set(listed), type_name
+        assert list(known) == listed and len(known) == len(listed)
+        assert "no-such-service" not in known and "" not in known and "s3/.." not in known
+    # The session's clients load their models through it.
+    loader = _session().get_component("data_loader")
+    assert type(loader).__qualname__ == type(quick).__qualname__ and loader.search_paths == botocores.search_paths
+    assert "s3" in loader.list_available_services("service-2")
