@@ -59,3 +59,28 @@ def test_the_s3_clients_model_loader_knows_the_services_botocore_lists() -> None
     loader = _session().get_component("data_loader")
     assert type(loader).__qualname__ == type(quick).__qualname__ and loader.search_paths == botocores.search_paths
     assert "s3" in loader.list_available_services("service-2")
+
+
+def first_client_in_a_fresh_process(before: str) -> dict[str, int]:
+    code = (
+        "import gc, json\n"
+        "from connectors.sinks.s3_client import S3Location\n"
+        f"{before}\n"
+        "frozen = gc.get_freeze_count()\n"
+        "S3Location('bucket', 'prefix', 'http://127.0.0.1:9', 'us-east-1').client()\n"
+        "print(json.dumps({'enabled': gc.isenabled(), 'frozen_before': frozen, 'frozen': gc.get_freeze_count()}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_job_process_freezes_the_first_s3_clients_objects_and_collects_again_after() -> None:
+    # A job froze its start-up objects (skeleton.tune_garbage_collector) before the S3 checks made
+    # the first client: botocore's modules and models are frozen with them, never walked again.
+    job = first_client_in_a_fresh_process("gc.freeze()")
+    assert job["enabled"] and job["frozen"] > job["frozen_before"] + 50_000
+
+
+def test_any_other_process_keeps_its_collector_as_it_was() -> None:
+    assert first_client_in_a_fresh_process("") == {"enabled": True, "frozen_before": 0, "frozen": 0}
+    assert first_client_in_a_fresh_process("gc.disable()")["enabled"] is False
