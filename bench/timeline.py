@@ -82,10 +82,28 @@ class Marks:
         setattr(owner, name, marked)
 
     def source_batches(self, module: ModuleType) -> None:
-        """A partition's first batch with items, its end, and its stop."""
+        """A partition's first records read (before the step), its first batch with items, its end, and its stop."""
         partition = module.StatefulKafkaPartition
         original = partition.next_batch
         seen: dict[str, str] = {}
+        read: set[str] = set()
+
+        def reader(name: str) -> None:
+            read_batch = getattr(partition, name, None)
+            if read_batch is None:  # not in this checkout
+                return
+
+            def marked(part: Any, *args: Any) -> Any:
+                batch = read_batch(part, *args)
+                if batch is not None and part._part_id not in read:
+                    read.add(part._part_id)
+                    self(f"source {part._part_id}: first records read")
+                return batch
+
+            setattr(partition, name, marked)
+
+        reader("_read_native")
+        reader("_read_messages")
 
         def next_batch(part: Any) -> list:
             try:

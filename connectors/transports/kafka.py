@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,7 +21,7 @@ from connectors.transports.kafka_control import PRODUCER_MESSAGE_MAX_BYTES, reco
 from connectors.transports.kafka_sink import KafkaTxSink, routing_key
 from connectors.transports.kafka_source import StatefulKafkaSource
 from connectors.transports.kafka_start_position import StartPosition
-from connectors.transports.kafka_startup_check import KafkaUnavailable, check_topics
+from connectors.transports.kafka_startup_check import KafkaUnavailable, check_and_describe
 from connectors.transports.progress import BoundedProgress
 
 # Large fetches, and a prefetch queue deep enough that librdkafka's thread fetches and
@@ -94,13 +93,16 @@ class KafkaTransport:
 
     def check(self, read: list[str], write: list[str]) -> None:
         """The broker answers and the topics exist; also what the flow needs from the broker
-        next (partitions, output record limits), so that it is asked once, and the limits at once."""
+        next (partitions, output record limits), so that it is asked once, by one client."""
         try:
-            self._listed.update(check_topics(self.brokers, self.client_config, [*read, *write], client=self.client))
+            checked = check_and_describe(
+                self.brokers, self.client_config, [*read, *write], limits_of=write, client=self.client
+            )
         except KafkaUnavailable as exc:
             raise TransportUnavailable(str(exc)) from None
-        with ThreadPoolExecutor(max(len(write), 1), thread_name_prefix="kafka-limits") as pool:
-            list(pool.map(self.max_record_bytes, write))
+        self._listed.update(checked.partitions)
+        for stream, topic_max in checked.max_message_bytes.items():
+            self._record_limits[stream] = self._record_limit(topic_max)
 
     def _kafka_source(self, topics: list[str]) -> KafkaSource:
         return KafkaSource(
@@ -144,10 +146,12 @@ class KafkaTransport:
 
     def max_record_bytes(self, stream: str) -> int:
         if stream not in self._record_limits:
-            producer_max = int(self.client_config.get("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES))
             topic_max = topic_max_message_bytes(",".join(self.brokers), self.client_config, stream)
-            self._record_limits[stream] = record_limit(topic_max, producer_max)
+            self._record_limits[stream] = self._record_limit(topic_max)
         return self._record_limits[stream]
+
+    def _record_limit(self, topic_max: int) -> int:
+        return record_limit(topic_max, int(self.client_config.get("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES)))
 
     def write(self, step_id: str, records: Stream[OutputRecord], stream: str) -> None:
         keyed = op.map(f"{step_id}_route", records, lambda record: (routing_key(record), record))

@@ -21,7 +21,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -198,17 +198,32 @@ def _admin(bootstrap: str, config: dict[str, Any]) -> AdminClient:
 
 def topic_max_message_bytes(bootstrap: str, config: dict[str, Any], topic: str, timeout: float = 30.0) -> int:
     """The topic's max.message.bytes (its own or the broker's default), from describe_configs."""
-    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     admin = _admin(bootstrap, config)  # referenced until the answer is in: its destruction cancels it
-    try:
-        configs = admin.describe_configs([resource])[resource].result(timeout=timeout)
-    except KafkaException as exc:
-        msg = (
-            f"Kafka output topic {topic}: cannot read its max.message.bytes ({_text(exc)}): "
-            "grant the job DESCRIBE_CONFIGS on the topic, or check that it exists"
-        )
-        raise KafkaSinkError(msg) from None
-    return int(configs["max.message.bytes"].value)
+    return ask_max_message_bytes(admin, [topic])(timeout)[topic]
+
+
+def ask_max_message_bytes(admin: AdminClient, topics: Iterable[str]) -> Callable[[float], dict[str, int]]:
+    """Asks `admin` for each topic's max.message.bytes (one request); the answer is waited for
+    (up to the timeout given) when the returned function is called. Keep `admin` referenced
+    until then: its destruction cancels the request."""
+    resources = {topic: ConfigResource(ConfigResource.Type.TOPIC, topic) for topic in topics}
+    asked = admin.describe_configs(list(resources.values())) if resources else {}
+
+    def answer(timeout: float) -> dict[str, int]:
+        limits = {}
+        for topic, resource in resources.items():
+            try:
+                configs = asked[resource].result(timeout=timeout)
+            except KafkaException as exc:
+                msg = (
+                    f"Kafka output topic {topic}: cannot read its max.message.bytes ({_text(exc)}): "
+                    "grant the job DESCRIBE_CONFIGS on the topic, or check that it exists"
+                )
+                raise KafkaSinkError(msg) from None
+            limits[topic] = int(configs["max.message.bytes"].value)
+        return limits
+
+    return answer
 
 
 def ensure_control_topic(

@@ -35,10 +35,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import botocore.session
-from botocore.credentials import CredentialProvider
-from botocore.exceptions import BotoCoreError
-
 from connectors.errors import WaxstreamsError
 
 log = logging.getLogger(__name__)
@@ -123,7 +119,7 @@ def msk_iam_provider(region: str) -> Provider:
     except ImportError:
         msg = f"KAFKA_SASL_MECHANISM={MSK_IAM} needs AWS's MSK token signer: pip install {SIGNER_PACKAGE}"
         raise TokenError(msg) from None
-    credentials = _PodCredentials()
+    credentials = _pod_credentials()
 
     def sign(_config: str) -> tuple[str, float]:
         token, expiry_ms = MSKAuthTokenProvider.generate_auth_token_from_credentials_provider(region, credentials)
@@ -132,32 +128,40 @@ def msk_iam_provider(region: str) -> Provider:
     return sign
 
 
-class _PodCredentials(CredentialProvider):  # type: ignore[misc]
+def _pod_credentials() -> Any:
     """The default chain, resolved once and kept: botocore refreshes role credentials (IRSA,
-    EKS Pod Identity, instance role) before they expire, without an STS call per token."""
+    EKS Pod Identity, instance role) before they expire, without an STS call per token.
+    botocore is imported here: only MSK IAM needs it, and it costs about 0.1 s of start-up
+    CPU to every other Kafka job."""
+    import botocore.session
+    from botocore.credentials import CredentialProvider
+    from botocore.exceptions import BotoCoreError
 
-    METHOD = "waxstreams-default-chain"
+    class PodCredentials(CredentialProvider):  # type: ignore[misc]
+        METHOD = "waxstreams-default-chain"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._session = botocore.session.Session()
-        self._credentials: Any = None
+        def __init__(self) -> None:
+            super().__init__()
+            self._session = botocore.session.Session()
+            self._credentials: Any = None
 
-    def load(self) -> Any:
-        if self._credentials is None:  # not kept while missing: a role may be attached later
-            try:
-                self._credentials = self._session.get_credentials()
-            except BotoCoreError as exc:
-                msg = f"KAFKA_SASL_MECHANISM={MSK_IAM}: AWS credentials could not be loaded ({exc})"
-                raise TokenError(msg) from None
-        if self._credentials is None or not self._credentials.access_key:
-            self._credentials = None
-            msg = (
-                f"KAFKA_SASL_MECHANISM={MSK_IAM} found no AWS credentials: give the pod an IAM role "
-                "(IRSA or EKS Pod Identity) or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            )
-            raise TokenError(msg)
-        return self._credentials
+        def load(self) -> Any:
+            if self._credentials is None:  # not kept while missing: a role may be attached later
+                try:
+                    self._credentials = self._session.get_credentials()
+                except BotoCoreError as exc:
+                    msg = f"KAFKA_SASL_MECHANISM={MSK_IAM}: AWS credentials could not be loaded ({exc})"
+                    raise TokenError(msg) from None
+            if self._credentials is None or not self._credentials.access_key:
+                self._credentials = None
+                msg = (
+                    f"KAFKA_SASL_MECHANISM={MSK_IAM} found no AWS credentials: give the pod an IAM role "
+                    "(IRSA or EKS Pod Identity) or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                )
+                raise TokenError(msg)
+            return self._credentials
+
+    return PodCredentials()
 
 
 def resolve_provider(spec: str) -> Provider:

@@ -10,14 +10,15 @@ from datetime import UTC, datetime
 import pytest
 from bytewax.connectors.kafka import KafkaSource
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import REGISTRY
 
 from connectors.transports.batch import RecordBatch
 from connectors.transports.kafka import partition_names
+from connectors.transports.kafka_control import KafkaSinkError, ask_max_message_bytes, topic_max_message_bytes
 from connectors.transports.kafka_source import StatefulKafkaSource
 from connectors.transports.kafka_start_position import EARLIEST, StartPosition
-from connectors.transports.kafka_startup_check import check_topics
+from connectors.transports.kafka_startup_check import KafkaUnavailable, check_and_describe, check_topics
 from tests.support.data import make_topics
 
 BASE_MS = 1_546_844_400_000  # record i has timestamp BASE_MS + i * 1000
@@ -165,3 +166,26 @@ def test_the_start_check_lists_each_topics_partitions_as_bytewax_does(kafka, top
     listed = check_topics([kafka.bootstrap], {}, [topic])
     bytewax_lists = KafkaSource([kafka.bootstrap], [topic]).list_parts()
     assert partition_names([topic], listed) == bytewax_lists == [f"0-{topic}", f"1-{topic}"]
+
+
+def test_the_start_check_asks_the_output_limits_as_each_topic_has_them(kafka, topic) -> None:
+    small = f"{topic}-small"
+    admin = AdminClient({"bootstrap.servers": kafka.setup_bootstrap})
+    admin.create_topics([NewTopic(small, 1, 1, config={"max.message.bytes": "20000"})])[small].result(30)
+    checked = check_and_describe([kafka.bootstrap], {}, [topic, small], limits_of=[topic, small])
+    assert checked.partitions == {topic: [0, 1], small: [0]}
+    assert checked.max_message_bytes == {small: 20_000, topic: topic_max_message_bytes(kafka.bootstrap, {}, topic)}
+    assert checked.max_message_bytes[topic] != 20_000  # the broker's default
+
+
+def test_a_missing_output_topic_is_still_the_missing_topic_line(kafka, topic) -> None:
+    gone = f"{topic}-gone"
+    with pytest.raises(KafkaUnavailable, match=f"Kafka topic\\(s\\) {gone} do not exist"):
+        check_and_describe([kafka.bootstrap], {}, [topic, gone], limits_of=[gone])
+
+
+def test_an_output_limit_the_broker_refuses_is_one_line_naming_the_fix(kafka, topic) -> None:
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    answer = ask_max_message_bytes(admin, [f"{topic}-gone"])  # refused: no such topic
+    with pytest.raises(KafkaSinkError, match=f"Kafka output topic {topic}-gone: .*grant the job DESCRIBE_CONFIGS"):
+        answer(30)

@@ -1,9 +1,7 @@
 """What a Kafka job's start asks the broker: the check's listing serves the flow and the source,
-the output record limits are asked in the check, once each, and every client connects fast."""
+the output record limits are asked by the check's own client, once each, and every client connects fast."""
 
 from __future__ import annotations
-
-import threading
 
 import pytest
 
@@ -12,6 +10,7 @@ from connectors.transports import kafka, kafka_source
 from connectors.transports.kafka import KafkaTransport, partition_names
 from connectors.transports.kafka_client import KafkaClientConfig
 from connectors.transports.kafka_start_position import EARLIEST
+from connectors.transports.kafka_startup_check import CheckedTopics
 
 TOPIC, DEAD, LATE = "impressions", "dead", "late"
 
@@ -24,22 +23,24 @@ def test_partition_names_are_bytewax_kafka_source_names_topic_by_topic() -> None
 
 @pytest.fixture
 def broker(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
-    """The broker's answers, recorded: the check's topic listing, each limit query and any other listing."""
-    asked: dict[str, list] = {"check": [], "limit": [], "listing": []}
+    """The broker's answers, recorded: the check (its topics, the limits it asked), any limit asked
+    on its own, and any other listing."""
+    asked: dict[str, list] = {"check": [], "check_limits": [], "limit": [], "listing": []}
 
-    def check_topics(brokers, config, topics, client=None) -> dict[str, list[int]]:
+    def check_and_describe(brokers, config, topics, limits_of=(), client=None) -> CheckedTopics:
         asked["check"].append(list(topics))
-        return {TOPIC: [0, 1], DEAD: [0], LATE: [0]}
+        asked["check_limits"].append(list(limits_of))
+        return CheckedTopics({TOPIC: [0, 1], DEAD: [0], LATE: [0]}, {topic: 1_000_000 for topic in limits_of})
 
     def limit(bootstrap, config, topic) -> int:
-        asked["limit"].append((topic, threading.current_thread().name))
-        return 1_000_000
+        asked["limit"].append(topic)
+        return 500_000
 
     def listing(source) -> list[str]:
         asked["listing"].append(source)
         return ["0-listed", "1-listed"]
 
-    monkeypatch.setattr(kafka, "check_topics", check_topics)
+    monkeypatch.setattr(kafka, "check_and_describe", check_and_describe)
     monkeypatch.setattr(kafka, "topic_max_message_bytes", limit)
     monkeypatch.setattr(kafka, "list_parts_quietly", listing)
     monkeypatch.setattr(kafka_source, "list_parts_quietly", listing)
@@ -66,14 +67,20 @@ def test_without_the_check_the_partitions_are_listed_as_before(broker) -> None:
     assert len(broker["listing"]) == 2
 
 
-def test_the_check_asks_each_output_limit_once_and_at_once(broker) -> None:
+def test_the_check_asks_the_output_limits_itself_and_the_flow_asks_no_more(broker) -> None:
     t = transport()
     t.check(read=[TOPIC], write=[DEAD, LATE])
-    assert sorted(topic for topic, _ in broker["limit"]) == [DEAD, LATE]
-    assert {thread for _, thread in broker["limit"]} != {threading.current_thread().name}  # not one after another
+    assert broker["check_limits"] == [[DEAD, LATE]]  # in the check's own request, not a client each
     expected = kafka.record_limit(1_000_000, kafka.PRODUCER_MESSAGE_MAX_BYTES)
     assert t.max_record_bytes(DEAD) == t.max_record_bytes(LATE) == expected
-    assert len(broker["limit"]) == 2  # the flow's own questions are answered from the check's
+    assert broker["limit"] == []  # the flow's own questions are answered from the check's
+
+
+def test_without_the_check_each_limit_is_asked_once(broker) -> None:
+    t = transport()
+    expected = kafka.record_limit(500_000, kafka.PRODUCER_MESSAGE_MAX_BYTES)
+    assert t.max_record_bytes(DEAD) == t.max_record_bytes(DEAD) == expected
+    assert broker["limit"] == [DEAD]
 
 
 def test_every_client_reconnects_fast_unless_the_user_says_otherwise() -> None:
