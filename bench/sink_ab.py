@@ -6,7 +6,10 @@
 The rows (`bench.breakdown.step_and_close`'s items) are made once and kept in a file; each
 run is a fresh process at a checkout (its code imported) that writes them through its
 `PartitionedS3Sink` into the local S3 as `bench.breakdown.write` does, and reports the
-process's CPU (all threads) and wall over the write, per event of the topic.
+process's CPU (all threads) and wall over the write, per event of the topic. The local S3
+server shares the machine: the CPU it spent over each run (the process listening on the
+endpoint's port, from /proc) is reported beside the sink's, as a change can move cost
+between them.
 """
 
 from __future__ import annotations
@@ -52,14 +55,24 @@ def dump(topic: str, path: Path) -> None:
         pickle.dump({"events": topic_size(topic), "closes": closes}, f)
 
 
-def run(root: Path, rows: Path, fmt: str) -> dict:
+def process_cpu(pid: int | None) -> float:
+    """Seconds of CPU (user and system) a process has spent, from /proc; 0 without one."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(root: Path, rows: Path, fmt: str, server: int | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root)}
+    before = process_cpu(server)
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, str(rows), fmt], cwd=root, env=env, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # The server's CPU over the whole child (its start-up requests too: a few, beside ~1,000 PUTs).
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "server": process_cpu(server) - before}
 
 
 def main() -> int:
@@ -73,6 +86,7 @@ def main() -> int:
     parser.add_argument("--b", default=str(ROOT))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--format", default="parquet", choices=("parquet", "csv"))
+    parser.add_argument("--s3-pid", type=int, help="the local S3 server's pid: its CPU per run is reported too")
     args = parser.parse_args()
     os.environ.update(LOCAL_CREDENTIALS)
     if args.dump:
@@ -82,19 +96,20 @@ def main() -> int:
     results: dict[str, list[dict]] = {side: [] for side in sides}
     for i in range(args.runs):
         for side, root in sides.items():
-            r = run(root, args.rows.resolve(), args.format)
+            r = run(root, args.rows.resolve(), args.format, args.s3_pid)
             results[side].append(r)
             us = 1e6 / r["events"]
             print(
-                f"run {i + 1} {side}: CPU {r['cpu'] * us:.3f} µs/event, wall {r['wall'] * us:.3f} µs/event", flush=True
+                f"run {i + 1} {side}: CPU {r['cpu'] * us:.3f} µs/event, wall {r['wall'] * us:.3f} µs/event, "
+                f"S3 server CPU {r['server'] * us:.3f} µs/event",
+                flush=True,
             )
     for side, root in sides.items():
         us = 1e6 / results[side][0]["events"]
-        cpu = [round(r["cpu"] * us, 3) for r in results[side]]
-        wall = [round(r["wall"] * us, 3) for r in results[side]]
+        cpu, wall, server = ([round(r[k] * us, 3) for r in results[side]] for k in ("cpu", "wall", "server"))
         print(
             f"{side} ({root}): median CPU {statistics.median(cpu):.3f} µs/event {cpu}, "
-            f"wall {statistics.median(wall):.3f} {wall}"
+            f"wall {statistics.median(wall):.3f} {wall}, S3 server CPU {statistics.median(server):.3f} {server}"
         )
     return 0
 

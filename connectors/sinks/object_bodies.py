@@ -71,7 +71,9 @@ def encode_each(rows: pl.DataFrame, heights: Sequence[int], fmt: str) -> list[by
     return [buffer.getvalue() for buffer in buffers]
 
 
-ENCODE_GROUP = 16  # objects per polars query: enough to spread its fixed cost, few enough to start PUTs early
+# Objects per polars query: a whole write's in one for most writes (a query's fixed cost is most of a
+# small object's), while a large write (a snapshot's, hundreds of folders) starts its first PUTs early.
+ENCODE_GROUP = 64
 
 
 def encoded_in_turn(rows: pl.DataFrame, heights: Sequence[int], fmt: str) -> Iterator[bytes]:

@@ -235,8 +235,8 @@ class NativePut:
     The object sink's data writes are many small PUTs: botocore spends about 2.5 ms of
     Python on each, hand-signing in Python about 1; obstore signs and sends with the GIL
     released, about 0.5 ms of CPU and 0.1 ms holding the GIL (bench/s3_put_ab.py).
-    Every other call (manifests, listings, reads, claims) goes through the boto3 client, and
-    `S3_DIRECT_PUT=false` sends the data PUTs there too.
+    The sink's manifests go through it too; every other call (listings, reads, claims) goes
+    through the boto3 client, and `S3_DIRECT_PUT=false` sends every PUT there.
 
     What it takes from the boto3 client, so the two always agree: the endpoint (path-style
     addressing with a configured `S3_ENDPOINT_URL`, virtual-hosted on AWS for bucket names

@@ -96,10 +96,9 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._namespace = state.namespace
         self._next_seq = state.next_seq
         self._client = sink.client if sink.client is not None else self._location.client()
-        # Data objects are most of the PUTs: sent by obstore, without Python in the request (NativePut).
-        self._data_put = (
-            NativePut(self._client, path_style=bool(self._location.endpoint_url)) if sink.direct_put else self._client
-        )
+        # Data objects and manifests (all PUTs) are sent by obstore, without Python in the request (NativePut).
+        put = NativePut(self._client, path_style=bool(self._location.endpoint_url)) if sink.direct_put else None
+        self._data_put = put or self._client
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
         self._empty = encode(pl.DataFrame(schema=sink.schema), sink.fmt)  # what claims a key (`_landed_units`)
         self._buffer: dict[str, list[pl.DataFrame]] = defaultdict(list)
@@ -111,7 +110,13 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._in_flight: list[Future[tuple[int, dict[str, Any]]]] = []
         self._uploads = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"s3-{partition}")
         self._manifests = ManifestLog(
-            self._client, self._location, partition, self._namespace, sink.manifests_per_segment, sink.give_up_after
+            self._client,
+            self._location,
+            partition,
+            self._namespace,
+            sink.manifests_per_segment,
+            sink.give_up_after,
+            put,
         )
         # The fence, by object folder: units committed past the restored snapshot (by the restored
         # fence, or found by `_resume`) that the replay has not reached; only parts in these folders
@@ -289,7 +294,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         rows = pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=self._sink.schema)
         units = dict(zip(keys, units_of_runs(rows, heights, self._sink.unit_columns), strict=True))
         manifest = manifest_body(seq, keys, units)
-        self._put_manifest(seq, json.dumps(manifest, separators=(",", ":")).encode())
+        self._manifests.put(seq, json.dumps(manifest, separators=(",", ":")).encode())
 
         def write(key: str, body: bytes, count: int) -> None:
             self._call("write object", partial(self._put_new, key, body))
@@ -302,9 +307,6 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         for done in sent:
             done.result()  # re-raises S3SinkError
         return seq, manifest
-
-    def _put_manifest(self, seq: int, body: bytes) -> None:
-        self._manifests.put(seq, body)
 
     def _flush(self) -> None:
         """Write the rest and wait for every write in flight: then all seqs below next_seq are in."""
@@ -346,7 +348,7 @@ class PartitionedS3Sink(FixedPartitionedSink[ObjectRows, SinkState]):
     namespace, in which a partition without state skips the units of the prefix's
     earlier output of that partition: only for callers that own the prefix outright.
     `unit_columns`: what identifies a group of rows always emitted whole, and once.
-    `direct_put`: data objects PUT by `s3_client.NativePut` (obstore), not the boto3 client (S3_DIRECT_PUT).
+    `direct_put`: data objects and manifests PUT by `s3_client.NativePut` (obstore), not boto3 (S3_DIRECT_PUT).
     `client`: one client for every partition (`shared_client`), else each makes its own.
     """
 

@@ -1,5 +1,6 @@
 """The exactly-once protocol of the S3 sink against a real S3 endpoint."""
 
+import json
 import threading
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -11,6 +12,7 @@ from connectors.sinks import object_bodies, s3_objects
 from connectors.sinks.fence import CommitState
 from connectors.sinks.rows import ObjectRows, stable_partition
 from connectors.sinks.s3_client import S3Location, S3SinkError, check_bucket
+from connectors.sinks.s3_manifests import ManifestLog
 from connectors.sinks.s3_objects import PartitionedS3Sink
 from dataflows.impressions.layout import OUTPUT_SCHEMA
 from tests.support.data import read_s3_rows
@@ -104,33 +106,23 @@ def test_the_resume_lists_while_the_job_goes_on_and_the_first_write_waits_for_it
     assert triples(s3, sink.location.bucket) == [("m1", "u1", 0), ("m2", "u1", 0)]
 
 
-class HeldManifests(S3Location):
-    """An S3 whose manifest PUTs (the first PUT of every write) wait until `release` is set."""
+def test_a_snapshot_starts_the_writes_of_every_partition_of_its_worker_at_once(s3, sink, monkeypatch) -> None:
+    release, both_started, started = threading.Event(), threading.Event(), []
+    put = ManifestLog.put
 
-    release: ClassVar[threading.Event] = threading.Event()
-    both_started: ClassVar[threading.Event] = threading.Event()
-    started: ClassVar[list[str]] = []
+    def held(log: ManifestLog, seq: int, body: bytes) -> None:  # a write's first PUT waits until `release`
+        started.append(log.prefix)
+        if len(started) == 2:
+            both_started.set()
+        release.wait(60)
+        put(log, seq, body)
 
-    def client(self) -> Any:
-        client = super().client()
-
-        def hold(params: dict, **_: Any) -> None:
-            HeldManifests.started.append(params["url_path"])
-            if len(HeldManifests.started) == 2:
-                HeldManifests.both_started.set()
-            HeldManifests.release.wait(60)
-
-        client.meta.events.register("before-call.s3.PutObject", hold)
-        return client
-
-
-def test_a_snapshot_starts_the_writes_of_every_partition_of_its_worker_at_once(s3, sink) -> None:
+    monkeypatch.setattr(ManifestLog, "put", held)
     location = sink.location
-    held = PartitionedS3Sink(HeldManifests(location.bucket, "out", location.endpoint_url, "us-east-1"), OUTPUT_SCHEMA)
     snapshots = []
 
     def worker() -> None:  # one bytewax worker: it builds its partitions, then snapshots p00, then p01
-        p00, p01 = held.build_part("s3_out", "p00", None), held.build_part("s3_out", "p01", None)
+        p00, p01 = sink.build_part("s3_out", "p00", None), sink.build_part("s3_out", "p01", None)
         p00.write_batch([rows("m1", "u1", 1)])
         p01.write_batch([rows("m2", "u1", 1)])
         snapshots.extend([p00.snapshot(), p01.snapshot()])
@@ -140,11 +132,11 @@ def test_a_snapshot_starts_the_writes_of_every_partition_of_its_worker_at_once(s
     thread = threading.Thread(target=worker)
     thread.start()
     try:
-        assert HeldManifests.both_started.wait(30), "p01's write waited for p00's to finish"
+        assert both_started.wait(30), "p01's write waited for p00's to finish"
     finally:
-        HeldManifests.release.set()
+        release.set()
         thread.join()
-    assert sorted(key.split("/")[-2] for key in HeldManifests.started) == ["p00", "p01"]  # _sink/<partition>/<seq>
+    assert sorted(prefix.split("/")[-2] for prefix in started) == ["p00", "p01"]  # out/_sink/<partition>/
     assert snapshots == [state("", 1), state("", 1)]
     assert triples(s3, location.bucket) == [("m1", "u1", 0), ("m2", "u1", 0)]
 
@@ -323,6 +315,26 @@ def test_direct_puts_store_what_boto3_stores(s3, unique) -> None:
         (o.rsplit("/", 1)[0], *rest) for o, *rest in stored[False]
     ]
     assert [movie for _, movie, _, _ in stored[True]] == ["%2E%2E", "a b+é😀"]
+
+
+def test_direct_puts_send_the_manifests_too_and_boto3_no_put(s3, unique) -> None:
+    bucket = f"sink-{unique}"
+    s3.create_bucket(bucket)
+    location = S3Location(bucket, "out", s3.endpoint_url, "us-east-1")
+    client, boto3_puts = location.client(), []
+    client.meta.events.register("before-call.s3.PutObject", lambda params, **_: boto3_puts.append(params["url_path"]))
+    part = PartitionedS3Sink(location, OUTPUT_SCHEMA, namespace="run-a", client=client).build_part(
+        "s3_out", "p00", None
+    )
+    part.write_batch([rows("m1", "u1", 1), rows("m2", "u2", 3)])
+    part.close()
+    assert boto3_puts == []
+    (key,) = [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix="out/_sink/")["Contents"]]
+    assert key == "out/_sink/p00/run-a/000000000000.json"
+    manifest = json.loads(s3.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    objects = sorted(set(read_s3_rows(s3, bucket, "out").get_column("object")))
+    assert sorted(manifest["objects"]) == objects and len(objects) == 2
+    assert sorted(map(tuple, manifest["units"][objects[0]])) == [("m1", 0)]
 
 
 def test_a_refused_direct_put_is_one_clear_error(s3, sink) -> None:

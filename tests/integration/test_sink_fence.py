@@ -216,10 +216,10 @@ def test_object_sink_a_stale_writer_finds_its_manifest_key_taken_and_stops(s3, u
 
 def test_object_sink_a_manifest_put_retried_after_its_answer_was_lost_succeeds(s3, unique) -> None:
     part = object_sink(s3, f"fence-{unique}").build_part("out", "p00", None)
-    part._put_manifest(0, b'{"seq":0}')
-    part._put_manifest(0, b'{"seq":0}')  # the first attempt landed: the retry is not a conflict
+    part._manifests.put(0, b'{"seq":0}')
+    part._manifests.put(0, b'{"seq":0}')  # the first attempt landed: the retry is not a conflict
     with pytest.raises(S3SinkError, match="this process is stale and stops"):
-        part._put_manifest(0, b'{"seq":0,"objects":[]}')
+        part._manifests.put(0, b'{"seq":0,"objects":[]}')
     die(part)
 
 
