@@ -28,17 +28,6 @@ class CheckedTopics:
     max_message_bytes: dict[str, int]  # each topic's max.message.bytes asked for (`limits_of`)
 
 
-def check_topics(
-    brokers: list[str],
-    client_config: dict[str, Any],
-    topics: list[str],
-    timeout: float = 10.0,
-    client: KafkaClientConfig | None = None,
-) -> dict[str, list[int]]:
-    """`check_and_describe`'s listing: each topic's partitions as the broker listed them."""
-    return check_and_describe(brokers, client_config, topics, (), timeout, client).partitions
-
-
 def check_and_describe(
     brokers: list[str],
     client_config: dict[str, Any],

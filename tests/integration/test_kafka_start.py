@@ -18,7 +18,7 @@ from connectors.transports.kafka import partition_names
 from connectors.transports.kafka_control import KafkaSinkError, ask_max_message_bytes, topic_max_message_bytes
 from connectors.transports.kafka_source import StatefulKafkaSource
 from connectors.transports.kafka_start_position import EARLIEST, StartPosition
-from connectors.transports.kafka_startup_check import KafkaUnavailable, check_and_describe, check_topics
+from connectors.transports.kafka_startup_check import KafkaUnavailable, check_and_describe
 from tests.support.data import make_topics
 
 BASE_MS = 1_546_844_400_000  # record i has timestamp BASE_MS + i * 1000
@@ -163,7 +163,7 @@ def test_a_resume_past_the_end_of_a_recreated_topic_reads_it_from_the_start(kafk
 
 def test_the_start_check_lists_each_topics_partitions_as_bytewax_does(kafka, topic) -> None:
     # The job reads the check's listing instead of asking again (KafkaTransport.partitions).
-    listed = check_topics([kafka.bootstrap], {}, [topic])
+    listed = check_and_describe([kafka.bootstrap], {}, [topic]).partitions
     bytewax_lists = KafkaSource([kafka.bootstrap], [topic]).list_parts()
     assert partition_names([topic], listed) == bytewax_lists == [f"0-{topic}", f"1-{topic}"]
 
