@@ -1,7 +1,7 @@
 """A/B of two checkouts' object sink alone, on the rows the job closes, runs interleaved.
 
     python -m bench.sink_ab --dump .cache/sink-high.pkl --topic bench-high-2000000   # once: read, step, close
-    python -m bench.sink_ab --rows .cache/sink-high.pkl --a /work/main --runs 5     # A against this checkout
+    python -m bench.sink_ab --rows .cache/sink-high.pkl --a .cache/base --runs 5    # A: another checkout (bench.ab)
 
 The rows (`bench.breakdown.step_and_close`'s items) are made once and kept in a file; each
 run is a fresh process at a checkout (its code imported) that writes them through its
