@@ -92,6 +92,29 @@ class DeadLetter:
 
 def rejected(batch: RecordBatch, i: int, exc: Exception) -> DeadLetter:
     """The dead letter for record `i` of an input batch, whose decoding raised `exc`."""
+    try:
+        return _dead_letter(batch, i, exc)
+    finally:
+        _drop_tracebacks(exc)
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Drop the tracebacks of `exc` and of the exceptions it was raised from or during:
+    their frames (and, through f_back, their callers') keep their locals, the batch among
+    them, and a decoder that lists (index, exception) pairs closes a cycle through them that
+    only a full collection frees, rare in the jobs (skeleton.GC_THRESHOLDS)."""
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        pending += [e.__cause__, e.__context__]
+
+
+def _dead_letter(batch: RecordBatch, i: int, exc: Exception) -> DeadLetter:
     position = SourcePosition(*batch.position(i))
     if isinstance(exc, InvalidEvent):
         return DeadLetter(str(exc), position, batch.value(i))

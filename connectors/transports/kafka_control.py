@@ -269,6 +269,9 @@ def _partitions(admin: AdminClient, topic: str, timeout: float) -> int:
     return 0 if meta is None or meta.error is not None else len(meta.partitions)
 
 
+READ_BACK_WAIT_S = 0.02
+
+
 def read_manifests(
     bootstrap: str,
     config: dict[str, Any],
@@ -317,7 +320,9 @@ def read_manifests(
         consumer.assign([TopicPartition(topic, partition, start)])
         deadline = time.monotonic() + timeout
         while True:
-            for msg in consumer.consume(1000, 0.5):
+            # A short wait: consume() waits out its whole timeout unless the batch fills, and a
+            # read back mostly finds a few manifests (a sink partition built mid-run waits on it).
+            for msg in consumer.consume(1000, READ_BACK_WAIT_S):
                 error = msg.error()
                 if error is not None:
                     if error.code() != KafkaError._PARTITION_EOF:

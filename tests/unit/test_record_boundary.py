@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import json
 import random
+import weakref
 
 import pytest
 from hypothesis import given, settings
@@ -22,7 +24,7 @@ from dataflows.impressions.slicing import slice_batch
 from dataflows.impressions.windows import WindowSlice
 from dataflows.metrics import EVENTS, INTERNAL_ERRORS, count_inputs
 from dataflows.untrusted_json import MAX_DEPTH, MAX_ID_BYTES, InvalidEvent, decode_json_object
-from tests.support.factories import batch_of, kafka_message, tally_dict
+from tests.support.factories import batch_of, kafka_message, record_batch, tally_dict
 from tests.support.hostile import MUTATIONS, hostile, odd_but_valid
 from tests.support.oracles import raw_of
 
@@ -194,3 +196,24 @@ def test_a_failure_of_the_batch_path_leaves_every_record_to_the_per_record_rules
     assert dead.position.offset == 1 and not dead.internal
     [piece] = [s for s in items if isinstance(s, WindowSlice)]
     assert tally_dict(piece.tallies) == {(IMPRESSION["movieId"], IMPRESSION["userId"]): (2, IMPRESSION["timestamp"])}
+
+
+class _Listed(list):
+    pass
+
+
+@pytest.mark.parametrize("series", [False, True], ids=["listed", "column"])
+def test_a_dead_letter_does_not_keep_its_batch_alive(series: bool) -> None:
+    # The jobs collect cycles rarely (skeleton.GC_THRESHOLDS): a batch must be freed by
+    # reference counting alone once its step is done, invalid records or not.
+    values = [json.dumps(IMPRESSION).encode(), b"{", b"[]"]
+    batch = record_batch(_Listed(values), series=series)  # a list that a weak reference can watch
+    column = weakref.ref(batch.values)
+    gc.disable()
+    try:
+        items, _ = slice_batch("0-t", batch, NO_WATERMARK, window_ms=900_000, max_out_of_orderness_ms=0)
+        assert sorted(d.position.offset for d in items if isinstance(d, DeadLetter)) == [1, 2]
+        del batch
+        assert column() is None
+    finally:
+        gc.enable()
