@@ -22,7 +22,7 @@ from bench import bookings as bench_bookings
 from bench import breakdown as bench_breakdown
 from bench import kinesis as bench_kinesis
 from bench import resume as bench_resume
-from bench.ceiling import polars_ceiling, raw_consume_ceilings, read_all
+from bench.ceiling import interleaved, polars_ceiling, raw_consume_ceilings, read_all
 from bench.job import FLOW, READER, latency, run_job
 from bench.report import breakdown_section
 from bench.stack import BUCKET, S3, Workload, load, median_of
@@ -34,6 +34,12 @@ from devstack.s3 import LOCAL_CREDENTIALS, create_bucket
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--headline-runs",
+        type=int,
+        default=5,
+        help="runs of `ours, 1 worker`, by turns with the ceiling's reader (their wall time swings most)",
+    )
     parser.add_argument("--high-events", type=int, default=2_000_000)
     parser.add_argument("--seed-events", type=int, default=1_000_000)
     parser.add_argument(
@@ -64,17 +70,22 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
         "runs": args.runs,
+        "headline_runs": args.headline_runs,
         "workloads": {},
     }
     for w in workloads:
         print(f"== {w.name}: {w.events:,} events, {w.movies} movies x {w.users} users", file=sys.stderr)
-        r: dict = raw_consume_ceilings(w.topic, args.runs)
+        r, best_reader = raw_consume_ceilings(w.topic, args.runs)
+        # The headline row and the ceiling's reader by turns: whatever the machine does meanwhile
+        # (it drifted by 10-15 % over a run) falls on both. The ceiling is the higher median.
+        beside, r["ours_1_worker"] = interleaved(args.headline_runs, best_reader, lambda w=w: run_job(flow, w.topic))
+        r["raw_consume"]["beside_the_job"] = beside
+        r["raw_consume"]["events_per_s"] = max(r["raw_consume"]["events_per_s"], beside)
         values = read_all(w.topic)
         r["polars"] = median_of(args.runs, lambda v=values: {"events_per_s": polars_ceiling(v)})
         del values
         if w.name == "high":
             r["textbook_bytewax"] = median_of(args.runs, lambda: run_job("bench.textbook:flow", baseline.topic))
-        r["ours_1_worker"] = median_of(args.runs, lambda w=w: run_job(flow, w.topic))
         if w.name == "high":
             r["ours_1_worker_0.1%_invalid"] = median_of(args.runs, lambda: run_job(flow, dirty.topic))
         half = halves[w.name]

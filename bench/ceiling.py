@@ -9,6 +9,8 @@ import gc
 import statistics
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
@@ -118,13 +120,10 @@ def native_consume(topic: str, config: dict, size: int) -> float:
     return count / wall
 
 
-def raw_consume_ceilings(topic: str, runs: int) -> dict:
-    """Raw consume with librdkafka's defaults, and the best of the sweep, confluent-kafka's and the
-    native reader's (when built): the ceiling is the fastest reader measured."""
-    figures = {
-        f"{name}, {size:,} per call, {layout}": statistics.median(
-            raw_consume(topic, cfg, size, layout) for _ in range(runs)
-        )
+def ceiling_readers(topic: str) -> dict[str, Callable[[], float]]:
+    """Every reader of the sweep, by label: each call reads the whole topic and returns messages/s."""
+    readers: dict[str, Callable[[], float]] = {
+        f"{name}, {size:,} per call, {layout}": partial(raw_consume, topic, cfg, size, layout)
         for name, cfg in FETCH_SWEEP.items()
         for size in CONSUME_SIZES
         for layout in LAYOUTS
@@ -132,14 +131,33 @@ def raw_consume_ceilings(topic: str, runs: int) -> dict:
     if kafka_native.unavailable() is None:
         for name, cfg in FETCH_SWEEP.items():
             for size in CONSUME_SIZES:
-                figures[f"{name}, {size:,} per call, native reader per partition"] = statistics.median(
-                    native_consume(topic, cfg, size) for _ in range(runs)
+                readers[f"{name}, {size:,} per call, native reader per partition"] = partial(
+                    native_consume, topic, cfg, size
                 )
+    return readers
+
+
+def raw_consume_ceilings(topic: str, runs: int) -> tuple[dict, Callable[[], float]]:
+    """Raw consume with librdkafka's defaults, and the best of the sweep, confluent-kafka's and the
+    native reader's (when built): the ceiling is the fastest reader measured. Also that reader,
+    to measure it again beside the job (`interleaved`)."""
+    readers = ceiling_readers(topic)
+    figures = {label: statistics.median(read() for _ in range(runs)) for label, read in readers.items()}
     best = max(figures, key=figures.__getitem__)
     return {
         "raw_consume_defaults": {"events_per_s": figures[f"defaults, {CONSUME_SIZES[0]:,} per call, {LAYOUTS[0]}"]},
         "raw_consume": {"events_per_s": figures[best], "fetch_settings": best, "sweep": figures},
-    }
+    }, readers[best]
+
+
+def interleaved(runs: int, ceiling: Callable[[], float], job: Callable[[], dict]) -> tuple[float, dict]:
+    """The ceiling's reader and the job run by turns, `runs` times each, so that both see the
+    machine alike: (the ceiling's median messages/s, the job's medians as `median_of`'s)."""
+    rates, results = [], []
+    for _ in range(runs):
+        rates.append(ceiling())
+        results.append(job())
+    return statistics.median(rates), {key: statistics.median(r[key] for r in results) for key in results[0]}
 
 
 def read_all(topic: str) -> list[bytes]:

@@ -65,11 +65,17 @@ def _num(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
-def _workload(name: str, figures: dict[str, Any]) -> list[str]:
+def _workload(name: str, figures: dict[str, Any], runs: int) -> list[str]:
     ceiling = figures.get("raw_consume", {}).get("events_per_s")
     lines = [f"### Workload `{name}`", ""]
-    if "fetch_settings" in figures.get("raw_consume", {}):
-        lines += [f"Ceiling: raw consume with {figures['raw_consume']['fetch_settings']}.", ""]
+    raw = figures.get("raw_consume", {})
+    if "fetch_settings" in raw:
+        lines += [f"Ceiling: raw consume with {raw['fetch_settings']}.", ""]
+    if "beside_the_job" in raw:
+        lines[-1:-1] = [
+            f"That reader again, by turns with `ours, 1 worker` ({runs} runs each): {_rate(raw['beside_the_job'])} "
+            "events/s; the ceiling is the higher of its two medians."
+        ]
     lines += ["| configuration | events/s | x ceiling | job CPU s | peak MB |", "|---|---:|---:|---:|---:|"]
     for config, m in figures.items():
         if not isinstance(m, dict) or "events_per_s" not in m:
@@ -203,9 +209,13 @@ def backups_section(b: dict[str, Any]) -> list[str]:
 def render(results: dict[str, Any]) -> str:
     """The markdown for one `bench-results.json`."""
     try:
-        lines = [f"Measured {results['date']} on {results['machine']}; medians of {results['runs']} runs.", ""]
+        headline = results.get("headline_runs", results["runs"])
+        medians = f"medians of {results['runs']} runs"
+        if headline != results["runs"]:
+            medians += f" ({headline} for `ours, 1 worker`)"
+        lines = [f"Measured {results['date']} on {results['machine']}; {medians}.", ""]
         for name, figures in results.get("workloads", {}).items():
-            lines += _workload(name, figures)
+            lines += _workload(name, figures, headline)
         sections = (("kinesis", _kinesis), ("latency", _latency), ("bookings", _bookings))
         for key, section in (*sections, ("object_sink_resume", _resume), ("backups", backups_section)):
             if key in results:

@@ -154,3 +154,21 @@ def test_the_command_writes_the_doc_and_names_a_missing_results_file(tmp_path: P
 def test_the_performance_page_has_the_part_the_command_writes() -> None:
     text = (ROOT / "docs" / "performance.md").read_text()
     assert text.count(BEGIN) == 1 and text.count(END) == 1 and text.index(BEGIN) < text.index(END)
+
+
+def test_the_headline_runs_and_the_ceiling_beside_the_job_are_told() -> None:
+    results = json.loads(json.dumps(SAMPLE))
+    results["headline_runs"] = 5
+    results["workloads"]["high"]["raw_consume"]["beside_the_job"] = 1_500_000.0
+    out = render(results).splitlines()
+    assert out[0] == (
+        "Measured 2026-12-05 on x86_64, 2 cores, Python 3.11.9; medians of 3 runs (5 for `ours, 1 worker`)."
+    )
+    high = out[out.index("### Workload `high`") : out.index("### Workload `seed`")]
+    assert (
+        "That reader again, by turns with `ours, 1 worker` (5 runs each): 1,500,000 events/s; the ceiling is the "
+        "higher of its two medians." in high
+    )
+    assert "| **raw consume, best of the sweep: the ceiling** | 1,600,000 | 1.00 |  |  |" in high
+    seed = out[out.index("### Workload `seed`") :]
+    assert not any(line.startswith("That reader again") for line in seed)
