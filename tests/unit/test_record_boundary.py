@@ -209,6 +209,7 @@ def test_a_dead_letter_does_not_keep_its_batch_alive(series: bool) -> None:
     values = [json.dumps(IMPRESSION).encode(), b"{", b"[]"]
     batch = record_batch(_Listed(values), series=series)  # a list that a weak reference can watch
     column = weakref.ref(batch.values)
+    collecting = gc.isenabled()
     gc.disable()
     try:
         items, _ = slice_batch("0-t", batch, NO_WATERMARK, window_ms=900_000, max_out_of_orderness_ms=0)
@@ -216,4 +217,5 @@ def test_a_dead_letter_does_not_keep_its_batch_alive(series: bool) -> None:
         del batch
         assert column() is None
     finally:
-        gc.enable()
+        if collecting:
+            gc.enable()
