@@ -81,9 +81,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRANSACTION_TIMEOUT_MS = 600_000  # a broker outage of minutes is ridden out, as librdkafka's own 5 min
 # Readers see an epoch only once it commits: a short linger costs nothing.
-# Sparse connections off: with them on, librdkafka drops its bootstrap connection once it has
-# learnt the brokers and connects to one again only on its 500 ms coordinator timer, so
-# init_transactions, on the main thread as a partition is built, waited 55-505 ms (2 ms off).
+# Sparse connections off (connect to every broker at once; librdkafka's own transaction tests
+# do too): with them on, librdkafka drops the bootstrap connection once it has learnt the
+# brokers, and init_transactions, finding no broker up, often waits for its coordinator
+# timer (500 ms, fixed): 55-505 ms on the main thread as each partition is built, 2 ms off.
+# A cluster that limits new connections per second can set it back (docs/settings.md).
 PRODUCER_DEFAULTS = {"linger.ms": "5", "enable.sparse.connections": "false"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Producer
 
 from connectors.transports.contract import OutputRecord
 from connectors.transports.kafka_client import KafkaConfigError, from_env
@@ -20,7 +20,7 @@ from connectors.transports.kafka_control import (
     refusal,
     transactional_id,
 )
-from connectors.transports.kafka_sink import KafkaTxSink, routing_key
+from connectors.transports.kafka_sink import PRODUCER_DEFAULTS, KafkaTxSink, routing_key
 
 
 def test_a_large_manifest_is_cut_into_records_under_the_piece_size() -> None:
@@ -127,3 +127,9 @@ def test_a_control_partition_not_yet_in_the_clients_metadata_is_asked_again() ->
 
     assert _watermarks(Consumer(), TopicPartition("t.waxstreams-commits", 0), timeout=30) == (0, 7)  # type: ignore[arg-type]
     assert not answers
+
+
+def test_librdkafka_takes_the_producer_defaults() -> None:
+    # enable.sparse.connections is a hidden librdkafka property: an upgrade that drops it
+    # would refuse every Kafka output's producer; this says so first.
+    Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": "127.0.0.1:9", "transactional.id": "defaults-check"})
