@@ -3,6 +3,9 @@ import pickle
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonpath_ng import parse as parse_jsonpath
 
 from dataflows.booking_rules import (
     CREATED,
@@ -21,6 +24,7 @@ from dataflows.booking_rules import (
     decode_booking,
     next_deadline,
     parse_field_spec,
+    plain_keys,
     read_booking_batch,
 )
 from dataflows.dead_letters import DeadLetter
@@ -202,6 +206,38 @@ def test_decode_with_default_and_custom_jsonpath() -> None:
 def test_decode_rejects_with_reason(raw: bytes, reason: str) -> None:
     with pytest.raises(InvalidEvent, match=reason):
         decode_booking(raw, DEFAULT_EVENT)
+
+
+_KEYS = st.sampled_from(["a", "b", "id", "a-b"])
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
+    max_leaves=8,
+)
+_PATHS = st.lists(_KEYS, min_size=1, max_size=3).map(lambda keys: "$" + "".join(f".{k}" for k in keys)) | st.sampled_from(
+    ["$['a']", "$.a['b']", "$.*", "$.a.*", "$..a", "$.a[0]", "$"]
+)
+
+
+@settings(max_examples=400)
+@given(obj=st.dictionaries(_KEYS, _JSON, max_size=4), path=_PATHS)
+def test_a_field_path_finds_what_jsonpath_ng_finds(obj: dict, path: str) -> None:
+    # The reference is jsonpath_ng itself: its first match's value, or missing.
+    matches = parse_jsonpath(path).find(obj)
+    schema = SideSchema(EVENT, path, "$.ts", {})
+    if matches:
+        assert schema.extract(obj, "@id") == matches[0].value
+    else:
+        with pytest.raises(InvalidEvent, match="missing id"):
+            schema.extract(obj, "@id")
+
+
+@pytest.mark.parametrize(
+    ("path", "keys"),
+    [("$.a", ("a",)), ("$.a.b", ("a", "b")), ("$['a'].b", ("a", "b")), ("$.*", None), ("$..a", None), ("$.a[0]", None)],
+)
+def test_only_paths_of_plain_fields_skip_jsonpath_ng(path: str, keys: tuple[str, ...] | None) -> None:
+    assert plain_keys(parse_jsonpath(path)) == keys
 
 
 @pytest.mark.parametrize("spec", ["a", "=$.x", "a=", "a=$.[["])
