@@ -214,9 +214,9 @@ _JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
     max_leaves=8,
 )
-_PATHS = st.lists(_KEYS, min_size=1, max_size=3).map(lambda keys: "$" + "".join(f".{k}" for k in keys)) | st.sampled_from(
-    ["$['a']", "$.a['b']", "$.*", "$.a.*", "$..a", "$.a[0]", "$"]
-)
+_PATHS = st.lists(_KEYS, min_size=1, max_size=3).map(
+    lambda keys: "$" + "".join(f".{k}" for k in keys)
+) | st.sampled_from(["$['a']", "$.a['b']", "$.*", "$.a.*", "$..a", "$.a[0]", "$"])
 
 
 @settings(max_examples=400)
