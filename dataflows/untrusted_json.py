@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 import msgspec
@@ -53,15 +54,35 @@ def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _depth(value: Any) -> int:
-    deepest, stack = 0, [(value, 1)]
+def _shape(value: Any) -> tuple[int, int]:
+    """How deep `value` nests (counted to MAX_DEPTH + 1), and how many strings it holds, keys included."""
+    deepest, strings, stack = 0, 0, [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict | list):
+        if isinstance(item, str):
+            strings += 1
+        elif isinstance(item, dict | list):
             deepest = max(deepest, depth)
+            if isinstance(item, dict):
+                strings += len(item)
             if depth <= MAX_DEPTH:
                 stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
+    return deepest, strings
+
+
+def _no_key_repeated(raw: bytes, strings: int) -> bool:
+    """True when `raw`, which msgspec decoded into an object holding `strings` strings, has no
+    repeated key and Python's parser would take it too, proven without parsing it again.
+
+    Without a backslash every string in `raw` is two of its quotes, and msgspec keeps one of a
+    repeated key's entries, so a repeated key leaves more quotes than strings decoded. The
+    length rules out the one thing Python's parser refuses that a JSON parser need not, an
+    integer past its conversion limit (msgspec's own limit is 64 bits, today)."""
+    return (
+        b"\\" not in raw
+        and raw.count(b'"') == 2 * strings
+        and len(raw) < sys.get_int_max_str_digits()  # 0 (no limit) fails: parse again
+    )
 
 
 def decode_json_object(raw: bytes | None) -> dict[str, Any]:
@@ -80,8 +101,15 @@ def decode_json_object(raw: bytes | None) -> dict[str, Any]:
         raise InvalidEvent(f"nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(obj, dict):
         raise InvalidEvent(f"not a JSON object but {type(obj).__name__}")
-    if _depth(obj) > MAX_DEPTH:
+    depth, strings = _shape(obj)
+    if depth > MAX_DEPTH:
         raise InvalidEvent(f"nested deeper than {MAX_DEPTH} levels")
+    if not _no_key_repeated(raw, strings):
+        _check_with_pythons_parser(raw)
+    return obj
+
+
+def _check_with_pythons_parser(raw: bytes) -> None:
     # msgspec keeps the last of repeated keys; Python's parser, told to, names them.
     try:
         json.loads(raw, object_pairs_hook=_refuse_repeated_keys)
@@ -89,7 +117,6 @@ def decode_json_object(raw: bytes | None) -> dict[str, Any]:
         raise InvalidEvent(f"repeated key {str(exc.args[0])!r}") from None
     except ValueError as exc:  # e.g. an integer past Python's 4,300-digit conversion limit
         raise InvalidEvent(f"not valid JSON: {exc}") from None
-    return obj
 
 
 def has_only_these_strings(raw: bytes, strings: int) -> bool:

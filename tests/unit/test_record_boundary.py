@@ -8,12 +8,14 @@ import hashlib
 import json
 import random
 import weakref
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dataflows.booking_rules as bookings
+from dataflows import untrusted_json
 from dataflows.booking_rules import DEFAULT_CREATED, DEFAULT_EVENT, BookingRecord, read_booking_batch
 from dataflows.dead_letters import MAX_DEAD_LETTER_BYTES, DeadLetter, SourcePosition
 from dataflows.event_time import NO_WATERMARK
@@ -219,3 +221,47 @@ def test_a_dead_letter_does_not_keep_its_batch_alive(series: bool) -> None:
     finally:
         if collecting:
             gc.enable()
+
+
+class _Pairs(tuple):
+    """A JSON object as its raw (key, value) pairs: a key may repeat."""
+
+
+_TEXT = st.text(alphabet=st.sampled_from(["a", "é", '"', "\\", "\x01", "\n", " "]), max_size=3)
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TEXT,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(st.tuples(st.sampled_from(["a", "b", "é"]), inner), max_size=3).map(_Pairs)
+    ),
+    max_leaves=10,
+)
+
+
+def _render(value: object, raw_controls: bool) -> str:
+    if isinstance(value, _Pairs):
+        return "{" + ",".join(f"{_render(k, raw_controls)}:{_render(v, raw_controls)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_render(v, raw_controls) for v in value) + "]"
+    text = json.dumps(value, ensure_ascii=False)
+    return text.replace("\\u0001", "\x01") if raw_controls else text  # a raw control character: not JSON
+
+
+@settings(max_examples=600)
+@given(
+    pairs=st.lists(st.tuples(st.sampled_from(["a", "b", "é"]), _VALUES), min_size=1, max_size=4).map(_Pairs),
+    raw_controls=st.booleans(),
+)
+def test_the_repeated_key_proof_judges_as_pythons_parser(pairs: _Pairs, raw_controls: bool) -> None:
+    # The reference: every record parsed again by Python's parser, as before the proof.
+    raw = _render(pairs, raw_controls).encode()
+
+    def judged() -> object:
+        try:
+            return decode_json_object(raw)
+        except InvalidEvent as exc:
+            return str(exc)
+
+    fast = judged()
+    with mock.patch.object(untrusted_json, "_no_key_repeated", lambda raw, strings: False):
+        assert fast == judged()
