@@ -89,7 +89,8 @@ class CorrelationLogic(StatefulBatchLogic[BookingRecord | Heartbeat, Outcome, Bo
         deadline = next_deadline(self.state, self.timeout_ms)
         if deadline is None:
             return None
-        return wake_time(self.view.watermark(time.monotonic()) > deadline, self.recheck)
+        now = time.monotonic()
+        return wake_time(self.view.watermark(now) > deadline, self.recheck, self.view.unchanged_for(now))
 
     def snapshot(self) -> BookingState:
         self.view.commit(time.monotonic())  # epoch boundary: see event_time.py

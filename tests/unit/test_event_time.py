@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import threading
@@ -253,3 +254,38 @@ def test_the_watermark_lag_is_the_slowest_workers_and_keeps_growing_while_nothin
     assert sample() == 60
     wall_s += 30  # the job stalls: nothing commits
     assert sample() == 90
+
+
+def test_the_epoch_is_dated_by_its_first_commit_and_measured_between_epochs() -> None:
+    view = WatermarkView(["a"], idle_timeout_s=60, now=0)
+    view.commit(now=10.0)
+    assert view.unchanged_for(now=10.5) == 0  # one epoch seen: its length is not known yet
+    for burst in (10.0, 10.1, 10.2):  # the rest of that epoch's keys
+        view.commit(now=burst)
+    view.commit(now=12.0)  # the next epoch: 2 s
+    view.commit(now=12.05)
+    assert view.unchanged_for(now=12.5) == pytest.approx(1.5)  # until 14.0
+    assert view.unchanged_for(now=14.5) == 0  # the commit is late: look again at once
+
+
+@settings(max_examples=300)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 10_000), st.floats(0.0, 4.0)), min_size=2, max_size=8
+    ),
+    later=st.floats(0.0, 30.0),
+    probes=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=5),
+)
+def test_the_watermark_holds_while_it_is_said_to(steps: list, later: float, probes: list[float]) -> None:
+    # No commit comes meanwhile: partitions may only go idle, which the view must foresee.
+    view = WatermarkView(["a", "b"], idle_timeout_s=5, now=0)
+    now = 0.0
+    for source, watermark, gap in steps:
+        now += gap
+        view.observe(source, watermark)
+        view.commit(now)
+    now += later
+    expected = copy.deepcopy(view).watermark(now)
+    held = view.unchanged_for(now)
+    for fraction in probes:
+        assert copy.deepcopy(view).watermark(now + held * fraction * 0.999) == expected
