@@ -21,6 +21,7 @@ import gc
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
@@ -172,6 +173,8 @@ def start(settings: JobSettings, argv: Sequence[str], environ: Mapping[str, str]
 # gc.set_threshold's three: allocations between collections of the youngest generation
 # (CPython's default: 700), then how many of those before each older one is collected.
 GC_THRESHOLDS = (50_000, 20, 100)
+# A full collection this often, whatever the thresholds say (`collect_periodically`).
+FULL_COLLECTION_S = 10.0
 
 
 def tune_garbage_collector() -> None:
@@ -183,6 +186,28 @@ def tune_garbage_collector() -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     gc.enable()  # held off while the job's modules were imported (dataflows/__init__.py)
+    global _full_collections
+    if _full_collections is None:  # once per process (tests start jobs in-process again and again)
+        _full_collections = collect_periodically(FULL_COLLECTION_S, threading.Event())
+
+
+_full_collections: threading.Thread | None = None
+
+
+def collect_periodically(interval_s: float, stop: threading.Event) -> threading.Thread:
+    """A full collection every `interval_s` until `stop` is set, in a daemon thread. At the
+    jobs' thresholds a cycle that reaches the oldest generation can wait there for long with
+    all it holds (a dead letter's traceback once kept its whole input batch, tens of MB a
+    batch, until the run's resident size passed 1 GB). With start-up frozen a collection
+    walks only what the run made: about 2 ms of CPU on the impressions job."""
+
+    def collect() -> None:
+        while not stop.wait(interval_s):
+            gc.collect()
+
+    thread = threading.Thread(target=collect, name="gc-full", daemon=True)
+    thread.start()
+    return thread
 
 
 def flow_from_env(job: str, build: Callable[[Mapping[str, str], Sequence[str]], Dataflow]) -> Dataflow:
