@@ -20,6 +20,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
+from connectors.recovery_store.resume import epoch_interval
 from connectors.transports.contract import OutputRecord, Transport
 from dataflows import metrics, skeleton
 from dataflows.booking_rules import (
@@ -103,8 +104,13 @@ def _count(outcome: Outcome) -> Outcome:
 
 
 def build_flow(
-    settings: BookingSettings, transport: Transport, recheck: timedelta = timedelta(milliseconds=500)
+    settings: BookingSettings,
+    transport: Transport,
+    recheck: timedelta = timedelta(milliseconds=500),
+    epoch: timedelta | None = None,
 ) -> Dataflow:
+    """`epoch`: bytewax's epoch interval (-s), so that waiting keys wake once per epoch; None:
+    every `recheck`."""
     streams = [settings.created_topic, settings.events_topic]
     flow = Dataflow(JOB)
     records, dead_letters = skeleton.read_input(
@@ -121,7 +127,7 @@ def build_flow(
     )
 
     watermarks = WorkerWatermarks(
-        transport.partitions(streams), settings.idle_timeout, metrics.record_watermark_lag(JOB)
+        transport.partitions(streams), settings.idle_timeout, metrics.record_watermark_lag(JOB), epoch
     )
     timeout_ms = int(settings.timeout.total_seconds() * 1000)
 
@@ -166,7 +172,7 @@ def _from_env(env: Mapping[str, str], argv: Sequence[str]) -> Dataflow:
         read=[settings.created_topic, settings.events_topic],
         write=[settings.alerts_topic, settings.unmatched_topic, settings.dead_letter_topic],
     )
-    return build_flow(settings, transport)
+    return build_flow(settings, transport, epoch=epoch_interval(argv, env))
 
 
 def flow_from_env() -> Dataflow:

@@ -77,9 +77,9 @@ def align_down(watermark_ms: int, window_ms: int) -> int:
     return watermark_ms - watermark_ms % window_ms
 
 
-# Commits closer together than this are one epoch's burst (epochs are `-s` seconds, 1 or more
-# in practice; shorter ones only make keys wake up to this much later).
-SAME_EPOCH_S = 0.25
+# How much earlier than one epoch after the last an epoch's commits may come (its end was
+# noticed late, the next one's on time): a key waiting for the watermark wakes this much early.
+COMMIT_JITTER_S = 0.5
 
 
 class WatermarkView:
@@ -91,6 +91,7 @@ class WatermarkView:
         idle_timeout_s: float,
         now: float,
         on_commit: Callable[[int], None] = lambda wm: None,
+        epoch_s: float | None = None,
     ) -> None:
         self._idle_timeout_s = idle_timeout_s
         self._on_commit = on_commit
@@ -98,8 +99,8 @@ class WatermarkView:
         self._committed: dict[str, tuple[int, float]] = {s: (NO_WATERMARK, now) for s in sources}
         self._pending: dict[str, int] = {}
         self._floor = NO_WATERMARK
-        self._epoch_began: float | None = None  # the monotonic time of this epoch's first commit
-        self._epoch_s: float | None = None  # the shortest time seen between two epochs' first commits
+        self._epoch_s = epoch_s  # the job's epoch interval (bytewax.run's -s); None: not known
+        self._epoch_began: float | None = None  # the monotonic time of the last epoch's first commit
 
     def observe(self, source: str, watermark_ms: int) -> None:
         """Record a watermark carried by an item; used only after `commit`."""
@@ -116,26 +117,21 @@ class WatermarkView:
         self._on_commit(self.watermark(now))
 
     def _note_epoch(self, now: float) -> None:
-        # Every key's snapshot commits at the end of an epoch, all in one burst: the burst's
-        # first commit dates the epoch. A burst longer than SAME_EPOCH_S only shortens the
-        # estimate (an earlier wake, never a later one).
-        if self._epoch_began is not None:
-            gap = now - self._epoch_began
-            if gap < SAME_EPOCH_S:
-                return
-            self._epoch_s = gap if self._epoch_s is None else min(self._epoch_s, gap)
-        self._epoch_began = now
+        # Every key woken in an epoch commits at its end, in one burst: its first commit dates
+        # the epoch. Epochs end at least an interval apart, so a commit within half of one is
+        # the same burst's.
+        if self._epoch_s is not None and (self._epoch_began is None or now - self._epoch_began >= self._epoch_s / 2):
+            self._epoch_began = now
 
     def unchanged_for(self, now: float) -> float:
         """Seconds from `now` during which `watermark` cannot change: it moves only at a commit
-        (an epoch's end, expected one shortest epoch after the last) or when a partition goes
-        idle. 0 while the epochs' length is not known yet (fewer than two seen)."""
-        if self._epoch_began is None or self._epoch_s is None:
+        (at the end of an epoch, one interval or more after the last, less COMMIT_JITTER_S) or
+        when a partition goes idle. 0 once that commit may come, and without an interval."""
+        if self._epoch_s is None or self._epoch_began is None:
             return 0.0
-        next_commit = self._epoch_began + self._epoch_s
+        next_commit = self._epoch_began + self._epoch_s - COMMIT_JITTER_S
         going_idle = [seen + self._idle_timeout_s for _, seen in self._committed.values()]
-        next_idle = min((t for t in going_idle if t > now), default=next_commit)
-        return max(0.0, min(next_commit, next_idle) - now)
+        return max(0.0, min([next_commit, *(t for t in going_idle if t > now)]) - now)
 
     def watermark(self, now: float) -> int:
         """Minimum over active partitions; never goes backwards."""
@@ -201,11 +197,16 @@ class WorkerWatermarks:
     """
 
     def __init__(
-        self, sources: Iterable[str], idle_timeout: timedelta, on_commit: Callable[[int], None] = lambda wm: None
+        self,
+        sources: Iterable[str],
+        idle_timeout: timedelta,
+        on_commit: Callable[[int], None] = lambda wm: None,
+        epoch: timedelta | None = None,
     ) -> None:
         self.sources = list(sources)
         self.idle_timeout_s = idle_timeout.total_seconds()
         self.on_commit = on_commit  # gets the worker's watermark after each commit (for metrics)
+        self.epoch_s = None if epoch is None else epoch.total_seconds()  # bytewax.run's -s
         self._views: dict[int, WatermarkView] = {}
         self._lock = threading.Lock()
 
@@ -215,7 +216,7 @@ class WorkerWatermarks:
             view = self._views.get(worker)
             if view is None:
                 view = self._views[worker] = WatermarkView(
-                    self.sources, self.idle_timeout_s, time.monotonic(), self.on_commit
+                    self.sources, self.idle_timeout_s, time.monotonic(), self.on_commit, self.epoch_s
                 )
             return view
 

@@ -77,7 +77,7 @@ def _no_key_repeated(raw: bytes, strings: int) -> bool:
     Without a backslash every string in `raw` is two of its quotes, and msgspec keeps one of a
     repeated key's entries, so a repeated key leaves more quotes than strings decoded. The
     length rules out the one thing Python's parser refuses that a JSON parser need not, an
-    integer past its conversion limit (msgspec's own limit is 64 bits, today)."""
+    integer past its conversion limit (msgspec refuses those too, today)."""
     return (
         b"\\" not in raw
         and raw.count(b'"') == 2 * strings

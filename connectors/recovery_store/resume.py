@@ -24,6 +24,7 @@ import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from connectors.env import TRUE
@@ -54,6 +55,18 @@ def recovery_directory(argv: Sequence[str], environ: Mapping[str, str]) -> Path 
     parser.add_argument("-r", "--recovery-directory", default=environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
     known, _ = parser.parse_known_args(argv)
     return Path(known.recovery_directory) if known.recovery_directory else None
+
+
+def epoch_interval(argv: Sequence[str], environ: Mapping[str, str]) -> timedelta:
+    """The epoch interval `python -m bytewax.run` was given (`-s` or its env var; whole
+    seconds), or its default, 10 s."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-s", "--snapshot-interval", default=environ.get("BYTEWAX_SNAPSHOT_INTERVAL"))
+    known, _ = parser.parse_known_args(argv)
+    try:
+        return timedelta(seconds=int(known.snapshot_interval or 10))
+    except ValueError:  # bytewax.run refuses it with its own message
+        return timedelta(seconds=10)
 
 
 def prepare_resume(

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from dataflows import metrics
 from dataflows.dead_letters import LateEvent
 from dataflows.event_time import (
+    COMMIT_JITTER_S,
     NO_WATERMARK,
     EventTimeClock,
     Heartbeat,
@@ -256,16 +257,26 @@ def test_the_watermark_lag_is_the_slowest_workers_and_keeps_growing_while_nothin
     assert sample() == 90
 
 
-def test_the_epoch_is_dated_by_its_first_commit_and_measured_between_epochs() -> None:
-    view = WatermarkView(["a"], idle_timeout_s=60, now=0)
-    view.commit(now=10.0)
-    assert view.unchanged_for(now=10.5) == 0  # one epoch seen: its length is not known yet
-    for burst in (10.0, 10.1, 10.2):  # the rest of that epoch's keys
+def test_a_waiting_key_sleeps_until_the_next_epoch_s_commit_may_come() -> None:
+    view = WatermarkView(["a"], idle_timeout_s=60, now=0, epoch_s=2)
+    for burst in (10.0, 10.3, 10.9):  # one epoch's keys: the first commit dates it
         view.commit(now=burst)
-    view.commit(now=12.0)  # the next epoch: 2 s
-    view.commit(now=12.05)
-    assert view.unchanged_for(now=12.5) == pytest.approx(1.5)  # until 14.0
-    assert view.unchanged_for(now=14.5) == 0  # the commit is late: look again at once
+    assert view.unchanged_for(now=10.5) == pytest.approx(1.0)  # until 10 + 2 - COMMIT_JITTER_S
+    assert view.unchanged_for(now=11.6) == 0  # it may come now: look again every recheck
+    view.commit(now=3610.0)  # the next commit an hour later (no key woke meanwhile)
+    assert view.unchanged_for(now=3610.1) == pytest.approx(1.4)  # one epoch, not the hour
+    assert WatermarkView(["a"], idle_timeout_s=60, now=0).unchanged_for(now=5) == 0  # no interval known
+
+
+@settings(max_examples=300)
+@given(gaps=st.lists(st.floats(0.0, 7200.0), min_size=1, max_size=8), later=st.floats(0.0, 7200.0))
+def test_a_waiting_key_never_sleeps_past_one_epoch(gaps: list[float], later: float) -> None:
+    view = WatermarkView(["a"], idle_timeout_s=60, now=0, epoch_s=2)
+    now = 0.0
+    for gap in gaps:
+        now += gap
+        view.commit(now)
+    assert 0 <= view.unchanged_for(now + later) <= 2 - COMMIT_JITTER_S + 1e-9
 
 
 @settings(max_examples=300)
@@ -278,7 +289,7 @@ def test_the_epoch_is_dated_by_its_first_commit_and_measured_between_epochs() ->
 )
 def test_the_watermark_holds_while_it_is_said_to(steps: list, later: float, probes: list[float]) -> None:
     # No commit comes meanwhile: partitions may only go idle, which the view must foresee.
-    view = WatermarkView(["a", "b"], idle_timeout_s=5, now=0)
+    view = WatermarkView(["a", "b"], idle_timeout_s=5, now=0, epoch_s=3)
     now = 0.0
     for source, watermark, gap in steps:
         now += gap

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
-from connectors.recovery_store.resume import recovery_directory
+from connectors.recovery_store.resume import epoch_interval, recovery_directory
 from connectors.recovery_store.resume_epoch import PartitionProgress, missing_partitions, resume_epoch, resume_epoch_of
 
 
@@ -45,3 +46,12 @@ def test_recovery_directory_from_the_flag_or_the_environment() -> None:
     assert recovery_directory(["x:flow"], {"BYTEWAX_RECOVERY_DIRECTORY": "/env"}) == Path("/env")
     assert recovery_directory(["x:flow", "-r", "/flag"], {"BYTEWAX_RECOVERY_DIRECTORY": "/env"}) == Path("/flag")
     assert recovery_directory(["x:flow", "-w", "2"], {}) is None
+
+
+def test_epoch_interval_from_the_flag_or_the_environment_or_bytewax_s_default() -> None:
+    argv = ["dataflows.booking_correlation:flow", "-r", "/data/rec", "-s", "5", "-b", "0"]
+    assert epoch_interval(argv, {}) == timedelta(seconds=5)
+    assert epoch_interval(["x:flow", "--snapshot-interval=3"], {}) == timedelta(seconds=3)
+    assert epoch_interval(["x:flow"], {"BYTEWAX_SNAPSHOT_INTERVAL": "10"}) == timedelta(seconds=10)
+    assert epoch_interval(["x:flow", "-s", "2"], {"BYTEWAX_SNAPSHOT_INTERVAL": "10"}) == timedelta(seconds=2)
+    assert epoch_interval(["x:flow"], {}) == timedelta(seconds=10)
