@@ -131,6 +131,7 @@ def main() -> int:
     print(f"== bookings: {args.bookings:,} bookings", file=sys.stderr)
     other = bench_bookings.checkout(bench_bookings.FLUSH_PER_BATCH)
     results["bookings"] = bench_bookings.compare(other, args.bookings, args.runs)
+    results["bookings"]["waiting_keys"] = bench_bookings.waiting_keys()
     results["object_sink_resume"] = bench_resume.resume(writes=64, folders=20, runs=args.runs)
     print("== recovery store backups off and on", file=sys.stderr)
     results["backups"] = bench_backups.compare(workloads[0].topic, workloads[0].events, args.runs)

@@ -6,12 +6,14 @@
 (bytewax's KafkaSink, at-least-once, `FLUSH_PER_BATCH`) as the other side, checked out with
 `git archive`, so both sides run in the same session on the same topics, interleaved.
 Each run is bounded, from a fresh recovery store into fresh output topics; events/s are
-input messages over the process's wall time, start-up included.
+input messages over the process's wall time, start-up included. `waiting_keys` measures
+the job's CPU while it only holds keys waiting for the watermark (real time, no input).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -29,6 +31,7 @@ from producers.kafka_producer import produce_messages
 
 BROKERS = "127.0.0.1:19092"
 ROOT = Path(__file__).resolve().parent.parent
+OUTPUTS = ("ALERTS_TOPIC", "UNMATCHED_TOPIC", "DEAD_LETTER_TOPIC")  # the job's output settings
 # The last commit whose Kafka outputs were bytewax's KafkaSink (a flush after every batch).
 FLUSH_PER_BATCH = "c001e74"
 
@@ -102,6 +105,51 @@ def run(root: Path, bookings: int, messages: int) -> dict:
         delete_topics(BROKERS, [name + suffix for name in outputs.values() for suffix in ("", CONTROL_SUFFIX)])
 
 
+def waiting_keys(keys: int = 100_000, epoch_s: int = 10, seconds: float = 20.0) -> dict:
+    """The job's CPU while it holds `keys` bookings waiting for their counterparts and no input
+    comes (real time, unbounded, `-s epoch_s`): what waiting keys cost by themselves (wakes,
+    snapshots), measured over `seconds` once two epochs have passed since the keys were read."""
+    created, events = f"bench-waiting-created-{keys}", f"bench-waiting-events-{keys}"
+    from bench.stack import topic_size
+
+    if topic_size(created) != keys:
+        create_topics(BROKERS, [created, events], partitions=2)
+        start = 1_700_000_000_000  # 5 ms apart: all within one timeout (15 min), none times out
+        fields = {"customerId": "c", "amount": 1.0, "currency": "EUR"}
+        records = (
+            (f"b{i}", json.dumps({"bookingId": f"b{i}", "createdAt": start + 5 * i, **fields}).encode())
+            for i in range(keys)
+        )
+        produce_messages(((created, key.encode(), value) for key, value in records), BROKERS)
+    run_id = uuid.uuid4().hex[:8]
+    outputs = {name: f"bench-waiting-{name.lower()}-{run_id}" for name in OUTPUTS}
+    create_topics(BROKERS, list(outputs.values()), partitions=2)
+    recovery = Path(tempfile.mkdtemp(prefix="bench-waiting-"))
+    try:
+        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
+        env = {**os.environ, **outputs, "KAFKA_BROKERS": BROKERS, "CREATED_TOPIC": created, "EVENTS_TOPIC": events}
+        argv = [sys.executable, "-m", "bytewax.run", "dataflows.booking_correlation:flow", "-r", str(recovery)]
+        job = subprocess.Popen([*argv, "-s", str(epoch_s), "-b", "0"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(2 * epoch_s + 5)  # read the keys, then two epochs: they wake as they will from now on
+            cpu, wall = _cpu_seconds(job.pid), time.monotonic()
+            time.sleep(seconds)
+            share = (_cpu_seconds(job.pid) - cpu) / (time.monotonic() - wall)
+        finally:
+            job.kill()
+            job.wait()
+        return {"keys": keys, "epoch_s": epoch_s, "seconds": seconds, "cpu_share": share}
+    finally:
+        shutil.rmtree(recovery, ignore_errors=True)
+        delete_topics(BROKERS, [name + suffix for name in outputs.values() for suffix in ("", CONTROL_SUFFIX)])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """A process's user and system CPU seconds so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def compare(other: Path, bookings: int, runs: int) -> dict:
     """Interleaved runs of both sides; medians."""
     messages = load(bookings)
@@ -135,6 +183,9 @@ def print_table(result: dict) -> None:
     for side in ("exactly_once_outputs", "flush_per_batch_outputs"):
         r = result[side]
         print(f"| {side} | {r['events_per_s']:,.0f} | {r['cpu_seconds']:.1f} | {r['peak_mb']:.0f} |")
+    if "waiting_keys" in result:
+        w = result["waiting_keys"]
+        print(f"{w['keys']:,} waiting keys, no input, -s {w['epoch_s']}: {w['cpu_share'] * 100:.0f} % of a core")
 
 
 if __name__ == "__main__":

@@ -157,6 +157,14 @@ def _bookings(b: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {label} | {_rate(r['events_per_s'])} | {_num(r['cpu_seconds'], 1)} | {_num(r['peak_mb'], 0)} |"
             )
+    if "waiting_keys" in b:
+        w = b["waiting_keys"]
+        lines += [
+            "",
+            f"Holding {w['keys']:,} bookings that wait for their counterparts, with no input (`-s "
+            f"{w['epoch_s']}`): {w['cpu_share'] * 100:.0f} % of a core, what waiting keys cost by themselves "
+            "(their wakes and snapshots; `bench/bookings.py: waiting_keys`).",
+        ]
     return [*lines, ""]
 
 

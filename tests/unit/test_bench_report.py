@@ -172,3 +172,14 @@ def test_the_headline_runs_and_the_ceiling_beside_the_job_are_told() -> None:
     assert "| **raw consume, best of the sweep: the ceiling** | 1,600,000 | 1.00 |  |  |" in high
     seed = out[out.index("### Workload `seed`") :]
     assert not any(line.startswith("That reader again") for line in seed)
+
+
+def test_what_waiting_booking_keys_cost_is_told_under_the_booking_table() -> None:
+    results = json.loads(json.dumps(SAMPLE))
+    results["bookings"]["waiting_keys"] = {"keys": 100_000, "epoch_s": 10, "seconds": 20.0, "cpu_share": 0.234}
+    out = render(results).splitlines()
+    assert (
+        "Holding 100,000 bookings that wait for their counterparts, with no input (`-s 10`): 23 % of a core, "
+        "what waiting keys cost by themselves (their wakes and snapshots; `bench/bookings.py: waiting_keys`)."
+    ) in out
+    assert not any(line.startswith("Holding") for line in render(SAMPLE).splitlines())
