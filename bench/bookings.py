@@ -109,9 +109,9 @@ def waiting_keys(keys: int = 100_000, epoch_s: int = 10, seconds: float = 20.0) 
     """The job's CPU while it holds `keys` bookings waiting for their counterparts and no input
     comes (real time, unbounded, `-s epoch_s`): what waiting keys cost by themselves (wakes,
     snapshots), measured over `seconds` once two epochs have passed since the keys were read."""
-    created, events = f"bench-waiting-created-{keys}", f"bench-waiting-events-{keys}"
-    from bench.stack import topic_size
+    from bench.stack import process_cpu, topic_size
 
+    created, events = f"bench-waiting-created-{keys}", f"bench-waiting-events-{keys}"
     if topic_size(created) != keys:
         create_topics(BROKERS, [created, events], partitions=2)
         start = 1_700_000_000_000  # 5 ms apart: all within one timeout (15 min), none times out
@@ -132,9 +132,9 @@ def waiting_keys(keys: int = 100_000, epoch_s: int = 10, seconds: float = 20.0) 
         job = subprocess.Popen([*argv, "-s", str(epoch_s), "-b", "0"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
         try:
             time.sleep(2 * epoch_s + 5)  # read the keys, then two epochs: they wake as they will from now on
-            cpu, wall = _cpu_seconds(job.pid), time.monotonic()
+            cpu, wall = process_cpu(job.pid), time.monotonic()
             time.sleep(seconds)
-            share = (_cpu_seconds(job.pid) - cpu) / (time.monotonic() - wall)
+            share = (process_cpu(job.pid) - cpu) / (time.monotonic() - wall)
         finally:
             job.kill()
             job.wait()
@@ -142,12 +142,6 @@ def waiting_keys(keys: int = 100_000, epoch_s: int = 10, seconds: float = 20.0) 
     finally:
         shutil.rmtree(recovery, ignore_errors=True)
         delete_topics(BROKERS, [name + suffix for name in outputs.values() for suffix in ("", CONTROL_SUFFIX)])
-
-
-def _cpu_seconds(pid: int) -> float:
-    """A process's user and system CPU seconds so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def compare(other: Path, bookings: int, runs: int) -> dict:

@@ -15,7 +15,7 @@ from functools import partial
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.stack import BROKERS
+from bench.stack import BROKERS, medians
 from connectors.transports import kafka_native
 from connectors.transports.kafka import CONSUMER_DEFAULTS
 from connectors.transports.kafka_native import OFFSET_BEGINNING, NativePartitionReader
@@ -157,7 +157,7 @@ def interleaved(runs: int, ceiling: Callable[[], float], job: Callable[[], dict]
     for _ in range(runs):
         rates.append(ceiling())
         results.append(job())
-    return statistics.median(rates), {key: statistics.median(r[key] for r in results) for key in results[0]}
+    return statistics.median(rates), medians(results)
 
 
 def read_all(topic: str) -> list[bytes]:

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.stack import process_cpu
 from devstack.processes import free_port
 from devstack.s3 import LOCAL_CREDENTIALS, S3Server
 
@@ -97,12 +98,6 @@ MODES = (("seq", 1, False), ("pool", POOL, False), ("pool+py", POOL, True))
 SIDES: dict[str, Callable[[str], Put]] = {"native": native_put, "direct": direct_put, "boto3": boto3_put}
 
 
-def server_cpu(pid: int) -> float:
-    """CPU seconds moto's server process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def spin(stop: threading.Event) -> float:
     """A pure-Python loop, as the job's main thread: iterations per wall second until `stop`."""
     n, t0 = 0, time.perf_counter()
@@ -129,7 +124,7 @@ def timed(put: Put, prefix: str, bodies: list[bytes], threads: int, server: int,
         put(f"{prefix}/{i:06d}", bodies[i])
         caller_cpu.append(time.thread_time() - t0)
 
-    wall0, cpu0, server0 = time.perf_counter(), time.process_time(), server_cpu(server)
+    wall0, cpu0, server0 = time.perf_counter(), time.process_time(), process_cpu(server)
     if threads == 1:
         for i in range(len(bodies)):
             one(i)
@@ -137,7 +132,7 @@ def timed(put: Put, prefix: str, bodies: list[bytes], threads: int, server: int,
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(one, range(len(bodies))))
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    server_s = server_cpu(server) - server0
+    server_s = process_cpu(server) - server0
     stop.set()
     spinner.shutdown()
     per_k = 1000 / len(bodies)

@@ -24,6 +24,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from bench.stack import process_cpu
+
 ROOT = Path(__file__).resolve().parent.parent
 
 _CHILD = """
@@ -53,14 +55,6 @@ def dump(topic: str, path: Path) -> None:
     closes = step_and_close(settings, batches, Stopwatch(), Stopwatch())
     with path.open("wb") as f:
         pickle.dump({"events": topic_size(topic), "closes": closes}, f)
-
-
-def process_cpu(pid: int | None) -> float:
-    """Seconds of CPU (user and system) a process has spent, from /proc; 0 without one."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(root: Path, rows: Path, fmt: str, server: int | None = None) -> dict:

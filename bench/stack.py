@@ -5,6 +5,7 @@ The workloads are loaded into the local broker (`make up`) once; later runs reus
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 from dataclasses import dataclass
@@ -68,5 +69,17 @@ def load(workload: Workload) -> None:
 
 
 def median_of(runs: int, measure) -> dict:
-    results = [measure() for _ in range(runs)]
+    return medians([measure() for _ in range(runs)])
+
+
+def medians(results: list[dict]) -> dict:
+    """Each figure's median over runs' results (dicts with the same keys)."""
     return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def process_cpu(pid: int | None) -> float:
+    """Seconds of CPU (user and system) a process has spent, from /proc; 0 without one."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
