@@ -74,15 +74,11 @@ def _no_key_repeated(raw: bytes, strings: int) -> bool:
     """True when `raw`, which msgspec decoded into an object holding `strings` strings, has no
     repeated key and Python's parser would take it too, proven without parsing it again.
 
-    Without a backslash every string in `raw` is two of its quotes, and msgspec keeps one of a
-    repeated key's entries, so a repeated key leaves more quotes than strings decoded. The
-    length rules out the one thing Python's parser refuses that a JSON parser need not, an
-    integer past its conversion limit (msgspec refuses those too, today)."""
-    return (
-        b"\\" not in raw
-        and raw.count(b'"') == 2 * strings
-        and len(raw) < sys.get_int_max_str_digits()  # 0 (no limit) fails: parse again
-    )
+    `has_only_these_strings` proves the keys (msgspec keeps one of a repeated key's entries,
+    so a repeat leaves more quotes than strings decoded). The length rules out the one thing
+    Python's parser refuses that a JSON parser need not, an integer past its conversion
+    limit (msgspec refuses those too, today)."""
+    return has_only_these_strings(raw, strings) and len(raw) < sys.get_int_max_str_digits()  # 0: no limit
 
 
 def decode_json_object(raw: bytes | None) -> dict[str, Any]:

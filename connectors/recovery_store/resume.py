@@ -49,22 +49,26 @@ class Resume:
         return cls(None, new_namespace(), True)
 
 
+def _run_option(argv: Sequence[str], environ: Mapping[str, str], short: str, long: str, envvar: str) -> str | None:
+    """An option `python -m bytewax.run` was given (the flag, else its env var), as text."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(short, long, dest="value", default=environ.get(envvar))
+    known, _ = parser.parse_known_args(argv)
+    return known.value
+
+
 def recovery_directory(argv: Sequence[str], environ: Mapping[str, str]) -> Path | None:
     """The recovery directory `python -m bytewax.run` was given (`-r` or its env var)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("-r", "--recovery-directory", default=environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
-    known, _ = parser.parse_known_args(argv)
-    return Path(known.recovery_directory) if known.recovery_directory else None
+    directory = _run_option(argv, environ, "-r", "--recovery-directory", "BYTEWAX_RECOVERY_DIRECTORY")
+    return Path(directory) if directory else None
 
 
 def epoch_interval(argv: Sequence[str], environ: Mapping[str, str]) -> timedelta:
     """The epoch interval `python -m bytewax.run` was given (`-s` or its env var; whole
     seconds), or its default, 10 s."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("-s", "--snapshot-interval", default=environ.get("BYTEWAX_SNAPSHOT_INTERVAL"))
-    known, _ = parser.parse_known_args(argv)
+    seconds = _run_option(argv, environ, "-s", "--snapshot-interval", "BYTEWAX_SNAPSHOT_INTERVAL")
     try:
-        return timedelta(seconds=int(known.snapshot_interval or 10))
+        return timedelta(seconds=int(seconds or 10))
     except ValueError:  # bytewax.run refuses it with its own message
         return timedelta(seconds=10)
 
