@@ -98,7 +98,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
         self._client = sink.client if sink.client is not None else self._location.client()
         # Data objects and manifests (all PUTs) are sent by obstore, without Python in the request (NativePut).
         path_style = bool(self._location.endpoint_url)
-        self._data_put = NativePut(self._client, path_style=path_style) if sink.direct_put else self._client
+        self._puts = NativePut(self._client, path_style=path_style) if sink.direct_put else self._client
         self._writer = uuid.uuid4().hex[:8]  # object names are never reused across runs
         self._empty = encode(pl.DataFrame(schema=sink.schema), sink.fmt)  # what claims a key (`_landed_units`)
         self._buffer: dict[str, list[pl.DataFrame]] = defaultdict(list)
@@ -116,7 +116,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
             self._namespace,
             sink.manifests_per_segment,
             sink.give_up_after,
-            self._data_put,
+            self._puts,
         )
         # The fence, by object folder: units committed past the restored snapshot (by the restored
         # fence, or found by `_resume`) that the replay has not reached; only parts in these folders
@@ -210,7 +210,7 @@ class _S3SinkPartition(StatefulSinkPartition[ObjectRows, SinkState]):
                     Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", Metadata={CLAIM_METADATA: "resume"}
                 )
             else:
-                self._data_put.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+                self._puts.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
         except ClientError as exc:
             if not key_taken(exc):
                 raise

@@ -360,7 +360,7 @@ def test_object_sink_random_crash_sequences_never_double_or_lose_a_unit(s3, runs
 
     def end(part: Any, crash_in_write: bool) -> None:
         if crash_in_write:
-            part._data_put = DroppingPuts(part._data_put)
+            part._puts = DroppingPuts(part._puts)
             try:
                 part.snapshot()
             except Crash:
